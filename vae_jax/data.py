@@ -1,0 +1,180 @@
+"""MNIST-style data: a strict IDX reader and the sources that use it.
+
+Every source returns ``(images_Nx28x28 uint8, labels_N int64)``. Sources:
+
+- ``bundled``: the four IDX files shipped in ``vae_jax/data_files/mnist`` (SHA-256 checked).
+- ``idx``: a directory of IDX files, flat or in torchvision's ``MNIST/raw`` layout,
+  gzipped or not.
+- ``tfds``: tensorflow-datasets through ``tfds.data_source`` (no TensorFlow needed);
+  never downloads unless ``download=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+SOURCES = ("bundled", "idx", "tfds")
+BUNDLED_DIR = Path(__file__).parent / "data_files" / "mnist"
+_PREFIX = {"train": "train", "test": "t10k"}
+# IDX type codes (third byte of the magic number).
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # uint8 with 3 dims, uint8 with 1 dim
+
+
+class DataError(ValueError):
+  """A data file or source is missing or malformed; the message names it."""
+
+
+def _read_bytes(path: Path) -> bytes:
+  """File content, gunzipped when the file starts with the gzip magic (whatever its name)."""
+  try:
+    raw = path.read_bytes()
+  except OSError as e:
+    raise DataError(f"IDX file {path}: cannot read ({e.strerror})") from None
+  if raw[:2] != b"\x1f\x8b":
+    return raw
+  try:
+    return gzip.decompress(raw)
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise DataError(f"IDX file {path}: corrupt gzip stream ({e})") from None
+
+
+def parse_idx(content: bytes, name: str, expected_magic: int | None = None) -> np.ndarray:
+  """Decodes IDX bytes into an array; raises DataError naming ``name`` on any defect."""
+  if len(content) < 4:
+    raise DataError(f"IDX file {name}: truncated, {len(content)} bytes is shorter than the 4-byte magic")
+  magic = int.from_bytes(content[:4], "big")
+  if expected_magic is not None and magic != expected_magic:
+    raise DataError(f"IDX file {name}: expected magic {expected_magic} "
+                    f"({_describe_magic(expected_magic)}), found {magic}")
+  if content[0] != 0 or content[1] != 0:
+    raise DataError(f"IDX file {name}: not an IDX file (magic {magic} must start with two zero bytes)")
+  code, ndim = content[2], content[3]
+  if code not in _IDX_DTYPES:
+    raise DataError(f"IDX file {name}: unknown dtype code 0x{code:02X} in magic {magic}")
+  header = 4 + 4 * ndim
+  if len(content) < header:
+    raise DataError(f"IDX file {name}: truncated header, {ndim} dimensions need {header} bytes, found {len(content)}")
+  shape = tuple(int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  dtype = np.dtype(_IDX_DTYPES[code])
+  expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  found = len(content) - header
+  if found < expected:
+    raise DataError(f"IDX file {name}: truncated, shape {shape} needs {expected} data bytes, found {found}")
+  if found > expected:
+    raise DataError(f"IDX file {name}: {found - expected} trailing bytes after shape {shape}")
+  return np.frombuffer(content, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _describe_magic(magic: int) -> str:
+  code, ndim = (magic >> 8) & 0xFF, magic & 0xFF
+  dtype = _IDX_DTYPES.get(code)
+  return f"{np.dtype(dtype).name if dtype is not None else '?'} with {ndim} dims"
+
+
+def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
+  """Reads one IDX file (gzipped or not) strictly: magic, dtype, header and length checked."""
+  path = Path(path)
+  return parse_idx(_read_bytes(path), str(path), expected_magic)
+
+
+def read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+  """Reads an (images, labels) IDX pair and checks that they describe the same examples."""
+  images = read_idx(images_path, IMAGES_MAGIC)
+  labels = read_idx(labels_path, LABELS_MAGIC)
+  if images.shape[0] != labels.shape[0]:
+    raise DataError(f"IDX files {images_path} and {labels_path}: {images.shape[0]} images "
+                    f"but {labels.shape[0]} labels")
+  return images, labels.astype(np.int64)
+
+
+def _idx_paths(directory: Path, split: str) -> tuple[Path, Path]:
+  """Finds a split's two files in a flat directory or torchvision's MNIST/raw layout."""
+  if not directory.is_dir():
+    raise DataError(f"data directory {directory}: not a directory")
+  prefix = _PREFIX[split]
+  found = []
+  for kind in ("images-idx3", "labels-idx1"):
+    stem = f"{prefix}-{kind}-ubyte"
+    candidates = [d / (stem + ext) for d in (directory, directory / "MNIST" / "raw")
+                  for ext in (".gz", "")]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+      raise DataError(f"data directory {directory}: missing {stem}[.gz] "
+                      f"(looked in {directory} and {directory / 'MNIST' / 'raw'})")
+    found.append(path)
+  return found[0], found[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _bundled_checksums() -> dict[str, str]:
+  lines = (BUNDLED_DIR / "SHA256SUMS").read_text().split("\n")
+  return {name: digest for digest, name in (l.split() for l in lines if l.strip())}
+
+
+@functools.lru_cache(maxsize=None)
+def _load_bundled(split: str) -> tuple[np.ndarray, np.ndarray]:
+  arrays = []
+  for path, magic in zip(_idx_paths(BUNDLED_DIR, split), (IMAGES_MAGIC, LABELS_MAGIC)):
+    content = _read_bytes(path)
+    name = path.name.removesuffix(".gz")
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != _bundled_checksums()[name]:
+      raise DataError(f"bundled IDX file {path}: SHA-256 of its content is {digest}, "
+                      f"expected {_bundled_checksums()[name]} (the package copy is damaged; reinstall)")
+    arrays.append(parse_idx(content, str(path), magic))
+  images, labels = arrays
+  if images.shape[0] != labels.shape[0]:  # Cannot happen when the checksums match.
+    raise DataError(f"bundled MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels")
+  images.flags.writeable = False  # Cached and shared: nobody may modify it.
+  labels = labels.astype(np.int64)
+  labels.flags.writeable = False
+  return images, labels
+
+
+def load_tfds(name: str, split: str, data_dir: str | None = None,
+              download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a prepared TFDS dataset through ``tfds.data_source`` (ArrayRecord, no TensorFlow)."""
+  try:
+    import tensorflow_datasets as tfds  # Heavy import: only when this source is used.
+  except ImportError as e:
+    raise DataError(f"data source 'tfds': tensorflow-datasets is not importable ({e})") from None
+  builder = tfds.builder(name, data_dir=data_dir or None)
+  if not download and not builder.is_prepared():
+    raise DataError(
+        f"TFDS dataset '{name}' is not prepared in {builder.data_dir} and downloads are off; "
+        "use data_source='bundled' (MNIST shipped with vae_jax), data_source='idx' with "
+        "data_dir=<directory of IDX files>, or data_source='tfds' with tfds_download=True "
+        "on a machine with network access")
+  source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=download)
+  examples = [source[i] for i in range(len(source))]
+  images = np.stack([np.asarray(e["image"]) for e in examples]) if examples else np.zeros((0, 28, 28), np.uint8)
+  if images.ndim == 4 and images.shape[-1] == 1:
+    images = images[..., 0]
+  labels = np.asarray([e["label"] for e in examples], np.int64)
+  if images.dtype != np.uint8:
+    raise DataError(f"TFDS dataset '{name}' split {split}: expected uint8 images, found {images.dtype}")
+  return images, labels
+
+
+def load_split(source: str, split: str, data_dir: str = "", tfds_name: str = "mnist",
+               tfds_download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Loads ``split`` ('train' or 'test') from ``source``: images_Nx28x28 uint8, labels_N int64."""
+  if split not in _PREFIX:
+    raise DataError(f"split {split!r}: expected one of {sorted(_PREFIX)}")
+  if source == "bundled":
+    return _load_bundled(split)
+  if source == "idx":
+    if not data_dir:
+      raise DataError("data source 'idx' needs data_dir (a directory of MNIST IDX files)")
+    return read_idx_pair(*_idx_paths(Path(data_dir), split))
+  if source == "tfds":
+    return load_tfds(tfds_name, split, data_dir or None, tfds_download)
+  raise DataError(f"data source {source!r}: expected one of {', '.join(SOURCES)}")

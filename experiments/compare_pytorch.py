@@ -156,8 +156,7 @@ def main() -> int:
             log=on_line))
   bar.close()
 
-  sys.path.insert(0, str(Path(__file__).resolve().parent))
-  import benchmark  # The machine description, one place for it.
+  import benchmark  # A script beside this one: the machine description lives there.
   machine_info = benchmark.describe_machine()
   import torch
   machine = (f"{machine_info['cpu']}, {machine_info['cores']} cores, jax {machine_info['jax']} "

@@ -72,10 +72,8 @@ def time_epochs(config, num_epochs: int) -> dict:
   x_u8_NxD = jax.device_put(x_u8.reshape(n, -1))
   beta = jnp.float32(config.beta)
   t0 = time.perf_counter()
-  epoch_fn = jax.jit(train.train_epoch, donate_argnames=("state",),
-                     static_argnames=("batch_size", "on_step", "steps_per_report")).lower(
-                         state, x_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta,
-                         batch_size=config.batch_size).compile()
+  epoch_fn = train.compile_train_epoch(state, x_u8_NxD, rng_shuffle, rng_noise, beta,
+                                       batch_size=config.batch_size)
   compile_seconds = time.perf_counter() - t0
   seconds, losses = [], []
   for epoch in range(1, num_epochs + 1):

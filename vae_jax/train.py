@@ -139,6 +139,17 @@ def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
   return state, sums
 
 
+def compile_train_epoch(state: TrainState, images_u8_NxD: jax.Array, rng_shuffle: jax.Array,
+                        rng_noise: jax.Array, beta: jax.Array, *, batch_size: int,
+                        on_step: Callable | None = None, steps_per_report: int = 0):
+  """train_epoch compiled ahead of time (state donated): call it as f(state, x, epoch, ...)."""
+  return jax.jit(train_epoch, donate_argnames=("state",),
+                 static_argnames=("batch_size", "on_step", "steps_per_report")).lower(
+                     state, images_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta,
+                     batch_size=batch_size, on_step=on_step,
+                     steps_per_report=steps_per_report).compile()
+
+
 def evaluate(params, apply_fn: Callable, images_u8_NxD: jax.Array, key: jax.Array,
              batch_size: int) -> dict[str, jax.Array]:
   """Test-set sums: the reference's one-sample loss (loss, bce, kl) and the z = mu terms.
@@ -266,14 +277,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   progress = ProgressBar(config.progress)
   steps_per_report = max(1, steps_per_epoch // 50)
   beta = jnp.float32(config.beta)
-  epoch0 = jnp.int32(1)
   t0 = time.perf_counter()
-  train_epoch_c = jax.jit(
-      train_epoch, donate_argnames=("state",),
-      static_argnames=("batch_size", "on_step", "steps_per_report")).lower(
-          state, train_u8_NxD, epoch0, rng_shuffle, rng_noise, beta,
-          batch_size=config.batch_size, on_step=progress.update if config.progress else None,
-          steps_per_report=steps_per_report).compile()
+  train_epoch_c = compile_train_epoch(
+      state, train_u8_NxD, rng_shuffle, rng_noise, beta, batch_size=config.batch_size,
+      on_step=progress.update if config.progress else None, steps_per_report=steps_per_report)
   evaluate_c = jax.jit(evaluate, static_argnames=("apply_fn", "batch_size")).lower(
       state.params, state.apply_fn, test_u8_NxD, rng_eval, batch_size=config.eval_batch_size
   ).compile()

@@ -1,6 +1,8 @@
 """Shared fixtures: small synthetic MNIST-shaped data, so no test needs the full set."""
 
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +42,50 @@ def small_config():
   return config
 
 
+def write_idx_dir(directory: Path, splits) -> Path:
+  """The four MNIST IDX files (gzipped) of ``splits`` in a flat directory."""
+  directory.mkdir(parents=True, exist_ok=True)
+  for split, prefix in (("train", "train"), ("test", "t10k")):
+    images, labels = splits[split]
+    write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images, compress=True)
+    write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels, compress=True)
+  return directory
+
+
 @pytest.fixture()
 def idx_dir(tmp_path, small_splits):
   """A flat directory of the four IDX files (gzipped) holding the small splits."""
-  for split, prefix in (("train", "train"), ("test", "t10k")):
-    images, labels = small_splits[split]
-    write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images, compress=True)
-    write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels, compress=True)
-  return tmp_path
+  return write_idx_dir(tmp_path, small_splits)
+
+
+@pytest.fixture(scope="session")
+def session_idx_dir(tmp_path_factory, small_splits):
+  """idx_dir shared by a session's tests (read only)."""
+  return write_idx_dir(tmp_path_factory.mktemp("idx"), small_splits)
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+  """Every file under directory (relative path -> content): to show nothing was changed."""
+  return {str(p.relative_to(directory)): p.read_bytes()
+          for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+  """``python -m vae_jax ARGS`` in a fresh process."""
+  return subprocess.run([sys.executable, "-m", "vae_jax", *map(str, args)], capture_output=True,
+                        text=True, timeout=600, cwd=cwd)
+
+
+def train_args(workdir, idx_dir, *extra) -> list[str]:
+  """A 2-epoch CLI training run on an IDX directory, no progress bar or images."""
+  return ["train", f"--workdir={workdir}", "--config.data_source=idx", f"--config.data_dir={idx_dir}",
+          "--config.num_epochs=2", "--config.progress=False", "--config.save_images=False", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, session_idx_dir):
+  """Workdir of a finished 2-epoch CLI run on the small IDX data (read only)."""
+  workdir = tmp_path_factory.mktemp("trained") / "run"
+  result = run_cli(*train_args(workdir, session_idx_dir))
+  assert result.returncode == 0, result.stderr
+  return workdir

@@ -1,15 +1,9 @@
 """``python -m vae_jax``: a real run on small IDX data, and one-line errors for bad input."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-
-def run_cli(*args, cwd=None):
-  return subprocess.run([sys.executable, "-m", "vae_jax", *args], capture_output=True, text=True,
-                        timeout=600, cwd=cwd)
+from conftest import run_cli
 
 
 def test_train_runs_from_the_command_line(idx_dir, tmp_path):

@@ -122,7 +122,7 @@ def test_train_and_evaluate_writes_reference_outputs(small_config, small_splits,
 
 def test_workdir_with_an_earlier_run_is_refused_untouched(small_config, small_splits, tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
-  with pytest.raises(train.WorkdirError, match="already holds a run"):
+  with pytest.raises(train.WorkdirError, match="holds a run \\(metrics.jsonl\\) with no checkpoint"):
     train.train_and_evaluate(small_config, tmp_path, small_splits)
   assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]

@@ -1,26 +1,38 @@
-"""Command line: ``python -m vae_jax train --workdir DIR [--config.KEY=VALUE ...]``.
+"""Command line: train a VAE, then use its checkpoints.
 
-``--config`` names a config file (default: vae_jax/configs/default.py, the reference);
-any key can be overridden in the ml_collections style, e.g. ``--config.num_epochs=3``.
-Bad input (unknown key, wrong type, invalid value, unusable data or workdir) is one line
-on stderr and exit status 2.
+  python -m vae_jax train --workdir DIR [--config FILE] [--config.KEY=VALUE ...]
+  python -m vae_jax sample --workdir DIR [--num 64] [--seed 0] --out samples.png
+  python -m vae_jax reconstruct --workdir DIR [--split test] [--num 8] --out recon.png
+  python -m vae_jax encode --workdir DIR [--split test] --out latents.npz
+  python -m vae_jax evaluate --workdir DIR [--split test]
+
+``train`` on a DIR that holds checkpoints resumes from the latest (same config required;
+``--config.restart=True`` moves the old run aside). The other commands load
+``--checkpoint`` (latest, best or an epoch number). ``--config`` names a config file
+(default: vae_jax/configs/default.py, the reference); any key can be overridden in the
+ml_collections style, e.g. ``--config.num_epochs=3``. Bad input (unknown key, wrong type,
+invalid value, unusable data, workdir or checkpoint) is one line on stderr and exit status
+2; a non-finite loss is one line and exit status 1.
 """
 
 from __future__ import annotations
 
+import json
+import logging as py_logging
+import os
 import sys
 from pathlib import Path
 
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train",)
+COMMANDS = ("train", "sample", "reconstruct", "encode", "evaluate")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 
 
-def _fail(message: str) -> int:
-  print(f"vae_jax: error: {message}", file=sys.stderr)
-  return 2
+def _fail(message: str, status: int = 2) -> int:
+  print(f"vae_jax: error: {' '.join(message.split())}", file=sys.stderr)
+  return status
 
 
 def main() -> int:
@@ -30,12 +42,17 @@ def main() -> int:
     # unknown key surfaces here, as a KeyError/AttributeError from ml_collections.
     config_flag = config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config file.",
                                                   lock_config=True)
-    workdir_flag = flags.DEFINE_string("workdir", None, "Directory for metrics, images, config.")
+    workdir_flag = flags.DEFINE_string("workdir", None, "Directory of the run.")
+    flags.DEFINE_string("checkpoint", "latest", "latest, best or an epoch number.")
+    flags.DEFINE_string("out", None, "Output file (sample, reconstruct: .png; encode: .npz).")
+    flags.DEFINE_integer("num", None, "Images to sample (default 64) or reconstruct (default 8).")
+    flags.DEFINE_integer("seed", 0, "sample: key of the z draws.")
+    flags.DEFINE_enum("split", "test", ["train", "test"], "Data split to use.")
     args = flags.FLAGS(argv)[1:]
     config = config_flag.value
     config.keys()  # A config file that failed to load raises only when used.
   except OSError as e:
-    return _fail(" ".join(str(e).split()))
+    return _fail(str(e))
   except flags.Error as e:
     return _fail(str(e).splitlines()[0])
   except (AttributeError, KeyError) as e:
@@ -46,18 +63,46 @@ def main() -> int:
     return _fail(f"expected one command ({', '.join(COMMANDS)}), got {args or 'none'}")
   if not workdir_flag.value:
     return _fail("--workdir is required")
+  command, f = args[0], flags.FLAGS
+  if command in ("sample", "reconstruct", "encode") and not f.out:
+    return _fail(f"{command}: --out is required")
 
-  from vae_jax import data, train  # Imports jax: after the arguments are known to be good.
+  from absl import logging
+  logging.set_verbosity(logging.FATAL)  # Orbax logs what our errors already say.
+  py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
+  # Imports jax: after the arguments are known to be good.
+  from vae_jax import checkpoint, data, inference, train
   try:
-    _, records = train.train_and_evaluate(config, workdir_flag.value)
-  except (train.ConfigError, train.WorkdirError, data.DataError) as e:
+    if command == "train":
+      _, records = train.train_and_evaluate(config, workdir_flag.value)
+      print()
+      print(train.format_table(records))
+      print(f"\nOutputs in {workdir_flag.value}: metrics.jsonl, config.json, checkpoints/, "
+            "reconstruction_N.png, sample_N.png")
+    elif command == "sample":
+      out = inference.sample(f.workdir, f.out, num=64 if f.num is None else f.num, seed=f.seed, which=f.checkpoint)
+      print(f"Wrote {out}")
+    elif command == "reconstruct":
+      out = inference.reconstruct(f.workdir, f.out, num=8 if f.num is None else f.num, split=f.split,
+                                  which=f.checkpoint)
+      print(f"Wrote {out}")
+    elif command == "encode":
+      out = inference.encode(f.workdir, f.out, split=f.split, which=f.checkpoint)
+      print(f"Wrote {out}: mu, logvar, labels")
+    else:
+      print(json.dumps(inference.evaluate(f.workdir, which=f.checkpoint, split=f.split)))
+  except (train.ConfigError, train.WorkdirError, data.DataError, checkpoint.CheckpointError,
+          ValueError) as e:
     return _fail(str(e))
-  print()
-  print(train.format_table(records))
-  print(f"\nOutputs in {workdir_flag.value}: metrics.jsonl, config.json, "
-        "reconstruction_N.png, sample_N.png")
+  except FloatingPointError as e:
+    return _fail(str(e), status=1)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  status = main()
+  if status:  # Exit now: orbax's threads may still report a failed read on stderr.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    os._exit(status)

@@ -11,8 +11,10 @@ divided by the number of examples (nats per example), as the reference prints th
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,10 +27,11 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from vae_jax import data, images, losses, models
+from vae_jax import __version__, checkpoint, data, images, losses, models
 
 TrainState = train_state.TrainState
 METRICS = ("loss", "bce", "kl")
+KEY_NAMES = ("shuffle", "noise", "eval", "images")  # The run's keys after rng_init.
 
 
 class ConfigError(ValueError):
@@ -45,6 +48,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in positive_ints:
     if config[key] < 1:
       raise ConfigError(f"config.{key}={config[key]}: expected an integer >= 1")
+  if config.keep_checkpoints < 1:
+    raise ConfigError(f"config.keep_checkpoints={config.keep_checkpoints}: expected an integer >= 1")
   for key in ("train_examples", "test_examples"):
     if config[key] < 0:
       raise ConfigError(f"config.{key}={config[key]}: expected 0 (all) or a positive count")
@@ -73,8 +78,10 @@ def create_train_state(config, rng_init: jax.Array, input_dim: int = 784) -> Tra
   model = models.VAE(hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
                      output_dim=input_dim, init_scheme=config.init)
   params = model.init(rng_init, jnp.zeros((1, input_dim), jnp.float32))["params"]
-  return TrainState.create(apply_fn=model.apply, params=params,
-                           tx=optax.adam(config.learning_rate))
+  state = TrainState.create(apply_fn=model.apply, params=params,
+                            tx=optax.adam(config.learning_rate))
+  # A strongly typed step: the state a checkpoint restores has the same types as a fresh one.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def to_float(x_u8_BxD: jax.Array) -> jax.Array:
@@ -118,8 +125,9 @@ def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
 
   Data stay on the device as uint8; each step gathers its batch by index. Returns the
   new state and the epoch's summed metrics: loss, bce, kl (nats, summed over all
-  examples) and examples (how many were seen). ``on_step``
-  (host callback, optional) receives the global step every ``steps_per_report`` steps.
+  examples), examples (how many were seen) and first_nonfinite_step (the global step whose
+  loss was first NaN or Inf, -1 if none). ``on_step`` (host callback, optional) receives
+  the global step every ``steps_per_report`` steps.
   """
   perm_N = jax.random.permutation(jax.random.fold_in(rng_shuffle, epoch), images_u8_NxD.shape[0])
   full_SxB, rest_R = split_batches(perm_N, batch_size)
@@ -129,14 +137,21 @@ def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
     if on_step is not None:
       jax.lax.cond(state.step % steps_per_report == 0,
                    lambda s: jax.debug.callback(on_step, s), lambda s: None, state.step)
-    return state, metrics
+    return state, (metrics, state.step)
 
-  state, metrics_S = jax.lax.scan(step, state, full_SxB)
+  def first_nonfinite(loss_S, step_S):
+    bad_S = ~jnp.isfinite(loss_S)
+    return jnp.where(bad_S.any(), step_S[jnp.argmax(bad_S)], -1)
+
+  state, (metrics_S, step_S) = jax.lax.scan(step, state, full_SxB)
   sums = jax.tree.map(jnp.sum, metrics_S)
+  bad_step = first_nonfinite(metrics_S["loss"], step_S)
   if rest_R.shape[0]:
-    state, metrics = step(state, rest_R)
+    state, (metrics, rest_step) = step(state, rest_R)
     sums = _add(sums, metrics)
-  return state, sums
+    bad_step = jnp.where(bad_step >= 0, bad_step,
+                         first_nonfinite(metrics["loss"][None], rest_step[None]))
+  return state, {**sums, "first_nonfinite_step": bad_step}
 
 
 def compile_train_epoch(state: TrainState, images_u8_NxD: jax.Array, rng_shuffle: jax.Array,
@@ -214,14 +229,16 @@ class ProgressBar:
       self.bar = None
 
 
-def prepare_workdir(workdir: str | Path) -> Path:
-  """Creates the work directory; refuses one that holds an earlier run or is not writable."""
+def prepare_workdir(workdir: str | Path, restart: bool = False) -> Path:
+  """Creates the work directory and checks it is writable.
+
+  A directory holding a run with checkpoints is resumed (see train_and_evaluate); one
+  holding a run without checkpoints is refused. ``restart`` moves an earlier run into
+  ``replaced_<time>/`` inside the directory first: nothing is deleted.
+  """
   workdir = Path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise WorkdirError(f"workdir {workdir}: exists and is not a directory")
-  if (workdir / "metrics.jsonl").exists():
-    raise WorkdirError(f"workdir {workdir}: already holds a run (metrics.jsonl); "
-                       "choose a new --workdir or move that one away")
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / ".write_test"
@@ -229,7 +246,77 @@ def prepare_workdir(workdir: str | Path) -> Path:
     probe.unlink()
   except OSError as e:
     raise WorkdirError(f"workdir {workdir}: not writable ({e.strerror})") from None
+  if restart:
+    move_run_aside(workdir)
+  elif (workdir / "metrics.jsonl").exists() and not checkpoint.has_checkpoints(workdir):
+    raise WorkdirError(f"workdir {workdir}: holds a run (metrics.jsonl) with no checkpoint to "
+                       "resume from; choose a new --workdir, or pass --config.restart=True to "
+                       "move that run aside and start afresh")
   return workdir
+
+
+def move_run_aside(workdir: Path) -> Path | None:
+  """Moves an earlier run's files into workdir/replaced_<UTC time>/; returns it (None: no run)."""
+  pattern = re.compile(r"(reconstruction|sample)_\d+\.png")
+  names = [p for p in sorted(workdir.iterdir())
+           if p.name in ("metrics.jsonl", "config.json", checkpoint.SUBDIR) or pattern.fullmatch(p.name)]
+  if not names:
+    return None
+  stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+  dest = workdir / f"replaced_{stamp}"
+  suffix = 1
+  while dest.exists():
+    dest, suffix = workdir / f"replaced_{stamp}_{suffix}", suffix + 1
+  dest.mkdir()
+  for path in names:
+    path.rename(dest / path.name)
+  print(f"restart: moved the earlier run to {dest}")
+  return dest
+
+
+def write_metrics(workdir: Path, records: list[dict[str, Any]]) -> None:
+  """metrics.jsonl, one JSON record per epoch, rewritten whole and atomically."""
+  checkpoint.write_text_atomic(workdir / "metrics.jsonl",
+                               "".join(json.dumps(r) + "\n" for r in records))
+
+
+def state_tree(state: TrainState, keys: dict[str, jax.Array]) -> dict[str, Any]:
+  """What a checkpoint holds as arrays: params, optimizer state, step and key data."""
+  return {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+          "keys": {name: jax.random.key_data(keys[name]) for name in KEY_NAMES}}
+
+
+def from_state_tree(state: TrainState, tree: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The inverse of state_tree: (state with the tree's arrays, keys)."""
+  state = state.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
+  return state, {name: jax.random.wrap_key_data(tree["keys"][name]) for name in KEY_NAMES}
+
+
+def resume(workdir: Path, config, fingerprint: dict[str, Any], state: TrainState,
+           keys: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array], list[dict], Path]:
+  """(state, keys, records, checkpoint dir) from workdir's latest checkpoint.
+
+  Refuses (CheckpointError, nothing written) a checkpoint made with a config that differs
+  in a key that changes the numbers, or made from other data.
+  """
+  with checkpoint.manager(workdir, read_only=True) as mngr:
+    epoch = checkpoint.select(mngr, "latest")
+    where = checkpoint.checkpoint_dir(mngr, epoch)
+    meta = checkpoint.read_meta(mngr, epoch)
+    differences = checkpoint.config_differences(meta["config"], config.to_dict())
+    if differences:
+      raise checkpoint.CheckpointError(
+          f"workdir {workdir}: its checkpoint {where} was made with another config "
+          f"(saved -> requested: {'; '.join(differences)}); resume with the saved values, or pass "
+          "--config.restart=True to move that run aside and start afresh")
+    if meta.get("data") != fingerprint:
+      splits = sorted(s for s in fingerprint if meta.get("data", {}).get(s) != fingerprint[s])
+      raise checkpoint.CheckpointError(
+          f"workdir {workdir}: its checkpoint {where} was made from other data (the {' and '.join(splits)} "
+          "split differs: examples or SHA-256); use the same data, or pass --config.restart=True")
+    tree, meta = checkpoint.restore(mngr, epoch, state_tree(state, keys))
+  state, keys = from_state_tree(state, tree)
+  return state, keys, meta["records"], where
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
@@ -243,12 +330,38 @@ def format_table(records: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def restore_run(workdir: str | Path, which: str = "latest"
+                ) -> tuple[ml_collections.ConfigDict, TrainState, dict[str, jax.Array], dict]:
+  """(config, state, keys, meta) of a trained run's checkpoint: 'latest', 'best' or an epoch.
+
+  Nothing is trained or written; the config is the one saved with the checkpoint.
+  """
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise WorkdirError(f"workdir {workdir}: not a directory (expected one written by "
+                       "`python -m vae_jax train`)")
+  if not checkpoint.has_checkpoints(workdir):
+    raise checkpoint.CheckpointError(f"workdir {workdir}: no checkpoint in {workdir / checkpoint.SUBDIR}"
+                                     " (expected one written by `python -m vae_jax train`)")
+  with checkpoint.manager(workdir, read_only=True) as mngr:
+    epoch = checkpoint.select(mngr, which)
+    meta = checkpoint.read_meta(mngr, epoch)
+    config = ml_collections.ConfigDict(meta["config"])
+    input_dim = int(np.prod(meta["data"]["train"]["image_shape"]))
+    rng_init, *rngs = jax.random.split(jax.random.key(config.seed), 1 + len(KEY_NAMES))
+    state = create_train_state(config, rng_init, input_dim)
+    tree, meta = checkpoint.restore(mngr, epoch, state_tree(state, dict(zip(KEY_NAMES, rngs))))
+  state, keys = from_state_tree(state, tree)
+  return config, state, keys, meta
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        splits: dict | None = None) -> tuple[TrainState, list[dict[str, Any]]]:
-  """Trains the VAE as the reference does, writing metrics, images and config to workdir.
+  """Trains the VAE as the reference does, checkpointing every epoch; resumes a killed run.
 
-  Returns the final state and the per-epoch records also written to ``workdir/metrics.jsonl``. ``splits``
-  (optional) replaces the configured data source: {'train': (x, y), 'test': (x, y)}.
+  Writes config.json, metrics.jsonl, checkpoints/ and the images to workdir. Returns the
+  final state and the per-epoch records (those of metrics.jsonl). ``splits`` (optional)
+  replaces the configured data source: {'train': (x, y), 'test': (x, y)}.
   """
   validate_config(config)
   splits = splits or load_data(config)
@@ -258,76 +371,119 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   if config.batch_size > n_train:
     raise ConfigError(f"config.batch_size={config.batch_size}: larger than the training set "
                       f"({n_train} examples)")
-  workdir = prepare_workdir(workdir)
+  workdir = prepare_workdir(workdir, restart=config.restart)
   input_dim = int(np.prod(x_train_u8.shape[1:]))
   image_hw = x_train_u8.shape[1:]
-  (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+  fingerprint = checkpoint.data_fingerprint(splits)
 
+  # 1. A fresh state and keys from the seed: where a new run starts, and the layout a
+  #    checkpoint is restored into.
   rng = jax.random.key(config.seed)
-  rng_init, rng_shuffle, rng_noise, rng_eval, rng_images = jax.random.split(rng, 5)
+  rng_init, *rngs = jax.random.split(rng, 1 + len(KEY_NAMES))
   del rng  # Each use has its own key from here on.
+  keys = dict(zip(KEY_NAMES, rngs))
+  state = create_train_state(config, rng_init, input_dim)
+  records, last_good = [], None
+  # 2. A directory with checkpoints continues from its latest, if config and data match.
+  if checkpoint.has_checkpoints(workdir):
+    state, keys, records, last_good = resume(workdir, config, fingerprint, state, keys)
+    print(f"Resuming from {last_good} (epoch {records[-1]['epoch']})")
+  # 3. Writes start here: metrics.jsonl is rewritten from the checkpoint's records, so
+  #    epochs finished after the last checkpoint are dropped, never duplicated.
+  checkpoint.write_text_atomic(workdir / "config.json", config.to_json(indent=2) + "\n")
+  write_metrics(workdir, records)
+  mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+  try:
+    state = _train_epochs(config, workdir, mngr, state, keys, records, last_good, fingerprint,
+                          splits, input_dim, image_hw)
+  finally:
+    mngr.close()
+  return state, records
 
+
+def _train_epochs(config, workdir, mngr, state, keys, records, last_good, fingerprint, splits,
+                  input_dim, image_hw) -> TrainState:
+  """Epochs len(records)+1 .. num_epochs: train, evaluate, check, checkpoint, log, images."""
+  (x_train_u8, _), (x_test_u8, _) = splits["train"], splits["test"]
+  n_train, n_test = len(x_train_u8), len(x_test_u8)
   # Data live on the device as flat uint8 for the whole run.
   train_u8_NxD = jax.device_put(np.reshape(x_train_u8, (n_train, input_dim)))
   test_u8_NxD = jax.device_put(np.reshape(x_test_u8, (n_test, input_dim)))
-  state = create_train_state(config, rng_init, input_dim)
   steps_per_epoch = -(-n_train // config.batch_size)
   num_shown = min(8, n_test)  # Test images shown with their reconstructions.
+  first_epoch = len(records) + 1
+  if first_epoch > config.num_epochs:
+    print(f"Nothing to train: {workdir} holds {len(records)} epochs, config.num_epochs="
+          f"{config.num_epochs}")
+    return state
 
   progress = ProgressBar(config.progress)
   steps_per_report = max(1, steps_per_epoch // 50)
   beta = jnp.float32(config.beta)
   t0 = time.perf_counter()
-  train_epoch_c = compile_train_epoch(
-      state, train_u8_NxD, rng_shuffle, rng_noise, beta, batch_size=config.batch_size,
-      on_step=progress.update if config.progress else None, steps_per_report=steps_per_report)
+  on_step = progress.update if config.progress else None
+  if config.debug_nans:  # jax_debug_nans checks jitted calls, not ahead-of-time compiled ones.
+    train_epoch_c = functools.partial(
+        jax.jit(train_epoch, static_argnames=("batch_size", "on_step", "steps_per_report")),
+        batch_size=config.batch_size, on_step=on_step, steps_per_report=steps_per_report)
+  else:
+    train_epoch_c = compile_train_epoch(
+        state, train_u8_NxD, keys["shuffle"], keys["noise"], beta, batch_size=config.batch_size,
+        on_step=on_step, steps_per_report=steps_per_report)
   evaluate_c = jax.jit(evaluate, static_argnames=("apply_fn", "batch_size")).lower(
-      state.params, state.apply_fn, test_u8_NxD, rng_eval, batch_size=config.eval_batch_size
+      state.params, state.apply_fn, test_u8_NxD, keys["eval"], batch_size=config.eval_batch_size
   ).compile()
   images_c = jax.jit(epoch_images, static_argnames=("apply_fn", "latent_dim")).lower(
-      state.params, state.apply_fn, test_u8_NxD[:num_shown], rng_images, latent_dim=config.latent_dim
-  ).compile()
+      state.params, state.apply_fn, test_u8_NxD[:num_shown], keys["images"],
+      latent_dim=config.latent_dim).compile()
   compile_seconds = time.perf_counter() - t0
 
-  records = []
-  for epoch in range(1, config.num_epochs + 1):
+  for epoch in range(first_epoch, config.num_epochs + 1):
     progress.start(epoch, steps_per_epoch, first_step=(epoch - 1) * steps_per_epoch)
     t0 = time.perf_counter()
-    state, train_sums = train_epoch_c(state, train_u8_NxD, jnp.int32(epoch), rng_shuffle,
-                                      rng_noise, beta)
-    train_sums = jax.device_get(train_sums)  # Waits for the epoch to finish.
+    with jax.debug_nans(config.debug_nans):
+      state, train_sums = train_epoch_c(state, train_u8_NxD, jnp.int32(epoch), keys["shuffle"],
+                                        keys["noise"], beta)
+      train_sums = jax.device_get(train_sums)  # Waits for the epoch to finish.
     train_seconds = time.perf_counter() - t0
     progress.close()
     test_sums = jax.device_get(
-        evaluate_c(state.params, test_u8_NxD, jax.random.fold_in(rng_eval, epoch)))
+        evaluate_c(state.params, test_u8_NxD, jax.random.fold_in(keys["eval"], epoch)))
+    bad_step = int(train_sums["first_nonfinite_step"])
+    if bad_step >= 0 or not math.isfinite(float(test_sums["loss"])):
+      where = f"step {bad_step}: non-finite training loss" if bad_step >= 0 else "non-finite test loss"
+      raise FloatingPointError(
+          f"epoch {epoch}, {where}; last good checkpoint: {last_good or 'none yet'} (left "
+          "untouched); rerun with --config.debug_nans=True to find the operation that made it")
+    examples = int(train_sums["examples"])
     record = {
         "epoch": epoch,
-        "train_loss": float(train_sums["loss"]) / int(train_sums["examples"]),
-        "train_bce": float(train_sums["bce"]) / int(train_sums["examples"]),
-        "train_kl": float(train_sums["kl"]) / int(train_sums["examples"]),
+        "train_loss": float(train_sums["loss"]) / examples,
+        "train_bce": float(train_sums["bce"]) / examples,
+        "train_kl": float(train_sums["kl"]) / examples,
         "test_loss": float(test_sums["loss"]) / n_test,
         "test_bce": float(test_sums["bce"]) / n_test,
         "test_kl": float(test_sums["kl"]) / n_test,
         "test_loss_mean_z": float(test_sums["loss_mean_z"]) / n_test,
         "test_bce_mean_z": float(test_sums["bce_mean_z"]) / n_test,
-        "train_examples": int(train_sums["examples"]),
+        "train_examples": examples,
         "steps": int(state.step),
         "train_seconds": train_seconds,
-        "compile_seconds": compile_seconds if epoch == 1 else 0.0,
+        "compile_seconds": compile_seconds if epoch == first_epoch else 0.0,
     }
-    if not all(math.isfinite(record[k]) for k in ("train_loss", "test_loss")):
-      raise FloatingPointError(f"epoch {epoch}: non-finite loss (train {record['train_loss']}, "
-                               f"test {record['test_loss']})")
     print(f"====> Epoch: {epoch} Average loss: {record['train_loss']:.4f}")
     print(f"====> Test set loss: {record['test_loss']:.4f}")
-    with open(workdir / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(record) + "\n")
     records.append(record)
+    # The checkpoint first, then the log it covers: a kill in between loses no record.
+    last_good = checkpoint.save(mngr, epoch, state_tree(state, keys), {
+        "config": config.to_dict(), "records": records, "data": fingerprint,
+        "versions": {"jax": jax.__version__, "vae_jax": __version__}})
+    write_metrics(workdir, records)
     if config.save_images:
-      comparison, samples = jax.device_get(
-          images_c(state.params, test_u8_NxD[:num_shown], jax.random.fold_in(rng_images, epoch)))
+      comparison, samples = jax.device_get(images_c(
+          state.params, test_u8_NxD[:num_shown], jax.random.fold_in(keys["images"], epoch)))
       images.save_png(workdir / f"reconstruction_{epoch}.png",
                       images.image_grid(comparison.reshape(-1, *image_hw), nrow=8))
       images.save_png(workdir / f"sample_{epoch}.png",
                       images.image_grid(samples.reshape(-1, *image_hw), nrow=8))
-  return state, records
+  return state

@@ -29,6 +29,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train_examples = 0  # 0: the whole split; N: the first N (quick runs, tests).
   config.test_examples = 0
 
+  # Checkpoints (workdir/checkpoints): the last keep_checkpoints epochs plus the best test loss.
+  # Rerunning the same command on the workdir resumes from the latest; restart=True moves an
+  # earlier run aside (workdir/replaced_<time>/) and starts afresh.
+  config.keep_checkpoints = 2
+  config.restart = False
+  config.debug_nans = False  # jax_debug_nans: find the operation that made a NaN (slow).
+
   config.progress = True  # A progress bar while each compiled epoch runs.
   config.save_images = True  # reconstruction_N.png and sample_N.png each epoch.
   return config

@@ -1,0 +1,191 @@
+"""Orbax checkpoints of a run: everything an exact resume needs, written atomically.
+
+A checkpoint is ``workdir/checkpoints/<epoch>/`` with two items:
+- ``state``: params, Adam state, step and the run's PRNG key data (uint32), as arrays;
+- ``meta``: JSON with the epoch, the config, the per-epoch records so far, a fingerprint
+  of the data and the SHA-256 of the state's arrays (checked on every restore, so a
+  corrupted file is an error, never silently different numbers).
+Orbax writes each checkpoint to a temporary directory and renames it when complete: a
+process killed during a save leaves the previous checkpoints as they were, and the
+half-written one is never listed. Kept: the last ``keep`` epochs and the best by test loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+SUBDIR = "checkpoints"
+MANIFEST = "files.sha256"  # In each checkpoint: SHA-256 of its files, written after the save.
+# Config keys that may change when a run is resumed: they do not alter its numbers.
+RESUMABLE_KEYS = ("num_epochs", "progress", "save_images", "keep_checkpoints", "debug_nans",
+                  "restart", "data_dir")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, unreadable or does not fit the run; nothing was changed."""
+
+
+def manager(workdir: str | Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+  """The run's checkpoint manager: keeps the last ``keep`` epochs plus the best test loss."""
+  policies = ocp.checkpoint_managers
+  policy = policies.AnyPreservationPolicy([
+      policies.LatestN(n=keep),
+      policies.BestN(get_metric_fn=lambda m: -m["test_loss"], n=1),
+  ])
+  # best_fn only makes orbax write each checkpoint's metrics, which the policy needs after a
+  # restart; retention is the policy's.
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy, best_fn=lambda m: m["test_loss"], best_mode="min",
+      enable_async_checkpointing=False, create=not read_only,
+      read_only=read_only, cleanup_tmp_directories=not read_only)
+  directory = Path(workdir).absolute() / SUBDIR
+  try:
+    return ocp.CheckpointManager(directory, options=options)
+  except Exception as e:  # Orbax reads every checkpoint's metadata here.
+    raise CheckpointError(f"checkpoints {directory}: cannot be read ({_one_line(e)})") from None
+
+
+def has_checkpoints(workdir: str | Path) -> bool:
+  """Whether workdir holds at least one complete checkpoint (temporary ones do not count)."""
+  directory = Path(workdir) / SUBDIR
+  if not directory.is_dir():
+    return False
+  with manager(workdir, read_only=True) as mngr:
+    return bool(mngr.all_steps())
+
+
+def tree_sha256(tree) -> str:
+  """SHA-256 over the tree's leaves in order: dtype, shape and bytes of each."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    leaf = np.asarray(leaf)
+    digest.update(f"{leaf.dtype.str}{leaf.shape}".encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def data_fingerprint(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+  """Per split: example count, image shape and SHA-256 of images and labels."""
+  out = {}
+  for split, (images, labels) in sorted(splits.items()):
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
+    out[split] = {"examples": int(len(images)), "image_shape": list(images.shape[1:]),
+                  "sha256": digest.hexdigest()}
+  return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """'key: saved -> current' for each key that differs and would change the run's numbers."""
+  keys = sorted((set(saved) | set(current)) - set(RESUMABLE_KEYS))
+  missing = object()
+  return [f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}".replace(
+      repr(missing), "(absent)") for k in keys if saved.get(k, missing) != current.get(k, missing)]
+
+
+def save(mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, Any]) -> Path:
+  """Saves epoch's state tree and meta (with the state's SHA-256) and returns its directory."""
+  meta = {**meta, "epoch": epoch, "state_sha256": tree_sha256(state_tree)}
+  mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
+                                           meta=ocp.args.JsonSave(meta)),
+            metrics={"test_loss": meta["records"][-1]["test_loss"]}, force=True)
+  mngr.wait_until_finished()
+  where = checkpoint_dir(mngr, epoch)
+  write_text_atomic(where / MANIFEST, "".join(
+      f"{digest}  {name}\n" for name, digest in _file_digests(where).items()))
+  return where
+
+
+def _file_digests(directory: Path) -> dict[str, str]:
+  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def verify_files(where: Path) -> None:
+  """Checks a checkpoint's files against the SHA-256 manifest written after its save.
+
+  Catches truncated or altered files before orbax reads them. A checkpoint without a
+  manifest (a kill between the save and the manifest) is left to the state's SHA-256.
+  """
+  manifest = where / MANIFEST
+  if not manifest.exists():
+    return
+  try:
+    recorded = dict(reversed(line.split("  ", 1)) for line in manifest.read_text().splitlines())
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise CheckpointError(f"checkpoint {where}: manifest {MANIFEST} cannot be read ({e})") from None
+  found = _file_digests(where)
+  for name, digest in sorted(recorded.items()):
+    if name not in found:
+      raise CheckpointError(f"checkpoint {where}: file {name} is missing (listed in {MANIFEST})")
+    if found[name] != digest:
+      raise CheckpointError(f"checkpoint {where}: file {name} differs from the SHA-256 recorded "
+                            "when it was saved (truncated or corrupted)")
+
+
+def checkpoint_dir(mngr: ocp.CheckpointManager, epoch: int) -> Path:
+  return Path(mngr.directory) / str(epoch)
+
+
+def read_meta(mngr: ocp.CheckpointManager, epoch: int) -> dict[str, Any]:
+  """The meta item of one checkpoint; CheckpointError if it cannot be read."""
+  verify_files(checkpoint_dir(mngr, epoch))
+  try:
+    meta = mngr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  except Exception as e:  # Orbax raises many types for unreadable files.
+    raise CheckpointError(f"checkpoint {checkpoint_dir(mngr, epoch)}: meta cannot be read "
+                          f"({_one_line(e)})") from None
+  if not isinstance(meta, dict) or "config" not in meta or "records" not in meta:
+    raise CheckpointError(f"checkpoint {checkpoint_dir(mngr, epoch)}: meta is not a vae_jax "
+                          "checkpoint (expected keys config, records)")
+  return meta
+
+
+def select(mngr: ocp.CheckpointManager, which: str = "latest") -> int:
+  """The epoch to load: 'latest', 'best' (lowest test loss) or an epoch number."""
+  steps = sorted(mngr.all_steps())
+  if not steps:
+    raise CheckpointError(f"no checkpoint in {mngr.directory}: expected a directory written by "
+                          "`python -m vae_jax train`")
+  if which == "latest":
+    return steps[-1]
+  if which == "best":
+    return mngr.best_step()
+  if which.isdigit() and int(which) in steps:
+    return int(which)
+  raise CheckpointError(f"checkpoint {which!r}: expected 'latest', 'best' or one of the saved "
+                        f"epochs {', '.join(map(str, steps))}")
+
+
+def restore(mngr: ocp.CheckpointManager, epoch: int, target_tree) -> tuple[Any, dict[str, Any]]:
+  """(state tree laid out as target_tree, meta) of one checkpoint, its SHA-256 verified."""
+  meta = read_meta(mngr, epoch)  # Verifies the files first.
+  where = checkpoint_dir(mngr, epoch)
+  try:
+    restored = mngr.restore(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target_tree))).state
+  except Exception as e:
+    raise CheckpointError(f"checkpoint {where}: state cannot be restored ({_one_line(e)})") from None
+  if tree_sha256(restored) != meta.get("state_sha256"):
+    raise CheckpointError(f"checkpoint {where}: state does not match the SHA-256 recorded when it "
+                          "was saved (corrupted files?)")
+  return restored, meta
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+  """Writes through a temporary file and a rename: readers see the old or the new text."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _one_line(e: Exception) -> str:
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) < 200 else text[:200] + "..."

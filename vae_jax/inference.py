@@ -1,0 +1,111 @@
+"""Using a trained run: sample, reconstruct, encode and evaluate from its checkpoints.
+
+Each function restores one checkpoint ('latest', 'best' or an epoch number) of a work
+directory written by ``train.train_and_evaluate``, compiles only the function it needs and
+writes nothing but its own output file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import checkpoint, images, models, train
+
+
+def _load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  if split not in ("train", "test"):
+    raise ValueError(f"split {split!r}: expected 'train' or 'test'")
+  return train.load_data(config)[split]
+
+
+def _check_out(out: str | Path, suffix: str) -> Path:
+  out = Path(out)
+  if out.suffix != suffix:
+    raise ValueError(f"--out {out}: expected a {suffix} file name")
+  if not out.parent.is_dir():
+    raise ValueError(f"--out {out}: directory {out.parent} does not exist")
+  return out
+
+
+def _save_grid(out: Path, pixels_NxD: np.ndarray, image_hw: tuple[int, ...], nrow: int = 8):
+  images.save_png(out, images.image_grid(np.asarray(pixels_NxD).reshape(-1, *image_hw), nrow=nrow))
+
+
+def _image_hw(meta: dict[str, Any]) -> tuple[int, ...]:
+  return tuple(meta["data"]["train"]["image_shape"])
+
+
+def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") -> Path:
+  """Decodes num draws z ~ N(0, I) (key = key(seed)) into a PNG grid, 8 per row."""
+  out = _check_out(out, ".png")
+  if num < 1:
+    raise ValueError(f"--num {num}: expected >= 1")
+  config, state, _, meta = train.restore_run(workdir, which)
+  z_NxL = jax.random.normal(jax.random.key(seed), (num, config.latent_dim))
+  pixels = jax.jit(state.apply_fn, static_argnames="method")(
+      {"params": state.params}, z_NxL, method=models.VAE.generate)
+  _save_grid(out, pixels, _image_hw(meta))
+  return out
+
+
+def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "latest") -> Path:
+  """The split's first num images (rows of 8) over their reconstructions at z = mu, as a PNG."""
+  out = _check_out(out, ".png")
+  config, state, _, meta = train.restore_run(workdir, which)
+  x_u8, _ = _load_split(config, split)
+  if not 1 <= num <= len(x_u8):
+    raise ValueError(f"--num {num}: expected 1 to {len(x_u8)} (the {split} split's size)")
+  x_NxD = train.to_float(jnp.asarray(x_u8[:num].reshape(num, -1)))
+  logits_NxD, _, _ = jax.jit(state.apply_fn)({"params": state.params}, x_NxD, None)
+  rows = []
+  for start in range(0, num, 8):  # Originals and reconstructions alternate, 8 per row.
+    rows += [x_NxD[start:start + 8], jax.nn.sigmoid(logits_NxD[start:start + 8])]
+  _save_grid(out, jnp.concatenate(rows), _image_hw(meta))
+  return out
+
+
+def encode(workdir, out, split: str = "test", which: str = "latest",
+           chunk: int = 10_000) -> Path:
+  """Writes mu (NxL), logvar (NxL) and labels (N) of every example of the split to an .npz."""
+  out = _check_out(out, ".npz")
+  config, state, _, _ = train.restore_run(workdir, which)
+  x_u8, labels = _load_split(config, split)
+  x_u8_NxD = x_u8.reshape(len(x_u8), -1)
+  encode_fn = jax.jit(lambda params, x_u8_BxD: state.apply_fn(
+      {"params": params}, train.to_float(x_u8_BxD), method=models.VAE.encode))
+  mus, logvars = [], []
+  for start in range(0, len(x_u8_NxD), chunk):
+    mu, logvar = jax.device_get(encode_fn(state.params, x_u8_NxD[start:start + chunk]))
+    mus.append(mu)
+    logvars.append(logvar)
+  tmp = out.with_name(f".{out.stem}.tmp.npz")
+  np.savez(tmp, mu=np.concatenate(mus), logvar=np.concatenate(logvars), labels=labels)
+  tmp.replace(out)
+  return out
+
+
+def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, Any]:
+  """The split's loss, BCE, KL and z = mu loss (nats per example) for one checkpoint.
+
+  Uses the key training used after that epoch, so on the test split the loss equals the
+  one recorded in metrics.jsonl (when the data are the same).
+  """
+  config, state, keys, meta = train.restore_run(workdir, which)
+  x_u8, labels = _load_split(config, split)
+  epoch = meta["epoch"]
+  evaluate_fn = jax.jit(train.evaluate, static_argnames=("apply_fn", "batch_size"))
+  sums = jax.device_get(evaluate_fn(
+      state.params, state.apply_fn, jnp.asarray(x_u8.reshape(len(x_u8), -1)),
+      jax.random.fold_in(keys["eval"], epoch), batch_size=config.eval_batch_size))
+  result = {"checkpoint": str(Path(workdir) / checkpoint.SUBDIR / str(epoch)), "epoch": epoch,
+            "split": split, "examples": len(x_u8)}
+  result.update({k: float(v) / len(x_u8) for k, v in sums.items()})
+  same_data = meta["data"].get(split) == checkpoint.data_fingerprint({split: (x_u8, labels)})[split]
+  if split == "test" and same_data:
+    result["recorded_test_loss"] = meta["records"][-1]["test_loss"]
+  return result

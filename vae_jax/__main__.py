@@ -6,7 +6,9 @@
   python -m vae_jax encode --workdir DIR [--split test] --out latents.npz
   python -m vae_jax evaluate --workdir DIR [--split test]
 
-``train`` on a DIR that holds checkpoints resumes from the latest (same config required;
+Several processes (hosts) train one run when each is started with the same command plus
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or the JAX_*
+environment variables). ``train`` on a DIR that holds checkpoints resumes from the latest (same config required;
 ``--config.restart=True`` moves the old run aside). The other commands load
 ``--checkpoint`` (latest, best or an epoch number). ``--config`` names a config file
 (default: vae_jax/configs/default.py, the reference); any key can be overridden in the
@@ -48,6 +50,10 @@ def main() -> int:
     flags.DEFINE_integer("num", None, "Images to sample (default 64) or reconstruct (default 8).")
     flags.DEFINE_integer("seed", 0, "sample: key of the z draws.")
     flags.DEFINE_enum("split", "test", ["train", "test"], "Data split to use.")
+    flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
+                        "(default: JAX_COORDINATOR_ADDRESS; unset: one process).")
+    flags.DEFINE_integer("num_processes", None, "Multi-process: how many (JAX_NUM_PROCESSES).")
+    flags.DEFINE_integer("process_id", None, "Multi-process: this one's index (JAX_PROCESS_ID).")
     args = flags.FLAGS(argv)[1:]
     config = config_flag.value
     config.keys()  # A config file that failed to load raises only when used.
@@ -71,14 +77,16 @@ def main() -> int:
   logging.set_verbosity(logging.FATAL)  # Orbax logs what our errors already say.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   # Imports jax: after the arguments are known to be good.
-  from vae_jax import checkpoint, data, inference, train
+  from vae_jax import checkpoint, data, distributed, inference, train
   try:
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     if command == "train":
       _, records = train.train_and_evaluate(config, workdir_flag.value)
-      print()
-      print(train.format_table(records))
-      print(f"\nOutputs in {workdir_flag.value}: metrics.jsonl, config.json, checkpoints/, "
-            "reconstruction_N.png, sample_N.png")
+      if distributed.is_primary():
+        print()
+        print(train.format_table(records))
+        print(f"\nOutputs in {workdir_flag.value}: metrics.jsonl, config.json, checkpoints/, "
+              "reconstruction_N.png, sample_N.png")
     elif command == "sample":
       out = inference.sample(f.workdir, f.out, num=64 if f.num is None else f.num, seed=f.seed, which=f.checkpoint)
       print(f"Wrote {out}")

@@ -23,9 +23,10 @@ import orbax.checkpoint as ocp
 
 SUBDIR = "checkpoints"
 MANIFEST = "files.sha256"  # In each checkpoint: SHA-256 of its files, written after the save.
-# Config keys that may change when a run is resumed: they do not alter its numbers.
+# Config keys that may change when a run is resumed: they do not alter its numbers
+# (num_devices only in the last bits: a run may resume on other hardware).
 RESUMABLE_KEYS = ("num_epochs", "progress", "save_images", "keep_checkpoints", "debug_nans",
-                  "restart", "data_dir")
+                  "restart", "data_dir", "num_devices")
 
 
 class CheckpointError(ValueError):
@@ -98,8 +99,9 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, An
             metrics={"test_loss": meta["records"][-1]["test_loss"]}, force=True)
   mngr.wait_until_finished()
   where = checkpoint_dir(mngr, epoch)
-  write_text_atomic(where / MANIFEST, "".join(
-      f"{digest}  {name}\n" for name, digest in _file_digests(where).items()))
+  if jax.process_index() == 0:  # One writer; orbax itself coordinates the processes.
+    write_text_atomic(where / MANIFEST, "".join(
+        f"{digest}  {name}\n" for name, digest in _file_digests(where).items()))
   return where
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 INITS = ("torch", "flax")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.compute_dtype
 
 
 def torch_linear_init(fan_in: int) -> tuple[Callable, Callable]:
@@ -29,40 +30,47 @@ def torch_linear_init(fan_in: int) -> tuple[Callable, Callable]:
   return uniform, uniform
 
 
-def dense(features: int, fan_in: int, init: str, name: str) -> nn.Dense:
-  """A Dense layer with the named init: 'torch' (the reference) or 'flax' (lecun_normal/zeros)."""
+def dense(features: int, fan_in: int, init: str, name: str, dtype=jnp.float32) -> nn.Dense:
+  """A Dense layer with the named init: 'torch' (the reference) or 'flax' (lecun_normal/zeros).
+
+  Parameters are float32; ``dtype`` is what the layer computes in (bfloat16: mixed precision).
+  """
   if init == "torch":
     kernel_init, bias_init = torch_linear_init(fan_in)
-    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name)
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name, dtype=dtype)
   if init == "flax":
-    return nn.Dense(features, name=name)
+    return nn.Dense(features, name=name, dtype=dtype)
   raise ValueError(f"init {init!r}: expected one of {INITS}")
 
 
 class Encoder(nn.Module):
-  """x_BxD -> (mu_BxL, logvar_BxL) through one ReLU hidden layer."""
+  """x_BxD -> (mu_BxL, logvar_BxL) (float32) through one ReLU hidden layer."""
   hidden_dim: int = 400
   latent_dim: int = 20
   init_scheme: str = "torch"
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxD):
-    h_BxH = nn.relu(dense(self.hidden_dim, x_BxD.shape[-1], self.init_scheme, "hidden")(x_BxD))
-    mu_BxL = dense(self.latent_dim, self.hidden_dim, self.init_scheme, "mu")(h_BxH)
-    logvar_BxL = dense(self.latent_dim, self.hidden_dim, self.init_scheme, "logvar")(h_BxH)
-    return mu_BxL, logvar_BxL
+    layer = lambda n, fan_in, name: dense(n, fan_in, self.init_scheme, name, self.dtype)
+    h_BxH = nn.relu(layer(self.hidden_dim, x_BxD.shape[-1], "hidden")(x_BxD))
+    mu_BxL = layer(self.latent_dim, self.hidden_dim, "mu")(h_BxH)
+    logvar_BxL = layer(self.latent_dim, self.hidden_dim, "logvar")(h_BxH)
+    return mu_BxL.astype(jnp.float32), logvar_BxL.astype(jnp.float32)
 
 
 class Decoder(nn.Module):
-  """z_BxL -> logits_BxD through one ReLU hidden layer; sigmoid(logits) is the image."""
+  """z_BxL -> logits_BxD (float32) through one ReLU hidden layer; sigmoid(logits) is the image."""
   hidden_dim: int = 400
   output_dim: int = 784
   init_scheme: str = "torch"
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z_BxL):
-    h_BxH = nn.relu(dense(self.hidden_dim, z_BxL.shape[-1], self.init_scheme, "hidden")(z_BxL))
-    return dense(self.output_dim, self.hidden_dim, self.init_scheme, "logits")(h_BxH)
+    layer = lambda n, fan_in, name: dense(n, fan_in, self.init_scheme, name, self.dtype)
+    h_BxH = nn.relu(layer(self.hidden_dim, z_BxL.shape[-1], "hidden")(z_BxL))
+    return layer(self.output_dim, self.hidden_dim, "logits")(h_BxH).astype(jnp.float32)
 
 
 def reparameterize(mu_BxL, logvar_BxL, eps_BxL):
@@ -75,16 +83,18 @@ class VAE(nn.Module):
 
   ``__call__(x_BxD, key)`` returns ``(logits_BxD, mu_BxL, logvar_BxL)``. The noise is
   ``eps_BxL = jax.random.normal(key, mu_BxL.shape)``, drawn from the caller's explicit key
-  inside the traced graph; ``key=None`` gives the deterministic z = mu.
+  inside the traced graph; ``key=None`` gives the deterministic z = mu. ``dtype``: what the
+  layers compute in; parameters, outputs, noise and the loss stay float32.
   """
   hidden_dim: int = 400
   latent_dim: int = 20
   output_dim: int = 784
   init_scheme: str = "torch"
+  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.encoder = Encoder(self.hidden_dim, self.latent_dim, self.init_scheme)
-    self.decoder = Decoder(self.hidden_dim, self.output_dim, self.init_scheme)
+    self.encoder = Encoder(self.hidden_dim, self.latent_dim, self.init_scheme, self.dtype)
+    self.decoder = Decoder(self.hidden_dim, self.output_dim, self.init_scheme, self.dtype)
 
   def __call__(self, x_BxD, key: jax.Array | None = None):
     mu_BxL, logvar_BxL = self.encoder(x_BxD)

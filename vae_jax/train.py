@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -26,8 +27,9 @@ import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vae_jax import __version__, checkpoint, data, images, losses, models
+from vae_jax import __version__, checkpoint, data, distributed, images, losses, models
 
 TrainState = train_state.TrainState
 METRICS = ("loss", "bce", "kl")
@@ -48,6 +50,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in positive_ints:
     if config[key] < 1:
       raise ConfigError(f"config.{key}={config[key]}: expected an integer >= 1")
+  if config.num_devices < 0:
+    raise ConfigError(f"config.num_devices={config.num_devices}: expected 0 (all) or a count")
   if config.keep_checkpoints < 1:
     raise ConfigError(f"config.keep_checkpoints={config.keep_checkpoints}: expected an integer >= 1")
   for key in ("train_examples", "test_examples"):
@@ -59,6 +63,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.beta={config.beta}: expected a finite value >= 0")
   if config.init not in models.INITS:
     raise ConfigError(f"config.init={config.init!r}: expected one of {', '.join(models.INITS)}")
+  if config.compute_dtype not in models.DTYPES:
+    raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}: expected one of "
+                      f"{', '.join(models.DTYPES)}")
   if config.data_source not in data.SOURCES:
     raise ConfigError(f"config.data_source={config.data_source!r}: expected one of "
                       f"{', '.join(data.SOURCES)}")
@@ -76,7 +83,8 @@ def load_data(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def create_train_state(config, rng_init: jax.Array, input_dim: int = 784) -> TrainState:
   model = models.VAE(hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
-                     output_dim=input_dim, init_scheme=config.init)
+                     output_dim=input_dim, init_scheme=config.init,
+                     dtype=models.DTYPES[config.compute_dtype])
   params = model.init(rng_init, jnp.zeros((1, input_dim), jnp.float32))["params"]
   state = TrainState.create(apply_fn=model.apply, params=params,
                             tx=optax.adam(config.learning_rate))
@@ -117,23 +125,66 @@ def _add(a: dict, b: dict) -> dict:
   return jax.tree.map(jnp.add, a, b)
 
 
+def make_mesh(num_devices: int = 0) -> Mesh | None:
+  """A 1-D mesh ('data') over the first num_devices devices (0: all); None for one device.
+
+  With None every array lives on the default device: the single-device path.
+  """
+  available = jax.device_count()
+  if num_devices > available:
+    raise ConfigError(f"config.num_devices={num_devices}: only {available} devices "
+                      f"({jax.default_backend()}) are visible")
+  devices = jax.devices()[:num_devices or available]
+  return None if len(devices) == 1 else Mesh(np.asarray(devices), ("data",))
+
+
+def replicate(tree, mesh: Mesh | None):
+  """The tree on every device of the mesh (or on the default device when mesh is None).
+
+  Leaves go through host memory, so with several processes each process supplies its own
+  devices' copies (every process holds the same values).
+  """
+  if mesh is None:
+    return jax.device_put(tree)
+  sharding = NamedSharding(mesh, P())
+
+  def put(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)))
+    return jax.device_put(np.asarray(x), sharding)
+  return jax.tree.map(put, tree)
+
+
+def shard_batch(x_BxD: jax.Array, mesh: Mesh | None) -> jax.Array:
+  """Splits a batch over the mesh's data axis when the axis divides it; otherwise as is.
+
+  Parameters stay replicated, so XLA all-reduces the gradients. A batch the axis does not
+  divide (only the epoch's last partial batch can be one) is computed whole on every device.
+  """
+  if mesh is None or x_BxD.shape[0] % mesh.size:
+    return x_BxD
+  return jax.lax.with_sharding_constraint(x_BxD, NamedSharding(mesh, P("data")))
+
+
 def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
                 rng_shuffle: jax.Array, rng_noise: jax.Array, beta: float = 1.0, *,
                 batch_size: int, on_step: Callable | None = None,
-                steps_per_report: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+                steps_per_report: int = 0, mesh: Mesh | None = None
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """A whole epoch as one traced function: shuffle, scan over full batches, then the rest.
 
   Data stay on the device as uint8; each step gathers its batch by index. Returns the
   new state and the epoch's summed metrics: loss, bce, kl (nats, summed over all
   examples), examples (how many were seen) and first_nonfinite_step (the global step whose
   loss was first NaN or Inf, -1 if none). ``on_step`` (host callback, optional) receives
-  the global step every ``steps_per_report`` steps.
+  the global step every ``steps_per_report`` steps. ``mesh``: data-parallel over its
+  'data' axis (see shard_batch); None: one device.
   """
   perm_N = jax.random.permutation(jax.random.fold_in(rng_shuffle, epoch), images_u8_NxD.shape[0])
   full_SxB, rest_R = split_batches(perm_N, batch_size)
 
   def step(state, idx_B):
-    state, metrics = train_step(state, images_u8_NxD[idx_B], rng_noise, beta)
+    state, metrics = train_step(state, shard_batch(images_u8_NxD[idx_B], mesh), rng_noise, beta)
     if on_step is not None:
       jax.lax.cond(state.step % steps_per_report == 0,
                    lambda s: jax.debug.callback(on_step, s), lambda s: None, state.step)
@@ -154,19 +205,21 @@ def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
   return state, {**sums, "first_nonfinite_step": bad_step}
 
 
+EPOCH_STATIC = ("batch_size", "on_step", "steps_per_report", "mesh")
+
+
 def compile_train_epoch(state: TrainState, images_u8_NxD: jax.Array, rng_shuffle: jax.Array,
                         rng_noise: jax.Array, beta: jax.Array, *, batch_size: int,
-                        on_step: Callable | None = None, steps_per_report: int = 0):
+                        on_step: Callable | None = None, steps_per_report: int = 0,
+                        mesh: Mesh | None = None):
   """train_epoch compiled ahead of time (state donated): call it as f(state, x, epoch, ...)."""
-  return jax.jit(train_epoch, donate_argnames=("state",),
-                 static_argnames=("batch_size", "on_step", "steps_per_report")).lower(
-                     state, images_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta,
-                     batch_size=batch_size, on_step=on_step,
-                     steps_per_report=steps_per_report).compile()
+  return jax.jit(train_epoch, donate_argnames=("state",), static_argnames=EPOCH_STATIC).lower(
+      state, images_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta, batch_size=batch_size,
+      on_step=on_step, steps_per_report=steps_per_report, mesh=mesh).compile()
 
 
 def evaluate(params, apply_fn: Callable, images_u8_NxD: jax.Array, key: jax.Array,
-             batch_size: int) -> dict[str, jax.Array]:
+             batch_size: int, mesh: Mesh | None = None) -> dict[str, jax.Array]:
   """Test-set sums: the reference's one-sample loss (loss, bce, kl) and the z = mu terms.
 
   Batch i draws its noise from fold_in(key, i). Keys: loss, bce, kl (sampled z) and
@@ -175,7 +228,7 @@ def evaluate(params, apply_fn: Callable, images_u8_NxD: jax.Array, key: jax.Arra
   full_SxB, rest_R = split_batches(jnp.arange(images_u8_NxD.shape[0]), batch_size)
 
   def batch_sums(i, idx_B):
-    x_BxD = to_float(images_u8_NxD[idx_B])
+    x_BxD = to_float(shard_batch(images_u8_NxD[idx_B], mesh))
     _, sampled = loss_fn(params, apply_fn, x_BxD, jax.random.fold_in(key, i))
     _, mean_z = loss_fn(params, apply_fn, x_BxD, None)
     return {**sampled, "loss_mean_z": mean_z["loss"], "bce_mean_z": mean_z["bce"]}
@@ -241,7 +294,7 @@ def prepare_workdir(workdir: str | Path, restart: bool = False) -> Path:
     raise WorkdirError(f"workdir {workdir}: exists and is not a directory")
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_test"
+    probe = workdir / f".write_test_{os.getpid()}"
     probe.write_text("")
     probe.unlink()
   except OSError as e:
@@ -330,6 +383,11 @@ def format_table(records: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def default_config() -> ml_collections.ConfigDict:
+  from vae_jax.configs import default
+  return default.get_config()
+
+
 def restore_run(workdir: str | Path, which: str = "latest"
                 ) -> tuple[ml_collections.ConfigDict, TrainState, dict[str, jax.Array], dict]:
   """(config, state, keys, meta) of a trained run's checkpoint: 'latest', 'best' or an epoch.
@@ -346,7 +404,8 @@ def restore_run(workdir: str | Path, which: str = "latest"
   with checkpoint.manager(workdir, read_only=True) as mngr:
     epoch = checkpoint.select(mngr, which)
     meta = checkpoint.read_meta(mngr, epoch)
-    config = ml_collections.ConfigDict(meta["config"])
+    config = default_config()
+    config.update(meta["config"])  # Keys added since the checkpoint keep their defaults.
     input_dim = int(np.prod(meta["data"]["train"]["image_shape"]))
     rng_init, *rngs = jax.random.split(jax.random.key(config.seed), 1 + len(KEY_NAMES))
     state = create_train_state(config, rng_init, input_dim)
@@ -371,7 +430,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   if config.batch_size > n_train:
     raise ConfigError(f"config.batch_size={config.batch_size}: larger than the training set "
                       f"({n_train} examples)")
-  workdir = prepare_workdir(workdir, restart=config.restart)
+  devices = make_mesh(config.num_devices)
+  if devices is not None and config.batch_size % devices.size:
+    raise ConfigError(f"config.batch_size={config.batch_size}: not divisible by the {devices.size} "
+                      "devices of the data axis (set config.num_devices or the batch size)")
+  if distributed.is_primary():  # Process 0 alone creates, checks and writes the workdir.
+    prepare_workdir(workdir, restart=config.restart)
+  distributed.barrier("prepare_workdir")
+  workdir = Path(workdir)
+  primary = distributed.is_primary()
   input_dim = int(np.prod(x_train_u8.shape[1:]))
   image_hw = x_train_u8.shape[1:]
   fingerprint = checkpoint.data_fingerprint(splits)
@@ -387,11 +454,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   # 2. A directory with checkpoints continues from its latest, if config and data match.
   if checkpoint.has_checkpoints(workdir):
     state, keys, records, last_good = resume(workdir, config, fingerprint, state, keys)
-    print(f"Resuming from {last_good} (epoch {records[-1]['epoch']})")
+    if primary:
+      print(f"Resuming from {last_good} (epoch {records[-1]['epoch']})")
   # 3. Writes start here: metrics.jsonl is rewritten from the checkpoint's records, so
   #    epochs finished after the last checkpoint are dropped, never duplicated.
-  checkpoint.write_text_atomic(workdir / "config.json", config.to_json(indent=2) + "\n")
-  write_metrics(workdir, records)
+  if primary:
+    checkpoint.write_text_atomic(workdir / "config.json", config.to_json(indent=2) + "\n")
+    write_metrics(workdir, records)
+  # Every process has looked for checkpoints before any creates the directory.
+  distributed.barrier("resume")
   mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
   try:
     state = _train_epochs(config, workdir, mngr, state, keys, records, last_good, fingerprint,
@@ -406,9 +477,12 @@ def _train_epochs(config, workdir, mngr, state, keys, records, last_good, finger
   """Epochs len(records)+1 .. num_epochs: train, evaluate, check, checkpoint, log, images."""
   (x_train_u8, _), (x_test_u8, _) = splits["train"], splits["test"]
   n_train, n_test = len(x_train_u8), len(x_test_u8)
-  # Data live on the device as flat uint8 for the whole run.
-  train_u8_NxD = jax.device_put(np.reshape(x_train_u8, (n_train, input_dim)))
-  test_u8_NxD = jax.device_put(np.reshape(x_test_u8, (n_test, input_dim)))
+  primary = distributed.is_primary()
+  mesh = make_mesh(config.num_devices)
+  # Data live on the device(s) as flat uint8 for the whole run; parameters are replicated.
+  train_u8_NxD = replicate(np.reshape(x_train_u8, (n_train, input_dim)), mesh)
+  test_u8_NxD = replicate(np.reshape(x_test_u8, (n_test, input_dim)), mesh)
+  state, keys = replicate((state, keys), mesh)
   steps_per_epoch = -(-n_train // config.batch_size)
   num_shown = min(8, n_test)  # Test images shown with their reconstructions.
   first_epoch = len(records) + 1
@@ -424,15 +498,15 @@ def _train_epochs(config, workdir, mngr, state, keys, records, last_good, finger
   on_step = progress.update if config.progress else None
   if config.debug_nans:  # jax_debug_nans checks jitted calls, not ahead-of-time compiled ones.
     train_epoch_c = functools.partial(
-        jax.jit(train_epoch, static_argnames=("batch_size", "on_step", "steps_per_report")),
-        batch_size=config.batch_size, on_step=on_step, steps_per_report=steps_per_report)
+        jax.jit(train_epoch, static_argnames=EPOCH_STATIC), batch_size=config.batch_size,
+        on_step=on_step, steps_per_report=steps_per_report, mesh=mesh)
   else:
     train_epoch_c = compile_train_epoch(
         state, train_u8_NxD, keys["shuffle"], keys["noise"], beta, batch_size=config.batch_size,
-        on_step=on_step, steps_per_report=steps_per_report)
-  evaluate_c = jax.jit(evaluate, static_argnames=("apply_fn", "batch_size")).lower(
-      state.params, state.apply_fn, test_u8_NxD, keys["eval"], batch_size=config.eval_batch_size
-  ).compile()
+        on_step=on_step, steps_per_report=steps_per_report, mesh=mesh)
+  evaluate_c = jax.jit(evaluate, static_argnames=("apply_fn", "batch_size", "mesh")).lower(
+      state.params, state.apply_fn, test_u8_NxD, keys["eval"], batch_size=config.eval_batch_size,
+      mesh=mesh).compile()
   images_c = jax.jit(epoch_images, static_argnames=("apply_fn", "latent_dim")).lower(
       state.params, state.apply_fn, test_u8_NxD[:num_shown], keys["images"],
       latent_dim=config.latent_dim).compile()
@@ -471,17 +545,19 @@ def _train_epochs(config, workdir, mngr, state, keys, records, last_good, finger
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds if epoch == first_epoch else 0.0,
     }
-    print(f"====> Epoch: {epoch} Average loss: {record['train_loss']:.4f}")
-    print(f"====> Test set loss: {record['test_loss']:.4f}")
     records.append(record)
     # The checkpoint first, then the log it covers: a kill in between loses no record.
     last_good = checkpoint.save(mngr, epoch, state_tree(state, keys), {
         "config": config.to_dict(), "records": records, "data": fingerprint,
         "versions": {"jax": jax.__version__, "vae_jax": __version__}})
-    write_metrics(workdir, records)
-    if config.save_images:
+    if primary:
+      print(f"====> Epoch: {epoch} Average loss: {record['train_loss']:.4f}")
+      print(f"====> Test set loss: {record['test_loss']:.4f}")
+      write_metrics(workdir, records)
+    if config.save_images:  # Every process takes part in the computation; one writes.
       comparison, samples = jax.device_get(images_c(
           state.params, test_u8_NxD[:num_shown], jax.random.fold_in(keys["images"], epoch)))
+    if config.save_images and primary:
       images.save_png(workdir / f"reconstruction_{epoch}.png",
                       images.image_grid(comparison.reshape(-1, *image_hw), nrow=8))
       images.save_png(workdir / f"sample_{epoch}.png",

@@ -19,7 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.latent_dim = 20
   config.learning_rate = 1e-3  # Adam, default betas (0.9, 0.999) and eps 1e-8.
   config.beta = 1.0  # Weight on KL; 1.0 is the reference ELBO.
-  config.init = "torch"  # 'torch': U(+-1/sqrt(fan_in)) as nn.Linear; 'flax': lecun_normal / zeros.
+  config.init = "torch"
+  # Mixed precision: 'bfloat16' computes the layers in bf16 (for GPUs and TPUs); parameters,
+  # optimizer state, noise and the loss stay float32.
+  config.compute_dtype = "float32"  # 'torch': U(+-1/sqrt(fan_in)) as nn.Linear; 'flax': lecun_normal / zeros.
 
   # Data: 'bundled' (MNIST shipped with the package), 'idx' (data_dir of IDX files) or 'tfds'.
   config.data_source = "bundled"
@@ -28,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.tfds_download = False  # Never download unless asked: offline machines must not hang.
   config.train_examples = 0  # 0: the whole split; N: the first N (quick runs, tests).
   config.test_examples = 0
+
+  # Data parallelism: the batch is split over this many devices (0: all visible); parameters
+  # are replicated. batch_size must be divisible by it.
+  config.num_devices = 0
 
   # Checkpoints (workdir/checkpoints): the last keep_checkpoints epochs plus the best test loss.
   # Rerunning the same command on the workdir resumes from the latest; restart=True moves an

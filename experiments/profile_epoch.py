@@ -1,0 +1,108 @@
+"""Where does a compiled epoch spend its time? A JAX-profiler trace, summed per XLA op.
+
+Run:
+  .venv/bin/python experiments/profile_epoch.py            # reference config, bundled MNIST
+  .venv/bin/python experiments/profile_epoch.py --top 25 --trace-dir runs/trace
+
+Traces one compiled epoch (after a warm-up epoch) with jax.profiler, sums the duration of
+every XLA op over its 469 calls and prints the top ops with their shapes and the JAX
+operation they come from, then the totals by kind: matmuls (dot, and YNNPACK fusions
+that contain a dot), the rest (elementwise fusions: loss, ReLU, Adam; copies; the loop).
+The matmul line gives the GFLOP/s the matmul kernels reach on their own, which bounds how
+fast the epoch can be. The trace stays in --trace-dir for TensorBoard / xprof.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark  # noqa: E402  (a script beside this one)
+
+from vae_jax import train  # noqa: E402
+from vae_jax.configs import default  # noqa: E402
+
+
+def op_durations(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
+  """(seconds, calls) per XLA op name, summed over the trace's XLA worker threads."""
+  path = sorted(Path(trace_dir).rglob("*.xplane.pb"))[-1]
+  plane = jax.profiler.ProfileData.from_file(str(path)).find_plane_with_name("/host:CPU")
+  seconds, calls = collections.Counter(), collections.Counter()
+  for line in plane.lines:
+    if not line.name.startswith("tf_XLA"):
+      continue
+    for event in line.events:
+      if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener")):
+        continue  # Wrappers around the ops, not ops.
+      seconds[event.name] += event.duration_ns / 1e9
+      calls[event.name] += 1
+  return seconds, calls
+
+
+def hlo_ops(hlo: str) -> dict[str, dict[str, str]]:
+  """For each op of the optimized HLO: its result shape, source op_name and whether it is a matmul."""
+  computations = {m.group(1): m.group(2) for m in re.finditer(
+      r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S)}
+  ops = {}
+  for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) (\w[\w\-]*)\((.*)$", hlo, re.M):
+    name, shape, opcode, rest = m.groups()
+    called = re.search(r"calls=%?([\w.\-]+)", rest)
+    body = computations.get(called.group(1), "") if called else ""
+    source = re.search(r'op_name="([^"]+)"', rest)
+    ops[name] = {"shape": shape, "opcode": opcode,
+                 "matmul": opcode == "dot" or " dot(" in body or "convolution(" in body,
+                 "source": source.group(1).split("closed_call/")[-1] if source else ""}
+  return ops
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--top", type=int, default=15)
+  parser.add_argument("--trace-dir", default=None, help="keep the trace here (default: a temp dir)")
+  args = parser.parse_args()
+
+  config = default.get_config()
+  state, x_u8_NxD, rng_shuffle, rng_noise, _ = benchmark._setup(config)
+  beta = jnp.float32(config.beta)
+  epoch_fn = train.compile_train_epoch(state, x_u8_NxD, rng_shuffle, rng_noise, beta,
+                                       batch_size=config.batch_size)
+  state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta)
+  jax.block_until_ready(sums)  # Warm-up epoch.
+  trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="vae_jax_trace_")
+  with jax.profiler.trace(trace_dir):
+    t0 = time.perf_counter()
+    state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(2), rng_shuffle, rng_noise, beta)
+    jax.block_until_ready(sums)
+    wall = time.perf_counter() - t0
+  seconds, calls = op_durations(trace_dir)
+  ops = hlo_ops(epoch_fn.as_text())
+  flops = benchmark.epoch_matmul_flops(config, x_u8_NxD.shape[0])
+
+  print(f"Traced epoch: {wall:.3f} s wall (profiling adds some). Trace: {trace_dir}\n")
+  print("| op | kind | calls | seconds | share | result | from |")
+  print("| --- | --- | ---: | ---: | ---: | --- | --- |")
+  total = sum(seconds.values())
+  for name, s in seconds.most_common(args.top):
+    op = ops.get(name, {"shape": "?", "matmul": False, "source": ""})
+    print(f"| {name} | {'matmul' if op['matmul'] else 'other'} | {calls[name]} | {s:.3f} | "
+          f"{s / total:.0%} | {op['shape']} | {op['source'][:60]} |")
+  matmul = sum(s for name, s in seconds.items() if ops.get(name, {}).get("matmul"))
+  print(f"\nSum of op times: {total:.3f} s; matmuls {matmul:.3f} s ({matmul / total:.0%}), "
+        f"everything else {total - matmul:.3f} s.")
+  print(f"Matmul kernels alone: {flops / 1e9:.1f} GFLOP in {matmul:.3f} s = "
+        f"{flops / matmul / 1e9:.1f} GFLOP/s; the float32 peak measured now: "
+        f"{max(benchmark.matmul_peak_gflops().values()):.1f} GFLOP/s.")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

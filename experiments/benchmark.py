@@ -148,6 +148,44 @@ def time_torch(data_path: str, num_epochs: int) -> dict:
           "train_loss": [r["train_loss"] for r in records]}
 
 
+def time_models(counts: list[int], num_epochs: int) -> dict:
+  """K models vmapped in one program versus K sequential runs of the compiled epoch.
+
+  Both train seeds 1..K on the full training split; seconds count epochs 2..N (compiled
+  already). The sequential runs share one compiled epoch (same shapes), so their time is
+  pure training; the sums over the first K runs give every K from one pass.
+  """
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+  from vae_jax import many
+  config = default.get_config()
+  splits = train.load_data(config)
+  vmapped = {}
+  for k in counts:
+    _, records = many.train_many(config, {"seed": list(range(1, k + 1))}, splits, num_epochs)
+    vmapped[k] = sum(r["train_seconds"] for r in records[0][1:])
+  x_u8_NxD = jnp.asarray(splits["train"][0].reshape(60_000, -1))
+  beta, per_run = jnp.float32(config.beta), []
+  epoch_fn = template = None
+  for seed in range(1, max(counts) + 1):
+    rng_init, rng_shuffle, rng_noise = jax.random.split(jax.random.key(seed), 5)[:3]
+    state = train.create_train_state(config, rng_init)
+    if epoch_fn is None:
+      template = state
+      epoch_fn = train.compile_train_epoch(state, x_u8_NxD, rng_shuffle, rng_noise, beta,
+                                           batch_size=config.batch_size)
+    # The compiled epoch wants the very optimizer object it was compiled with.
+    state = template.replace(params=state.params, opt_state=state.opt_state, step=state.step)
+    state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta)
+    jax.block_until_ready(sums)
+    t0 = time.perf_counter()
+    for epoch in range(2, num_epochs + 1):
+      state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(epoch), rng_shuffle, rng_noise, beta)
+    jax.block_until_ready(sums)
+    per_run.append(time.perf_counter() - t0)
+  return {"epochs_timed": num_epochs - 1, "vmapped_seconds": vmapped,
+          "sequential_seconds": {k: sum(per_run[:k]) for k in counts}}
+
+
 def run_worker(path: str, num_epochs: int) -> dict:
   """Measures one path in this process; adds peak memory."""
   config = default.get_config()
@@ -206,16 +244,37 @@ def _label(path: str, backend: str) -> str:
   return f"compiled epoch, {count} devices" + (" (simulated on the CPU cores)" if backend == "cpu" else "")
 
 
+def print_models(run: dict) -> None:
+  """Table: K models vmapped vs K sequential runs, model-epochs per second."""
+  print("\n| models K | vmapped s (all K, per epoch) | sequential s (K runs, per epoch) | "
+        "vmapped model-epochs/s | sequential model-epochs/s | vmapped / sequential wall |")
+  print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+  if "error" in run:
+    print(f"| {run['error']} | | | | | |")
+    return
+  e = run["epochs_timed"]
+  for k, vm in run["vmapped_seconds"].items():
+    seq = run["sequential_seconds"][k]
+    k = int(k)
+    print(f"| {k} | {vm / e:.2f} | {seq / e:.2f} | {k * e / vm:.3f} | {k * e / seq:.3f} | {vm / seq:.2f} |")
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--epochs", type=int, default=4, help="epochs per JAX path (median over 2..N)")
   parser.add_argument("--torch-epochs", type=int, default=2, help="epochs per PyTorch path")
   parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
   parser.add_argument("--json", help="also write every number to this JSON file")
-  parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+  parser.add_argument("--models", type=int, nargs="*", default=[1, 4, 16],
+                      help="model counts K for vmapped vs sequential (none: skip)")
+  parser.add_argument("--model-epochs", type=int, default=2, help="epochs per model (timed: 2..N)")
+  parser.add_argument("--worker", choices=(*PATHS, "models"), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.epochs < 2 or args.torch_epochs < 2:
     parser.error("--epochs and --torch-epochs must be at least 2 (the median is over epochs 2..N)")
+  if args.worker == "models":
+    print(json.dumps(time_models(args.models, args.model_epochs)))
+    return 0
   if args.worker:
     print(json.dumps(run_worker(args.worker, args.epochs)))
     return 0
@@ -235,11 +294,20 @@ def main() -> int:
     epochs = args.torch_epochs if path.startswith("torch_") else args.epochs
     print(f"measuring {path} ({epochs} epochs) ...", file=sys.stderr)
     runs[path] = measure(path, epochs)
+  if args.models:
+    print(f"measuring {args.models} models vmapped vs sequential ...", file=sys.stderr)
+    proc = subprocess.run([sys.executable, __file__, "--worker", "models", "--models",
+                           *map(str, args.models), "--model-epochs", str(args.model_epochs)],
+                          capture_output=True, text=True)
+    runs["models"] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
+                      else {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
   peak_after = matmul_peak_gflops()
   peak = max(*peak_before.values(), *peak_after.values())
 
   rows = []
   for path, run in runs.items():
+    if path == "models":
+      continue
     if "error" in run:
       rows.append(f"| {_label(path, machine['backend'])} | {run['error']} | | | | | |")
       continue
@@ -267,6 +335,8 @@ def main() -> int:
               if "median_epoch_seconds" in r and p != "scan"}
     print("\nSeconds per epoch relative to the compiled epoch: "
           + ", ".join(f"{p} {x:.2f}x" for p, x in ratios.items()))
+  if "models" in runs:
+    print_models(runs["models"])
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"machine": machine, "matmul_peak_gflops": {"before": peak_before, "after": peak_after,

@@ -59,6 +59,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{key}={config[key]}: expected 0 (all) or a positive count")
   if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
     raise ConfigError(f"config.learning_rate={config.learning_rate}: expected a finite value > 0")
+  if config.kl_warmup_epochs < 0:
+    raise ConfigError(f"config.kl_warmup_epochs={config.kl_warmup_epochs}: expected 0 (none) or "
+                      "a number of epochs")
   if not (config.beta >= 0 and math.isfinite(config.beta)):
     raise ConfigError(f"config.beta={config.beta}: expected a finite value >= 0")
   if config.init not in models.INITS:
@@ -106,11 +109,24 @@ def loss_fn(params, apply_fn: Callable, x_BxD: jax.Array, key: jax.Array | None,
 
 
 def train_step(state: TrainState, x_u8_BxD: jax.Array, rng_noise: jax.Array,
-               beta: float = 1.0) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One Adam step on a batch's summed loss; the noise key is fold_in(rng_noise, state.step)."""
+               beta: float = 1.0, kl_warmup_steps: int | jax.Array = 0,
+               binarize: bool | jax.Array = False) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One Adam step on a batch's summed loss; the noise key is fold_in(rng_noise, state.step).
+
+  Ablation options (arrays when models are vmapped; at their defaults nothing is traced):
+  ``kl_warmup_steps`` > 0 scales the KL weight by min(1, step / kl_warmup_steps), step
+  counting from 0; ``binarize`` replaces the inputs by a fresh Bernoulli(pixel / 255) draw
+  (dynamic binarization; key fold_in(noise key, 1)). Metrics report the weighted loss.
+  """
   key = jax.random.fold_in(rng_noise, state.step)
-  grads, metrics = jax.grad(loss_fn, has_aux=True)(
-      state.params, state.apply_fn, to_float(x_u8_BxD), key, beta)
+  x_BxD = to_float(x_u8_BxD)
+  if binarize is not False:
+    x_bin_BxD = jax.random.bernoulli(jax.random.fold_in(key, 1), x_BxD).astype(x_BxD.dtype)
+    x_BxD = jnp.where(binarize, x_bin_BxD, x_BxD)
+  if not (isinstance(kl_warmup_steps, int) and kl_warmup_steps == 0):
+    ramp = jnp.minimum(1.0, (state.step + 1) / jnp.maximum(kl_warmup_steps, 1))
+    beta = beta * jnp.where(kl_warmup_steps > 0, ramp, 1.0)
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.apply_fn, x_BxD, key, beta)
   metrics["examples"] = jnp.int32(x_u8_BxD.shape[0])
   return state.apply_gradients(grads=grads), metrics
 
@@ -169,7 +185,8 @@ def shard_batch(x_BxD: jax.Array, mesh: Mesh | None) -> jax.Array:
 def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
                 rng_shuffle: jax.Array, rng_noise: jax.Array, beta: float = 1.0, *,
                 batch_size: int, on_step: Callable | None = None,
-                steps_per_report: int = 0, mesh: Mesh | None = None
+                steps_per_report: int = 0, mesh: Mesh | None = None,
+                kl_warmup_steps: int | jax.Array = 0, binarize: bool | jax.Array = False
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """A whole epoch as one traced function: shuffle, scan over full batches, then the rest.
 
@@ -178,13 +195,15 @@ def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
   examples), examples (how many were seen) and first_nonfinite_step (the global step whose
   loss was first NaN or Inf, -1 if none). ``on_step`` (host callback, optional) receives
   the global step every ``steps_per_report`` steps. ``mesh``: data-parallel over its
-  'data' axis (see shard_batch); None: one device.
+  'data' axis (see shard_batch); None: one device. ``kl_warmup_steps``, ``binarize``: see
+  train_step.
   """
   perm_N = jax.random.permutation(jax.random.fold_in(rng_shuffle, epoch), images_u8_NxD.shape[0])
   full_SxB, rest_R = split_batches(perm_N, batch_size)
 
   def step(state, idx_B):
-    state, metrics = train_step(state, shard_batch(images_u8_NxD[idx_B], mesh), rng_noise, beta)
+    state, metrics = train_step(state, shard_batch(images_u8_NxD[idx_B], mesh), rng_noise, beta,
+                                kl_warmup_steps, binarize)
     if on_step is not None:
       jax.lax.cond(state.step % steps_per_report == 0,
                    lambda s: jax.debug.callback(on_step, s), lambda s: None, state.step)
@@ -205,17 +224,17 @@ def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
   return state, {**sums, "first_nonfinite_step": bad_step}
 
 
-EPOCH_STATIC = ("batch_size", "on_step", "steps_per_report", "mesh")
+EPOCH_STATIC = ("batch_size", "on_step", "steps_per_report", "mesh", "kl_warmup_steps", "binarize")
 
 
 def compile_train_epoch(state: TrainState, images_u8_NxD: jax.Array, rng_shuffle: jax.Array,
-                        rng_noise: jax.Array, beta: jax.Array, *, batch_size: int,
-                        on_step: Callable | None = None, steps_per_report: int = 0,
-                        mesh: Mesh | None = None):
-  """train_epoch compiled ahead of time (state donated): call it as f(state, x, epoch, ...)."""
+                        rng_noise: jax.Array, beta: jax.Array, **static):
+  """train_epoch compiled ahead of time (state donated): call it as f(state, x, epoch, ...).
+
+  ``static``: batch_size and optionally the other EPOCH_STATIC arguments of train_epoch.
+  """
   return jax.jit(train_epoch, donate_argnames=("state",), static_argnames=EPOCH_STATIC).lower(
-      state, images_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta, batch_size=batch_size,
-      on_step=on_step, steps_per_report=steps_per_report, mesh=mesh).compile()
+      state, images_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta, **static).compile()
 
 
 def evaluate(params, apply_fn: Callable, images_u8_NxD: jax.Array, key: jax.Array,
@@ -496,14 +515,14 @@ def _train_epochs(config, workdir, mngr, state, keys, records, last_good, finger
   beta = jnp.float32(config.beta)
   t0 = time.perf_counter()
   on_step = progress.update if config.progress else None
+  static = dict(batch_size=config.batch_size, on_step=on_step, steps_per_report=steps_per_report,
+                mesh=mesh, kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch,
+                binarize=config.binarize)
   if config.debug_nans:  # jax_debug_nans checks jitted calls, not ahead-of-time compiled ones.
-    train_epoch_c = functools.partial(
-        jax.jit(train_epoch, static_argnames=EPOCH_STATIC), batch_size=config.batch_size,
-        on_step=on_step, steps_per_report=steps_per_report, mesh=mesh)
+    train_epoch_c = functools.partial(jax.jit(train_epoch, static_argnames=EPOCH_STATIC), **static)
   else:
-    train_epoch_c = compile_train_epoch(
-        state, train_u8_NxD, keys["shuffle"], keys["noise"], beta, batch_size=config.batch_size,
-        on_step=on_step, steps_per_report=steps_per_report, mesh=mesh)
+    train_epoch_c = compile_train_epoch(state, train_u8_NxD, keys["shuffle"], keys["noise"], beta,
+                                        **static)
   evaluate_c = jax.jit(evaluate, static_argnames=("apply_fn", "batch_size", "mesh")).lower(
       state.params, state.apply_fn, test_u8_NxD, keys["eval"], batch_size=config.eval_batch_size,
       mesh=mesh).compile()

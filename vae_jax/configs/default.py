@@ -19,6 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.latent_dim = 20
   config.learning_rate = 1e-3  # Adam, default betas (0.9, 0.999) and eps 1e-8.
   config.beta = 1.0  # Weight on KL; 1.0 is the reference ELBO.
+  # Ablations (the reference: 0 and False). KL weight beta * min(1, step / warm-up steps);
+  # dynamic binarization: inputs drawn as Bernoulli(pixel / 255) afresh at every step.
+  config.kl_warmup_epochs = 0
+  config.binarize = False
   config.init = "torch"
   # Mixed precision: 'bfloat16' computes the layers in bf16 (for GPUs and TPUs); parameters,
   # optimizer state, noise and the loss stay float32.

@@ -5,6 +5,7 @@
   python -m vae_jax reconstruct --workdir DIR [--split test] [--num 8] --out recon.png
   python -m vae_jax encode --workdir DIR [--split test] --out latents.npz
   python -m vae_jax evaluate --workdir DIR [--split test]
+  python -m vae_jax sweep --config experiments/ablations/STUDY.py --workdir DIR
 
 Several processes (hosts) train one run when each is started with the same command plus
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or the JAX_*
@@ -28,7 +29,7 @@ from pathlib import Path
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "sample", "reconstruct", "encode", "evaluate")
+COMMANDS = ("train", "sample", "reconstruct", "encode", "evaluate", "sweep")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 
 
@@ -77,7 +78,7 @@ def main() -> int:
   logging.set_verbosity(logging.FATAL)  # Orbax logs what our errors already say.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   # Imports jax: after the arguments are known to be good.
-  from vae_jax import checkpoint, data, distributed, inference, train
+  from vae_jax import checkpoint, data, distributed, inference, many, sweep, train
   try:
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     if command == "train":
@@ -97,10 +98,15 @@ def main() -> int:
     elif command == "encode":
       out = inference.encode(f.workdir, f.out, split=f.split, which=f.checkpoint)
       print(f"Wrote {out}: mu, logvar, labels")
+    elif command == "sweep":
+      study = sweep.check_study(config, flags.FLAGS["config"].config_filename)
+      sweep.run_study(study, f.workdir)
+      print((Path(f.workdir) / "summary.md").read_text())
+      print(f"Outputs in {f.workdir}: results.csv, summary.md, test_loss.png, runs/")
     else:
       print(json.dumps(inference.evaluate(f.workdir, which=f.checkpoint, split=f.split)))
   except (train.ConfigError, train.WorkdirError, data.DataError, checkpoint.CheckpointError,
-          ValueError) as e:
+          sweep.StudyError, many.HparamError, ValueError) as e:
     return _fail(str(e))
   except FloatingPointError as e:
     return _fail(str(e), status=1)

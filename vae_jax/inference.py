@@ -98,10 +98,11 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   config, state, keys, meta = train.restore_run(workdir, which)
   x_u8, labels = _load_split(config, split)
   epoch = meta["epoch"]
-  evaluate_fn = jax.jit(train.evaluate, static_argnames=("apply_fn", "batch_size"))
+  evaluate_fn = jax.jit(train.evaluate, static_argnames=("apply_fn", "batch_size", "objective"))
   sums = jax.device_get(evaluate_fn(
       state.params, state.apply_fn, jnp.asarray(x_u8.reshape(len(x_u8), -1)),
-      jax.random.fold_in(keys["eval"], epoch), batch_size=config.eval_batch_size))
+      jax.random.fold_in(keys["eval"], epoch), batch_size=config.eval_batch_size,
+      objective=train.Objective.from_config(config)))
   result = {"checkpoint": str(Path(workdir) / checkpoint.SUBDIR / str(epoch)), "epoch": epoch,
             "split": split, "examples": len(x_u8)}
   result.update({k: float(v) / len(x_u8) for k, v in sums.items()})

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vae_jax import models, train
+from vae_jax import train
 
 # Per-model hyper-parameters and their dtypes (the model axis is axis 0 of each array).
 HPARAMS = {"seed": np.int32, "beta": np.float32, "learning_rate": np.float32,
@@ -55,9 +55,7 @@ def complete(config: ml_collections.ConfigDict, hparams: dict[str, Any]) -> dict
 
 def create_states(config, hparams: dict[str, np.ndarray], input_dim: int = 784):
   """(states, keys): the K train states and run keys, stacked on axis 0."""
-  model = models.VAE(hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
-                     output_dim=input_dim, init_scheme=config.init,
-                     dtype=models.DTYPES[config.compute_dtype])
+  model = train.make_model(config, input_dim)
   tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
 
   def one(seed, learning_rate):
@@ -107,17 +105,19 @@ def train_many(config: ml_collections.ConfigDict, hparams: dict[str, Any], split
              "binarize": jnp.asarray(hp["binarize"]) if hp["binarize"].any() else False}
   per_model = {k: v for k, v in options.items() if not isinstance(v, (int, bool))}
   constant = {k: v for k, v in options.items() if k not in per_model}
+  objective = train.Objective.from_config(config)
   sharding = _model_sharding(num_models)
   if sharding is not None:
     states, keys, beta, per_model = jax.device_put((states, keys, beta, per_model), sharding)
 
   def epoch_one(state, keys, beta, per_model, epoch):
     return train.train_epoch(state, train_u8_NxD, epoch, keys["shuffle"], keys["noise"], beta,
-                             batch_size=config.batch_size, **per_model, **constant)
+                             batch_size=config.batch_size, objective=objective, **per_model,
+                             **constant)
 
   def evaluate_one(params, apply_fn, key, epoch):
     return train.evaluate(params, apply_fn, test_u8_NxD, jax.random.fold_in(key, epoch),
-                          config.eval_batch_size)
+                          config.eval_batch_size, objective=objective)
 
   epoch_all = jax.jit(jax.vmap(epoch_one, in_axes=(0, 0, 0, 0, None)), donate_argnums=0)
   evaluate_all = jax.jit(jax.vmap(evaluate_one, in_axes=(0, None, 0, None)), static_argnums=1)

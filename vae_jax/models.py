@@ -43,33 +43,44 @@ def dense(features: int, fan_in: int, init: str, name: str, dtype=jnp.float32) -
   raise ValueError(f"init {init!r}: expected one of {INITS}")
 
 
+def _hidden_name(i: int) -> str:
+  """'hidden', 'hidden_2', ...: the reference's single layer keeps its name."""
+  return "hidden" if i == 0 else f"hidden_{i + 1}"
+
+
 class Encoder(nn.Module):
-  """x_BxD -> (mu_BxL, logvar_BxL) (float32) through one ReLU hidden layer."""
+  """x_BxD -> (mu_BxL, logvar_BxL) (float32) through num_hidden_layers ReLU layers."""
   hidden_dim: int = 400
   latent_dim: int = 20
   init_scheme: str = "torch"
   dtype: jnp.dtype = jnp.float32
+  num_hidden_layers: int = 1
 
   @nn.compact
   def __call__(self, x_BxD):
     layer = lambda n, fan_in, name: dense(n, fan_in, self.init_scheme, name, self.dtype)
-    h_BxH = nn.relu(layer(self.hidden_dim, x_BxD.shape[-1], "hidden")(x_BxD))
+    h_BxH = x_BxD
+    for i in range(self.num_hidden_layers):
+      h_BxH = nn.relu(layer(self.hidden_dim, h_BxH.shape[-1], _hidden_name(i))(h_BxH))
     mu_BxL = layer(self.latent_dim, self.hidden_dim, "mu")(h_BxH)
     logvar_BxL = layer(self.latent_dim, self.hidden_dim, "logvar")(h_BxH)
     return mu_BxL.astype(jnp.float32), logvar_BxL.astype(jnp.float32)
 
 
 class Decoder(nn.Module):
-  """z_BxL -> logits_BxD (float32) through one ReLU hidden layer; sigmoid(logits) is the image."""
+  """z_BxL -> logits_BxD (float32) through num_hidden_layers ReLU layers; sigmoid(logits) is the image."""
   hidden_dim: int = 400
   output_dim: int = 784
   init_scheme: str = "torch"
   dtype: jnp.dtype = jnp.float32
+  num_hidden_layers: int = 1
 
   @nn.compact
   def __call__(self, z_BxL):
     layer = lambda n, fan_in, name: dense(n, fan_in, self.init_scheme, name, self.dtype)
-    h_BxH = nn.relu(layer(self.hidden_dim, z_BxL.shape[-1], "hidden")(z_BxL))
+    h_BxH = z_BxL
+    for i in range(self.num_hidden_layers):
+      h_BxH = nn.relu(layer(self.hidden_dim, h_BxH.shape[-1], _hidden_name(i))(h_BxH))
     return layer(self.output_dim, self.hidden_dim, "logits")(h_BxH).astype(jnp.float32)
 
 
@@ -85,16 +96,24 @@ class VAE(nn.Module):
   ``eps_BxL = jax.random.normal(key, mu_BxL.shape)``, drawn from the caller's explicit key
   inside the traced graph; ``key=None`` gives the deterministic z = mu. ``dtype``: what the
   layers compute in; parameters, outputs, noise and the loss stay float32.
+  ``learned_sigma`` adds a per-pixel ``log_sigma`` parameter (Gaussian likelihood with
+  learned variance; losses.nll_per_example reads it from the params).
   """
   hidden_dim: int = 400
   latent_dim: int = 20
   output_dim: int = 784
   init_scheme: str = "torch"
   dtype: jnp.dtype = jnp.float32
+  num_hidden_layers: int = 1
+  learned_sigma: bool = False
 
   def setup(self):
-    self.encoder = Encoder(self.hidden_dim, self.latent_dim, self.init_scheme, self.dtype)
-    self.decoder = Decoder(self.hidden_dim, self.output_dim, self.init_scheme, self.dtype)
+    self.encoder = Encoder(self.hidden_dim, self.latent_dim, self.init_scheme, self.dtype,
+                           self.num_hidden_layers)
+    self.decoder = Decoder(self.hidden_dim, self.output_dim, self.init_scheme, self.dtype,
+                           self.num_hidden_layers)
+    if self.learned_sigma:
+      self.log_sigma = self.param("log_sigma", nn.initializers.zeros, (self.output_dim,))
 
   def __call__(self, x_BxD, key: jax.Array | None = None):
     mu_BxL, logvar_BxL = self.encoder(x_BxD)

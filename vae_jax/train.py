@@ -11,6 +11,7 @@ divided by the number of examples (nats per example), as the reference prints th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -66,6 +67,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.beta={config.beta}: expected a finite value >= 0")
   if config.init not in models.INITS:
     raise ConfigError(f"config.init={config.init!r}: expected one of {', '.join(models.INITS)}")
+  if config.likelihood not in losses.LIKELIHOODS:
+    raise ConfigError(f"config.likelihood={config.likelihood!r}: expected one of "
+                      f"{', '.join(losses.LIKELIHOODS)}")
+  if config.model not in ("vae", "ae"):
+    raise ConfigError(f"config.model={config.model!r}: expected 'vae' or 'ae'")
+  for key in ("gaussian_sigma", "free_bits"):
+    if not (config[key] >= 0 and math.isfinite(config[key])):
+      raise ConfigError(f"config.{key}={config[key]}: expected a finite value >= 0")
+  for key in ("iwae_samples", "num_hidden_layers"):
+    if config[key] < 1:
+      raise ConfigError(f"config.{key}={config[key]}: expected an integer >= 1")
   if config.compute_dtype not in models.DTYPES:
     raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}: expected one of "
                       f"{', '.join(models.DTYPES)}")
@@ -84,10 +96,43 @@ def load_data(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   return splits
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What a step minimises; the defaults are the reference (Bernoulli ELBO, one sample).
+
+  likelihood: losses.LIKELIHOODS; gaussian_sigma: fixed sigma (0: learned per pixel);
+  free_bits: nats per latent dim below which KL is free (0: off); iwae_samples: K of the
+  importance-weighted bound (1: ELBO); autoencoder: z = mu, no KL (deterministic AE).
+  """
+  likelihood: str = "bernoulli"
+  gaussian_sigma: float = 0.0
+  free_bits: float = 0.0
+  iwae_samples: int = 1
+  autoencoder: bool = False
+
+  @classmethod
+  def from_config(cls, config) -> "Objective":
+    return cls(config.likelihood, float(config.gaussian_sigma), float(config.free_bits),
+               int(config.iwae_samples), config.model == "ae")
+
+  def for_evaluation(self) -> "Objective":
+    """The test metric: the same likelihood and model, one sample, plain KL."""
+    return dataclasses.replace(self, free_bits=0.0, iwae_samples=1)
+
+
+REFERENCE = Objective()
+
+
+def make_model(config, input_dim: int = 784) -> models.VAE:
+  return models.VAE(hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
+                    output_dim=input_dim, init_scheme=config.init,
+                    dtype=models.DTYPES[config.compute_dtype],
+                    num_hidden_layers=config.num_hidden_layers,
+                    learned_sigma=config.likelihood == "gaussian" and config.gaussian_sigma == 0)
+
+
 def create_train_state(config, rng_init: jax.Array, input_dim: int = 784) -> TrainState:
-  model = models.VAE(hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
-                     output_dim=input_dim, init_scheme=config.init,
-                     dtype=models.DTYPES[config.compute_dtype])
+  model = make_model(config, input_dim)
   params = model.init(rng_init, jnp.zeros((1, input_dim), jnp.float32))["params"]
   state = TrainState.create(apply_fn=model.apply, params=params,
                             tx=optax.adam(config.learning_rate))
@@ -101,16 +146,55 @@ def to_float(x_u8_BxD: jax.Array) -> jax.Array:
 
 
 def loss_fn(params, apply_fn: Callable, x_BxD: jax.Array, key: jax.Array | None,
-            beta: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Batch-summed loss and its terms; key=None evaluates at z = mu."""
+            beta: float = 1.0, objective: Objective = REFERENCE
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Batch-summed loss and its terms; key=None evaluates at z = mu.
+
+  Terms: loss (what is minimised), bce (the reconstruction -log p(x|z) of the objective's
+  likelihood; BCE for the reference) and kl (KL(q || p), unweighted; 0 for the AE).
+  """
+  if objective != REFERENCE:
+    return _variant_loss(params, apply_fn, x_BxD, key, beta, objective)
   logits_BxD, mu_BxL, logvar_BxL = apply_fn({"params": params}, x_BxD, key)
   loss, bce, kl = losses.vae_loss(logits_BxD, x_BxD, mu_BxL, logvar_BxL, beta)
   return loss, {"loss": loss, "bce": bce, "kl": kl}
 
 
+def _variant_loss(params, apply_fn, x_BxD, key, beta, objective: Objective):
+  """loss_fn for the ablation objectives (see Objective)."""
+  log_sigma = None
+  if objective.likelihood == "gaussian":
+    log_sigma = (params["log_sigma"] if objective.gaussian_sigma == 0
+                 else jnp.log(jnp.float32(objective.gaussian_sigma)))
+  nll = functools.partial(losses.nll_per_example, likelihood=objective.likelihood,
+                          log_sigma=log_sigma)
+  if objective.autoencoder:
+    logits_BxD, _, _ = apply_fn({"params": params}, x_BxD, None)
+    rec = jnp.sum(nll(logits_BxD, x_BxD))
+    return rec, {"loss": rec, "bce": rec, "kl": jnp.zeros_like(rec)}
+  if objective.iwae_samples > 1 and key is not None:
+    mu_BxL, logvar_BxL = apply_fn({"params": params}, x_BxD, method=models.VAE.encode)
+    eps_KxBxL = jax.random.normal(key, (objective.iwae_samples, *mu_BxL.shape))
+    z_KxBxL = models.reparameterize(mu_BxL, logvar_BxL, eps_KxBxL)
+    logits = apply_fn({"params": params}, z_KxBxL.reshape(-1, mu_BxL.shape[-1]),
+                      method=models.VAE.decode).reshape(*z_KxBxL.shape[:2], -1)
+    nll_KxB = nll(logits, x_BxD[None])
+    bound_B = losses.iwae_bound(-nll_KxB, z_KxBxL, mu_BxL, logvar_BxL)
+    loss = -jnp.sum(bound_B)
+    return loss, {"loss": loss, "bce": jnp.sum(nll_KxB[0]),
+                  "kl": jnp.sum(losses.kl_per_example(mu_BxL, logvar_BxL))}
+  logits_BxD, mu_BxL, logvar_BxL = apply_fn({"params": params}, x_BxD, key)
+  rec = jnp.sum(nll(logits_BxD, x_BxD))
+  kl = jnp.sum(losses.kl_per_example(mu_BxL, logvar_BxL))
+  kl_term = losses.free_bits_kl(mu_BxL, logvar_BxL, objective.free_bits) if objective.free_bits else kl
+  loss = rec + beta * kl_term
+  return loss, {"loss": loss, "bce": rec, "kl": kl}
+
+
 def train_step(state: TrainState, x_u8_BxD: jax.Array, rng_noise: jax.Array,
                beta: float = 1.0, kl_warmup_steps: int | jax.Array = 0,
-               binarize: bool | jax.Array = False) -> tuple[TrainState, dict[str, jax.Array]]:
+               binarize: bool | jax.Array = False, objective: Objective = REFERENCE
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One Adam step on a batch's summed loss; the noise key is fold_in(rng_noise, state.step).
 
   Ablation options (arrays when models are vmapped; at their defaults nothing is traced):
@@ -126,7 +210,8 @@ def train_step(state: TrainState, x_u8_BxD: jax.Array, rng_noise: jax.Array,
   if not (isinstance(kl_warmup_steps, int) and kl_warmup_steps == 0):
     ramp = jnp.minimum(1.0, (state.step + 1) / jnp.maximum(kl_warmup_steps, 1))
     beta = beta * jnp.where(kl_warmup_steps > 0, ramp, 1.0)
-  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.apply_fn, x_BxD, key, beta)
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.apply_fn, x_BxD, key, beta,
+                                                   objective)
   metrics["examples"] = jnp.int32(x_u8_BxD.shape[0])
   return state.apply_gradients(grads=grads), metrics
 
@@ -186,8 +271,8 @@ def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
                 rng_shuffle: jax.Array, rng_noise: jax.Array, beta: float = 1.0, *,
                 batch_size: int, on_step: Callable | None = None,
                 steps_per_report: int = 0, mesh: Mesh | None = None,
-                kl_warmup_steps: int | jax.Array = 0, binarize: bool | jax.Array = False
-                ) -> tuple[TrainState, dict[str, jax.Array]]:
+                kl_warmup_steps: int | jax.Array = 0, binarize: bool | jax.Array = False,
+                objective: Objective = REFERENCE) -> tuple[TrainState, dict[str, jax.Array]]:
   """A whole epoch as one traced function: shuffle, scan over full batches, then the rest.
 
   Data stay on the device as uint8; each step gathers its batch by index. Returns the
@@ -203,7 +288,7 @@ def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
 
   def step(state, idx_B):
     state, metrics = train_step(state, shard_batch(images_u8_NxD[idx_B], mesh), rng_noise, beta,
-                                kl_warmup_steps, binarize)
+                                kl_warmup_steps, binarize, objective)
     if on_step is not None:
       jax.lax.cond(state.step % steps_per_report == 0,
                    lambda s: jax.debug.callback(on_step, s), lambda s: None, state.step)
@@ -224,7 +309,8 @@ def train_epoch(state: TrainState, images_u8_NxD: jax.Array, epoch: jax.Array,
   return state, {**sums, "first_nonfinite_step": bad_step}
 
 
-EPOCH_STATIC = ("batch_size", "on_step", "steps_per_report", "mesh", "kl_warmup_steps", "binarize")
+EPOCH_STATIC = ("batch_size", "on_step", "steps_per_report", "mesh", "kl_warmup_steps", "binarize",
+                "objective")
 
 
 def compile_train_epoch(state: TrainState, images_u8_NxD: jax.Array, rng_shuffle: jax.Array,
@@ -238,18 +324,21 @@ def compile_train_epoch(state: TrainState, images_u8_NxD: jax.Array, rng_shuffle
 
 
 def evaluate(params, apply_fn: Callable, images_u8_NxD: jax.Array, key: jax.Array,
-             batch_size: int, mesh: Mesh | None = None) -> dict[str, jax.Array]:
+             batch_size: int, mesh: Mesh | None = None,
+             objective: Objective = REFERENCE) -> dict[str, jax.Array]:
   """Test-set sums: the reference's one-sample loss (loss, bce, kl) and the z = mu terms.
 
   Batch i draws its noise from fold_in(key, i). Keys: loss, bce, kl (sampled z) and
-  loss_mean_z, bce_mean_z (z = mu; the KL term does not depend on z).
+  loss_mean_z, bce_mean_z (z = mu; the KL term does not depend on z). With an ablation
+  ``objective``: its likelihood and model, one sample, plain KL (Objective.for_evaluation).
   """
   full_SxB, rest_R = split_batches(jnp.arange(images_u8_NxD.shape[0]), batch_size)
 
   def batch_sums(i, idx_B):
     x_BxD = to_float(shard_batch(images_u8_NxD[idx_B], mesh))
-    _, sampled = loss_fn(params, apply_fn, x_BxD, jax.random.fold_in(key, i))
-    _, mean_z = loss_fn(params, apply_fn, x_BxD, None)
+    objective_eval = objective.for_evaluation()
+    _, sampled = loss_fn(params, apply_fn, x_BxD, jax.random.fold_in(key, i), 1.0, objective_eval)
+    _, mean_z = loss_fn(params, apply_fn, x_BxD, None, 1.0, objective_eval)
     return {**sampled, "loss_mean_z": mean_z["loss"], "bce_mean_z": mean_z["bce"]}
 
   def body(total, i_idx):
@@ -517,15 +606,15 @@ def _train_epochs(config, workdir, mngr, state, keys, records, last_good, finger
   on_step = progress.update if config.progress else None
   static = dict(batch_size=config.batch_size, on_step=on_step, steps_per_report=steps_per_report,
                 mesh=mesh, kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch,
-                binarize=config.binarize)
+                binarize=config.binarize, objective=Objective.from_config(config))
   if config.debug_nans:  # jax_debug_nans checks jitted calls, not ahead-of-time compiled ones.
     train_epoch_c = functools.partial(jax.jit(train_epoch, static_argnames=EPOCH_STATIC), **static)
   else:
     train_epoch_c = compile_train_epoch(state, train_u8_NxD, keys["shuffle"], keys["noise"], beta,
                                         **static)
-  evaluate_c = jax.jit(evaluate, static_argnames=("apply_fn", "batch_size", "mesh")).lower(
+  evaluate_c = jax.jit(evaluate, static_argnames=("apply_fn", "batch_size", "mesh", "objective")).lower(
       state.params, state.apply_fn, test_u8_NxD, keys["eval"], batch_size=config.eval_batch_size,
-      mesh=mesh).compile()
+      mesh=mesh, objective=Objective.from_config(config)).compile()
   images_c = jax.jit(epoch_images, static_argnames=("apply_fn", "latent_dim")).lower(
       state.params, state.apply_fn, test_u8_NxD[:num_shown], keys["images"],
       latent_dim=config.latent_dim).compile()

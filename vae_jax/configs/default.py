@@ -23,6 +23,16 @@ def get_config() -> ml_collections.ConfigDict:
   # dynamic binarization: inputs drawn as Bernoulli(pixel / 255) afresh at every step.
   config.kl_warmup_epochs = 0
   config.binarize = False
+  # Objectives: likelihood 'bernoulli' (reference), 'continuous_bernoulli' or 'gaussian'
+  # (gaussian_sigma: fixed sigma; 0: learned per pixel); free bits in nats per latent dim
+  # (0: off); iwae_samples K of the importance-weighted bound (1: the ELBO); model 'vae'
+  # or 'ae' (deterministic autoencoder: z = mu, no KL); num_hidden_layers per network.
+  config.likelihood = "bernoulli"
+  config.gaussian_sigma = 0.0
+  config.free_bits = 0.0
+  config.iwae_samples = 1
+  config.model = "vae"
+  config.num_hidden_layers = 1
   config.init = "torch"
   # Mixed precision: 'bfloat16' computes the layers in bf16 (for GPUs and TPUs); parameters,
   # optimizer state, noise and the loss stay float32.

@@ -1,6 +1,7 @@
 """Sweeps: study configs, grouping by shape, aggregation, outputs, resume, refusals."""
 
 import csv
+import importlib.util
 import json
 
 import numpy as np
@@ -67,6 +68,8 @@ def test_tiny_sweep_writes_runs_table_plots_and_resumes(tmp_path, small_splits):
   metrics = [json.loads(l) for l in
              (workdir / "runs" / "beta=0.5,latent_dim=3" / "seed2" / "metrics.jsonl").read_text().splitlines()]
   assert float(row["test_loss"]) == metrics[-1]["test_loss"]
+  if importlib.util.find_spec("tensorboardX"):
+    assert list((workdir / "runs" / "beta=0.5,latent_dim=3" / "seed2" / "tensorboard").glob("events.*"))
   summary = (workdir / "summary.md").read_text()
   # Axes in ConfigDict (alphabetical) order; x_axis picks the plot's x-axis.
   assert summary.count("\n| 0.5 | 2 | 2 |") == 1 and "| beta | latent_dim | seeds |" in summary

@@ -145,3 +145,36 @@ def test_batch_larger_than_the_data_is_refused_before_writing(small_config, idx_
   with pytest.raises(train.ConfigError, match="batch_size=301: larger than the training set \\(300"):
     train.train_and_evaluate(small_config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
+
+
+def read_events(directory):
+  """(tag, step, value or image bytes) of every summary in a TFRecord event file, parsed by hand."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+  (path,) = directory.glob("events.out.tfevents.*")
+  data, out, pos = path.read_bytes(), [], 0
+  while pos < len(data):
+    (length,) = struct.unpack("<Q", data[pos:pos + 8])
+    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+    pos += 12 + length + 4  # length, its crc, the record, its crc
+    for v in event.summary.value:
+      out.append((v.tag, event.step, v.image.encoded_image_string if v.HasField("image") else v.simple_value))
+  return out
+
+
+def test_tensorboard_gets_scalars_and_grids_per_epoch(small_config, small_splits, tmp_path):
+  pytest.importorskip("tensorboardX")
+  _, records = train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
+  events = read_events(tmp_path / "run" / "tensorboard")
+  scalars = {(tag, step): value for tag, step, value in events if not isinstance(value, bytes)}
+  for r in records:
+    np.testing.assert_allclose(scalars[("test_loss", r["epoch"])], r["test_loss"], rtol=1e-6)
+    np.testing.assert_allclose(scalars[("train_kl", r["epoch"])], r["train_kl"], rtol=1e-6)
+  images = {(tag, step): png for tag, step, png in events if isinstance(png, bytes)}
+  import io
+
+  from PIL import Image
+  for name in ("sample", "reconstruction"):
+    logged = np.asarray(Image.open(io.BytesIO(images[(name, 2)])).convert("L"))
+    np.testing.assert_array_equal(logged, np.asarray(Image.open(tmp_path / "run" / f"{name}_2.png")))

@@ -26,7 +26,7 @@ MANIFEST = "files.sha256"  # In each checkpoint: SHA-256 of its files, written a
 # Config keys that may change when a run is resumed: they do not alter its numbers
 # (num_devices only in the last bits: a run may resume on other hardware).
 RESUMABLE_KEYS = ("num_epochs", "progress", "save_images", "keep_checkpoints", "debug_nans",
-                  "restart", "data_dir", "num_devices")
+                  "restart", "data_dir", "num_devices", "tensorboard")
 
 
 class CheckpointError(ValueError):

@@ -10,7 +10,8 @@ A study is a Python file whose ``get_config()`` returns a ConfigDict with
 Keys that keep array shapes (seed, beta, learning_rate, kl_warmup_epochs, binarize) vary
 inside one vmapped program (vae_jax.many); the others (latent_dim, hidden_dim, init, ...)
 form groups, each compiled once. Outputs in the work directory:
-- ``runs/<setting>/seed<k>/metrics.jsonl``: every run's epochs;
+- ``runs/<setting>/seed<k>/metrics.jsonl``: every run's epochs (and ``tensorboard/``
+  scalars when tensorboardX is installed);
 - ``results.csv``: one row per run (axes, seed, final metrics);
 - ``summary.md``: final metrics as mean +- std over seeds per setting;
 - ``test_loss.png`` (test loss against the first axis) and, when beta is an axis,
@@ -30,7 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from vae_jax import checkpoint, many, train
+from vae_jax import checkpoint, many, summaries, train
 from vae_jax.configs import default
 
 FINAL_METRICS = ("test_loss", "test_bce", "test_kl", "train_loss")
@@ -38,6 +39,13 @@ FINAL_METRICS = ("test_loss", "test_bce", "test_kl", "train_loss")
 
 class StudyError(ValueError):
   """A study config cannot be run; the message names the file and key."""
+
+
+def make_study(name: str, question: str, axes: dict[str, list], seeds: int = 3,
+               **base) -> ml_collections.ConfigDict:
+  """A study ConfigDict: what a study file's get_config() returns."""
+  return ml_collections.ConfigDict({"name": name, "question": question, "axes": axes,
+                                    "seeds": seeds, "base": base})
 
 
 def load_study(path: str | Path) -> ml_collections.ConfigDict:
@@ -156,6 +164,10 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
       run_dir.mkdir(parents=True, exist_ok=True)
       checkpoint.write_text_atomic(run_dir / "metrics.jsonl",
                                    "".join(json.dumps(r) + "\n" for r in model_records))
+      writer = summaries.open_writer(run_dir / "tensorboard")
+      summaries.write_records(writer, model_records)
+      if writer is not None:
+        writer.close()
       rows.append({**setting, "seed": seed, **{m: model_records[-1][m] for m in FINAL_METRICS}})
     checkpoint.write_text_atomic(done, json.dumps({"shape": shape, "rows": rows}))
   rows = [row for i in range(len(groups(study)))

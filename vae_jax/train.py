@@ -30,7 +30,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vae_jax import __version__, checkpoint, data, distributed, images, losses, models
+from vae_jax import __version__, checkpoint, data, distributed, images, losses, models, summaries
 
 TrainState = train_state.TrainState
 METRICS = ("loss", "bce", "kl")
@@ -599,6 +599,7 @@ def _train_epochs(config, workdir, mngr, state, keys, records, last_good, finger
           f"{config.num_epochs}")
     return state
 
+  tensorboard = summaries.open_writer(workdir / "tensorboard") if primary and config.tensorboard else None
   progress = ProgressBar(config.progress)
   steps_per_report = max(1, steps_per_epoch // 50)
   beta = jnp.float32(config.beta)
@@ -665,9 +666,13 @@ def _train_epochs(config, workdir, mngr, state, keys, records, last_good, finger
     if config.save_images:  # Every process takes part in the computation; one writes.
       comparison, samples = jax.device_get(images_c(
           state.params, test_u8_NxD[:num_shown], jax.random.fold_in(keys["images"], epoch)))
+    summaries.write_records(tensorboard, [record])
     if config.save_images and primary:
-      images.save_png(workdir / f"reconstruction_{epoch}.png",
-                      images.image_grid(comparison.reshape(-1, *image_hw), nrow=8))
-      images.save_png(workdir / f"sample_{epoch}.png",
-                      images.image_grid(samples.reshape(-1, *image_hw), nrow=8))
+      grids = {"reconstruction": images.image_grid(comparison.reshape(-1, *image_hw), nrow=8),
+               "sample": images.image_grid(samples.reshape(-1, *image_hw), nrow=8)}
+      for name, grid in grids.items():
+        images.save_png(workdir / f"{name}_{epoch}.png", grid)
+        summaries.write_grid(tensorboard, name, grid, epoch)
+  if tensorboard is not None:
+    tensorboard.close()
   return state

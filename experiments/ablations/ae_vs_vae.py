@@ -7,14 +7,13 @@ The AE's test loss is its reconstruction BCE at z = mu (no KL); the VAE's is the
 ELBO. Compare the AE with the VAE's test BCE column and its z = mu reconstruction.
 """
 
-import ml_collections
+from vae_jax import sweep
 
 
-def get_config() -> ml_collections.ConfigDict:
-  study = ml_collections.ConfigDict()
-  study.name = "ae_vs_vae"
-  study.question = "A deterministic autoencoder against the VAE with the same architecture."
-  study.base = ml_collections.ConfigDict({"num_epochs": 10})
-  study.axes = ml_collections.ConfigDict({"model": ['vae', 'ae']})
-  study.seeds = 3
-  return study
+def get_config():
+  return sweep.make_study(
+      name="ae_vs_vae",
+      question="A deterministic autoencoder against the VAE with the same architecture.",
+      axes={"model": ['vae', 'ae']},
+      seeds=3,
+      num_epochs=10)

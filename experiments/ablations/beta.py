@@ -7,14 +7,13 @@ All 15 models (5 betas x 3 seeds) train in one vmapped program. The test loss re
 the ELBO (beta = 1) whatever the training beta.
 """
 
-import ml_collections
+from vae_jax import sweep
 
 
-def get_config() -> ml_collections.ConfigDict:
-  study = ml_collections.ConfigDict()
-  study.name = "beta"
-  study.question = "What does the KL weight beta trade between rate (KL) and distortion (BCE)?"
-  study.base = ml_collections.ConfigDict({"num_epochs": 10})
-  study.axes = ml_collections.ConfigDict({"beta": [0.25, 0.5, 1.0, 2.0, 4.0]})
-  study.seeds = 3
-  return study
+def get_config():
+  return sweep.make_study(
+      name="beta",
+      question="What does the KL weight beta trade between rate (KL) and distortion (BCE)?",
+      axes={"beta": [0.25, 0.5, 1.0, 2.0, 4.0]},
+      seeds=3,
+      num_epochs=10)

@@ -6,14 +6,13 @@ Writes results.csv, summary.md, test_loss.png and runs/<setting>/seed<k>/metrics
 free_bits changes the objective, so each value is its own group of 3 vmapped seeds.
 """
 
-import ml_collections
+from vae_jax import sweep
 
 
-def get_config() -> ml_collections.ConfigDict:
-  study = ml_collections.ConfigDict()
-  study.name = "free_bits"
-  study.question = "Do free bits (a KL floor per latent dimension) change the test ELBO and the KL?"
-  study.base = ml_collections.ConfigDict({"num_epochs": 10})
-  study.axes = ml_collections.ConfigDict({"free_bits": [0.0, 0.25, 0.5, 1.0]})
-  study.seeds = 3
-  return study
+def get_config():
+  return sweep.make_study(
+      name="free_bits",
+      question="Do free bits (a KL floor per latent dimension) change the test ELBO and the KL?",
+      axes={"free_bits": [0.0, 0.25, 0.5, 1.0]},
+      seeds=3,
+      num_epochs=10)

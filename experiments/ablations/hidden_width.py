@@ -6,14 +6,13 @@ Writes results.csv, summary.md, test_loss.png and runs/<setting>/seed<k>/metrics
 Widths change shapes: three groups of 3 vmapped seeds.
 """
 
-import ml_collections
+from vae_jax import sweep
 
 
-def get_config() -> ml_collections.ConfigDict:
-  study = ml_collections.ConfigDict()
-  study.name = "hidden_width"
-  study.question = "How does the test ELBO change with the hidden width?"
-  study.base = ml_collections.ConfigDict({"num_epochs": 10})
-  study.axes = ml_collections.ConfigDict({"hidden_dim": [200, 400, 800]})
-  study.seeds = 3
-  return study
+def get_config():
+  return sweep.make_study(
+      name="hidden_width",
+      question="How does the test ELBO change with the hidden width?",
+      axes={"hidden_dim": [200, 400, 800]},
+      seeds=3,
+      num_epochs=10)

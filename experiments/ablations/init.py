@@ -6,14 +6,13 @@ Writes results.csv, summary.md, test_loss.png and runs/<setting>/seed<k>/metrics
 'torch': U(+-1/sqrt(fan_in)) for weights and biases; 'flax': lecun_normal weights, zero biases.
 """
 
-import ml_collections
+from vae_jax import sweep
 
 
-def get_config() -> ml_collections.ConfigDict:
-  study = ml_collections.ConfigDict()
-  study.name = "init"
-  study.question = "Does PyTorch's nn.Linear init or Flax's default init train better here?"
-  study.base = ml_collections.ConfigDict({"num_epochs": 10})
-  study.axes = ml_collections.ConfigDict({"init": ['torch', 'flax']})
-  study.seeds = 3
-  return study
+def get_config():
+  return sweep.make_study(
+      name="init",
+      question="Does PyTorch's nn.Linear init or Flax's default init train better here?",
+      axes={"init": ['torch', 'flax']},
+      seeds=3,
+      num_epochs=10)

@@ -6,14 +6,13 @@ Writes results.csv, summary.md, test_loss.png and runs/<setting>/seed<k>/metrics
 The KL weight rises linearly over the first N epochs (0: none); 9 models in one program.
 """
 
-import ml_collections
+from vae_jax import sweep
 
 
-def get_config() -> ml_collections.ConfigDict:
-  study = ml_collections.ConfigDict()
-  study.name = "kl_warmup"
-  study.question = "Does a linear KL warm-up change the final test ELBO?"
-  study.base = ml_collections.ConfigDict({"num_epochs": 10})
-  study.axes = ml_collections.ConfigDict({"kl_warmup_epochs": [0, 3, 6]})
-  study.seeds = 3
-  return study
+def get_config():
+  return sweep.make_study(
+      name="kl_warmup",
+      question="Does a linear KL warm-up change the final test ELBO?",
+      axes={"kl_warmup_epochs": [0, 3, 6]},
+      seeds=3,
+      num_epochs=10)

@@ -6,14 +6,13 @@ Writes results.csv, summary.md, test_loss.png and runs/<setting>/seed<k>/metrics
 Latent sizes change array shapes: five groups, each of 3 vmapped seeds.
 """
 
-import ml_collections
+from vae_jax import sweep
 
 
-def get_config() -> ml_collections.ConfigDict:
-  study = ml_collections.ConfigDict()
-  study.name = "latent_size"
-  study.question = "How does the test ELBO change with the latent size?"
-  study.base = ml_collections.ConfigDict({"num_epochs": 10})
-  study.axes = ml_collections.ConfigDict({"latent_dim": [2, 5, 10, 20, 50]})
-  study.seeds = 3
-  return study
+def get_config():
+  return sweep.make_study(
+      name="latent_size",
+      question="How does the test ELBO change with the latent size?",
+      axes={"latent_dim": [2, 5, 10, 20, 50]},
+      seeds=3,
+      num_epochs=10)

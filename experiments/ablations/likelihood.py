@@ -8,14 +8,13 @@ density, a Gaussian density with learned per-pixel sigma): the numbers are not o
 and only the ranking within a likelihood across seeds is meaningful; see the samples.
 """
 
-import ml_collections
+from vae_jax import sweep
 
 
-def get_config() -> ml_collections.ConfigDict:
-  study = ml_collections.ConfigDict()
-  study.name = "likelihood"
-  study.question = "Which decoder likelihood: Bernoulli, continuous Bernoulli or a Gaussian with learned variance?"
-  study.base = ml_collections.ConfigDict({"num_epochs": 10})
-  study.axes = ml_collections.ConfigDict({"likelihood": ['bernoulli', 'continuous_bernoulli', 'gaussian']})
-  study.seeds = 3
-  return study
+def get_config():
+  return sweep.make_study(
+      name="likelihood",
+      question="Which decoder likelihood: Bernoulli, continuous Bernoulli or a Gaussian with learned variance?",
+      axes={"likelihood": ['bernoulli', 'continuous_bernoulli', 'gaussian']},
+      seeds=3,
+      num_epochs=10)

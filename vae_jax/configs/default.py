@@ -59,4 +59,5 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.progress = True  # A progress bar while each compiled epoch runs.
   config.save_images = True  # reconstruction_N.png and sample_N.png each epoch.
+  config.tensorboard = True  # workdir/tensorboard: scalars and grids, if tensorboardX is installed.
   return config

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import train_args
+from conftest import synthetic_split, train_args
 
-from vae_jax import train
+from vae_jax import many, train
+from vae_jax.configs import default
 
 EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
@@ -135,3 +136,28 @@ def test_unknown_compute_dtype_is_refused(small_config):
   with pytest.raises(train.ConfigError,
                      match="config.compute_dtype='float16': expected one of float32, bfloat16"):
     train.validate_config(small_config)
+
+
+def test_vmapped_models_are_sharded_over_devices(tmp_path):
+  result = run_python("""
+      import json
+      import jax, numpy as np
+      from conftest import synthetic_split
+      from vae_jax import many
+      from vae_jax.configs import default
+      splits = {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)}
+      config = default.get_config()
+      config.num_epochs = 1
+      states, records = many.train_many(config, {"seed": [1, 2, 3, 4], "beta": [1.0, 0.5, 2.0, 1.0]}, splits)
+      kernel = states.params["decoder"]["logits"]["kernel"]
+      print(json.dumps({"shards": len(kernel.sharding.device_set), "spec": str(kernel.sharding.spec),
+                        "test_loss": [r[-1]["test_loss"] for r in records]}))
+      """, {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert result.returncode == 0, result.stderr
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out["shards"] == 4 and "models" in out["spec"]  # One model per device.
+  config = default.get_config()
+  config.num_epochs = 1
+  _, records = many.train_many(config, {"seed": [1, 2, 3, 4], "beta": [1.0, 0.5, 2.0, 1.0]},
+                               {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)})
+  np.testing.assert_allclose(out["test_loss"], [r[-1]["test_loss"] for r in records], rtol=1e-5)

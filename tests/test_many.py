@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import losses, many, train
+from vae_jax import checkpoint, losses, many, train
 from vae_jax.configs import default
 
 # 300 examples in batches of 32: 9 full batches and one of 12, 10 steps an epoch.
@@ -96,3 +96,18 @@ def small_config_state(small_splits):
 def test_bad_hyper_parameters_are_refused(hparams, message):
   with pytest.raises(many.HparamError, match=message):
     many.check_hparams(hparams)
+
+
+def test_a_killed_k_model_run_resumes_to_the_same_numbers(small_splits, tmp_path):
+  config = small_config()
+  hparams = {"seed": [1, 2], "beta": [1.0, 0.5]}
+  whole, whole_records = many.train_many(config, hparams, small_splits, num_epochs=2)
+  many.train_many(config, hparams, small_splits, num_epochs=1, workdir=tmp_path)  # "Killed" after 1.
+  resumed, records = many.train_many(config, hparams, small_splits, num_epochs=2, workdir=tmp_path)
+  for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  strip = lambda rs: [[{k: v for k, v in r.items() if k != "train_seconds"} for r in m] for m in rs]
+  assert strip(records) == strip(whole_records)
+  with pytest.raises(checkpoint.CheckpointError, match="beta"):
+    many.train_many(config, {"seed": [1, 2], "beta": [1.0, 2.0]}, small_splits, num_epochs=3,
+                    workdir=tmp_path)

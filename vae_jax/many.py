@@ -12,6 +12,7 @@ With several devices the model axis is sharded across them.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vae_jax import train
+from vae_jax import checkpoint, train
 
 # Per-model hyper-parameters and their dtypes (the model axis is axis 0 of each array).
 HPARAMS = {"seed": np.int32, "beta": np.float32, "learning_rate": np.float32,
@@ -80,11 +81,14 @@ def _model_sharding(num_models: int) -> NamedSharding | None:
 
 
 def train_many(config: ml_collections.ConfigDict, hparams: dict[str, Any], splits,
-               num_epochs: int | None = None) -> tuple[Any, list[list[dict[str, float]]]]:
+               num_epochs: int | None = None, workdir: str | Path | None = None
+               ) -> tuple[Any, list[list[dict[str, float]]]]:
   """Trains K models at once; returns (stacked states, records[k] = model k's epochs).
 
   Records hold train_loss (weighted, as the optimizer saw it), test_loss, test_bce,
   test_kl (one-sample, beta = 1: the ELBO) and train_seconds (of the whole K-model epoch).
+  ``workdir``: checkpoint the stacked states there after every epoch and resume from the
+  latest one (the same hyper-parameters and config required), as single runs do.
   """
   train.validate_config(config)
   hp = complete(config, hparams)
@@ -98,6 +102,10 @@ def train_many(config: ml_collections.ConfigDict, hparams: dict[str, Any], split
   steps_per_epoch = -(-n_train // config.batch_size)
 
   states, keys = create_states(config, hp, input_dim)
+  records = [[] for _ in range(num_models)]
+  meta = {"config": config.to_dict(), "hparams": {k: v.tolist() for k, v in hp.items()}}
+  if workdir is not None and checkpoint.has_checkpoints(workdir):
+    states, keys, records = _resume(workdir, meta, states, keys)
   beta = jnp.asarray(hp["beta"])
   # Options no model uses stay Python constants: nothing of them is traced or computed.
   warmup = hp["kl_warmup_epochs"] * steps_per_epoch
@@ -121,8 +129,8 @@ def train_many(config: ml_collections.ConfigDict, hparams: dict[str, Any], split
 
   epoch_all = jax.jit(jax.vmap(epoch_one, in_axes=(0, 0, 0, 0, None)), donate_argnums=0)
   evaluate_all = jax.jit(jax.vmap(evaluate_one, in_axes=(0, None, 0, None)), static_argnums=1)
-  records = [[] for _ in range(num_models)]
-  for epoch in range(1, num_epochs + 1):
+  mngr = checkpoint.manager(workdir, keep=1) if workdir is not None else None
+  for epoch in range(len(records[0]) + 1, num_epochs + 1):
     t0 = time.perf_counter()
     states, sums = epoch_all(states, keys, beta, per_model, jnp.int32(epoch))
     sums = jax.device_get(sums)
@@ -133,7 +141,28 @@ def train_many(config: ml_collections.ConfigDict, hparams: dict[str, Any], split
           "epoch": epoch, "train_loss": float(sums["loss"][k]) / n_train,
           "test_loss": float(test["loss"][k]) / n_test, "test_bce": float(test["bce"][k]) / n_test,
           "test_kl": float(test["kl"][k]) / n_test, "train_seconds": seconds})
+    if mngr is not None:
+      mean_test = float(np.mean([r[-1]["test_loss"] for r in records]))
+      checkpoint.save(mngr, epoch, train.state_tree(states, keys), {
+          **meta, "model_records": records, "records": [{"epoch": epoch, "test_loss": mean_test}]})
+  if mngr is not None:
+    mngr.close()
   return states, records
+
+
+def _resume(workdir, meta: dict[str, Any], states, keys):
+  """(states, keys, records) from the latest checkpoint of a K-model run in workdir."""
+  with checkpoint.manager(workdir, read_only=True) as mngr:
+    epoch = checkpoint.select(mngr, "latest")
+    saved = checkpoint.read_meta(mngr, epoch)
+    differences = checkpoint.config_differences(
+        {**saved["config"], **saved["hparams"]}, {**meta["config"], **meta["hparams"]})
+    if differences:
+      raise checkpoint.CheckpointError(
+          f"{workdir}: its checkpoint was made with other settings ({'; '.join(differences)})")
+    tree, saved = checkpoint.restore(mngr, epoch, train.state_tree(states, keys))
+  states, keys = train.from_state_tree(states, tree)
+  return states, keys, saved["model_records"]
 
 
 def unstack(states, k: int):

@@ -16,7 +16,8 @@ form groups, each compiled once. Outputs in the work directory:
 - ``summary.md``: final metrics as mean +- std over seeds per setting;
 - ``test_loss.png`` (test loss against the first axis) and, when beta is an axis,
   ``rate_distortion.png`` (KL against reconstruction);
-- ``groups/<i>.json``: a finished group; a rerun of the same command skips those (resume).
+- ``groups/<i>.json``: a finished group; a rerun of the same command skips those, and a
+  group killed while training resumes from its last epoch (``groups/<i>/checkpoints``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import csv
 import importlib.util
 import itertools
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +159,8 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
     for key in (k for k in axes if k in many.HPARAMS):
       hparams[key] = [setting[key] for setting, _ in members]
     log(f"group {i} ({setting_name(shape)}): {len(members)} models in one program ...")
-    _, records = many.train_many(config, hparams, splits)
+    group_dir = workdir / "groups" / str(i)  # Per-epoch checkpoints while the group trains.
+    _, records = many.train_many(config, hparams, splits, workdir=group_dir)
     rows = []
     for (setting, seed), model_records in zip(members, records):
       run_dir = workdir / "runs" / setting_name(setting) / f"seed{seed}"
@@ -170,6 +173,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
         writer.close()
       rows.append({**setting, "seed": seed, **{m: model_records[-1][m] for m in FINAL_METRICS}})
     checkpoint.write_text_atomic(done, json.dumps({"shape": shape, "rows": rows}))
+    shutil.rmtree(group_dir)  # Finished: the results are in done; the states are not needed.
   rows = [row for i in range(len(groups(study)))
           for row in json.loads((workdir / "groups" / f"{i}.json").read_text())["rows"]]
   write_outputs(workdir, study, axes, rows)

@@ -330,7 +330,7 @@ def main() -> int:
   print("| path | median s/epoch (2..N) | examples/s | matmul GFLOP/s | fraction of f32 peak | compile s | peak memory MiB |")
   print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
   print("\n".join(rows))
-  if scan:
+  if scan and len(runs) > 1 + ("models" in runs):
     ratios = {p: r["median_epoch_seconds"] / scan for p, r in runs.items()
               if "median_epoch_seconds" in r and p != "scan"}
     print("\nSeconds per epoch relative to the compiled epoch: "

@@ -11,7 +11,8 @@ Keys that keep array shapes (seed, beta, learning_rate, kl_warmup_epochs, binari
 inside one vmapped program (vae_jax.many); the others (latent_dim, hidden_dim, init, ...)
 form groups, each compiled once. Outputs in the work directory:
 - ``runs/<setting>/seed<k>/metrics.jsonl``: every run's epochs (and ``tensorboard/``
-  scalars when tensorboardX is installed);
+  scalars per epoch and the final reconstruction / sample grids, when tensorboardX is
+  installed);
 - ``results.csv``: one row per run (axes, seed, final metrics);
 - ``summary.md``: final metrics as mean +- std over seeds per setting;
 - ``test_loss.png`` (test loss against the first axis) and, when beta is an axis,
@@ -30,10 +31,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import checkpoint, many, summaries, train
+from vae_jax import checkpoint, images, many, summaries, train
 from vae_jax.configs import default
 
 FINAL_METRICS = ("test_loss", "test_bce", "test_kl", "train_loss")
@@ -160,15 +163,25 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
       hparams[key] = [setting[key] for setting, _ in members]
     log(f"group {i} ({setting_name(shape)}): {len(members)} models in one program ...")
     group_dir = workdir / "groups" / str(i)  # Per-epoch checkpoints while the group trains.
-    _, records = many.train_many(config, hparams, splits, workdir=group_dir)
+    states, records = many.train_many(config, hparams, splits, workdir=group_dir)
+    x_test_u8 = splits["test"][0][:8]
+    grids_fn = jax.jit(jax.vmap(train.epoch_images, in_axes=(0, None, None, 0, None)),
+                       static_argnums=(1, 4))
+    comparison_K, samples_K = jax.device_get(grids_fn(
+        states.params, states.apply_fn, jnp.asarray(x_test_u8.reshape(len(x_test_u8), -1)),
+        jax.vmap(jax.random.key)(jnp.asarray(hparams["seed"])), config.latent_dim))
     rows = []
-    for (setting, seed), model_records in zip(members, records):
+    for k, ((setting, seed), model_records) in enumerate(zip(members, records)):
       run_dir = workdir / "runs" / setting_name(setting) / f"seed{seed}"
       run_dir.mkdir(parents=True, exist_ok=True)
       checkpoint.write_text_atomic(run_dir / "metrics.jsonl",
                                    "".join(json.dumps(r) + "\n" for r in model_records))
       writer = summaries.open_writer(run_dir / "tensorboard")
       summaries.write_records(writer, model_records)
+      image_hw = x_test_u8.shape[1:]
+      for name, pixels in (("reconstruction", comparison_K[k]), ("sample", samples_K[k])):
+        summaries.write_grid(writer, name, images.image_grid(pixels.reshape(-1, *image_hw)),
+                             model_records[-1]["epoch"])
       if writer is not None:
         writer.close()
       rows.append({**setting, "seed": seed, **{m: model_records[-1][m] for m in FINAL_METRICS}})

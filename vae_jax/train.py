@@ -420,7 +420,8 @@ def move_run_aside(workdir: Path) -> Path | None:
   """Moves an earlier run's files into workdir/replaced_<UTC time>/; returns it (None: no run)."""
   pattern = re.compile(r"(reconstruction|sample)_\d+\.png")
   names = [p for p in sorted(workdir.iterdir())
-           if p.name in ("metrics.jsonl", "config.json", checkpoint.SUBDIR) or pattern.fullmatch(p.name)]
+           if p.name in ("metrics.jsonl", "config.json", "tensorboard", checkpoint.SUBDIR)
+           or pattern.fullmatch(p.name)]
   if not names:
     return None
   stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

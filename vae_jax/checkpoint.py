@@ -166,9 +166,11 @@ def select(mngr: ocp.CheckpointManager, which: str = "latest") -> int:
                         f"epochs {', '.join(map(str, steps))}")
 
 
-def restore(mngr: ocp.CheckpointManager, epoch: int, target_tree) -> tuple[Any, dict[str, Any]]:
-  """(state tree laid out as target_tree, meta) of one checkpoint, its SHA-256 verified."""
-  meta = read_meta(mngr, epoch)  # Verifies the files first.
+def restore(mngr: ocp.CheckpointManager, epoch: int, target_tree, meta: dict[str, Any]):
+  """The state tree of one checkpoint, laid out as target_tree, its SHA-256 verified.
+
+  ``meta``: what read_meta returned for it (which verified the files first).
+  """
   where = checkpoint_dir(mngr, epoch)
   try:
     restored = mngr.restore(epoch, args=ocp.args.Composite(
@@ -178,7 +180,7 @@ def restore(mngr: ocp.CheckpointManager, epoch: int, target_tree) -> tuple[Any, 
   if tree_sha256(restored) != meta.get("state_sha256"):
     raise CheckpointError(f"checkpoint {where}: state does not match the SHA-256 recorded when it "
                           "was saved (corrupted files?)")
-  return restored, meta
+  return restored
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -160,7 +160,7 @@ def _resume(workdir, meta: dict[str, Any], states, keys):
     if differences:
       raise checkpoint.CheckpointError(
           f"{workdir}: its checkpoint was made with other settings ({'; '.join(differences)})")
-    tree, saved = checkpoint.restore(mngr, epoch, train.state_tree(states, keys))
+    tree = checkpoint.restore(mngr, epoch, train.state_tree(states, keys), saved)
   states, keys = train.from_state_tree(states, tree)
   return states, keys, saved["model_records"]
 

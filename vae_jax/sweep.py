@@ -150,7 +150,8 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
   train.validate_config(base)
   splits = splits or train.load_data(base)
   (workdir / "groups").mkdir(exist_ok=True)
-  for i, (shape, members) in enumerate(groups(study)):
+  study_groups = groups(study)
+  for i, (shape, members) in enumerate(study_groups):
     done = workdir / "groups" / f"{i}.json"
     if done.exists():
       log(f"group {i} ({setting_name(shape)}): done earlier, skipped")
@@ -187,7 +188,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
       rows.append({**setting, "seed": seed, **{m: model_records[-1][m] for m in FINAL_METRICS}})
     checkpoint.write_text_atomic(done, json.dumps({"shape": shape, "rows": rows}))
     shutil.rmtree(group_dir)  # Finished: the results are in done; the states are not needed.
-  rows = [row for i in range(len(groups(study)))
+  rows = [row for i in range(len(study_groups))
           for row in json.loads((workdir / "groups" / f"{i}.json").read_text())["rows"]]
   write_outputs(workdir, study, axes, rows)
   return rows

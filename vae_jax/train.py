@@ -476,7 +476,7 @@ def resume(workdir: Path, config, fingerprint: dict[str, Any], state: TrainState
       raise checkpoint.CheckpointError(
           f"workdir {workdir}: its checkpoint {where} was made from other data (the {' and '.join(splits)} "
           "split differs: examples or SHA-256); use the same data, or pass --config.restart=True")
-    tree, meta = checkpoint.restore(mngr, epoch, state_tree(state, keys))
+    tree = checkpoint.restore(mngr, epoch, state_tree(state, keys), meta)
   state, keys = from_state_tree(state, tree)
   return state, keys, meta["records"], where
 
@@ -518,7 +518,7 @@ def restore_run(workdir: str | Path, which: str = "latest"
     input_dim = int(np.prod(meta["data"]["train"]["image_shape"]))
     rng_init, *rngs = jax.random.split(jax.random.key(config.seed), 1 + len(KEY_NAMES))
     state = create_train_state(config, rng_init, input_dim)
-    tree, meta = checkpoint.restore(mngr, epoch, state_tree(state, dict(zip(KEY_NAMES, rngs))))
+    tree = checkpoint.restore(mngr, epoch, state_tree(state, dict(zip(KEY_NAMES, rngs))), meta)
   state, keys = from_state_tree(state, tree)
   return config, state, keys, meta
 
@@ -539,9 +539,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   if config.batch_size > n_train:
     raise ConfigError(f"config.batch_size={config.batch_size}: larger than the training set "
                       f"({n_train} examples)")
-  devices = make_mesh(config.num_devices)
-  if devices is not None and config.batch_size % devices.size:
-    raise ConfigError(f"config.batch_size={config.batch_size}: not divisible by the {devices.size} "
+  mesh = make_mesh(config.num_devices)
+  if mesh is not None and config.batch_size % mesh.size:
+    raise ConfigError(f"config.batch_size={config.batch_size}: not divisible by the {mesh.size} "
                       "devices of the data axis (set config.num_devices or the batch size)")
   if distributed.is_primary():  # Process 0 alone creates, checks and writes the workdir.
     prepare_workdir(workdir, restart=config.restart)
@@ -574,20 +574,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   distributed.barrier("resume")
   mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
   try:
-    state = _train_epochs(config, workdir, mngr, state, keys, records, last_good, fingerprint,
+    state = _train_epochs(config, workdir, mngr, mesh, state, keys, records, last_good, fingerprint,
                           splits, input_dim, image_hw)
   finally:
     mngr.close()
   return state, records
 
 
-def _train_epochs(config, workdir, mngr, state, keys, records, last_good, fingerprint, splits,
-                  input_dim, image_hw) -> TrainState:
+def _train_epochs(config, workdir, mngr, mesh, state, keys, records, last_good, fingerprint,
+                  splits, input_dim, image_hw) -> TrainState:
   """Epochs len(records)+1 .. num_epochs: train, evaluate, check, checkpoint, log, images."""
   (x_train_u8, _), (x_test_u8, _) = splits["train"], splits["test"]
   n_train, n_test = len(x_train_u8), len(x_test_u8)
   primary = distributed.is_primary()
-  mesh = make_mesh(config.num_devices)
   # Data live on the device(s) as flat uint8 for the whole run; parameters are replicated.
   train_u8_NxD = replicate(np.reshape(x_train_u8, (n_train, input_dim)), mesh)
   test_u8_NxD = replicate(np.reshape(x_test_u8, (n_test, input_dim)), mesh)

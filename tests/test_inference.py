@@ -25,6 +25,11 @@ def test_evaluate_reproduces_the_recorded_test_loss(trained_run):
   assert out["epoch"] == 2 and out["examples"] == 100
   assert out["loss"] == out["recorded_test_loss"] == recorded["test_loss"]  # Same key, same sums.
   assert out["loss_mean_z"] == recorded["test_loss_mean_z"]
+  # Diagnostics: the KL per dimension sums to the loss's KL term (float64 numpy vs the
+  # float32 batch sums of training); activity decides the warning.
+  assert len(out["kl_per_dim"]) == 20 and 0 <= out["active_units"] <= 20
+  np.testing.assert_allclose(sum(out["kl_per_dim"]), out["kl"], rtol=1e-3)
+  assert (out["collapse_warning"] is None) == (out["active_units"] == 20)
 
 
 def test_encode_writes_means_logvars_and_labels(trained_run, small_splits, tmp_path):

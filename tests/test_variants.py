@@ -110,7 +110,8 @@ def test_learned_sigma_and_depth_add_parameters():
 @pytest.mark.parametrize("values", [
     {"likelihood": "continuous_bernoulli"}, {"likelihood": "gaussian", "gaussian_sigma": 0.0},
     {"likelihood": "gaussian", "gaussian_sigma": 0.1}, {"free_bits": 0.5}, {"iwae_samples": 3},
-    {"model": "ae"}, {"num_hidden_layers": 2},
+    {"model": "ae"}, {"num_hidden_layers": 2}, {"corruption": "gaussian", "corruption_level": 0.3},
+    {"corruption": "mask", "corruption_level": 0.5},
 ])
 def test_each_variant_trains_end_to_end(small_config, small_splits, tmp_path, values):
   small_config.update({"num_epochs": 1, "save_images": False, **values})
@@ -126,9 +127,47 @@ def test_unknown_variant_values_are_refused(small_config):
   for key, value, message in [("likelihood", "poisson", "config.likelihood='poisson'"),
                               ("model", "gan", "config.model='gan'"),
                               ("iwae_samples", 0, "config.iwae_samples=0"),
-                              ("free_bits", -1.0, "config.free_bits=-1.0")]:
+                              ("free_bits", -1.0, "config.free_bits=-1.0"),
+                              ("corruption", "blur", "config.corruption='blur'"),
+                              ("corruption_level", -0.1, "config.corruption_level=-0.1")]:
     config = default.get_config()
     config[key] = value
     with pytest.raises(train.ConfigError, match=message):
       train.validate_config(config)
   assert models.VAE().learned_sigma is False
+
+
+def test_a_masked_fraction_of_one_is_refused():
+  config = default.get_config()
+  config.update(corruption="mask", corruption_level=1.0)
+  with pytest.raises(train.ConfigError, match="corruption_level=1.0.*< 1"):
+    train.validate_config(config)
+
+
+def test_corruptions_add_clipped_noise_or_zero_a_fraction_of_pixels():
+  x = jnp.full((400, 500), 0.5, jnp.float32)
+  key = jax.random.key(0)
+  noisy = np.asarray(train.corrupt(x, key, "gaussian", 0.1))
+  assert abs(noisy.std() - 0.1) < 0.002 and abs(noisy.mean() - 0.5) < 0.002
+  black = np.asarray(train.corrupt(jnp.zeros((100, 100)), key, "gaussian", 0.5))
+  assert black.min() == 0.0 and black.max() <= 1.0 and (black == 0).mean() > 0.45  # Clipped.
+  masked = np.asarray(train.corrupt(x, key, "mask", 0.3))
+  assert abs((masked == 0).mean() - 0.3) < 0.005
+  assert set(np.unique(masked)) == {0.0, 0.5}  # Kept pixels are unchanged.
+  np.testing.assert_array_equal(train.corrupt(x, key, "none", 0.3), x)
+
+
+def test_denoising_loss_encodes_the_corrupted_input_and_scores_the_clean_one():
+  config, state = _state(corruption="gaussian", corruption_level=0.3)
+  objective = train.Objective.from_config(config)
+  x = jnp.asarray(np.random.RandomState(6).rand(5, 12), jnp.float32)
+  key = jax.random.key(2)
+  loss, terms = train.loss_fn(state.params, state.apply_fn, x, key, 1.0, objective)
+  x_in = train.corrupt(x, jax.random.fold_in(key, 2), "gaussian", 0.3)
+  logits, mu, logvar = state.apply_fn({"params": state.params}, x_in, key)
+  bce = losses.bce_per_example(logits, x).sum()
+  np.testing.assert_allclose(terms["bce"], bce, rtol=1e-6)
+  np.testing.assert_allclose(loss, bce + losses.kl_per_example(mu, logvar).sum(), rtol=1e-6)
+  clean_logits, _, _ = state.apply_fn({"params": state.params}, x, key)
+  assert not np.allclose(logits, clean_logits)  # The encoder did see other inputs.
+  assert objective.for_evaluation() == train.REFERENCE  # Test losses are on clean inputs.

@@ -5,6 +5,7 @@
   python -m vae_jax reconstruct --workdir DIR [--split test] [--num 8] --out recon.png
   python -m vae_jax encode --workdir DIR [--split test] --out latents.npz
   python -m vae_jax evaluate --workdir DIR [--split test]
+  python -m vae_jax likelihood --workdir DIR [--num_samples 5000] [--num 0] [--seed 0]
   python -m vae_jax sweep --config experiments/ablations/STUDY.py --workdir DIR
 
 Several processes (hosts) train one run when each is started with the same command plus
@@ -24,12 +25,13 @@ import json
 import logging as py_logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "sample", "reconstruct", "encode", "evaluate", "sweep")
+COMMANDS = ("train", "sample", "reconstruct", "encode", "evaluate", "likelihood", "sweep")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 
 
@@ -48,8 +50,10 @@ def main() -> int:
     workdir_flag = flags.DEFINE_string("workdir", None, "Directory of the run.")
     flags.DEFINE_string("checkpoint", "latest", "latest, best or an epoch number.")
     flags.DEFINE_string("out", None, "Output file (sample, reconstruct: .png; encode: .npz).")
-    flags.DEFINE_integer("num", None, "Images to sample (default 64) or reconstruct (default 8).")
-    flags.DEFINE_integer("seed", 0, "sample: key of the z draws.")
+    flags.DEFINE_integer("num", None, "Images to sample (default 64) or reconstruct (default 8); "
+                         "likelihood: test examples (default 0 = all).")
+    flags.DEFINE_integer("seed", 0, "sample, likelihood: key of the z draws.")
+    flags.DEFINE_integer("num_samples", 5000, "likelihood: importance samples per example.")
     flags.DEFINE_enum("split", "test", ["train", "test"], "Data split to use.")
     flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
                         "(default: JAX_COORDINATOR_ADDRESS; unset: one process).")
@@ -78,7 +82,7 @@ def main() -> int:
   logging.set_verbosity(logging.FATAL)  # Orbax logs what our errors already say.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   # Imports jax: after the arguments are known to be good.
-  from vae_jax import checkpoint, data, distributed, inference, many, sweep, train
+  from vae_jax import checkpoint, data, distributed, evaluate, inference, many, sweep, train
   try:
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     if command == "train":
@@ -103,6 +107,14 @@ def main() -> int:
       sweep.run_study(study, f.workdir)
       print((Path(f.workdir) / "summary.md").read_text())
       print(f"Outputs in {f.workdir}: results.csv, summary.md, test_loss.png, runs/")
+    elif command == "likelihood":
+      with warnings.catch_warnings():  # Its warnings are printed once below, not twice.
+        warnings.simplefilter("ignore")
+        result = evaluate.evaluate_run(f.workdir, which=f.checkpoint, num_samples=f.num_samples,
+                                       seed=f.seed, num_examples=f.num or 0)
+      for note in result["warnings"]:
+        print(f"vae_jax: warning: {note}", file=sys.stderr)
+      print(json.dumps(result))
     else:
       print(json.dumps(inference.evaluate(f.workdir, which=f.checkpoint, split=f.split)))
   except (train.ConfigError, train.WorkdirError, data.DataError, checkpoint.CheckpointError,

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import checkpoint, images, models, train
+from vae_jax.evaluate import collapse_warning, encode_all, latent_diagnostics
 
 
 def _load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +91,8 @@ def encode(workdir, out, split: str = "test", which: str = "latest",
 
 
 def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, Any]:
-  """The split's loss, BCE, KL and z = mu loss (nats per example) for one checkpoint.
+  """The split's loss, BCE, KL and z = mu loss (nats per example) for one checkpoint, and
+  the latent diagnostics: KL per dimension, active units, a posterior-collapse warning.
 
   Uses the key training used after that epoch, so on the test split the loss equals the
   one recorded in metrics.jsonl (when the data are the same).
@@ -109,4 +111,10 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   same_data = meta["data"].get(split) == checkpoint.data_fingerprint({split: (x_u8, labels)})[split]
   if split == "test" and same_data:
     result["recorded_test_loss"] = meta["records"][-1]["test_loss"]
+  if config.model == "vae":  # The autoencoder has no posterior to diagnose.
+    x_NxD = np.asarray(train.to_float(jnp.asarray(x_u8.reshape(len(x_u8), -1))))
+    diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
+    result.update(active_units=diagnostics["active_units"],
+                  kl_per_dim=[round(float(v), 4) for v in diagnostics["kl_per_dim"]],
+                  collapse_warning=collapse_warning(diagnostics))
   return result

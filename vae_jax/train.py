@@ -78,6 +78,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("iwae_samples", "num_hidden_layers"):
     if config[key] < 1:
       raise ConfigError(f"config.{key}={config[key]}: expected an integer >= 1")
+  if config.corruption not in CORRUPTIONS:
+    raise ConfigError(f"config.corruption={config.corruption!r}: expected one of "
+                      f"{', '.join(CORRUPTIONS)}")
+  limit = 1.0 if config.corruption == "mask" else math.inf
+  if not (0 <= config.corruption_level < limit and math.isfinite(config.corruption_level)):
+    raise ConfigError(f"config.corruption_level={config.corruption_level}: expected a finite "
+                      f"value >= 0{' and < 1 (a masked fraction)' if limit == 1.0 else ''}")
   if config.compute_dtype not in models.DTYPES:
     raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}: expected one of "
                       f"{', '.join(models.DTYPES)}")
@@ -102,22 +109,28 @@ class Objective:
 
   likelihood: losses.LIKELIHOODS; gaussian_sigma: fixed sigma (0: learned per pixel);
   free_bits: nats per latent dim below which KL is free (0: off); iwae_samples: K of the
-  importance-weighted bound (1: ELBO); autoencoder: z = mu, no KL (deterministic AE).
+  importance-weighted bound (1: ELBO); autoencoder: z = mu, no KL (deterministic AE);
+  corruption, corruption_level: the encoder sees corrupt(x) while the likelihood scores the
+  clean x (denoising; see ``corrupt``).
   """
   likelihood: str = "bernoulli"
   gaussian_sigma: float = 0.0
   free_bits: float = 0.0
   iwae_samples: int = 1
   autoencoder: bool = False
+  corruption: str = "none"
+  corruption_level: float = 0.0
 
   @classmethod
   def from_config(cls, config) -> "Objective":
     return cls(config.likelihood, float(config.gaussian_sigma), float(config.free_bits),
-               int(config.iwae_samples), config.model == "ae")
+               int(config.iwae_samples), config.model == "ae", config.corruption,
+               float(config.corruption_level))
 
   def for_evaluation(self) -> "Objective":
-    """The test metric: the same likelihood and model, one sample, plain KL."""
-    return dataclasses.replace(self, free_bits=0.0, iwae_samples=1)
+    """The test metric: the same likelihood and model, one sample, plain KL, clean inputs."""
+    return dataclasses.replace(self, free_bits=0.0, iwae_samples=1, corruption="none",
+                               corruption_level=0.0)
 
 
 REFERENCE = Objective()
@@ -145,6 +158,19 @@ def to_float(x_u8_BxD: jax.Array) -> jax.Array:
   return x_u8_BxD.astype(jnp.float32) / 255.0
 
 
+CORRUPTIONS = ("none", "gaussian", "mask")
+
+
+def corrupt(x_BxD: jax.Array, key: jax.Array, kind: str, level: float) -> jax.Array:
+  """Noisy inputs for denoising: 'gaussian' adds N(0, level^2) and clips to [0, 1]; 'mask'
+  sets each pixel to 0 with probability level; 'none' returns x."""
+  if kind == "gaussian":
+    return jnp.clip(x_BxD + level * jax.random.normal(key, x_BxD.shape, x_BxD.dtype), 0.0, 1.0)
+  if kind == "mask":
+    return jnp.where(jax.random.bernoulli(key, level, x_BxD.shape), 0.0, x_BxD)
+  return x_BxD
+
+
 def loss_fn(params, apply_fn: Callable, x_BxD: jax.Array, key: jax.Array | None,
             beta: float = 1.0, objective: Objective = REFERENCE
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -160,20 +186,29 @@ def loss_fn(params, apply_fn: Callable, x_BxD: jax.Array, key: jax.Array | None,
   return loss, {"loss": loss, "bce": bce, "kl": kl}
 
 
-def _variant_loss(params, apply_fn, x_BxD, key, beta, objective: Objective):
-  """loss_fn for the ablation objectives (see Objective)."""
+def nll_fn(params, objective: Objective) -> Callable:
+  """(logits_BxD, x_BxD) -> -log p(x|z) per example (nats) under the objective's likelihood."""
   log_sigma = None
   if objective.likelihood == "gaussian":
     log_sigma = (params["log_sigma"] if objective.gaussian_sigma == 0
                  else jnp.log(jnp.float32(objective.gaussian_sigma)))
-  nll = functools.partial(losses.nll_per_example, likelihood=objective.likelihood,
-                          log_sigma=log_sigma)
+  return functools.partial(losses.nll_per_example, likelihood=objective.likelihood,
+                           log_sigma=log_sigma)
+
+
+def _variant_loss(params, apply_fn, x_BxD, key, beta, objective: Objective):
+  """loss_fn for the ablation objectives (see Objective)."""
+  nll = nll_fn(params, objective)
+  x_in_BxD = x_BxD  # What the encoder sees; the likelihood always scores the clean x.
+  if objective.corruption != "none" and key is not None:
+    x_in_BxD = corrupt(x_BxD, jax.random.fold_in(key, 2), objective.corruption,
+                       objective.corruption_level)
   if objective.autoencoder:
-    logits_BxD, _, _ = apply_fn({"params": params}, x_BxD, None)
+    logits_BxD, _, _ = apply_fn({"params": params}, x_in_BxD, None)
     rec = jnp.sum(nll(logits_BxD, x_BxD))
     return rec, {"loss": rec, "bce": rec, "kl": jnp.zeros_like(rec)}
   if objective.iwae_samples > 1 and key is not None:
-    mu_BxL, logvar_BxL = apply_fn({"params": params}, x_BxD, method=models.VAE.encode)
+    mu_BxL, logvar_BxL = apply_fn({"params": params}, x_in_BxD, method=models.VAE.encode)
     eps_KxBxL = jax.random.normal(key, (objective.iwae_samples, *mu_BxL.shape))
     z_KxBxL = models.reparameterize(mu_BxL, logvar_BxL, eps_KxBxL)
     logits = apply_fn({"params": params}, z_KxBxL.reshape(-1, mu_BxL.shape[-1]),
@@ -183,7 +218,7 @@ def _variant_loss(params, apply_fn, x_BxD, key, beta, objective: Objective):
     loss = -jnp.sum(bound_B)
     return loss, {"loss": loss, "bce": jnp.sum(nll_KxB[0]),
                   "kl": jnp.sum(losses.kl_per_example(mu_BxL, logvar_BxL))}
-  logits_BxD, mu_BxL, logvar_BxL = apply_fn({"params": params}, x_BxD, key)
+  logits_BxD, mu_BxL, logvar_BxL = apply_fn({"params": params}, x_in_BxD, key)
   rec = jnp.sum(nll(logits_BxD, x_BxD))
   kl = jnp.sum(losses.kl_per_example(mu_BxL, logvar_BxL))
   kl_term = losses.free_bits_kl(mu_BxL, logvar_BxL, objective.free_bits) if objective.free_bits else kl

@@ -33,10 +33,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.iwae_samples = 1
   config.model = "vae"
   config.num_hidden_layers = 1
-  config.init = "torch"
+  # Denoising: the encoder sees corrupted inputs ('gaussian': noise of sigma corruption_level,
+  # clipped to [0, 1]; 'mask': that fraction of pixels set to 0), the loss scores the clean ones.
+  config.corruption = "none"
+  config.corruption_level = 0.0
+  config.init = "torch"  # 'torch': U(+-1/sqrt(fan_in)) as nn.Linear; 'flax': lecun_normal / zeros.
   # Mixed precision: 'bfloat16' computes the layers in bf16 (for GPUs and TPUs); parameters,
   # optimizer state, noise and the loss stay float32.
-  config.compute_dtype = "float32"  # 'torch': U(+-1/sqrt(fan_in)) as nn.Linear; 'flax': lecun_normal / zeros.
+  config.compute_dtype = "float32"
 
   # Data: 'bundled' (MNIST shipped with the package), 'idx' (data_dir of IDX files) or 'tfds'.
   config.data_source = "bundled"

@@ -1,0 +1,214 @@
+"""Evaluation researchers report: importance-weighted log-likelihood and latent diagnostics.
+
+The standard protocol (Burda et al., 2015): train on dynamically binarized MNIST
+(``config.binarize=True``), evaluate on the test set binarized once with a fixed key
+(``binarize(x, jax.random.key(BINARIZE_SEED))``), estimate
+
+  log p(x) ~ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K,  z_k ~ q(z|x),
+
+with K = 5000, and report nats per example (test NLL = minus its mean). The K-sample mean of
+the same log-weights is the ELBO; their difference, the gap, is how much the bound gains.
+A Bernoulli decoder gives a likelihood only for binary inputs: continuous pixels are refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import checkpoint, losses, models, train
+
+BINARIZE_SEED = 0  # The test set's one binarization (standard protocol: fixed, shared by all runs).
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): unit l is active if Cov_x(E_q[z_l]) > 0.01.
+
+
+def binarize(x_u8_NxD, key: jax.Array) -> np.ndarray:
+  """A Bernoulli(pixel / 255) draw of every pixel: float32 0/1 (stochastic binarization)."""
+  probs = train.to_float(jnp.asarray(x_u8_NxD))
+  return np.asarray(jax.random.bernoulli(key, probs).astype(jnp.float32))
+
+
+def check_binary(x_NxD: np.ndarray, what: str = "inputs") -> None:
+  """Refuses inputs that are not all 0 or 1: a Bernoulli decoder's 'likelihood' of gray
+  levels is not a likelihood, and such numbers are not comparable with published NLLs."""
+  x = np.asarray(x_NxD)
+  bad = ~((x == 0) | (x == 1))
+  if bad.any():
+    raise ValueError(
+        f"{what}: {int(bad.sum())} of {x.size} values are not 0 or 1 (e.g. {x[bad][0]:.4g}); "
+        "the importance-weighted log-likelihood of a Bernoulli decoder is a likelihood only "
+        "for binary data: binarize them first (vae_jax.evaluate.binarize, the standard "
+        "protocol) or use a continuous likelihood")
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples", "sample_chunk", "objective"))
+def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_samples: int,
+                      sample_chunk: int, objective: train.Objective):
+  """Per example: (logsumexp_k log w_k, sum_k log w_k) over num_samples draws of z.
+
+  Example i draws its K x L noise from fold_in(key, i) (i = its index in the whole set), so
+  the result does not depend on how examples or samples are chunked. Samples are taken
+  sample_chunk at a time with a running logsumexp: memory ~ sample_chunk x B x D floats of
+  logits plus the B x K x L noise.
+  """
+  mu_BxL, logvar_BxL = apply_fn({"params": params}, x_BxD, method=models.VAE.encode)
+  batch, latent = mu_BxL.shape
+  eps_BxKxL = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i),
+                                                   (num_samples, latent)))(index_B)
+  num_chunks = -(-num_samples // sample_chunk)
+  pad = num_chunks * sample_chunk - num_samples
+  eps_CxSxBxL = jnp.pad(eps_BxKxL, ((0, 0), (0, pad), (0, 0))).transpose(1, 0, 2).reshape(
+      num_chunks, sample_chunk, batch, latent)
+  valid_CxS = (jnp.arange(num_chunks * sample_chunk) < num_samples).reshape(num_chunks, sample_chunk)
+  nll = train.nll_fn(params, objective)
+
+  def body(carry, eps_valid):
+    max_B, sumexp_B, total_B = carry
+    eps_SxBxL, valid_S = eps_valid
+    z_SxBxL = models.reparameterize(mu_BxL, logvar_BxL, eps_SxBxL)
+    logits = apply_fn({"params": params}, z_SxBxL.reshape(-1, latent), method=models.VAE.decode)
+    log_w_SxB = (-nll(logits.reshape(sample_chunk, batch, -1), x_BxD[None])
+                 + losses.gaussian_log_density(z_SxBxL, 0.0, 0.0)
+                 - losses.gaussian_log_density(z_SxBxL, mu_BxL, logvar_BxL))
+    log_w_SxB = jnp.where(valid_S[:, None], log_w_SxB, -jnp.inf)
+    new_max_B = jnp.maximum(max_B, jnp.max(log_w_SxB, axis=0))
+    sumexp_B = sumexp_B * jnp.exp(max_B - new_max_B) + jnp.sum(jnp.exp(log_w_SxB - new_max_B), 0)
+    total_B = total_B + jnp.sum(jnp.where(valid_S[:, None], log_w_SxB, 0.0), axis=0)
+    return (new_max_B, sumexp_B, total_B), None
+
+  init = (jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)), jnp.zeros((batch,)))
+  (max_B, sumexp_B, total_B), _ = jax.lax.scan(body, init, (eps_CxSxBxL, valid_CxS))
+  return max_B + jnp.log(sumexp_B), total_B
+
+
+def iwae_log_likelihood(params, apply_fn: Callable, x_NxD, key: jax.Array, num_samples: int,
+                        *, batch_size: int = 16, sample_chunk: int = 500,
+                        objective: train.Objective = train.REFERENCE) -> dict[str, np.ndarray]:
+  """Per-example estimates (nats) with num_samples importance samples from q(z|x).
+
+  Returns {'iwae': log p(x) estimate (the K-sample bound, exact as K -> inf), 'elbo': the
+  mean of the same K log-weights (an estimate of the ELBO)}, each of shape (N,). Computed
+  batch_size examples and sample_chunk samples at a time (bounded memory); the result is
+  the same for any chunking (up to float rounding) and deterministic given key.
+  """
+  if objective.autoencoder:
+    raise ValueError("model 'ae': a deterministic autoencoder has no q(z|x) or p(z), so no "
+                     "importance-weighted likelihood")
+  if num_samples < 1:
+    raise ValueError(f"num_samples={num_samples}: expected >= 1")
+  x_NxD = np.asarray(x_NxD, np.float32)
+  if objective.likelihood == "bernoulli":
+    check_binary(x_NxD)
+  objective = objective.for_evaluation()
+  n = len(x_NxD)
+  batch_size = min(batch_size, n)
+  sample_chunk = min(sample_chunk, num_samples)
+  pad = -n % batch_size  # The last batch is padded so one compiled function serves every batch.
+  x_pad = np.concatenate([x_NxD, np.zeros((pad, x_NxD.shape[1]), np.float32)])
+  logsumexp, total = [], []
+  for start in range(0, n + pad, batch_size):
+    lse_B, total_B = _log_weight_stats(
+        params, apply_fn, x_pad[start:start + batch_size], jnp.arange(start, start + batch_size),
+        key, num_samples=num_samples, sample_chunk=sample_chunk, objective=objective)
+    logsumexp.append(lse_B)
+    total.append(total_B)
+  logsumexp = np.concatenate(jax.device_get(logsumexp))[:n].astype(np.float64)
+  total = np.concatenate(jax.device_get(total))[:n].astype(np.float64)
+  return {"iwae": logsumexp - np.log(num_samples), "elbo": total / num_samples}
+
+
+@functools.partial(jax.jit, static_argnames="apply_fn")
+def _encode(params, apply_fn, x_BxD):
+  return apply_fn({"params": params}, x_BxD, method=models.VAE.encode)
+
+
+def encode_all(params, apply_fn: Callable, x_NxD, chunk: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+  """(mu_NxL, logvar_NxL) of every example, chunk examples per call."""
+  x_NxD = np.asarray(x_NxD, np.float32)
+  outs = [_encode(params, apply_fn, x_NxD[i:i + chunk]) for i in range(0, len(x_NxD), chunk)]
+  mus, logvars = zip(*jax.device_get(outs))
+  return np.concatenate(mus), np.concatenate(logvars)
+
+
+@functools.partial(jax.jit, static_argnames="apply_fn")
+def _decode_probs(params, apply_fn, z_BxL):
+  return apply_fn({"params": params}, z_BxL, method=models.VAE.generate)
+
+
+def decode_all(params, apply_fn: Callable, z_NxL, chunk: int = 2000) -> np.ndarray:
+  """Mean images sigmoid(decoder(z)) in [0, 1] of every code (N x D), chunk codes per call."""
+  z_NxL = np.asarray(z_NxL, np.float32)
+  outs = [_decode_probs(params, apply_fn, z_NxL[i:i + chunk]) for i in range(0, len(z_NxL), chunk)]
+  return np.concatenate(jax.device_get(outs))
+
+
+def latent_diagnostics(mu_NxL: np.ndarray, logvar_NxL: np.ndarray,
+                       threshold: float = ACTIVE_UNIT_THRESHOLD) -> dict[str, Any]:
+  """KL per latent dimension and active units (Burda et al., 2015) from a set's posteriors.
+
+  kl_per_dim: mean over examples of KL(q(z_l|x) || N(0, 1)), nats (sums to the mean KL);
+  activity: Cov_x(E_q[z_l]) = the variance over examples of mu_l; a unit is active when it
+  exceeds threshold. Returns kl_per_dim, activity (L,), active (L bool), active_units.
+  """
+  mu = np.asarray(mu_NxL, np.float64)
+  logvar = np.asarray(logvar_NxL, np.float64)
+  kl_per_dim = np.mean(-0.5 * (1.0 + logvar - mu**2 - np.exp(logvar)), axis=0)
+  activity = np.var(mu, axis=0)
+  active = activity > threshold
+  return {"kl_per_dim": kl_per_dim, "activity": activity, "active": active,
+          "active_units": int(active.sum()), "latent_dim": mu.shape[1]}
+
+
+def collapse_warning(diagnostics: dict[str, Any]) -> str | None:
+  """A sentence when latent units are inactive (posterior collapse), else None."""
+  inactive = np.flatnonzero(~diagnostics["active"])
+  latent_dim = diagnostics["latent_dim"]
+  if not len(inactive):
+    return None
+  kl = diagnostics["kl_per_dim"][inactive]
+  which = "all latent units" if len(inactive) == latent_dim else (
+      f"{len(inactive)} of {latent_dim} latent units (dims {', '.join(map(str, inactive))})")
+  return (f"posterior collapse: {which} inactive (Cov_x(E_q[z]) <= {ACTIVE_UNIT_THRESHOLD}), "
+          f"carrying {kl.sum():.3f} nats of KL in total; the decoder ignores them")
+
+
+def evaluate_run(workdir: str | Path, which: str = "latest", num_samples: int = 5000,
+                 seed: int = 0, num_examples: int = 0, sample_chunk: int = 500) -> dict[str, Any]:
+  """Test NLL of a trained run under the standard protocol, with diagnostics (one JSON dict).
+
+  The test set is binarized with key(BINARIZE_SEED); the importance samples use key(seed).
+  num_examples: 0 = the whole test set, N = its first N. A run trained on continuous pixels
+  (config.binarize=False) is evaluated all the same, with a warning: its number is not the
+  protocol's.
+  """
+  config, state, _, meta = train.restore_run(workdir, which)
+  objective = train.Objective.from_config(config)
+  if objective.likelihood != "bernoulli":
+    raise ValueError(f"workdir {workdir}: likelihood {objective.likelihood!r}; the test NLL "
+                     "protocol needs the Bernoulli decoder of binarized MNIST")
+  x_u8, _ = train.load_data(config)["test"]
+  x_u8 = x_u8.reshape(len(x_u8), -1)[:num_examples or None]
+  x_NxD = binarize(x_u8, jax.random.key(BINARIZE_SEED))
+  estimates = iwae_log_likelihood(state.params, state.apply_fn, x_NxD, jax.random.key(seed),
+                                  num_samples, sample_chunk=sample_chunk, objective=objective)
+  diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
+  notes = [w for w in [collapse_warning(diagnostics)] if w]
+  if not config.binarize:
+    notes.append("trained on continuous pixels (config.binarize=False): the standard protocol "
+                 "trains on dynamically binarized data, so this NLL is not comparable with "
+                 "published figures")
+  for note in notes:
+    warnings.warn(note, stacklevel=2)
+  nll, elbo = -estimates["iwae"].mean(), -estimates["elbo"].mean()
+  return {"checkpoint": str(Path(workdir) / checkpoint.SUBDIR / str(meta["epoch"])),
+          "epoch": meta["epoch"], "examples": len(x_NxD), "num_samples": num_samples,
+          "test_nll": float(nll), "test_neg_elbo": float(elbo), "gap": float(elbo - nll),
+          "active_units": diagnostics["active_units"], "latent_dim": diagnostics["latent_dim"],
+          "kl_per_dim": [round(float(v), 4) for v in diagnostics["kl_per_dim"]],
+          "warnings": notes}

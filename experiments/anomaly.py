@@ -19,7 +19,6 @@ held-out, per class), the trained runs in class_<c>/.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -34,9 +33,7 @@ from vae_jax import evaluate, metrics, train  # noqa: E402
 
 
 def plot(path: Path, scores_by_class: dict[int, np.ndarray], labels: np.ndarray) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = common.pyplot()
   classes = sorted(scores_by_class)
   cols = min(5, len(classes))
   rows = -(-len(classes) // cols)
@@ -52,17 +49,12 @@ def plot(path: Path, scores_by_class: dict[int, np.ndarray], labels: np.ndarray)
   for ax in list(axes.flat)[len(classes):]:
     ax.axis("off")
   axes.flat[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=100)
 
 
 def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", type=Path, default=Path("runs/anomaly"))
+  parser = common.parser(__doc__, "anomaly", epochs=30)
   parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
-  parser.add_argument("--epochs", type=int, default=30)
-  parser.add_argument("--seed", type=int, default=1)
   parser.add_argument("--num-samples", type=int, default=100)
   parser.add_argument("--pca-components", type=int, default=20)
   args = parser.parse_args()

@@ -3,6 +3,7 @@ generation) share: a config with overrides, a resumable training run, tables, th
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -12,6 +13,32 @@ import ml_collections
 import numpy as np
 
 from vae_jax import train
+
+
+def parser(doc: str, name: str, epochs: int) -> argparse.ArgumentParser:
+  """The flags every application script has: --workdir (runs/<name>), --epochs, --seed (1)."""
+  parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
+  parser.add_argument("--workdir", type=Path, default=Path("runs") / name)
+  parser.add_argument("--epochs", type=int, default=epochs, help="training epochs per model")
+  parser.add_argument("--seed", type=int, default=1)
+  return parser
+
+
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 100, **adjust) -> None:
+  """Lays out, writes and closes fig; ``adjust``: fig.subplots_adjust arguments after layout."""
+  fig.tight_layout()
+  if adjust:
+    fig.subplots_adjust(**adjust)
+  fig.savefig(path, dpi=dpi)
+  pyplot().close(fig)
 
 
 def config_with(**overrides) -> ml_collections.ConfigDict:

@@ -27,7 +27,6 @@ from __future__ import annotations
 if __name__ != "__main__":
   raise ImportError("experiments/compression.py is a script, not the 'compression' module")
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -72,9 +71,7 @@ def scores(name, d, encode_fn, decode_fn, x_train, y_train, x_test, y_test) -> d
 
 
 def plot(path: Path, rows: list[dict], dims: list[int]) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = common.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
   for method in ("VAE", "AE", "PCA"):
     r = [next(x for x in rows if x["method"] == method and x["d"] == d) for d in dims]
@@ -89,17 +86,12 @@ def plot(path: Path, rows: list[dict], dims: list[int]) -> None:
     ax.set_ylabel(label)
   axes[0].set_yscale("log")
   axes[0].legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=110)
 
 
 def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", type=Path, default=Path("runs/compression"))
+  parser = common.parser(__doc__, "compression", epochs=20)
   parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10, 20, 50])
-  parser.add_argument("--epochs", type=int, default=20)
-  parser.add_argument("--seed", type=int, default=1)
   args = parser.parse_args()
   args.workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()

@@ -20,7 +20,6 @@ denoising VAE, plain VAE, PCA and clean rows), the trained runs in dvae_<corrupt
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -43,9 +42,7 @@ def label(kind: str, level: float) -> str:
 
 def plot(path: Path, panels: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> None:
   """One panel per corruption: named rows of images (each N x 784)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = common.pyplot()
   fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.7 * len(panels)))
   for ax, (title, rows) in zip(np.atleast_1d(axes), panels):
     grid = images.image_grid(np.concatenate([r for _, r in rows]).reshape(-1, 28, 28),
@@ -54,17 +51,11 @@ def plot(path: Path, panels: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> 
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([2 + 30 * i + 14 for i in range(len(rows))], [name for name, _ in rows])
-  fig.tight_layout()
-  fig.subplots_adjust(left=0.17)  # Room for the row names.
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=100, left=0.17)  # Room for the row names.
 
 
 def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", type=Path, default=Path("runs/denoising"))
-  parser.add_argument("--epochs", type=int, default=20)
-  parser.add_argument("--seed", type=int, default=1)
+  parser = common.parser(__doc__, "denoising", epochs=20)
   parser.add_argument("--pca-components", type=int, default=20)
   args = parser.parse_args()
   args.workdir.mkdir(parents=True, exist_ok=True)

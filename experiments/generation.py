@@ -23,7 +23,6 @@ trained runs in d20/ and d2/.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -50,9 +49,7 @@ def interpolation_pairs(labels: np.ndarray, num_pairs: int = 8) -> list[tuple[in
 
 
 def plot(path: Path, panels: dict[str, np.ndarray], mu_2d: np.ndarray, labels: np.ndarray) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = common.pyplot()
   fig, axes = plt.subplots(2, 2, figsize=(12, 12))
   for ax, (title, grid) in zip(axes.flat, panels.items()):
     ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
@@ -64,16 +61,11 @@ def plot(path: Path, panels: dict[str, np.ndarray], mu_2d: np.ndarray, labels: n
   ax.set_title("latent 2: posterior means of the test set")
   ax.set_xlabel("mu_1")
   ax.set_ylabel("mu_2")
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=90)
 
 
 def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", type=Path, default=Path("runs/generation"))
-  parser.add_argument("--epochs", type=int, default=30)
-  parser.add_argument("--seed", type=int, default=1)
+  parser = common.parser(__doc__, "generation", epochs=30)
   args = parser.parse_args()
   args.workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()

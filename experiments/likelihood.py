@@ -16,7 +16,6 @@ likelihood.png (bound against K; KL per latent dimension), the trained run in ru
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -50,9 +49,7 @@ the estimator (the K = 1 ELBO) rather than the model.
 
 
 def plot(path: Path, bounds: dict[int, float], diagnostics: dict) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = common.pyplot()
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
   ks = sorted(bounds)
   ax1.plot(ks, [bounds[k] for k in ks], "o-")
@@ -67,16 +64,11 @@ def plot(path: Path, bounds: dict[int, float], diagnostics: dict) -> None:
   ax2.set_xlabel("latent dimension (sorted by KL)")
   ax2.set_ylabel("KL (nats)")
   ax2.set_title(f"KL per dimension ({diagnostics['active_units']}/{len(kl)} active)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=110)
 
 
 def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", type=Path, default=Path("runs/likelihood"))
-  parser.add_argument("--epochs", type=int, default=100)
-  parser.add_argument("--seed", type=int, default=1)
+  parser = common.parser(__doc__, "likelihood", epochs=100)
   parser.add_argument("--num-samples", type=int, default=5000)
   parser.add_argument("--examples", type=int, default=0, help="test examples (0: all 10,000)")
   args = parser.parse_args()

@@ -81,6 +81,19 @@ def test_exact_when_posterior_is_the_prior_and_decoder_is_constant():
     np.testing.assert_allclose(result["elbo"], log_px, rtol=1e-5)
 
 
+def test_exact_for_a_gaussian_decoder_on_continuous_inputs():
+  """The same construction with N(x; sigmoid(b), 0.2^2): a log-density, no binary check."""
+  state = _state()
+  bias = np.random.RandomState(6).randn(D).astype(np.float32)
+  params = jax.tree.map(np.zeros_like, jax.device_get(state.params))
+  params["decoder"]["logits"]["bias"] = bias
+  x = np.random.RandomState(7).rand(4, D).astype(np.float32)
+  log_px = stats.norm.logpdf(x, 1 / (1 + np.exp(-bias.astype(np.float64))), 0.2).sum(-1)
+  result = evaluate.iwae_log_likelihood(params, state.apply_fn, x, jax.random.key(0), 50,
+                                        objective=train.Objective("gaussian", gaussian_sigma=0.2))
+  np.testing.assert_allclose(result["iwae"], log_px, rtol=1e-5)
+
+
 def _replicated_estimates(k: int, copies: int = 3000):
   """The bound at K = k for `copies` copies of 4 examples: each copy draws its own noise."""
   state, x = _state(seed=1), _binary(4, seed=2)

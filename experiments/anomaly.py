@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (a module beside this script)
 
-from vae_jax import evaluate, metrics, train  # noqa: E402
+from vae_jax import evaluate, metrics  # noqa: E402
 
 
 def plot(path: Path, scores_by_class: dict[int, np.ndarray], labels: np.ndarray) -> None:
@@ -58,9 +58,8 @@ def main() -> int:
   parser.add_argument("--num-samples", type=int, default=100)
   parser.add_argument("--pca-components", type=int, default=20)
   args = parser.parse_args()
-  args.workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  splits = train.load_data(common.config_with())
+  splits = common.prepare(args)
   (x_train_u8, y_train), (x_test_u8, y_test) = splits["train"], splits["test"]
   x_test = evaluate.binarize(x_test_u8.reshape(len(x_test_u8), -1),
                              jax.random.key(evaluate.BINARIZE_SEED))

@@ -24,6 +24,12 @@ def parser(doc: str, name: str, epochs: int) -> argparse.ArgumentParser:
   return parser
 
 
+def prepare(args):
+  """Creates args.workdir and returns the MNIST splits every script starts from."""
+  args.workdir.mkdir(parents=True, exist_ok=True)
+  return train.load_data(config_with())
+
+
 def pyplot():
   """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
   import matplotlib
@@ -86,16 +92,10 @@ def _numeric(value) -> bool:
 
 
 def machine() -> str:
-  """One line: CPU model, cores, jax version and backend."""
-  import os
-
-  import jax
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    cpu = "unknown CPU"
-  return f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()})"
+  """One line: CPU model, cores, jax version and backend (benchmark.describe_machine)."""
+  import benchmark  # A script beside this one: the machine description lives there.
+  info = benchmark.describe_machine()
+  return f"{info['cpu']}, {info['cores']} cores, jax {info['jax']} ({info['backend']})"
 
 
 def write_report(workdir: Path, name: str, title: str, text: str, results: dict) -> None:

@@ -31,13 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (a module beside this script)
 
-from vae_jax import evaluate, metrics, train  # noqa: E402
+from vae_jax import evaluate, metrics  # noqa: E402
 
 CODE_BITS = 8  # Stored precision per code dimension for the quantized columns.
 
@@ -93,9 +90,8 @@ def main() -> int:
   parser = common.parser(__doc__, "compression", epochs=20)
   parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10, 20, 50])
   args = parser.parse_args()
-  args.workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  splits = train.load_data(common.config_with())
+  splits = common.prepare(args)
   (_, y_train), (_, y_test) = splits["train"], splits["test"]
   x_train, x_test = common.flat_pixels(splits)
   mean, components = metrics.pca_fit(x_train, max(args.dims))

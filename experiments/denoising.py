@@ -58,9 +58,8 @@ def main() -> int:
   parser = common.parser(__doc__, "denoising", epochs=20)
   parser.add_argument("--pca-components", type=int, default=20)
   args = parser.parse_args()
-  args.workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  splits = train.load_data(common.config_with())
+  splits = common.prepare(args)
   x_train, x_test = common.flat_pixels(splits)
   mean, components = metrics.pca_fit(x_train, args.pca_components)
 

@@ -34,7 +34,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (a module beside this script)
 
-from vae_jax import evaluate, images, train  # noqa: E402
+from vae_jax import evaluate, images  # noqa: E402
 
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5) -> float:
@@ -67,9 +67,8 @@ def plot(path: Path, panels: dict[str, np.ndarray], mu_2d: np.ndarray, labels: n
 def main() -> int:
   parser = common.parser(__doc__, "generation", epochs=30)
   args = parser.parse_args()
-  args.workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  splits = train.load_data(common.config_with())
+  splits = common.prepare(args)
   (_, y_train), (_, y_test) = splits["train"], splits["test"]
   x_train, x_test = common.flat_pixels(splits)
 

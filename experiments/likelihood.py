@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (a module beside this script)
 
-from vae_jax import evaluate, train  # noqa: E402
+from vae_jax import evaluate  # noqa: E402
 
 PUBLISHED = """\
 Published figures for comparison (test NLL, nats, binarized MNIST):
@@ -72,9 +72,8 @@ def main() -> int:
   parser.add_argument("--num-samples", type=int, default=5000)
   parser.add_argument("--examples", type=int, default=0, help="test examples (0: all 10,000)")
   args = parser.parse_args()
-  args.workdir.mkdir(parents=True, exist_ok=True)
   script_start = time.perf_counter()
-  splits = train.load_data(common.config_with())
+  splits = common.prepare(args)
 
   print(f"Training the reference spec on dynamically binarized MNIST, {args.epochs} epochs")
   config, state, records = common.train_model(args.workdir / "run", splits, binarize=True,

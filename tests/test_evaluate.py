@@ -28,8 +28,8 @@ def _binary(n: int, seed: int = 0) -> np.ndarray:
   return (np.random.RandomState(seed).rand(n, D) < 0.4).astype(np.float32)
 
 
-def _numpy_log_weights(params, x, eps_NxKxL):
-  """log p(x|z_k) + log p(z_k) - log q(z_k|x) in float64, written out from the layers."""
+def _numpy_forward(params, x, eps_NxKxL):
+  """(mu_Nx1xL, logvar_Nx1xL, z_NxKxL, log p(x|z)_NxK) in float64, written out from the layers."""
   p = jax.device_get(params)
   dense = lambda h, layer: h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"])
   h = np.maximum(dense(np.asarray(x, np.float64), p["encoder"]["hidden"]), 0)
@@ -37,6 +37,12 @@ def _numpy_log_weights(params, x, eps_NxKxL):
   z = mu + np.exp(0.5 * logvar) * eps_NxKxL
   logits = dense(np.maximum(dense(z, p["decoder"]["hidden"]), 0), p["decoder"]["logits"])
   log_px = (x[:, None] * -np.logaddexp(0, -logits) + (1 - x[:, None]) * -np.logaddexp(0, logits)).sum(-1)
+  return mu, logvar, z, log_px
+
+
+def _numpy_log_weights(params, x, eps_NxKxL):
+  """log p(x|z_k) + log p(z_k) - log q(z_k|x) in float64."""
+  mu, logvar, z, log_px = _numpy_forward(params, x, eps_NxKxL)
   return log_px + stats.norm.logpdf(z).sum(-1) - stats.norm.logpdf(z, mu, np.exp(0.5 * logvar)).sum(-1)
 
 
@@ -66,12 +72,19 @@ def test_chunked_equals_unchunked():
   np.testing.assert_array_equal(again["iwae"], chunked["iwae"])  # Deterministic given the key.
 
 
-def test_exact_when_posterior_is_the_prior_and_decoder_is_constant():
-  """q(z|x) = p(z) and p(x|z) = p(x): every log-weight is log p(x), for any K."""
+def _prior_posterior_constant_decoder(seed: int):
+  """(state, params, bias): every weight 0 (so mu = 0, logvar = 0) but random decoder logits
+  biases, so q(z|x) = p(z) and the decoder outputs sigmoid(bias) whatever z is."""
   state = _state()
-  bias = np.random.RandomState(5).randn(D).astype(np.float32)
+  bias = np.random.RandomState(seed).randn(D).astype(np.float32)
   params = jax.tree.map(np.zeros_like, jax.device_get(state.params))
   params["decoder"]["logits"]["bias"] = bias
+  return state, params, bias
+
+
+def test_exact_when_posterior_is_the_prior_and_decoder_is_constant():
+  """q(z|x) = p(z) and p(x|z) = p(x): every log-weight is log p(x), for any K."""
+  state, params, bias = _prior_posterior_constant_decoder(seed=5)
   x = _binary(6, seed=1)
   probs = 1 / (1 + np.exp(-bias.astype(np.float64)))
   log_px = (x * np.log(probs) + (1 - x) * np.log1p(-probs)).sum(-1)
@@ -83,10 +96,7 @@ def test_exact_when_posterior_is_the_prior_and_decoder_is_constant():
 
 def test_exact_for_a_gaussian_decoder_on_continuous_inputs():
   """The same construction with N(x; sigmoid(b), 0.2^2): a log-density, no binary check."""
-  state = _state()
-  bias = np.random.RandomState(6).randn(D).astype(np.float32)
-  params = jax.tree.map(np.zeros_like, jax.device_get(state.params))
-  params["decoder"]["logits"]["bias"] = bias
+  state, params, bias = _prior_posterior_constant_decoder(seed=6)
   x = np.random.RandomState(7).rand(4, D).astype(np.float32)
   log_px = stats.norm.logpdf(x, 1 / (1 + np.exp(-bias.astype(np.float64))), 0.2).sum(-1)
   result = evaluate.iwae_log_likelihood(params, state.apply_fn, x, jax.random.key(0), 50,
@@ -106,13 +116,8 @@ def test_k1_equals_the_elbo_in_expectation():
   state, x, bound_Cx4 = _replicated_estimates(1)
   # ELBO with the analytic KL and a large independent Monte Carlo for E_q log p(x|z).
   eps = np.asarray(jax.random.normal(jax.random.key(123), (4, 200_000, L)), np.float64)
-  p = jax.device_get(state.params)
-  dense = lambda h, layer: h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"])
-  h = np.maximum(dense(np.asarray(x, np.float64), p["encoder"]["hidden"]), 0)
-  mu, logvar = dense(h, p["encoder"]["mu"]), dense(h, p["encoder"]["logvar"])
-  z = mu[:, None] + np.exp(0.5 * logvar[:, None]) * eps
-  logits = dense(np.maximum(dense(z, p["decoder"]["hidden"]), 0), p["decoder"]["logits"])
-  log_px = (x[:, None] * -np.logaddexp(0, -logits) + (1 - x[:, None]) * -np.logaddexp(0, logits)).sum(-1)
+  mu, logvar, _, log_px = _numpy_forward(state.params, x, eps)
+  mu, logvar = mu[:, 0], logvar[:, 0]
   kl = -0.5 * np.sum(1 + logvar - mu**2 - np.exp(logvar), -1)
   elbo = log_px.mean(1) - kl
   se = np.sqrt(bound_Cx4.var(0, ddof=1) / len(bound_Cx4) + log_px.var(1) / log_px.shape[1])

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, images, models, train
-from vae_jax.evaluate import collapse_warning, encode_all, latent_diagnostics
+from vae_jax import checkpoint, images, train
+from vae_jax.evaluate import collapse_warning, decode_all, encode_all, latent_diagnostics
 
 
 def _load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -48,9 +48,7 @@ def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") ->
     raise ValueError(f"--num {num}: expected >= 1")
   config, state, _, meta = train.restore_run(workdir, which)
   z_NxL = jax.random.normal(jax.random.key(seed), (num, config.latent_dim))
-  pixels = jax.jit(state.apply_fn, static_argnames="method")(
-      {"params": state.params}, z_NxL, method=models.VAE.generate)
-  _save_grid(out, pixels, _image_hw(meta))
+  _save_grid(out, decode_all(state.params, state.apply_fn, z_NxL), _image_hw(meta))
   return out
 
 
@@ -70,22 +68,15 @@ def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "l
   return out
 
 
-def encode(workdir, out, split: str = "test", which: str = "latest",
-           chunk: int = 10_000) -> Path:
+def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
   """Writes mu (NxL), logvar (NxL) and labels (N) of every example of the split to an .npz."""
   out = _check_out(out, ".npz")
   config, state, _, _ = train.restore_run(workdir, which)
   x_u8, labels = _load_split(config, split)
-  x_u8_NxD = x_u8.reshape(len(x_u8), -1)
-  encode_fn = jax.jit(lambda params, x_u8_BxD: state.apply_fn(
-      {"params": params}, train.to_float(x_u8_BxD), method=models.VAE.encode))
-  mus, logvars = [], []
-  for start in range(0, len(x_u8_NxD), chunk):
-    mu, logvar = jax.device_get(encode_fn(state.params, x_u8_NxD[start:start + chunk]))
-    mus.append(mu)
-    logvars.append(logvar)
+  x_NxD = train.to_float(jnp.asarray(x_u8.reshape(len(x_u8), -1)))
+  mu, logvar = encode_all(state.params, state.apply_fn, x_NxD)
   tmp = out.with_name(f".{out.stem}.tmp.npz")
-  np.savez(tmp, mu=np.concatenate(mus), logvar=np.concatenate(logvars), labels=labels)
+  np.savez(tmp, mu=mu, logvar=logvar, labels=labels)
   tmp.replace(out)
   return out
 
@@ -112,7 +103,7 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   if split == "test" and same_data:
     result["recorded_test_loss"] = meta["records"][-1]["test_loss"]
   if config.model == "vae":  # The autoencoder has no posterior to diagnose.
-    x_NxD = np.asarray(train.to_float(jnp.asarray(x_u8.reshape(len(x_u8), -1))))
+    x_NxD = train.to_float(jnp.asarray(x_u8.reshape(len(x_u8), -1)))
     diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
     result.update(active_units=diagnostics["active_units"],
                   kl_per_dim=[round(float(v), 4) for v in diagnostics["kl_per_dim"]],

@@ -569,8 +569,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   validate_config(config)
   splits = splits or load_data(config)
   x_train_u8, _ = splits["train"]
-  x_test_u8, _ = splits["test"]
-  n_train, n_test = len(x_train_u8), len(x_test_u8)
+  n_train = len(x_train_u8)
   if config.batch_size > n_train:
     raise ConfigError(f"config.batch_size={config.batch_size}: larger than the training set "
                       f"({n_train} examples)")

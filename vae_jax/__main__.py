@@ -1,12 +1,13 @@
 """Command line: train a VAE, then use its checkpoints.
 
-  python -m vae_jax train --workdir DIR [--config FILE] [--config.KEY=VALUE ...]
+  python -m vae_jax train --workdir DIR [--config FILE] [--config.SECTION.KEY=VALUE ...]
   python -m vae_jax sample --workdir DIR [--num 64] [--seed 0] --out samples.png
   python -m vae_jax reconstruct --workdir DIR [--split test] [--num 8] --out recon.png
   python -m vae_jax encode --workdir DIR [--split test] --out latents.npz
   python -m vae_jax evaluate --workdir DIR [--split test]
   python -m vae_jax likelihood --workdir DIR [--num_samples 5000] [--num 0] [--seed 0]
   python -m vae_jax sweep --config experiments/ablations/STUDY.py --workdir DIR
+  python -m vae_jax [COMMAND] --help
 
 Several processes (hosts) train one run when each is started with the same command plus
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or the JAX_*
@@ -14,7 +15,7 @@ environment variables). ``train`` on a DIR that holds checkpoints resumes from t
 ``--config.restart=True`` moves the old run aside). The other commands load
 ``--checkpoint`` (latest, best or an epoch number). ``--config`` names a config file
 (default: vae_jax/configs/default.py, the reference); any key can be overridden in the
-ml_collections style, e.g. ``--config.num_epochs=3``. Bad input (unknown key, wrong type,
+ml_collections style, e.g. ``--config.optim.num_epochs=3`` or ``--config.model.name=conv``. Bad input (unknown key, wrong type,
 invalid value, unusable data, workdir or checkpoint) is one line on stderr and exit status
 2; a non-finite loss is one line and exit status 1.
 """
@@ -31,8 +32,29 @@ from pathlib import Path
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "sample", "reconstruct", "encode", "evaluate", "likelihood", "sweep")
+COMMANDS = {
+    "train": "train (or resume) a run: --workdir DIR [--config FILE] [--config.SECTION.KEY=VALUE]",
+    "sample": "decode z ~ N(0, I) into a PNG grid: --workdir DIR --out FILE.png [--num 64] [--seed 0]",
+    "reconstruct": "originals over reconstructions: --workdir DIR --out FILE.png [--num 8] [--split test]",
+    "encode": "posterior means and log-variances: --workdir DIR --out FILE.npz [--split test]",
+    "evaluate": "a split's losses and latent diagnostics (one JSON line): --workdir DIR [--split test]",
+    "likelihood": "test NLL by importance sampling (one JSON line): --workdir DIR [--num_samples 5000]",
+    "sweep": "run a study: --config experiments/ablations/STUDY.py --workdir DIR",
+}
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
+
+
+def usage(command: str | None) -> str:
+  """The module's usage, or one command's line and its flags; printed by --help."""
+  if command not in COMMANDS:
+    return __doc__.strip() + "\n\nCommands:\n" + "\n".join(f"  {c:12s}{h}" for c, h in COMMANDS.items())
+  return (f"python -m vae_jax {command}: {COMMANDS[command]}\n\n" + __doc__.strip().split("\n\n", 2)[-1]
+          + "\n\nConfig keys (train): " + ", ".join(_config_keys()))
+
+
+def _config_keys() -> list[str]:
+  from vae_jax import config as config_lib
+  return sorted(config_lib.flatten(config_lib.default_sections()))
 
 
 def _fail(message: str, status: int = 2) -> int:
@@ -42,6 +64,9 @@ def _fail(message: str, status: int = 2) -> int:
 
 def main() -> int:
   argv = ["vae_jax", *sys.argv[1:]]
+  if any(a in ("--help", "-h", "--helpfull", "help") for a in argv[1:]):
+    print(usage(next((a for a in argv[1:] if a in COMMANDS), None)))
+    return 0
   try:
     # config_flags applies the --config.* overrides while the flag is defined, so an
     # unknown key surfaces here, as a KeyError/AttributeError from ml_collections.
@@ -67,9 +92,8 @@ def main() -> int:
   except flags.Error as e:
     return _fail(str(e).splitlines()[0])
   except (AttributeError, KeyError) as e:
-    from vae_jax.configs import default
     key = str(e).strip("\"'")
-    return _fail(f"unknown config key {key!r}; known keys: {', '.join(default.get_config())}")
+    return _fail(f"unknown config key {key!r}; known keys: {', '.join(_config_keys())}")
   if len(args) != 1 or args[0] not in COMMANDS:
     return _fail(f"expected one command ({', '.join(COMMANDS)}), got {args or 'none'}")
   if not workdir_flag.value:
@@ -82,14 +106,15 @@ def main() -> int:
   logging.set_verbosity(logging.FATAL)  # Orbax logs what our errors already say.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   # Imports jax: after the arguments are known to be good.
-  from vae_jax import checkpoint, data, distributed, evaluate, inference, many, sweep, train
+  from vae_jax import checkpoint, data, distributed, evaluate, inference, sweep, train, workdir
+  from vae_jax.registry import ConfigError
   try:
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     if command == "train":
       _, records = train.train_and_evaluate(config, workdir_flag.value)
       if distributed.is_primary():
         print()
-        print(train.format_table(records))
+        print(workdir.format_table(records))
         print(f"\nOutputs in {workdir_flag.value}: metrics.jsonl, config.json, checkpoints/, "
               "reconstruction_N.png, sample_N.png")
     elif command == "sample":
@@ -117,8 +142,8 @@ def main() -> int:
       print(json.dumps(result))
     else:
       print(json.dumps(inference.evaluate(f.workdir, which=f.checkpoint, split=f.split)))
-  except (train.ConfigError, train.WorkdirError, data.DataError, checkpoint.CheckpointError,
-          sweep.StudyError, many.HparamError, ValueError) as e:
+  except (ConfigError, workdir.WorkdirError, data.DataError, checkpoint.CheckpointError,
+          sweep.StudyError, ValueError) as e:
     return _fail(str(e))
   except FloatingPointError as e:
     return _fail(str(e), status=1)

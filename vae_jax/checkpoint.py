@@ -1,9 +1,10 @@
 """Orbax checkpoints of a run: everything an exact resume needs, written atomically.
 
 A checkpoint is ``workdir/checkpoints/<epoch>/`` with two items:
-- ``state``: params, Adam state, step and the run's PRNG key data (uint32), as arrays;
-- ``meta``: JSON with the epoch, the config, the per-epoch records so far, a fingerprint
-  of the data and the SHA-256 of the state's arrays (checked on every restore, so a
+- ``state``: params, Adam state, step and the run's PRNG key data (uint32) of K >= 1
+  models, stacked on axis 0;
+- ``meta``: JSON with the epoch, the config (dotted keys), the per-model overrides, every
+  model's per-epoch records so far, a fingerprint of the data and the SHA-256 of the state's arrays (checked on every restore, so a
   corrupted file is an error, never silently different numbers).
 Orbax writes each checkpoint to a temporary directory and renames it when complete: a
 process killed during a save leaves the previous checkpoints as they were, and the
@@ -23,10 +24,6 @@ import orbax.checkpoint as ocp
 
 SUBDIR = "checkpoints"
 MANIFEST = "files.sha256"  # In each checkpoint: SHA-256 of its files, written after the save.
-# Config keys that may change when a run is resumed: they do not alter its numbers
-# (num_devices only in the last bits: a run may resume on other hardware).
-RESUMABLE_KEYS = ("num_epochs", "progress", "save_images", "keep_checkpoints", "debug_nans",
-                  "restart", "data_dir", "num_devices", "tensorboard")
 
 
 class CheckpointError(ValueError):
@@ -83,20 +80,16 @@ def data_fingerprint(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[s
   return out
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """'key: saved -> current' for each key that differs and would change the run's numbers."""
-  keys = sorted((set(saved) | set(current)) - set(RESUMABLE_KEYS))
-  missing = object()
-  return [f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}".replace(
-      repr(missing), "(absent)") for k in keys if saved.get(k, missing) != current.get(k, missing)]
+def save(mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, Any],
+         test_loss: float) -> Path:
+  """Saves epoch's state tree and meta (with the state's SHA-256) and returns its directory.
 
-
-def save(mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, Any]) -> Path:
-  """Saves epoch's state tree and meta (with the state's SHA-256) and returns its directory."""
+  test_loss: what 'best' ranks checkpoints by (the mean over the models).
+  """
   meta = {**meta, "epoch": epoch, "state_sha256": tree_sha256(state_tree)}
   mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
                                            meta=ocp.args.JsonSave(meta)),
-            metrics={"test_loss": meta["records"][-1]["test_loss"]}, force=True)
+            metrics={"test_loss": test_loss}, force=True)
   mngr.wait_until_finished()
   where = checkpoint_dir(mngr, epoch)
   if jax.process_index() == 0:  # One writer; orbax itself coordinates the processes.
@@ -144,9 +137,13 @@ def read_meta(mngr: ocp.CheckpointManager, epoch: int) -> dict[str, Any]:
   except Exception as e:  # Orbax raises many types for unreadable files.
     raise CheckpointError(f"checkpoint {checkpoint_dir(mngr, epoch)}: meta cannot be read "
                           f"({_one_line(e)})") from None
-  if not isinstance(meta, dict) or "config" not in meta or "records" not in meta:
+  if not isinstance(meta, dict) or "config" not in meta or "records" not in meta and "model_records" not in meta:
     raise CheckpointError(f"checkpoint {checkpoint_dir(mngr, epoch)}: meta is not a vae_jax "
-                          "checkpoint (expected keys config, records)")
+                          "checkpoint (expected keys config, model_records)")
+  if "model_records" not in meta:
+    raise CheckpointError(f"checkpoint {checkpoint_dir(mngr, epoch)}: written by vae_jax before "
+                          "0.2 (flat config, one model), which this version does not read; "
+                          "retrain, or load it with vae_jax 0.1")
   return meta
 
 

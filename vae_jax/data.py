@@ -1,6 +1,7 @@
 """MNIST-style data: a strict IDX reader and the sources that use it.
 
-Every source returns ``(images_Nx28x28 uint8, labels_N int64)``. Sources:
+Every source returns ``(images_NxHxWxC uint8, labels_N int64)``: IDX files of 3 dimensions
+(N x H x W, as MNIST's) get C = 1; 4-dimensional ones (N x H x W x C) keep theirs. Sources:
 
 - ``bundled``: the four IDX files shipped in ``vae_jax/data_files/mnist`` (SHA-256 checked).
 - ``idx``: a directory of IDX files, flat or in torchvision's ``MNIST/raw`` layout,
@@ -26,6 +27,7 @@ _PREFIX = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # uint8 with 3 dims, uint8 with 1 dim
+COLOR_IMAGES_MAGIC = 2052  # uint8 with 4 dims: N x H x W x C
 
 
 class DataError(ValueError):
@@ -87,12 +89,21 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
 
 def read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
   """Reads an (images, labels) IDX pair and checks that they describe the same examples."""
-  images = read_idx(images_path, IMAGES_MAGIC)
+  images = read_idx(images_path)
+  if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    raise DataError(f"IDX file {images_path}: expected uint8 images of 3 dimensions (N x H x W, "
+                    f"magic {IMAGES_MAGIC}) or 4 (N x H x W x C, magic {COLOR_IMAGES_MAGIC}), found "
+                    f"{images.dtype} with shape {images.shape}")
   labels = read_idx(labels_path, LABELS_MAGIC)
   if images.shape[0] != labels.shape[0]:
     raise DataError(f"IDX files {images_path} and {labels_path}: {images.shape[0]} images "
                     f"but {labels.shape[0]} labels")
-  return images, labels.astype(np.int64)
+  return with_channels(images), labels.astype(np.int64)
+
+
+def with_channels(images: np.ndarray) -> np.ndarray:
+  """N x H x W -> N x H x W x 1; N x H x W x C as it is."""
+  return images[..., None] if images.ndim == 3 else images
 
 
 def _idx_paths(directory: Path, split: str) -> tuple[Path, Path]:
@@ -133,6 +144,7 @@ def _load_bundled(split: str) -> tuple[np.ndarray, np.ndarray]:
   images, labels = arrays
   if images.shape[0] != labels.shape[0]:  # Cannot happen when the checksums match.
     raise DataError(f"bundled MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels")
+  images = with_channels(images)
   images.flags.writeable = False  # Cached and shared: nobody may modify it.
   labels = labels.astype(np.int64)
   labels.flags.writeable = False
@@ -155,9 +167,7 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
         "on a machine with network access")
   source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=download)
   examples = [source[i] for i in range(len(source))]
-  images = np.stack([np.asarray(e["image"]) for e in examples]) if examples else np.zeros((0, 28, 28), np.uint8)
-  if images.ndim == 4 and images.shape[-1] == 1:
-    images = images[..., 0]
+  images = np.stack([np.asarray(e["image"]) for e in examples]) if examples else np.zeros((0, 28, 28, 1), np.uint8)
   labels = np.asarray([e["label"] for e in examples], np.int64)
   if images.dtype != np.uint8:
     raise DataError(f"TFDS dataset '{name}' split {split}: expected uint8 images, found {images.dtype}")
@@ -166,7 +176,7 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
 
 def load_split(source: str, split: str, data_dir: str = "", tfds_name: str = "mnist",
                tfds_download: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """Loads ``split`` ('train' or 'test') from ``source``: images_Nx28x28 uint8, labels_N int64."""
+  """Loads ``split`` ('train' or 'test') from ``source``: images_NxHxWxC uint8, labels_N int64."""
   if split not in _PREFIX:
     raise DataError(f"split {split!r}: expected one of {sorted(_PREFIX)}")
   if source == "bundled":
@@ -178,3 +188,15 @@ def load_split(source: str, split: str, data_dir: str = "", tfds_name: str = "mn
   if source == "tfds":
     return load_tfds(tfds_name, split, data_dir or None, tfds_download)
   raise DataError(f"data source {source!r}: expected one of {', '.join(SOURCES)}")
+
+
+def load_data(data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Train and test splits of a config.Data section, cut to *_examples if set."""
+  splits = {}
+  for split, limit in (("train", data.train_examples), ("test", data.test_examples)):
+    x, y = load_split(data.source, split, data.dir, data.name, data.download)
+    splits[split] = (x[:limit], y[:limit]) if limit else (x, y)
+  if splits["train"][0].shape[1:] != splits["test"][0].shape[1:]:
+    raise DataError(f"data: train images are {splits['train'][0].shape[1:]} but test images are "
+                    f"{splits['test'][0].shape[1:]}; expected one image shape")
+  return splits

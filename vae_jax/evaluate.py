@@ -1,7 +1,7 @@
 """Evaluation researchers report: importance-weighted log-likelihood and latent diagnostics.
 
 The standard protocol (Burda et al., 2015): train on dynamically binarized MNIST
-(``config.binarize=True``), evaluate on the test set binarized once with a fixed key
+(``config.data.binarize=True``), evaluate on the test set binarized once with a fixed key
 (``binarize(x, jax.random.key(BINARIZE_SEED))``), estimate
 
   log p(x) ~ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K,  z_k ~ q(z|x),
@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, losses, models, train
+from vae_jax import checkpoint, config as config_lib, data, losses, models, objectives, train
+from vae_jax.step import to_float
 
 BINARIZE_SEED = 0  # The test set's one binarization (standard protocol: fixed, shared by all runs).
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): unit l is active if Cov_x(E_q[z_l]) > 0.01.
@@ -30,7 +31,7 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): unit l is active if Cov_x(E
 
 def binarize(x_u8_NxD, key: jax.Array) -> np.ndarray:
   """A Bernoulli(pixel / 255) draw of every pixel: float32 0/1 (stochastic binarization)."""
-  probs = train.to_float(jnp.asarray(x_u8_NxD))
+  probs = to_float(jnp.asarray(x_u8_NxD))
   return np.asarray(jax.random.bernoulli(key, probs).astype(jnp.float32))
 
 
@@ -47,9 +48,9 @@ def check_binary(x_NxD: np.ndarray, what: str = "inputs") -> None:
         "protocol) or use a continuous likelihood")
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples", "sample_chunk", "objective"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples", "sample_chunk", "likelihood"))
 def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_samples: int,
-                      sample_chunk: int, objective: train.Objective):
+                      sample_chunk: int, likelihood: objectives.Likelihood):
   """Per example: (logsumexp_k log w_k, sum_k log w_k) over num_samples draws of z.
 
   Example i draws its K x L noise from fold_in(key, i) (i = its index in the whole set), so
@@ -57,7 +58,7 @@ def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_sa
   sample_chunk at a time with a running logsumexp: memory ~ sample_chunk x B x D floats of
   logits plus the B x K x L noise.
   """
-  mu_BxL, logvar_BxL = apply_fn({"params": params}, x_BxD, method=models.VAE.encode)
+  mu_BxL, logvar_BxL = apply_fn({"params": params}, x_BxD, method="encode")
   batch, latent = mu_BxL.shape
   eps_BxKxL = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i),
                                                    (num_samples, latent)))(index_B)
@@ -66,14 +67,14 @@ def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_sa
   eps_CxSxBxL = jnp.pad(eps_BxKxL, ((0, 0), (0, pad), (0, 0))).transpose(1, 0, 2).reshape(
       num_chunks, sample_chunk, batch, latent)
   valid_CxS = (jnp.arange(num_chunks * sample_chunk) < num_samples).reshape(num_chunks, sample_chunk)
-  nll = train.nll_fn(params, objective)
+  nll = objectives.nll_fn(params, likelihood, batch_ndim=2)
 
   def body(carry, eps_valid):
     max_B, sumexp_B, total_B = carry
     eps_SxBxL, valid_S = eps_valid
     z_SxBxL = models.reparameterize(mu_BxL, logvar_BxL, eps_SxBxL)
-    logits = apply_fn({"params": params}, z_SxBxL.reshape(-1, latent), method=models.VAE.decode)
-    log_w_SxB = (-nll(logits.reshape(sample_chunk, batch, -1), x_BxD[None])
+    logits = apply_fn({"params": params}, z_SxBxL, method="decode")
+    log_w_SxB = (-nll(logits, x_BxD[None])
                  + losses.gaussian_log_density(z_SxBxL, 0.0, 0.0)
                  - losses.gaussian_log_density(z_SxBxL, mu_BxL, logvar_BxL))
     log_w_SxB = jnp.where(valid_S[:, None], log_w_SxB, -jnp.inf)
@@ -89,7 +90,8 @@ def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_sa
 
 def iwae_log_likelihood(params, apply_fn: Callable, x_NxD, key: jax.Array, num_samples: int,
                         *, batch_size: int = 16, sample_chunk: int = 500,
-                        objective: train.Objective = train.REFERENCE) -> dict[str, np.ndarray]:
+                        likelihood: objectives.Likelihood = objectives.Likelihood()
+                        ) -> dict[str, np.ndarray]:
   """Per-example estimates (nats) with num_samples importance samples from q(z|x).
 
   Returns {'iwae': log p(x) estimate (the K-sample bound, exact as K -> inf), 'elbo': the
@@ -97,25 +99,22 @@ def iwae_log_likelihood(params, apply_fn: Callable, x_NxD, key: jax.Array, num_s
   batch_size examples and sample_chunk samples at a time (bounded memory); the result is
   the same for any chunking (up to float rounding) and deterministic given key.
   """
-  if objective.autoencoder:
-    raise ValueError("model 'ae': a deterministic autoencoder has no q(z|x) or p(z), so no "
-                     "importance-weighted likelihood")
   if num_samples < 1:
     raise ValueError(f"num_samples={num_samples}: expected >= 1")
   x_NxD = np.asarray(x_NxD, np.float32)
-  if objective.likelihood == "bernoulli":
+  if likelihood.likelihood == "bernoulli":
     check_binary(x_NxD)
-  objective = objective.for_evaluation()
+  likelihood = objectives.Likelihood(likelihood.likelihood, likelihood.gaussian_sigma)
   n = len(x_NxD)
   batch_size = min(batch_size, n)
   sample_chunk = min(sample_chunk, num_samples)
   pad = -n % batch_size  # The last batch is padded so one compiled function serves every batch.
-  x_pad = np.concatenate([x_NxD, np.zeros((pad, x_NxD.shape[1]), np.float32)])
+  x_pad = np.concatenate([x_NxD, np.zeros((pad, *x_NxD.shape[1:]), np.float32)])
   logsumexp, total = [], []
   for start in range(0, n + pad, batch_size):
     lse_B, total_B = _log_weight_stats(
         params, apply_fn, x_pad[start:start + batch_size], jnp.arange(start, start + batch_size),
-        key, num_samples=num_samples, sample_chunk=sample_chunk, objective=objective)
+        key, num_samples=num_samples, sample_chunk=sample_chunk, likelihood=likelihood)
     logsumexp.append(lse_B)
     total.append(total_B)
   logsumexp = np.concatenate(jax.device_get(logsumexp))[:n].astype(np.float64)
@@ -125,7 +124,7 @@ def iwae_log_likelihood(params, apply_fn: Callable, x_NxD, key: jax.Array, num_s
 
 @functools.partial(jax.jit, static_argnames="apply_fn")
 def _encode(params, apply_fn, x_BxD):
-  return apply_fn({"params": params}, x_BxD, method=models.VAE.encode)
+  return apply_fn({"params": params}, x_BxD, method="encode")
 
 
 def encode_all(params, apply_fn: Callable, x_NxD, chunk: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -138,11 +137,11 @@ def encode_all(params, apply_fn: Callable, x_NxD, chunk: int = 2000) -> tuple[np
 
 @functools.partial(jax.jit, static_argnames="apply_fn")
 def _decode_probs(params, apply_fn, z_BxL):
-  return apply_fn({"params": params}, z_BxL, method=models.VAE.generate)
+  return apply_fn({"params": params}, z_BxL, method="generate")
 
 
 def decode_all(params, apply_fn: Callable, z_NxL, chunk: int = 2000) -> np.ndarray:
-  """Mean images sigmoid(decoder(z)) in [0, 1] of every code (N x D), chunk codes per call."""
+  """Mean images sigmoid(decoder(z)) in [0, 1] of every code (N x H x W x C), chunk codes per call."""
   z_NxL = np.asarray(z_NxL, np.float32)
   outs = [_decode_probs(params, apply_fn, z_NxL[i:i + chunk]) for i in range(0, len(z_NxL), chunk)]
   return np.concatenate(jax.device_get(outs))
@@ -188,19 +187,21 @@ def evaluate_run(workdir: str | Path, which: str = "latest", num_samples: int = 
   protocol's.
   """
   config, state, _, meta = train.restore_run(workdir, which)
-  objective = train.Objective.from_config(config)
-  if objective.likelihood != "bernoulli":
-    raise ValueError(f"workdir {workdir}: likelihood {objective.likelihood!r}; the test NLL "
+  if config.objective.name == "ae":
+    raise ValueError(f"workdir {workdir}: objective 'ae': a deterministic autoencoder has no "
+                     "q(z|x) or p(z), so no importance-weighted likelihood")
+  if config.objective.likelihood != "bernoulli":
+    raise ValueError(f"workdir {workdir}: likelihood {config.objective.likelihood!r}; the test NLL "
                      "protocol needs the Bernoulli decoder of binarized MNIST")
-  x_u8, _ = train.load_data(config)["test"]
-  x_u8 = x_u8.reshape(len(x_u8), -1)[:num_examples or None]
+  x_u8, _ = data.load_data(config_lib.parse(config).data)["test"]
+  x_u8 = x_u8[:num_examples or None]
   x_NxD = binarize(x_u8, jax.random.key(BINARIZE_SEED))
   estimates = iwae_log_likelihood(state.params, state.apply_fn, x_NxD, jax.random.key(seed),
-                                  num_samples, sample_chunk=sample_chunk, objective=objective)
+                                  num_samples, sample_chunk=sample_chunk)
   diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
   notes = [w for w in [collapse_warning(diagnostics)] if w]
-  if not config.binarize:
-    notes.append("trained on continuous pixels (config.binarize=False): the standard protocol "
+  if not config.data.binarize:
+    notes.append("trained on continuous pixels (config.data.binarize=False): the standard protocol "
                  "trains on dynamically binarized data, so this NLL is not comparable with "
                  "published figures")
   for note in notes:

@@ -14,14 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, images, train
+from vae_jax import checkpoint, config as config_lib, data, images, objectives, step, train
 from vae_jax.evaluate import collapse_warning, decode_all, encode_all, latent_diagnostics
 
 
 def _load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
   if split not in ("train", "test"):
     raise ValueError(f"split {split!r}: expected 'train' or 'test'")
-  return train.load_data(config)[split]
+  return data.load_data(config_lib.parse(config).data)[split]
 
 
 def _check_out(out: str | Path, suffix: str) -> Path:
@@ -33,12 +33,8 @@ def _check_out(out: str | Path, suffix: str) -> Path:
   return out
 
 
-def _save_grid(out: Path, pixels_NxD: np.ndarray, image_hw: tuple[int, ...], nrow: int = 8):
-  images.save_png(out, images.image_grid(np.asarray(pixels_NxD).reshape(-1, *image_hw), nrow=nrow))
-
-
-def _image_hw(meta: dict[str, Any]) -> tuple[int, ...]:
-  return tuple(meta["data"]["train"]["image_shape"])
+def _save_grid(out: Path, pixels_NxHxWxC: np.ndarray, nrow: int = 8):
+  images.save_png(out, images.image_grid(np.asarray(pixels_NxHxWxC), nrow=nrow))
 
 
 def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") -> Path:
@@ -47,8 +43,8 @@ def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") ->
   if num < 1:
     raise ValueError(f"--num {num}: expected >= 1")
   config, state, _, meta = train.restore_run(workdir, which)
-  z_NxL = jax.random.normal(jax.random.key(seed), (num, config.latent_dim))
-  _save_grid(out, decode_all(state.params, state.apply_fn, z_NxL), _image_hw(meta))
+  z_NxL = jax.random.normal(jax.random.key(seed), (num, config.model.latent_dim))
+  _save_grid(out, decode_all(state.params, state.apply_fn, z_NxL))
   return out
 
 
@@ -59,12 +55,12 @@ def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "l
   x_u8, _ = _load_split(config, split)
   if not 1 <= num <= len(x_u8):
     raise ValueError(f"--num {num}: expected 1 to {len(x_u8)} (the {split} split's size)")
-  x_NxD = train.to_float(jnp.asarray(x_u8[:num].reshape(num, -1)))
+  x_NxD = step.to_float(jnp.asarray(x_u8[:num]))
   logits_NxD, _, _ = jax.jit(state.apply_fn)({"params": state.params}, x_NxD, None)
   rows = []
   for start in range(0, num, 8):  # Originals and reconstructions alternate, 8 per row.
     rows += [x_NxD[start:start + 8], jax.nn.sigmoid(logits_NxD[start:start + 8])]
-  _save_grid(out, jnp.concatenate(rows), _image_hw(meta))
+  _save_grid(out, jnp.concatenate(rows))
   return out
 
 
@@ -73,7 +69,7 @@ def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
   out = _check_out(out, ".npz")
   config, state, _, _ = train.restore_run(workdir, which)
   x_u8, labels = _load_split(config, split)
-  x_NxD = train.to_float(jnp.asarray(x_u8.reshape(len(x_u8), -1)))
+  x_NxD = step.to_float(jnp.asarray(x_u8))
   mu, logvar = encode_all(state.params, state.apply_fn, x_NxD)
   tmp = out.with_name(f".{out.stem}.tmp.npz")
   np.savez(tmp, mu=mu, logvar=logvar, labels=labels)
@@ -91,19 +87,22 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   config, state, keys, meta = train.restore_run(workdir, which)
   x_u8, labels = _load_split(config, split)
   epoch = meta["epoch"]
-  evaluate_fn = jax.jit(train.evaluate, static_argnames=("apply_fn", "batch_size", "objective"))
+  settings = config_lib.parse(config)
+  eval_objective, hparams = objectives.evaluation(
+      settings.objective, num_train_examples=meta["data"]["train"]["examples"],
+      steps_per_epoch=-(-meta["data"]["train"]["examples"] // settings.optim.batch_size))
+  evaluate_fn = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))
   sums = jax.device_get(evaluate_fn(
-      state.params, state.apply_fn, jnp.asarray(x_u8.reshape(len(x_u8), -1)),
-      jax.random.fold_in(keys["eval"], epoch), batch_size=config.eval_batch_size,
-      objective=train.Objective.from_config(config)))
+      state.params, state.apply_fn, jnp.asarray(x_u8), jax.random.fold_in(keys["eval"], epoch),
+      batch_size=settings.optim.eval_batch_size, objective_fn=eval_objective.fn, hparams=hparams))
   result = {"checkpoint": str(Path(workdir) / checkpoint.SUBDIR / str(epoch)), "epoch": epoch,
             "split": split, "examples": len(x_u8)}
   result.update({k: float(v) / len(x_u8) for k, v in sums.items()})
   same_data = meta["data"].get(split) == checkpoint.data_fingerprint({split: (x_u8, labels)})[split]
   if split == "test" and same_data:
     result["recorded_test_loss"] = meta["records"][-1]["test_loss"]
-  if config.model == "vae":  # The autoencoder has no posterior to diagnose.
-    x_NxD = train.to_float(jnp.asarray(x_u8.reshape(len(x_u8), -1)))
+  if config.objective.name != "ae":  # The autoencoder has no posterior to diagnose.
+    x_NxD = step.to_float(jnp.asarray(x_u8))
     diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
     result.update(active_units=diagnostics["active_units"],
                   kl_per_dim=[round(float(v), 4) for v in diagnostics["kl_per_dim"]],

@@ -11,10 +11,6 @@ from typing import Any
 
 import numpy as np
 
-SCALARS = ("train_loss", "train_bce", "train_kl", "test_loss", "test_bce", "test_kl",
-           "test_loss_mean_z", "train_seconds")
-
-
 def open_writer(logdir: str | Path):
   """A tensorboardX SummaryWriter on logdir, or None when tensorboardX is missing."""
   try:
@@ -25,17 +21,18 @@ def open_writer(logdir: str | Path):
 
 
 def write_records(writer, records: list[dict[str, Any]]) -> None:
-  """One scalar per metric and epoch (step = epoch)."""
+  """One scalar per number in each record (its metrics and times), step = epoch."""
   if writer is None:
     return
   for record in records:
-    for key in SCALARS:
-      if key in record:
-        writer.add_scalar(key, record[key], record["epoch"])
+    for key, value in record.items():
+      if key != "epoch" and isinstance(value, (int, float)):
+        writer.add_scalar(key, value, record["epoch"])
   writer.flush()
 
 
-def write_grid(writer, tag: str, grid_HxW_u8: np.ndarray, epoch: int) -> None:
-  """An image grid (uint8, as images.image_grid makes it) at step = epoch."""
+def write_grid(writer, tag: str, grid_u8: np.ndarray, epoch: int) -> None:
+  """An image grid (uint8 HxW or HxWxC, as images.image_grid makes it) at step = epoch."""
   if writer is not None:
-    writer.add_image(tag, np.asarray(grid_HxW_u8)[None], epoch)  # CHW, one channel.
+    grid = np.asarray(grid_u8)
+    writer.add_image(tag, grid[None] if grid.ndim == 2 else grid.transpose(2, 0, 1), epoch)  # CHW

@@ -1,29 +1,28 @@
 """Ablation sweeps: a study config names its axes and seeds; one command runs every model.
 
-A study is a Python file whose ``get_config()`` returns a ConfigDict with
+A study is a Python file whose ``get_config()`` returns a ConfigDict (``make_study``) with
 - ``name`` and ``question`` (one line each, printed in the tables);
-- ``base``: overrides of the reference config for every run (num_epochs, data slices, ...);
-- ``axes``: {config key: [values]}: the full grid of settings is run;
+- ``base``: {dotted config key: value} for every run (``optim.num_epochs``, data slices, ...);
+- ``axes``: {dotted config key: [values]}: the full grid of settings is run;
 - ``seeds``: how many seeds per setting (seeds 1..S);
-- ``x_axis`` (optional): the axis plotted along x (default: the first; ConfigDict lists
-  axes in alphabetical order).
-Keys that keep array shapes (seed, beta, learning_rate, kl_warmup_epochs, binarize) vary
-inside one vmapped program (vae_jax.many); the others (latent_dim, hidden_dim, init, ...)
-form groups, each compiled once. Outputs in the work directory:
-- ``runs/<setting>/seed<k>/metrics.jsonl``: every run's epochs (and ``tensorboard/``
-  scalars per epoch and the final reconstruction / sample grids, when tensorboardX is
-  installed);
-- ``results.csv``: one row per run (axes, seed, final metrics);
+- ``x_axis`` (optional): the axis plotted along x (default: the first).
+Settings that are traced (``group.batched_settings``: the seed, the learning rate, the
+objective's numeric settings) vary inside one compiled program; the others form groups,
+each compiled once. Every group trains through ``train.train_models``, as a single run does.
+Outputs in the work directory:
+- ``runs/<setting>/seed<k>/``: every run's metrics.jsonl (and TensorBoard scalars);
+- ``results.csv``: one row per run (axes, seed, every final metric of the objective);
 - ``summary.md``: final metrics as mean +- std over seeds per setting;
-- ``test_loss.png`` (test loss against the first axis) and, when beta is an axis,
-  ``rate_distortion.png`` (KL against reconstruction);
-- ``groups/<i>.json``: a finished group; a rerun of the same command skips those, and a
-  group killed while training resumes from its last epoch (``groups/<i>/checkpoints``).
+- ``test_loss.png`` (test loss against the first axis) and, when ``objective.beta`` is an
+  axis, ``rate_distortion.png`` (KL against reconstruction);
+- ``groups/<hash>.json``: a finished group, named by the hash of its full settings; a rerun
+  skips those, and a group killed while training resumes from ``groups/<hash>/checkpoints``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -31,15 +30,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import checkpoint, images, many, summaries, train
-from vae_jax.configs import default
-
-FINAL_METRICS = ("test_loss", "test_bce", "test_kl", "train_loss")
+from vae_jax import checkpoint, config as config_lib, data, objectives, train, workdir as workdir_lib
+from vae_jax.group import batched_settings
 
 
 class StudyError(ValueError):
@@ -47,10 +42,10 @@ class StudyError(ValueError):
 
 
 def make_study(name: str, question: str, axes: dict[str, list], seeds: int = 3,
-               **base) -> ml_collections.ConfigDict:
-  """A study ConfigDict: what a study file's get_config() returns."""
-  return ml_collections.ConfigDict({"name": name, "question": question, "axes": axes,
-                                    "seeds": seeds, "base": base})
+               base: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """A study ConfigDict: what a study file's get_config() returns (dotted config keys)."""
+  return ml_collections.ConfigDict({"name": name, "question": question, "axes": dict(axes),
+                                    "seeds": seeds, "base": dict(base or {})})
 
 
 def load_study(path: str | Path) -> ml_collections.ConfigDict:
@@ -74,7 +69,7 @@ def check_study(study: ml_collections.ConfigDict, path: str | Path) -> ml_collec
     if key not in study:
       raise StudyError(f"study config {path}: missing key {key!r} (expected name, question, "
                        "base, axes, seeds)")
-  known = set(default.get_config())
+  known = set(config_lib.flatten(config_lib.default_sections()))
   for key in (*study.axes, *study.base):
     if key not in known:
       raise StudyError(f"study config {path}: unknown axis or key {key!r}; known config keys: "
@@ -82,10 +77,15 @@ def check_study(study: ml_collections.ConfigDict, path: str | Path) -> ml_collec
   if "seed" in study.axes:
     raise StudyError(f"study config {path}: 'seed' is not an axis; set seeds (a count)")
   for key, values in study.axes.items():
-    if not values:
-      raise StudyError(f"study config {path}: axis {key!r} has no values")
-  if study.seeds < 1:
-    raise StudyError(f"study config {path}: seeds={study.seeds}: expected >= 1")
+    if not isinstance(values, (list, tuple)) or not values:
+      raise StudyError(f"study config {path}: axis {key!r}: expected a non-empty list of values")
+  if not isinstance(study.seeds, int) or study.seeds < 1:
+    raise StudyError(f"study config {path}: seeds={study.seeds}: expected an integer >= 1")
+  for setting in settings(study):  # Every config of the grid is checked before any trains.
+    try:
+      config_lib.parse(setting_config(study, setting))
+    except config_lib.ConfigError as e:
+      raise StudyError(f"study config {path}: setting {setting_name(setting)}: {e}") from None
   return study
 
 
@@ -99,14 +99,35 @@ def setting_name(setting: dict[str, Any]) -> str:
   return ",".join(f"{k}={v}" for k, v in setting.items()) or "base"
 
 
+def setting_config(study, setting: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The config of one setting: defaults, the study's base, the setting; quiet outputs."""
+  return config_lib.from_flat({"run.progress": False, "run.save_images": False,
+                               **study.base.to_dict(), **setting})
+
+
 def groups(study) -> list[tuple[dict[str, Any], list[tuple[dict[str, Any], int]]]]:
-  """[(shape-changing values, [(setting, seed), ...])]: each group is one vmapped program."""
+  """[(settings that shape the program, [(setting, seed), ...])]: each group is one program."""
   out: dict[str, tuple[dict, list]] = {}
   for setting in settings(study):
-    shape = {k: v for k, v in setting.items() if k not in many.HPARAMS}
+    objective = objectives.REGISTRY.get(setting_config(study, setting).objective.name).target
+    shape = {k: v for k, v in setting.items() if k not in batched_settings(objective)}
     entry = out.setdefault(json.dumps(shape, sort_keys=True), (shape, []))
     entry[1].extend((setting, seed) for seed in range(1, study.seeds + 1))
   return list(out.values())
+
+
+def group_hash(study, shape: dict[str, Any], members) -> str:
+  """A name for a group from everything that decides its numbers (not its position)."""
+  config = config_lib.flatten(setting_config(study, shape))
+  spec = {"config": config, "models": [[setting, seed] for setting, seed in members]}
+  return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def final_metrics(rows: list[dict[str, Any]]) -> list[str]:
+  """The metric columns of the rows (test_* then train_*), in first-seen order."""
+  keys = [k for row in rows for k in row if k.startswith(("test_", "train_"))]
+  keys = list(dict.fromkeys(keys))
+  return [k for k in keys if k.startswith("test_")] + [k for k in keys if k.startswith("train_")]
 
 
 def aggregate(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any]]:
@@ -117,20 +138,20 @@ def aggregate(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any
   out = []
   for key, members in by_setting.items():
     entry = dict(zip(axes, key), n=len(members))
-    for metric in FINAL_METRICS:
-      values = np.array([m[metric] for m in members], np.float64)
+    for metric in final_metrics(members):
+      values = np.array([m[metric] for m in members if metric in m], np.float64)
       entry[f"{metric}_mean"] = float(values.mean())
       entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     out.append(entry)
   return out
 
 
-def markdown(summary: list[dict[str, Any]], axes: list[str], study) -> str:
+def markdown(summary: list[dict[str, Any]], axes: list[str], study, metrics: list[str]) -> str:
   lines = [f"### {study.name}", "", study.get("question", ""), "",
-           "| " + " | ".join(axes) + " | seeds | test loss | test BCE | test KL | train loss |",
-           "| " + " | ".join("---" for _ in axes) + " | ---: | ---: | ---: | ---: | ---: |"]
+           "| " + " | ".join(axes) + " | seeds | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
+           "| " + " | ".join("---" for _ in axes) + " | ---:" + " | ---:" * len(metrics) + " |"]
   for s in summary:
-    cells = [f"{s[f'{m}_mean']:.2f} +- {s[f'{m}_std']:.2f}" for m in FINAL_METRICS]
+    cells = [f"{s[f'{m}_mean']:.2f} +- {s[f'{m}_std']:.2f}" if f"{m}_mean" in s else "" for m in metrics]
     lines.append("| " + " | ".join(str(s[a]) for a in axes) + f" | {s['n']} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -143,64 +164,46 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
   """
   axes = list(study.axes)
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  base = default.get_config()
-  base.update(study.base.to_dict())
-  base.progress, base.save_images = False, False
-  train.validate_config(base)
-  splits = splits or train.load_data(base)
-  (workdir / "groups").mkdir(exist_ok=True)
+  if workdir.exists() and not workdir.is_dir():
+    raise workdir_lib.WorkdirError(f"sweep workdir {workdir}: exists and is not a directory")
   study_groups = groups(study)
+  splits = splits or data.load_data(config_lib.parse(setting_config(study, {})).data)
+  (workdir / "groups").mkdir(parents=True, exist_ok=True)
+  rows = []
   for i, (shape, members) in enumerate(study_groups):
-    done = workdir / "groups" / f"{i}.json"
+    name = group_hash(study, shape, members)
+    done = workdir / "groups" / f"{name}.json"
     if done.exists():
-      log(f"group {i} ({setting_name(shape)}): done earlier, skipped")
+      log(f"group {i} ({setting_name(shape)}): done earlier ({done.name}), skipped")
+      rows += json.loads(done.read_text())["rows"]
       continue
-    config = ml_collections.ConfigDict(base.to_dict())
-    config.update(shape)
-    train.validate_config(config)
-    hparams = {"seed": [seed for _, seed in members]}
-    for key in (k for k in axes if k in many.HPARAMS):
-      hparams[key] = [setting[key] for setting, _ in members]
-    log(f"group {i} ({setting_name(shape)}): {len(members)} models in one program ...")
-    group_dir = workdir / "groups" / str(i)  # Per-epoch checkpoints while the group trains.
-    states, records = many.train_many(config, hparams, splits, workdir=group_dir)
-    x_test_u8 = splits["test"][0][:8]
-    grids_fn = jax.jit(jax.vmap(train.epoch_images, in_axes=(0, None, None, 0, None)),
-                       static_argnums=(1, 4))
-    comparison_K, samples_K = jax.device_get(grids_fn(
-        states.params, states.apply_fn, jnp.asarray(x_test_u8.reshape(len(x_test_u8), -1)),
-        jax.vmap(jax.random.key)(jnp.asarray(hparams["seed"])), config.latent_dim))
-    rows = []
-    for k, ((setting, seed), model_records) in enumerate(zip(members, records)):
-      run_dir = workdir / "runs" / setting_name(setting) / f"seed{seed}"
+    config = setting_config(study, shape)
+    batched = [k for k in axes if k not in shape]
+    overrides = [{"seed": seed, **{k: setting[k] for k in batched}} for setting, seed in members]
+    run_dirs = [workdir / "runs" / setting_name(setting) / f"seed{seed}" for setting, seed in members]
+    for run_dir in run_dirs:
       run_dir.mkdir(parents=True, exist_ok=True)
-      checkpoint.write_text_atomic(run_dir / "metrics.jsonl",
-                                   "".join(json.dumps(r) + "\n" for r in model_records))
-      writer = summaries.open_writer(run_dir / "tensorboard")
-      summaries.write_records(writer, model_records)
-      image_hw = x_test_u8.shape[1:]
-      for name, pixels in (("reconstruction", comparison_K[k]), ("sample", samples_K[k])):
-        summaries.write_grid(writer, name, images.image_grid(pixels.reshape(-1, *image_hw)),
-                             model_records[-1]["epoch"])
-      if writer is not None:
-        writer.close()
-      rows.append({**setting, "seed": seed, **{m: model_records[-1][m] for m in FINAL_METRICS}})
-    checkpoint.write_text_atomic(done, json.dumps({"shape": shape, "rows": rows}))
+    log(f"group {i} ({setting_name(shape)}): {len(members)} models in one program ...")
+    group_dir = workdir / "groups" / name  # Per-epoch checkpoints while the group trains.
+    _, records = train.train_models(config, splits, overrides, group_dir, run_dirs, log=log)
+    group_rows = [{**setting, "seed": seed, **{m: model_records[-1][m] for m in
+                                                workdir_lib.metric_keys(model_records)}}
+                  for (setting, seed), model_records in zip(members, records)]
+    checkpoint.write_text_atomic(done, json.dumps({"shape": shape, "rows": group_rows}))
     shutil.rmtree(group_dir)  # Finished: the results are in done; the states are not needed.
-  rows = [row for i in range(len(study_groups))
-          for row in json.loads((workdir / "groups" / f"{i}.json").read_text())["rows"]]
+    rows += group_rows
   write_outputs(workdir, study, axes, rows)
   return rows
 
 
 def write_outputs(workdir: Path, study, axes: list[str], rows: list[dict]) -> None:
+  metrics = final_metrics(rows)
   with open(workdir / "results.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=[*axes, "seed", *FINAL_METRICS])
+    writer = csv.DictWriter(f, fieldnames=[*axes, "seed", *metrics])
     writer.writeheader()
     writer.writerows(rows)
   summary = aggregate(rows, axes)
-  (workdir / "summary.md").write_text(markdown(summary, axes, study))
+  (workdir / "summary.md").write_text(markdown(summary, axes, study, metrics))
   plot(workdir, summary, axes, study.get("x_axis"))
 
 
@@ -229,12 +232,12 @@ def plot(workdir: Path, summary: list[dict], axes: list[str], x_axis: str | None
   fig.tight_layout()
   fig.savefig(workdir / "test_loss.png", dpi=120)
   plt.close(fig)
-  if "beta" in axes:
+  if "objective.beta" in axes and "test_kl_mean" in summary[0]:
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for s in summary:
       ax.errorbar(s["test_kl_mean"], s["test_bce_mean"], xerr=s["test_kl_std"], yerr=s["test_bce_std"],
                   marker="o", capsize=3)
-      ax.annotate(f"beta={s['beta']}", (s["test_kl_mean"], s["test_bce_mean"]), fontsize=7)
+      ax.annotate(f"beta={s['objective.beta']}", (s["test_kl_mean"], s["test_bce_mean"]), fontsize=7)
     ax.set_xlabel("rate: KL (nats)")
     ax.set_ylabel("distortion: BCE (nats)")
     fig.tight_layout()

@@ -14,6 +14,6 @@ def get_config():
   return sweep.make_study(
       name="ae_vs_vae",
       question="A deterministic autoencoder against the VAE with the same architecture.",
-      axes={"model": ['vae', 'ae']},
+      axes={"objective.name": ["elbo", "ae"]},
       seeds=3,
-      num_epochs=10)
+      base={"optim.num_epochs": 10})

@@ -14,6 +14,6 @@ def get_config():
   return sweep.make_study(
       name="beta",
       question="What does the KL weight beta trade between rate (KL) and distortion (BCE)?",
-      axes={"beta": [0.25, 0.5, 1.0, 2.0, 4.0]},
+      axes={"objective.beta": [0.25, 0.5, 1.0, 2.0, 4.0]},
       seeds=3,
-      num_epochs=10)
+      base={"optim.num_epochs": 10})

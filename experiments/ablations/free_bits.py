@@ -13,6 +13,6 @@ def get_config():
   return sweep.make_study(
       name="free_bits",
       question="Do free bits (a KL floor per latent dimension) change the test ELBO and the KL?",
-      axes={"free_bits": [0.0, 0.25, 0.5, 1.0]},
+      axes={"objective.free_bits": [0.0, 0.25, 0.5, 1.0]},
       seeds=3,
-      num_epochs=10)
+      base={"optim.num_epochs": 10})

@@ -13,6 +13,6 @@ def get_config():
   return sweep.make_study(
       name="hidden_width",
       question="How does the test ELBO change with the hidden width?",
-      axes={"hidden_dim": [200, 400, 800]},
+      axes={"model.hidden_dim": [200, 400, 800]},
       seeds=3,
-      num_epochs=10)
+      base={"optim.num_epochs": 10})

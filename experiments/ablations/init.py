@@ -13,6 +13,6 @@ def get_config():
   return sweep.make_study(
       name="init",
       question="Does PyTorch's nn.Linear init or Flax's default init train better here?",
-      axes={"init": ['torch', 'flax']},
+      axes={"model.init_scheme": ['torch', 'flax']},
       seeds=3,
-      num_epochs=10)
+      base={"optim.num_epochs": 10})

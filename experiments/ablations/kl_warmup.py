@@ -13,6 +13,6 @@ def get_config():
   return sweep.make_study(
       name="kl_warmup",
       question="Does a linear KL warm-up change the final test ELBO?",
-      axes={"kl_warmup_epochs": [0, 3, 6]},
+      axes={"objective.kl_warmup_epochs": [0, 3, 6]},
       seeds=3,
-      num_epochs=10)
+      base={"optim.num_epochs": 10})

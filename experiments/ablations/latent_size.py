@@ -13,6 +13,6 @@ def get_config():
   return sweep.make_study(
       name="latent_size",
       question="How does the test ELBO change with the latent size?",
-      axes={"latent_dim": [2, 5, 10, 20, 50]},
+      axes={"model.latent_dim": [2, 5, 10, 20, 50]},
       seeds=3,
-      num_epochs=10)
+      base={"optim.num_epochs": 10})

@@ -15,6 +15,6 @@ def get_config():
   return sweep.make_study(
       name="likelihood",
       question="Which decoder likelihood: Bernoulli, continuous Bernoulli or a Gaussian with learned variance?",
-      axes={"likelihood": ['bernoulli', 'continuous_bernoulli', 'gaussian']},
+      axes={"objective.likelihood": ['bernoulli', 'continuous_bernoulli', 'gaussian']},
       seeds=3,
-      num_epochs=10)
+      base={"optim.num_epochs": 10})

@@ -1,0 +1,186 @@
+"""The run's config in sections, each checked by the code that owns it.
+
+``config.seed``; ``config.data``, ``config.optim``, ``config.run`` become the frozen
+dataclasses below (an unknown key or a bad value is one ConfigError naming it);
+``config.model`` and ``config.objective`` are resolved by their registries (vae_jax.models,
+vae_jax.objectives), whose entries declare their own settings. ``parse`` does all of it, so
+a config is refused before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+
+from vae_jax.registry import ConfigError, check_type
+
+SOURCES = ("bundled", "idx", "tfds")
+STRATEGIES = ("auto", "vmap", "map")
+
+
+def _section(cls, config_section, name: str):
+  """cls(**section) with unknown keys and wrong types refused, then cls.check()."""
+  values = dict(config_section)
+  fields = {f.name: f.default for f in dataclasses.fields(cls)}
+  for key in values:
+    if key not in fields:
+      raise ConfigError(f"config.{name}.{key}: unknown key; config.{name} keys: {', '.join(fields)}")
+  out = cls(**{k: check_type(f"config.{name}.{k}", values.get(k, d), d) for k, d in fields.items()})
+  out.check()
+  return out
+
+
+def _require(ok: bool, where: str, value: Any, expected: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{where}={value!r}: expected {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """Where the images come from. source: 'bundled' (MNIST in the package), 'idx' (dir: a
+  directory of IDX files) or 'tfds' (name, prepared in dir or TFDS's default directory;
+  download only when asked). *_examples: 0 = the whole split, N = its first N. binarize:
+  a fresh Bernoulli(pixel / 255) draw of the inputs at every step (dynamic binarization)."""
+  source: str = "bundled"
+  name: str = "mnist"
+  dir: str = ""
+  download: bool = False
+  train_examples: int = 0
+  test_examples: int = 0
+  binarize: bool = False
+
+  def check(self):
+    _require(self.source in SOURCES, "data.source", self.source, f"one of {', '.join(SOURCES)}")
+    for key in ("train_examples", "test_examples"):
+      _require(getattr(self, key) >= 0, f"data.{key}", getattr(self, key), "0 (all) or a count")
+
+
+@dataclasses.dataclass(frozen=True)
+class Optim:
+  """Adam and the data order: lr, betas and epsilon as optax.adam; batch 128 and the last
+  partial batch kept, as the reference's DataLoader."""
+  num_epochs: int = 10
+  batch_size: int = 128
+  eval_batch_size: int = 128  # The reference's test loader batch; sums do not depend on it.
+  learning_rate: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+
+  def check(self):
+    for key in ("num_epochs", "batch_size", "eval_batch_size"):
+      _require(getattr(self, key) >= 1, f"optim.{key}", getattr(self, key), "an integer >= 1")
+    _require(self.learning_rate > 0 and math.isfinite(self.learning_rate), "optim.learning_rate",
+             self.learning_rate, "a finite value > 0")
+    for key in ("b1", "b2"):
+      _require(0 <= getattr(self, key) < 1, f"optim.{key}", getattr(self, key), "a value in [0, 1)")
+    _require(self.eps > 0 and math.isfinite(self.eps), "optim.eps", self.eps, "a finite value > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """How the run executes and what it writes; nothing here changes its numbers (num_devices
+  and models_strategy only in the last bits). models_strategy: how K > 1 models share one
+  program ('vmap': batched, 'map': one after another inside it; 'auto': map on CPU, where
+  batching loses, vmap elsewhere). progress_chunks: the epoch runs as that many compiled
+  chunks; the bar shows each one when the next is already queued, so it never stalls the
+  device."""
+  num_devices: int = 0  # Data parallelism over this many devices (0: all visible).
+  models_strategy: str = "auto"
+  keep_checkpoints: int = 2
+  restart: bool = False
+  debug_nans: bool = False
+  progress: bool = True
+  progress_chunks: int = 10
+  save_images: bool = True
+  tensorboard: bool = True
+
+  def check(self):
+    _require(self.num_devices >= 0, "run.num_devices", self.num_devices, "0 (all) or a count")
+    _require(self.models_strategy in STRATEGIES, "run.models_strategy", self.models_strategy,
+             f"one of {', '.join(STRATEGIES)}")
+    _require(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints,
+             "an integer >= 1")
+    _require(self.progress_chunks >= 1, "run.progress_chunks", self.progress_chunks,
+             "an integer >= 1")
+
+
+# Keys that may change when a run resumes: they do not change its numbers.
+RESUMABLE = ("optim.num_epochs", "data.dir", *(f"run.{f.name}" for f in dataclasses.fields(Run)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """A parsed config: every section checked. model / objective: (registry entry, settings)."""
+  seed: int
+  data: Data
+  optim: Optim
+  run: Run
+  model: tuple[Any, dict[str, Any]]
+  objective: tuple[Any, dict[str, Any]]
+
+
+def parse(config: ml_collections.ConfigDict | dict) -> Settings:
+  """Checks every section; ConfigError names the first bad key."""
+  from vae_jax import models, objectives  # They import jax; config files need not.
+  config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  known = ("seed", "data", "optim", "run", "model", "objective")
+  for key in config:
+    if key not in known:
+      raise ConfigError(f"config.{key}: unknown key; the config's sections: {', '.join(known)}")
+  seed = check_type("config.seed", config.get("seed", 1), 1)
+  _require(0 <= seed < 2**31, "seed", seed, "an integer in [0, 2**31)")
+  return Settings(seed, _section(Data, config.get("data", {}), "data"),
+                  _section(Optim, config.get("optim", {}), "optim"),
+                  _section(Run, config.get("run", {}), "run"),
+                  models.REGISTRY.resolve(config.get("model", {})),
+                  objectives.REGISTRY.resolve(config.get("objective", {})))
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'optim.batch_size': 128, ...}: the dotted keys of a nested config dict."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      value = value.to_dict()
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """'key: saved -> current' for each dotted key that differs and changes the numbers."""
+  saved, current = flatten(saved), flatten(current)
+  missing = object()
+  keys = sorted((saved.keys() | current.keys()) - set(RESUMABLE))
+  return [f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}".replace(
+      repr(missing), "(absent)") for k in keys if saved.get(k, missing) != current.get(k, missing)]
+
+
+def default_sections() -> ml_collections.ConfigDict:
+  """seed and every section at its defaults: the registries' union for model and objective."""
+  from vae_jax import models, objectives
+  return ml_collections.ConfigDict({
+      "seed": 1,
+      "data": dataclasses.asdict(Data()), "optim": dataclasses.asdict(Optim()),
+      "run": dataclasses.asdict(Run()),
+      "model": models.REGISTRY.section(), "objective": objectives.REGISTRY.section()})
+
+
+def from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The default config with dotted keys set (as saved in config.json or a checkpoint)."""
+  config = default_sections()
+  for key, value in flat.items():
+    section, _, name = key.rpartition(".")
+    target = config[section] if section else config
+    if name in target and isinstance(target[name], tuple) and isinstance(value, list):
+      value = tuple(value)
+    if name not in target:
+      raise ConfigError(f"config.{key}: unknown key (saved by another version of vae_jax?)")
+    target[name] = value
+  return config

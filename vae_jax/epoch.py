@@ -1,0 +1,112 @@
+"""The epoch as a few compiled programs, dispatched ahead so the host never stalls the device.
+
+An epoch is: its batch order, ``progress_chunks`` scans over the full batches, the last
+partial batch with the epoch's sums. JAX dispatches them asynchronously: while the host
+waits for chunk i to report progress, chunk i + 1 is already queued, so progress costs the
+device nothing (no host callback inside the compiled loop). Every program runs K models
+(step.over_models); each is compiled once, ahead of the first epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from vae_jax import step as step_lib
+from vae_jax.group import Group
+
+
+def chunk_bounds(num_steps: int, chunks: int) -> list[tuple[int, int]]:
+  """[(start, stop)] cutting num_steps into at most ``chunks`` near-equal runs (two lengths at most)."""
+  size = -(-num_steps // max(1, min(chunks, num_steps))) if num_steps else 0
+  return [(a, min(a + size, num_steps)) for a in range(0, num_steps, size)] if size else []
+
+
+def _compile(jitted, debug: bool, *args):
+  """jitted, compiled ahead of time (debug: left to jit, which jax_debug_nans checks)."""
+  return jitted if debug else jitted.lower(*args).compile()
+
+
+class Programs:
+  """The compiled epoch, evaluation and image programs of a group; built once per run."""
+
+  def __init__(self, group: Group, states, keys, train_data, test_data, mesh=None,
+               chunks: int = 1, debug: bool = False):
+    settings, num_models = group.settings, group.num_models
+    over = functools.partial(step_lib.over_models, num_models=num_models, strategy=group.strategy())
+    self.hparams, self.eval_hparams = group.hparams, group.eval_hparams
+    self.train_data, self.test_data = train_data, test_data
+    batch = settings.optim.batch_size
+    step_fn = functools.partial(step_lib.train_step, objective_fn=group.objective.fn,
+                                binarize=settings.data.binarize, mesh=mesh)
+    order = over(lambda keys, epoch: step_lib.epoch_order(
+        keys, epoch, num_examples=group.num_train, batch_size=batch))
+    run = over(functools.partial(step_lib.run_steps, step_fn=step_fn))
+    last = over(functools.partial(step_lib.last_step, step_fn=step_fn))
+    sums = over(step_lib.epoch_sums)
+
+    def chunk(states, keys, hparams, idx, data):
+      return run((states, keys, hparams, idx), data)
+
+    def finish(states, keys, hparams, idx_rest, data, chunk_outs):
+      rest = None
+      if idx_rest.shape[1]:
+        states, rest = last((states, keys, hparams, idx_rest), data)
+      return states, sums((chunk_outs, rest), None)
+
+    epoch1 = jnp.int32(1)
+    self.order = _compile(jax.jit(order), debug, keys, epoch1)
+    full, rest = self.order(keys, epoch1)
+    self.bounds = chunk_bounds(full.shape[1], chunks)
+    self.chunks, outs = {}, []
+    for a, b in self.bounds:
+      if b - a not in self.chunks:
+        self.chunks[b - a] = _compile(jax.jit(chunk, donate_argnums=0), debug, states, keys,
+                                      self.hparams, full[:, a:b], train_data)
+      outs.append(self.chunks[b - a].out_info[1] if not debug else
+                  jax.eval_shape(chunk, states, keys, self.hparams, full[:, a:b], train_data)[1])
+    self.finish = _compile(jax.jit(finish, donate_argnums=0), debug, states, keys, self.hparams,
+                           rest, train_data, outs)
+
+    def evaluate(params, eval_keys, hparams, data, epoch):
+      def one(per_model, shared):
+        params, key, hp = per_model
+        return step_lib.evaluate(params, group.model.apply, shared, jax.random.fold_in(key, epoch),
+                                 batch_size=settings.optim.eval_batch_size,
+                                 objective_fn=group.eval_objective.fn, hparams=hp, mesh=mesh)
+      return over(one)((params, eval_keys, hparams), data)
+
+    def images(params, image_keys, x_8, epoch):
+      return over(lambda per_model, x: step_lib.epoch_images(
+          per_model[0], group.model.apply, x, jax.random.fold_in(per_model[1], epoch),
+          group.model.latent_dim))((params, image_keys), x_8)
+
+    self.evaluate = _compile(jax.jit(evaluate), debug, states.params, keys["eval"],
+                             self.eval_hparams, test_data, epoch1)
+    self.num_shown = min(8, test_data.shape[0])
+    self.images = _compile(jax.jit(images), debug, states.params, keys["images"],
+                           test_data[:self.num_shown], epoch1)
+
+  def train_epoch(self, states, keys, epoch: int, on_chunk: Callable[[int], None] | None = None):
+    """(states, sums): one epoch of every model; on_chunk(steps done) as chunks finish."""
+    epoch = jnp.int32(epoch)
+    full, rest = self.order(keys, epoch)
+    outs = []
+    for a, b in self.bounds:
+      states, out = self.chunks[b - a](states, keys, self.hparams, full[:, a:b], self.train_data)
+      if on_chunk is not None and outs:  # Read the previous chunk while this one runs.
+        on_chunk(int(jax.device_get(outs[-1][1][0, -1])))
+      outs.append(out)
+    states, sums = self.finish(states, keys, self.hparams, rest, self.train_data, outs)
+    return states, sums
+
+  def test_sums(self, states, keys, epoch: int) -> dict[str, Any]:
+    return self.evaluate(states.params, keys["eval"], self.eval_hparams, self.test_data,
+                         jnp.int32(epoch))
+
+  def grids(self, states, keys, epoch: int):
+    return self.images(states.params, keys["images"], self.test_data[:self.num_shown],
+                       jnp.int32(epoch))

@@ -1,0 +1,154 @@
+"""K >= 1 models that share one compiled program: their settings, states and epoch.
+
+A single run is K = 1. Models of a group share the config except the settings that are
+traced as arrays: ``seed``, ``optim.learning_rate`` (held in the optimizer state) and the
+objective's numeric settings (its Hparams fields that are not static). Everything else
+shapes the program: another value is another group.
+
+Randomness: ``rng = key(seed)`` is split once into ``init`` and the named run keys
+(KEY_NAMES); per step ``fold_in(noise, step)``, per epoch ``fold_in(shuffle, epoch)``,
+evaluation ``fold_in(eval, epoch)``, images ``fold_in(images, epoch)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vae_jax import config as config_lib, models, objectives, step as step_lib
+from vae_jax.registry import ConfigError
+
+KEY_NAMES = ("shuffle", "noise", "eval", "images")  # The run's keys after rng_init.
+
+
+def batched_settings(objective: objectives.Objective) -> tuple[str, ...]:
+  """Dotted config keys that may differ between the models of one group."""
+  return ("seed", "optim.learning_rate",
+          *(f"objective.{k}" for k in objectives.dynamic_settings(objective)))
+
+
+def _stack(trees: list) -> Any:
+  """Leaves stacked on a new axis 0: floats as float32, ints as int32 (the traced types)."""
+  def leaf(*xs):
+    a = np.asarray(xs)
+    return a.astype(np.float32 if a.dtype.kind == "f" else np.int32 if a.dtype.kind in "iu" else a.dtype)
+  return jax.tree.map(leaf, *trees)
+
+
+@dataclasses.dataclass
+class Group:
+  """Everything the loop needs about K models, derived once from the config and the data."""
+  settings: config_lib.Settings
+  overrides: list[dict[str, Any]]
+  model: models.VAE
+  objective: objectives.Objective
+  hparams: Any  # K-stacked Hparams.
+  eval_objective: objectives.Objective
+  eval_hparams: Any
+  seeds: np.ndarray
+  learning_rates: np.ndarray
+  image_shape: tuple[int, ...]
+  num_train: int
+
+  @property
+  def num_models(self) -> int:
+    return len(self.overrides)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return -(-self.num_train // self.settings.optim.batch_size)
+
+  def strategy(self) -> str:
+    """'vmap' or 'map' for K > 1 (run.models_strategy; 'auto': map on CPU, vmap elsewhere)."""
+    chosen = self.settings.run.models_strategy
+    return ("map" if jax.default_backend() == "cpu" else "vmap") if chosen == "auto" else chosen
+
+  def describe(self, k: int) -> str:
+    return ", ".join(f"{key}={value}" for key, value in self.overrides[k].items()) or "the config"
+
+
+def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) -> Group:
+  """The group for a config, its data and per-model overrides ([{}] : one model)."""
+  settings = config_lib.parse(config)
+  overrides = [dict(o) for o in (overrides or [{}])]
+  entry, obj_settings = settings.objective
+  allowed = batched_settings(entry.target)
+  for o in overrides:
+    for key in o:
+      if key not in allowed:
+        raise ConfigError(f"per-model setting {key!r}: models trained in one program may differ "
+                          f"only in {', '.join(allowed)}; other settings need a group of their own")
+  x_train, x_test = splits["train"][0], splits["test"][0]
+  for name, x in (("train", x_train), ("test", x_test)):
+    if len(x) == 0:
+      raise ConfigError(f"data: the {name} split has no images")
+  if settings.optim.batch_size > len(x_train):
+    raise ConfigError(f"config.optim.batch_size={settings.optim.batch_size}: larger than the "
+                      f"training set ({len(x_train)} examples)")
+  num_train = len(x_train)
+  context = dict(num_train_examples=num_train,
+                 steps_per_epoch=-(-num_train // settings.optim.batch_size))
+  hparams, eval_hparams = [], []
+  for o in overrides:
+    mine = (entry, {**obj_settings, **{k.split(".", 1)[1]: v for k, v in o.items()
+                                       if k.startswith("objective.")}})
+    hparams.append(objectives.make_hparams(mine, **context))
+    eval_objective, eval_hp = objectives.evaluation(mine, **context)
+    eval_hparams.append(eval_hp)
+  image_shape = tuple(x_train.shape[1:])
+  model = models.build(settings.model, image_shape, getattr(hparams[0], "learned_sigma", False))
+  return Group(settings, overrides, model, entry.target, _stack(hparams), eval_objective,
+               _stack(eval_hparams),
+               np.asarray([o.get("seed", settings.seed) for o in overrides], np.int32),
+               np.asarray([o.get("optim.learning_rate", settings.optim.learning_rate)
+                           for o in overrides], np.float32), image_shape, num_train)
+
+
+def optimizer(optim: config_lib.Optim) -> optax.GradientTransformation:
+  """Adam with the learning rate in its state (each model its own); betas and eps constants."""
+  return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps"))(
+      learning_rate=optim.learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+
+
+def create_states(group: Group):
+  """(states, keys): the K fresh train states and run keys, stacked on axis 0."""
+  tx = optimizer(group.settings.optim)
+  x_1 = jnp.zeros((1, *group.image_shape), jnp.float32)
+
+  def one(seed, learning_rate):
+    rng_init, *rngs = jax.random.split(jax.random.key(seed), 1 + len(KEY_NAMES))
+    params = group.model.init(rng_init, x_1)["params"]
+    state = step_lib.TrainState.create(apply_fn=group.model.apply, params=params, tx=tx)
+    opt_state = state.opt_state._replace(
+        hyperparams={**state.opt_state.hyperparams, "learning_rate": learning_rate})
+    # A strongly typed step: a restored state has the same types as a fresh one.
+    return (state.replace(opt_state=opt_state, step=jnp.zeros((), jnp.int32)),
+            dict(zip(KEY_NAMES, rngs)))
+
+  if group.num_models == 1:  # The single run: built as it always was, then given the model axis.
+    out = one(int(group.seeds[0]), jnp.float32(group.learning_rates[0]))
+    return jax.tree.map(lambda a: a[None], out)
+  return jax.jit(jax.vmap(one))(jnp.asarray(group.seeds), jnp.asarray(group.learning_rates))
+
+
+def state_tree(states, keys) -> dict[str, Any]:
+  """What a checkpoint holds as arrays: params, optimizer state, step and key data."""
+  return {"params": states.params, "opt_state": states.opt_state, "step": states.step,
+          "keys": {name: jax.random.key_data(keys[name]) for name in KEY_NAMES}}
+
+
+def from_state_tree(states, tree: dict[str, Any]):
+  """The inverse of state_tree: (states with the tree's arrays, keys)."""
+  states = states.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
+  return states, {name: jax.random.wrap_key_data(tree["keys"][name]) for name in KEY_NAMES}
+
+
+def unstack(tree, k: int = 0):
+  """Model k out of a K-stacked tree."""
+  return jax.tree.map(lambda a: a[k], tree)

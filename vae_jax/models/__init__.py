@@ -1,0 +1,109 @@
+"""Models by name: an abstract VAE with encode / decode and one reparameterization.
+
+A new architecture is one subclass of ``VAE`` that returns its encoder (x_BxHxWxC ->
+mu_BxL, logvar_BxL) and decoder (z_BxL -> logits_BxHxWxC), registered with
+``@register_model("name")``; its dataclass fields become ``config.model`` settings.
+Built in: ``mlp`` (the reference network) and ``conv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae_jax.registry import ConfigError, Registry
+
+REGISTRY = Registry("model", default="mlp")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.compute_dtype
+# Fields every VAE has that the run sets, not the config.
+BUILT_FIELDS = ("image_shape", "learned_sigma", "parent", "name")
+
+
+def reparameterize(mu_BxL, logvar_BxL, eps_BxL):
+  """z = mu + exp(0.5 * logvar) * eps: the sample is differentiable in mu and logvar."""
+  return mu_BxL + jnp.exp(0.5 * logvar_BxL) * eps_BxL
+
+
+class VAE(nn.Module):
+  """Abstract VAE. ``__call__(x, key)`` -> (logits_BxHxWxC, mu_BxL, logvar_BxL).
+
+  The noise is ``eps = normal(key, mu.shape)``, drawn from the caller's explicit key inside
+  the traced graph; key=None gives z = mu. Outputs are float32 whatever ``compute_dtype``
+  the layers use. ``learned_sigma`` adds a ``log_sigma`` parameter of the image's shape
+  (Gaussian likelihood with learned per-pixel sigma). Subclasses implement
+  ``make_encoder`` and ``make_decoder``; ``decode`` accepts any leading axes (K x B x L).
+  """
+  image_shape: tuple[int, ...] = (28, 28, 1)
+  learned_sigma: bool = False
+  latent_dim: int = 20
+  compute_dtype: str = "float32"
+
+  def make_encoder(self) -> nn.Module:
+    raise NotImplementedError
+
+  def make_decoder(self) -> nn.Module:
+    raise NotImplementedError
+
+  def setup(self):
+    self.encoder = self.make_encoder()
+    self.decoder = self.make_decoder()
+    if self.learned_sigma:
+      self.log_sigma = self.param("log_sigma", nn.initializers.zeros, self.image_shape)
+
+  @property
+  def dtype(self):
+    return DTYPES[self.compute_dtype]
+
+  def encode(self, x_BxHxWxC):
+    mu_BxL, logvar_BxL = self.encoder(x_BxHxWxC)
+    return mu_BxL.astype(jnp.float32), logvar_BxL.astype(jnp.float32)
+
+  def decode(self, z_BxL):
+    lead = z_BxL.shape[:-1]
+    logits = self.decoder(z_BxL.reshape(-1, z_BxL.shape[-1]))
+    return logits.reshape(*lead, *self.image_shape).astype(jnp.float32)
+
+  def __call__(self, x_BxHxWxC, key: jax.Array | None = None):
+    mu_BxL, logvar_BxL = self.encode(x_BxHxWxC)
+    if key is None:
+      z_BxL = mu_BxL
+    else:
+      z_BxL = reparameterize(mu_BxL, logvar_BxL, jax.random.normal(key, mu_BxL.shape, mu_BxL.dtype))
+    return self.decode(z_BxL), mu_BxL, logvar_BxL
+
+  def generate(self, z_BxL):
+    """Images in [0, 1]: sigmoid of the decoder's logits."""
+    return nn.sigmoid(self.decode(z_BxL))
+
+
+def register_model(name: str):
+  """Class decorator: registers a VAE subclass; its fields (but BUILT_FIELDS) are its settings."""
+  def decorate(cls):
+    settings = {f.name: f.default for f in dataclasses.fields(cls)
+                if f.name not in BUILT_FIELDS and f.default is not dataclasses.MISSING}
+    REGISTRY.register(name, cls, settings)
+    return cls
+  return decorate
+
+
+def build(model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...],
+          learned_sigma: bool = False) -> VAE:
+  """The module for a resolved config.model (config.parse) and the data's image shape."""
+  entry, settings = model
+  if settings.get("compute_dtype", "float32") not in DTYPES:
+    raise ConfigError(f"config.model.compute_dtype={settings['compute_dtype']!r}: expected one of "
+                      f"{', '.join(DTYPES)}")
+  if settings.get("latent_dim", 1) < 1:
+    raise ConfigError(f"config.model.latent_dim={settings['latent_dim']}: expected an integer >= 1")
+  module = entry.target(image_shape=tuple(image_shape), learned_sigma=learned_sigma, **settings)
+  check = getattr(module, "check", None)
+  if check is not None:
+    check()
+  return module
+
+
+from vae_jax.models import conv, mlp  # noqa: E402,F401  (registers the built-in models)

@@ -1,0 +1,109 @@
+"""The reference network (``mlp``): 784-400-(20, 20) encoder, 20-400-784 decoder, ReLU.
+
+The decoder returns logits: the loss uses the stable logits form of BCE and images apply
+the sigmoid, which is the same model as the reference's sigmoid output layer. Images are
+flattened on the way in and reshaped on the way out, so any H x W x C works.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae_jax.models import VAE, register_model
+
+INITS = ("torch", "flax")
+
+
+def torch_linear_init(fan_in: int) -> tuple[Callable, Callable]:
+  """PyTorch nn.Linear's init: kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  (kaiming_uniform with a=sqrt(5) gives exactly this bound for the weights.)
+  """
+  bound = 1.0 / jnp.sqrt(fan_in)
+
+  def uniform(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return uniform, uniform
+
+
+def dense(features: int, fan_in: int, init: str, name: str, dtype=jnp.float32) -> nn.Dense:
+  """A Dense layer with the named init: 'torch' (the reference) or 'flax' (lecun_normal/zeros).
+
+  Parameters are float32; ``dtype`` is what the layer computes in (bfloat16: mixed precision).
+  """
+  if init == "torch":
+    kernel_init, bias_init = torch_linear_init(fan_in)
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name, dtype=dtype)
+  if init == "flax":
+    return nn.Dense(features, name=name, dtype=dtype)
+  raise ValueError(f"init {init!r}: expected one of {INITS}")
+
+
+def _hidden_name(i: int) -> str:
+  """'hidden', 'hidden_2', ...: the reference's single layer keeps its name."""
+  return "hidden" if i == 0 else f"hidden_{i + 1}"
+
+
+class Encoder(nn.Module):
+  """x_Bx... -> (mu_BxL, logvar_BxL) through num_hidden_layers ReLU layers (x flattened)."""
+  hidden_dim: int = 400
+  latent_dim: int = 20
+  init_scheme: str = "torch"
+  dtype: jnp.dtype = jnp.float32
+  num_hidden_layers: int = 1
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC):
+    layer = lambda n, fan_in, name: dense(n, fan_in, self.init_scheme, name, self.dtype)
+    h_BxH = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
+    for i in range(self.num_hidden_layers):
+      h_BxH = nn.relu(layer(self.hidden_dim, h_BxH.shape[-1], _hidden_name(i))(h_BxH))
+    mu_BxL = layer(self.latent_dim, self.hidden_dim, "mu")(h_BxH)
+    logvar_BxL = layer(self.latent_dim, self.hidden_dim, "logvar")(h_BxH)
+    return mu_BxL, logvar_BxL
+
+
+class Decoder(nn.Module):
+  """z_BxL -> logits_BxD through num_hidden_layers ReLU layers; sigmoid(logits) is the image."""
+  hidden_dim: int = 400
+  output_dim: int = 784
+  init_scheme: str = "torch"
+  dtype: jnp.dtype = jnp.float32
+  num_hidden_layers: int = 1
+
+  @nn.compact
+  def __call__(self, z_BxL):
+    layer = lambda n, fan_in, name: dense(n, fan_in, self.init_scheme, name, self.dtype)
+    h_BxH = z_BxL
+    for i in range(self.num_hidden_layers):
+      h_BxH = nn.relu(layer(self.hidden_dim, h_BxH.shape[-1], _hidden_name(i))(h_BxH))
+    return layer(self.output_dim, self.hidden_dim, "logits")(h_BxH)
+
+
+@register_model("mlp")
+class MLP(VAE):
+  """Fully connected VAE; the defaults are the reference (one hidden layer of 400, torch init)."""
+  hidden_dim: int = 400
+  num_hidden_layers: int = 1
+  init_scheme: str = "torch"  # 'torch': U(+-1/sqrt(fan_in)) as nn.Linear; 'flax': lecun_normal / zeros.
+
+  def check(self):
+    from vae_jax.registry import ConfigError
+    if self.init_scheme not in INITS:
+      raise ConfigError(f"config.model.init_scheme={self.init_scheme!r}: expected one of {', '.join(INITS)}")
+    for key in ("hidden_dim", "num_hidden_layers"):
+      if getattr(self, key) < 1:
+        raise ConfigError(f"config.model.{key}={getattr(self, key)}: expected an integer >= 1")
+
+  def make_encoder(self):
+    return Encoder(self.hidden_dim, self.latent_dim, self.init_scheme, self.dtype, self.num_hidden_layers)
+
+  def make_decoder(self):
+    return Decoder(self.hidden_dim, math.prod(self.image_shape), self.init_scheme, self.dtype,
+                   self.num_hidden_layers)

@@ -1,0 +1,164 @@
+"""Objectives by name: each one pure function returning (loss, metrics).
+
+``fn(params, apply_fn, x_BxHxWxC, key, hparams) -> (loss, metrics)``: x is float in [0, 1],
+``key`` the step's noise key (None: deterministic, z = mu), ``hparams`` the objective's
+``Hparams`` (a flax.struct dataclass: numeric fields are traced, so models trained together
+can each have their own value; ``static`` fields shape the program). ``metrics`` are sums
+over the batch's examples (nats); their keys are what every output shows (train_<key>,
+test_<key>), and ``loss`` is what is minimised. Registered with
+``@register_objective(name, Hparams)``; the Hparams fields become ``config.objective``
+settings. Test metrics come from ``evaluate_with`` (default 'elbo': the ELBO under the same
+likelihood, beta 1, clean inputs) with ``Hparams.for_evaluation``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from vae_jax import losses
+from vae_jax.registry import ConfigError, Registry
+
+REGISTRY = Registry("objective", default="elbo")
+CORRUPTIONS = ("none", "gaussian", "mask")
+# Fields the run fills in (from the data and the batch size), never the config.
+CONTEXT = ("num_train_examples", "steps_per_epoch")
+
+
+def static(default):
+  """A setting that shapes the program (a string, a sample count): not traced, not batched."""
+  return struct.field(pytree_node=False, default=default)
+
+
+@struct.dataclass
+class Hparams:
+  """Base of every objective's settings; at_step and for_evaluation default to no change."""
+
+  def at_step(self, step):
+    """The settings at a global step (schedules such as KL warm-up)."""
+    return self
+
+  def for_evaluation(self):
+    """The settings of the test metric."""
+    return self
+
+  def check(self):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  name: str
+  fn: Callable
+  hparams_cls: type
+  evaluate_with: str | None  # None: this objective, with for_evaluation().
+
+
+def register_objective(name: str, hparams_cls: type = Hparams, evaluate_with: str | None = "elbo"):
+  """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)."""
+  def decorate(fn):
+    settings = {f.name: f.default for f in dataclasses.fields(hparams_cls) if f.name not in CONTEXT}
+    REGISTRY.register(name, Objective(name, fn, hparams_cls, evaluate_with), settings)
+    return fn
+  return decorate
+
+
+def dynamic_settings(objective: Objective) -> tuple[str, ...]:
+  """Settings traced as arrays (a sweep batches their values in one program)."""
+  return tuple(f.name for f in dataclasses.fields(objective.hparams_cls)
+               if f.metadata.get("pytree_node", True) and f.name not in CONTEXT)
+
+
+def make_hparams(resolved: tuple[Any, dict[str, Any]], **context) -> Hparams:
+  """An objective's Hparams from config.parse's (entry, settings) and the run's context."""
+  entry, settings = resolved
+  cls = entry.target.hparams_cls
+  fields = {f.name for f in dataclasses.fields(cls)}
+  hparams = cls(**settings, **{k: v for k, v in context.items() if k in fields})
+  hparams.check()
+  return hparams
+
+
+def evaluation(resolved: tuple[Any, dict[str, Any]], **context) -> tuple[Objective, Hparams]:
+  """(objective, hparams) of the test metric, from the training objective's settings."""
+  entry, settings = resolved
+  objective = entry.target
+  if objective.evaluate_with is not None:
+    target = REGISTRY.get(objective.evaluate_with)
+    shared = {k: v for k, v in settings.items() if k in target.settings}
+    resolved = (target, {**target.settings, **shared})
+    objective = target.target
+  return objective, make_hparams(resolved, **context).for_evaluation()
+
+
+def corrupt(x, key: jax.Array, kind: str, level) -> jax.Array:
+  """Noisy inputs for denoising: 'gaussian' adds N(0, level^2) and clips to [0, 1]; 'mask'
+  sets each pixel to 0 with probability level; 'none' returns x."""
+  if kind == "gaussian":
+    return jnp.clip(x + level * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
+  if kind == "mask":
+    return jnp.where(jax.random.bernoulli(key, level, x.shape), 0.0, x)
+  return x
+
+
+@struct.dataclass
+class Likelihood(Hparams):
+  """p(x|z): 'bernoulli' (reference), 'continuous_bernoulli' or 'gaussian' (gaussian_sigma:
+  fixed sigma; 0: a learned per-pixel sigma, the model's log_sigma parameter)."""
+  likelihood: str = static("bernoulli")
+  gaussian_sigma: float = static(0.0)
+
+  def check(self):
+    if self.likelihood not in losses.LIKELIHOODS:
+      raise ConfigError(f"config.objective.likelihood={self.likelihood!r}: expected one of "
+                        f"{', '.join(losses.LIKELIHOODS)}")
+    if not self.gaussian_sigma >= 0:
+      raise ConfigError(f"config.objective.gaussian_sigma={self.gaussian_sigma}: expected >= 0")
+
+  @property
+  def learned_sigma(self) -> bool:
+    return self.likelihood == "gaussian" and self.gaussian_sigma == 0
+
+
+def nll_fn(params, hparams: Likelihood, batch_ndim: int = 1) -> Callable:
+  """(logits, x) -> -log p(x|z) per example (nats) under the hparams' likelihood."""
+  log_sigma = None
+  if hparams.likelihood == "gaussian":
+    log_sigma = (params["log_sigma"] if hparams.gaussian_sigma == 0
+                 else jnp.log(jnp.float32(hparams.gaussian_sigma)))
+  return functools.partial(losses.nll_per_example, likelihood=hparams.likelihood,
+                           log_sigma=log_sigma, batch_ndim=batch_ndim)
+
+
+@struct.dataclass
+class Denoising(Likelihood):
+  """The encoder sees corrupt(x) (corruption 'gaussian' or 'mask' at corruption_level) while
+  the likelihood scores the clean x; the test metric uses clean inputs."""
+  corruption: str = static("none")
+  corruption_level: float = 0.0
+
+  def check(self):
+    super().check()
+    if self.corruption not in CORRUPTIONS:
+      raise ConfigError(f"config.objective.corruption={self.corruption!r}: expected one of "
+                        f"{', '.join(CORRUPTIONS)}")
+    level, limit = float(self.corruption_level), 1.0 if self.corruption == "mask" else float("inf")
+    if not 0 <= level < limit or level == float("inf"):
+      raise ConfigError(f"config.objective.corruption_level={level}: expected a finite value "
+                        f">= 0{' and < 1 (a masked fraction)' if limit == 1.0 else ''}")
+
+  def encoder_input(self, x, key):
+    if self.corruption == "none" or key is None:
+      return x
+    return corrupt(x, jax.random.fold_in(key, 2), self.corruption, self.corruption_level)
+
+  def for_evaluation(self):
+    return self.replace(corruption="none", corruption_level=0.0)
+
+
+from vae_jax import objectives_builtin  # noqa: E402,F401  (registers the built-in objectives)

@@ -8,7 +8,7 @@ Run:
 One run measures, each path in a fresh process of its own (so compile time and peak
 memory are that path's alone), on the bundled MNIST with the reference config:
 - ``scan``: the compiled epoch (one XLA call per epoch: lax.scan over the batches);
-- ``scan_bf16``: the same with config.compute_dtype = bfloat16;
+- ``scan_bf16``: the same with config.model.compute_dtype = bfloat16;
 - ``loop``: a Python loop of jitted train steps (state donated, data on the device);
 - ``torch_reference`` / ``torch_preloaded``: the PyTorch example's two data paths (when
   torch is installed);
@@ -48,9 +48,9 @@ PATHS = ("scan", "scan_bf16", "loop", "torch_reference", "torch_preloaded", "sca
 
 def epoch_matmul_flops(config, num_examples: int, input_dim: int = 784) -> float:
   """Matmul FLOPs of one training epoch (2 per multiply-add)."""
-  layers = [(input_dim, config.hidden_dim), (config.hidden_dim, config.latent_dim),
-            (config.hidden_dim, config.latent_dim), (config.latent_dim, config.hidden_dim),
-            (config.hidden_dim, input_dim)]
+  layers = [(input_dim, config.model.hidden_dim), (config.model.hidden_dim, config.model.latent_dim),
+            (config.model.hidden_dim, config.model.latent_dim), (config.model.latent_dim, config.model.hidden_dim),
+            (config.model.hidden_dim, input_dim)]
   macs = 0
   for i, (fan_in, fan_out) in enumerate(layers):
     passes = 2 if i == 0 else 3  # forward, weight grad, input grad (not for the data)
@@ -92,10 +92,10 @@ def _setup(config, num_devices: int = 1):
 def time_scan(config, num_epochs: int, num_devices: int = 1) -> dict:
   """The compiled epoch: seconds per epoch, compile seconds."""
   state, x_u8_NxD, rng_shuffle, rng_noise, mesh = _setup(config, num_devices)
-  beta = jnp.float32(config.beta)
+  beta = jnp.float32(config.objective.beta)
   t0 = time.perf_counter()
   epoch_fn = train.compile_train_epoch(state, x_u8_NxD, rng_shuffle, rng_noise, beta,
-                                       batch_size=config.batch_size, mesh=mesh)
+                                       batch_size=config.optim.batch_size, mesh=mesh)
   compile_seconds = time.perf_counter() - t0
   seconds, losses = [], []
   for epoch in range(1, num_epochs + 1):
@@ -109,12 +109,12 @@ def time_scan(config, num_epochs: int, num_devices: int = 1) -> dict:
 def time_loop(config, num_epochs: int) -> dict:
   """A Python loop of jitted steps over the same batches (permutation drawn on the device)."""
   state, x_u8_NxD, rng_shuffle, rng_noise, _ = _setup(config)
-  n, beta = x_u8_NxD.shape[0], jnp.float32(config.beta)
+  n, beta = x_u8_NxD.shape[0], jnp.float32(config.objective.beta)
 
   @jax.jit
   def order(epoch):
     return train.split_batches(jax.random.permutation(jax.random.fold_in(rng_shuffle, epoch), n),
-                               config.batch_size)
+                               config.optim.batch_size)
 
   def step(state, idx_B):
     return train.train_step(state, x_u8_NxD[idx_B], rng_noise, beta)
@@ -164,7 +164,7 @@ def time_models(counts: list[int], num_epochs: int) -> dict:
     _, records = many.train_many(config, {"seed": list(range(1, k + 1))}, splits, num_epochs)
     vmapped[k] = sum(r["train_seconds"] for r in records[0][1:])
   x_u8_NxD = jnp.asarray(splits["train"][0].reshape(60_000, -1))
-  beta, per_run = jnp.float32(config.beta), []
+  beta, per_run = jnp.float32(config.objective.beta), []
   epoch_fn = template = None
   for seed in range(1, max(counts) + 1):
     rng_init, rng_shuffle, rng_noise = jax.random.split(jax.random.key(seed), 5)[:3]
@@ -172,7 +172,7 @@ def time_models(counts: list[int], num_epochs: int) -> dict:
     if epoch_fn is None:
       template = state
       epoch_fn = train.compile_train_epoch(state, x_u8_NxD, rng_shuffle, rng_noise, beta,
-                                           batch_size=config.batch_size)
+                                           batch_size=config.optim.batch_size)
     # The compiled epoch wants the very optimizer object it was compiled with.
     state = template.replace(params=state.params, opt_state=state.opt_state, step=state.step)
     state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta)
@@ -192,7 +192,7 @@ def run_worker(path: str, num_epochs: int) -> dict:
   if path == "scan":
     result = time_scan(config, num_epochs)
   elif path == "scan_bf16":
-    config.compute_dtype = "bfloat16"
+    config.model.compute_dtype = "bfloat16"
     result = time_scan(config, num_epochs)
   elif path == "loop":
     result = time_loop(config, num_epochs)

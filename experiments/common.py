@@ -50,7 +50,7 @@ def save_figure(fig, path: Path, dpi: int = 100, **adjust) -> None:
 def config_with(**overrides) -> ml_collections.ConfigDict:
   """The reference config, quiet (no progress bar, images or TensorBoard), with overrides."""
   config = train.default_config()
-  config.progress, config.save_images, config.tensorboard = False, False, False
+  config.run.progress, config.run.save_images, config.run.tensorboard = False, False, False
   config.update(overrides)
   return config
 
@@ -64,7 +64,7 @@ def train_model(workdir: Path, splits, **overrides):
   start = time.perf_counter()
   state, records = train.train_and_evaluate(config, workdir, splits)
   seconds = time.perf_counter() - start
-  print(f"  {workdir.name}: {config.num_epochs} epochs, test loss {records[-1]['test_loss']:.2f} "
+  print(f"  {workdir.name}: {config.optim.num_epochs} epochs, test loss {records[-1]['test_loss']:.2f} "
         f"({seconds:.0f} s)", flush=True)
   return config, state, records
 

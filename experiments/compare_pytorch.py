@@ -40,8 +40,8 @@ TOLERANCE_NATS = 0.3
 
 def run_jax(seed: int, epochs: int, splits, workdir: Path) -> list[dict]:
   config = default.get_config()
-  config.seed, config.num_epochs = seed, epochs
-  config.progress, config.save_images = False, False
+  config.seed, config.optim.num_epochs = seed, epochs
+  config.run.progress, config.run.save_images = False, False
   _, records = train.train_and_evaluate(config, workdir, splits)
   return [{k: r[k] for k in ("epoch", "train_loss", "test_loss", "train_seconds")} for r in records]
 

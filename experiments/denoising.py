@@ -7,7 +7,7 @@ Run (about 6 minutes on the project's 2-core CPU):
 
 Corruptions (train.corrupt): Gaussian noise of sigma 0.1, 0.3, 0.5 (clipped to [0, 1]) and
 random masking of half the pixels. For each, the reference VAE is trained --epochs (20) with
-config.corruption / corruption_level: the encoder sees a fresh corruption at every step, the
+config.objective.corruption / corruption_level: the encoder sees a fresh corruption at every step, the
 Bernoulli likelihood scores the clean image. Baselines: the plain reference VAE (trained on
 clean images) and PCA with --pca-components (20) components fitted on the clean training set,
 each applied to the noisy test image. Denoised = the mean reconstruction (z = mu). The test

@@ -4,7 +4,7 @@ Run:
   .venv/bin/python experiments/mixed_precision.py                  # 3 seeds x 10 epochs, ~4 min on 2 cores
   .venv/bin/python experiments/mixed_precision.py --seeds 5 --json runs/mixed_precision.json
 
-Trains the reference recipe with config.compute_dtype = float32 and = bfloat16 (layers in
+Trains the reference recipe with config.model.compute_dtype = float32 and = bfloat16 (layers in
 bf16; parameters, Adam state, noise and the loss in float32) for the same seeds, and
 prints a markdown table: final test loss (one-sample ELBO, nats per example), test loss at
 z = mu, and median train seconds per epoch, each as mean +- std over seeds, plus the
@@ -30,8 +30,8 @@ DTYPES = ("float32", "bfloat16")
 
 def run(dtype: str, seed: int, epochs: int, splits, workdir: str) -> dict:
   config = default.get_config()
-  config.seed, config.num_epochs, config.compute_dtype = seed, epochs, dtype
-  config.progress, config.save_images = False, False
+  config.seed, config.optim.num_epochs, config.model.compute_dtype = seed, epochs, dtype
+  config.run.progress, config.run.save_images = False, False
   _, records = train.train_and_evaluate(config, workdir, splits)
   return {"test_loss": records[-1]["test_loss"], "test_loss_mean_z": records[-1]["test_loss_mean_z"],
           "seconds_per_epoch": statistics.median(r["train_seconds"] for r in records[1:])}

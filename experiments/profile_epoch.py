@@ -72,9 +72,9 @@ def main() -> int:
 
   config = default.get_config()
   state, x_u8_NxD, rng_shuffle, rng_noise, _ = benchmark._setup(config)
-  beta = jnp.float32(config.beta)
+  beta = jnp.float32(config.objective.beta)
   epoch_fn = train.compile_train_epoch(state, x_u8_NxD, rng_shuffle, rng_noise, beta,
-                                       batch_size=config.batch_size)
+                                       batch_size=config.optim.batch_size)
   state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta)
   jax.block_until_ready(sums)  # Warm-up epoch.
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="vae_jax_trace_")

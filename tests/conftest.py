@@ -20,9 +20,10 @@ def write_idx(path: Path, array: np.ndarray, magic: int | None = None, compress:
   return path
 
 
-def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_split(n: int, seed: int, shape=(28, 28, 1)) -> tuple[np.ndarray, np.ndarray]:
+  """n random N x H x W x C uint8 images (as every data source yields them) and labels."""
   rs = np.random.RandomState(seed)
-  images = rs.randint(0, 256, (n, 28, 28)).astype(np.uint8)
+  images = rs.randint(0, 256, (n, *shape)).astype(np.uint8)
   images[:, :4] = 0  # Some structure: a black band, as MNIST's borders.
   return images, rs.randint(0, 10, n).astype(np.int64)
 
@@ -37,8 +38,8 @@ def small_splits():
 def small_config():
   from vae_jax.configs import default
   config = default.get_config()
-  config.num_epochs = 2
-  config.progress = False
+  config.optim.num_epochs = 2
+  config.run.progress = False
   return config
 
 
@@ -47,6 +48,8 @@ def write_idx_dir(directory: Path, splits) -> Path:
   directory.mkdir(parents=True, exist_ok=True)
   for split, prefix in (("train", "train"), ("test", "t10k")):
     images, labels = splits[split]
+    if images.shape[-1] == 1:  # Gray images as MNIST stores them: N x H x W.
+      images = images[..., 0]
     write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images, compress=True)
     write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels, compress=True)
   return directory
@@ -78,8 +81,9 @@ def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
 
 def train_args(workdir, idx_dir, *extra) -> list[str]:
   """A 2-epoch CLI training run on an IDX directory, no progress bar or images."""
-  return ["train", f"--workdir={workdir}", "--config.data_source=idx", f"--config.data_dir={idx_dir}",
-          "--config.num_epochs=2", "--config.progress=False", "--config.save_images=False", *extra]
+  return ["train", f"--workdir={workdir}", "--config.data.source=idx", f"--config.data.dir={idx_dir}",
+          "--config.optim.num_epochs=2", "--config.run.progress=False", "--config.run.save_images=False",
+          *extra]
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +93,28 @@ def trained_run(tmp_path_factory, session_idx_dir):
   result = run_cli(*train_args(workdir, session_idx_dir))
   assert result.returncode == 0, result.stderr
   return workdir
+
+
+def make_model(overrides: dict | None = None, image_shape=(28, 28, 1), num_train: int = 300):
+  """(state, keys, objective_fn, hparams) of one fresh model: the default config with dotted
+  overrides, for data of that shape; hparams are those of step 0 with num_train examples."""
+  from vae_jax import config as config_lib, group as group_lib
+  config = config_lib.from_flat(overrides or {})
+  x = np.broadcast_to(np.zeros((1,) * 4, np.uint8), (num_train, *image_shape))
+  group = group_lib.make_group(config, {"train": (x, None), "test": (x, None)})
+  states, keys = group_lib.create_states(group)
+  return (group_lib.unstack(states), group_lib.unstack(keys), group.objective.fn,
+          group_lib.unstack(group.hparams))
+
+
+def k_model_run():
+  """Four vmapped models (seeds 1-4, betas 1, 0.5, 2, 1) for one epoch on the small splits."""
+  import tempfile
+
+  from vae_jax import config as config_lib, train
+  config = config_lib.from_flat({"optim.num_epochs": 1, "run.progress": False,
+                                 "run.save_images": False, "run.models_strategy": "vmap"})
+  splits = {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)}
+  overrides = [{"seed": s, "objective.beta": b} for s, b in zip((1, 2, 3, 4), (1.0, 0.5, 2.0, 1.0))]
+  return train.train_models(config, splits, overrides, tempfile.mkdtemp(), [None] * 4,
+                            log=lambda _: None)

@@ -21,15 +21,15 @@ def main():
   point, marker, sep, *cli_args = sys.argv[1:]
   assert sep == "--", "usage: pause_run.py POINT MARKER -- ARGS"
   from vae_jax import __main__ as cli
-  from vae_jax import train
+  from vae_jax import workdir
   if point == "after_epoch_1":
-    write_metrics = train.write_metrics
+    write_metrics = workdir.write_metrics
 
     def write_then_pause(workdir, records):
       write_metrics(workdir, records)
       if records and records[-1]["epoch"] == 1:
         pause(marker)
-    train.write_metrics = write_then_pause
+    workdir.write_metrics = write_then_pause
   elif point == "saving_2":
     from orbax.checkpoint._src.path import async_path
     rename = async_path.rename

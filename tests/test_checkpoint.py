@@ -4,6 +4,7 @@ The runs killed here are real processes (``python -m vae_jax train`` through
 tests/pause_run.py, which stops at a given point so the test can SIGKILL it there).
 """
 
+import functools
 import json
 import shutil
 import signal
@@ -16,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_cli, synthetic_split, train_args, tree_bytes
+from conftest import make_model, run_cli, synthetic_split, train_args, tree_bytes
 
-from vae_jax import checkpoint, train
+from vae_jax import checkpoint, group, step, train
 
 PAUSE_RUN = Path(__file__).parent / "pause_run.py"
 TIMING_KEYS = ("train_seconds", "compile_seconds")
@@ -48,7 +49,7 @@ def metrics(workdir: Path) -> list[dict]:
 
 def saved_arrays(workdir: Path, which: str = "latest"):
   _, state, keys, _ = train.restore_run(workdir, which)
-  return jax.device_get(train.state_tree(state, keys))
+  return jax.device_get(group.state_tree(state, keys))
 
 
 def assert_trees_equal_bitwise(a, b):
@@ -89,9 +90,9 @@ def test_checkpoint_holds_state_keys_config_and_records(trained_run):
   _, state, keys, meta = train.restore_run(trained_run)
   assert int(state.step) == 6 and meta["epoch"] == 2  # 300 examples: 3 steps per epoch.
   assert [r["epoch"] for r in meta["records"]] == [1, 2]
-  assert meta["config"]["num_epochs"] == 2 and meta["data"]["train"]["examples"] == 300
+  assert meta["config"]["optim.num_epochs"] == 2 and meta["data"]["train"]["examples"] == 300
   rngs = jax.random.split(jax.random.key(1), 5)[1:]  # What the run derived from seed 1.
-  for name, rng in zip(train.KEY_NAMES, rngs):
+  for name, rng in zip(group.KEY_NAMES, rngs):
     np.testing.assert_array_equal(jax.random.key_data(keys[name]), jax.random.key_data(rng))
 
 
@@ -99,8 +100,8 @@ def test_keeps_the_last_n_and_the_best_across_restarts(tmp_path):
   tree = {"w": np.arange(3, dtype=np.float32)}
 
   def save(mngr, epoch, test_loss):
-    checkpoint.save(mngr, epoch, tree, {"config": {}, "records": [{"epoch": epoch,
-                                                                   "test_loss": test_loss}]})
+    checkpoint.save(mngr, epoch, tree, {"config": {}, "model_records": [[{"epoch": epoch}]]},
+                    test_loss)
 
   with checkpoint.manager(tmp_path, keep=2) as mngr:
     for epoch, test_loss in enumerate([5.0, 3.0, 4.0, 4.5, 6.0], start=1):
@@ -118,7 +119,7 @@ def test_keeps_the_last_n_and_the_best_across_restarts(tmp_path):
 def one_epoch_config():
   from vae_jax.configs import default
   config = default.get_config()
-  config.num_epochs, config.progress, config.save_images = 1, False, False
+  config.optim.num_epochs, config.run.progress, config.run.save_images = 1, False, False
   return config
 
 
@@ -138,17 +139,17 @@ def one_epoch_run(one_epoch_source, tmp_path):
 
 
 @pytest.mark.parametrize("key,value,named", [
-    ("latent_dim", 5, "latent_dim: 20 -> 5"),
-    ("learning_rate", 2e-3, "learning_rate: 0.001 -> 0.002"),
+    ("model.latent_dim", 5, "model.latent_dim: 20 -> 5"),
+    ("optim.learning_rate", 2e-3, "optim.learning_rate: 0.001 -> 0.002"),
     ("seed", 2, "seed: 1 -> 2"),
 ])
 def test_incompatible_config_is_refused_and_nothing_changes(one_epoch_run, small_splits, key,
                                                             value, named):
   config, workdir = one_epoch_run
   before = tree_bytes(workdir)
-  config.num_epochs = 2  # Allowed to change: it extends the run.
-  config[key] = value
-  with pytest.raises(checkpoint.CheckpointError, match=f"another config .*{named}"):
+  config.optim.num_epochs = 2  # Allowed to change: it extends the run.
+  config.update_from_flattened_dict({key: value})
+  with pytest.raises(checkpoint.CheckpointError, match=f"other settings .*{named}"):
     train.train_and_evaluate(config, workdir, small_splits)
   assert tree_bytes(workdir) == before
 
@@ -165,12 +166,12 @@ def test_other_data_is_refused_and_nothing_changes(one_epoch_run, small_splits):
 def test_restart_moves_the_old_run_aside(one_epoch_run, small_splits):
   config, workdir = one_epoch_run
   before = tree_bytes(workdir)
-  config.restart, config.latent_dim = True, 5
+  config.run.restart, config.model.latent_dim = True, 5
   _, records = train.train_and_evaluate(config, workdir, small_splits)
   assert [r["epoch"] for r in records] == [1]
   (moved,) = workdir.glob("replaced_*")
   assert tree_bytes(moved) == before  # Every file of the old run, byte for byte.
-  assert json.loads((workdir / "config.json").read_text())["latent_dim"] == 5
+  assert json.loads((workdir / "config.json").read_text())["model"]["latent_dim"] == 5
 
 
 def test_finished_run_is_not_trained_again(one_epoch_run, small_splits, capsys):
@@ -186,15 +187,14 @@ def before_checkpoints(files: dict[str, bytes]) -> dict[str, bytes]:
 
 
 def test_nan_from_a_huge_learning_rate_names_epoch_and_step(small_config, small_splits, tmp_path):
-  small_config.learning_rate = 1e30
+  small_config.optim.learning_rate = 1e30
   # The independent count: the first step whose loss is not finite, in a Python loop.
-  rng_init, rng_shuffle, rng_noise, _, _ = jax.random.split(jax.random.key(small_config.seed), 5)
-  state = train.create_train_state(small_config, rng_init)
-  x = jnp.asarray(small_splits["train"][0].reshape(300, -1))
-  perm = np.asarray(jax.random.permutation(jax.random.fold_in(rng_shuffle, 1), 300))
-  first_bad, step = None, jax.jit(train.train_step)
+  state, keys, fn, hparams = make_model({"optim.learning_rate": 1e30})
+  x = jnp.asarray(small_splits["train"][0])
+  perm = np.asarray(jax.random.permutation(jax.random.fold_in(keys["shuffle"], 1), 300))
+  first_bad, one_step = None, jax.jit(functools.partial(step.train_step, objective_fn=fn))
   for idx in (perm[:128], perm[128:256], perm[256:]):
-    state, m = step(state, x[idx], rng_noise)
+    state, m = one_step(state, x[idx], keys["noise"], hparams)
     if first_bad is None and not np.isfinite(float(m["loss"])):
       first_bad = int(state.step)
   assert first_bad is not None
@@ -209,8 +209,8 @@ def test_nan_after_a_checkpoint_leaves_it_untouched(one_epoch_run, small_splits,
   config, workdir = one_epoch_run
   before = tree_bytes(workdir)
   # Non-finite inputs from epoch 2 on: the resumed run compiles this to_float.
-  monkeypatch.setattr(train, "to_float", lambda x_u8: x_u8.astype(jnp.float32) * jnp.nan)
-  config.num_epochs = 2
+  monkeypatch.setattr(step, "to_float", lambda x_u8: x_u8.astype(jnp.float32) * jnp.nan)
+  config.optim.num_epochs = 2
   with pytest.raises(FloatingPointError, match=r"epoch 2, step 4: .*last good checkpoint: "
                                                r".*checkpoints/1 \(left untouched\)"):
     train.train_and_evaluate(config, workdir, small_splits)
@@ -220,7 +220,7 @@ def test_nan_after_a_checkpoint_leaves_it_untouched(one_epoch_run, small_splits,
 
 
 def test_debug_nans_reports_the_operation(small_config, small_splits, tmp_path):
-  small_config.learning_rate, small_config.debug_nans = 1e30, True
+  small_config.optim.learning_rate, small_config.run.debug_nans = 1e30, True
   with pytest.raises(FloatingPointError, match="(?i)nan"):
     train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
   assert not jax.config.jax_debug_nans  # Switched on for the run only.
@@ -259,7 +259,7 @@ def test_corrupted_checkpoint_is_refused(one_epoch_run, small_splits, how, messa
   before = tree_bytes(workdir)
   with pytest.raises(checkpoint.CheckpointError, match=message):
     train.restore_run(workdir)
-  config.num_epochs = 2
+  config.optim.num_epochs = 2
   with pytest.raises(checkpoint.CheckpointError, match=message):
     train.train_and_evaluate(config, workdir, small_splits)
   assert tree_bytes(workdir) == before

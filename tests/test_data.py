@@ -109,13 +109,13 @@ def test_unknown_source_and_split_are_refused():
 
 def test_bundled_mnist_matches_its_published_checks():
   images, labels = data.load_split("bundled", "train")
-  assert images.shape == (60000, 28, 28) and images.dtype == np.uint8
+  assert images.shape == (60000, 28, 28, 1) and images.dtype == np.uint8
   np.testing.assert_array_equal(labels[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
   np.testing.assert_array_equal(np.bincount(labels),
                                 [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
   assert abs(images.mean() - 33.318) < 1e-3
   test_images, test_labels = data.load_split("bundled", "test")
-  assert test_images.shape == (10000, 28, 28)
+  assert test_images.shape == (10000, 28, 28, 1)
   np.testing.assert_array_equal(np.bincount(test_labels),
                                 [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
 
@@ -138,7 +138,7 @@ def test_tfds_reads_mocked_dataset_without_network():
   # mock_data replaces download_and_prepare (nothing is fetched) and the ArrayRecord source.
   with tfds.testing.mock_data(num_examples=7):
     images, labels = data.load_split("tfds", "test", tfds_name="mnist", tfds_download=True)
-  assert images.shape == (7, 28, 28) and images.dtype == np.uint8
+  assert images.shape == (7, 28, 28, 1) and images.dtype == np.uint8
   assert labels.shape == (7,) and labels.dtype == np.int64
 
 

@@ -106,7 +106,7 @@ def test_corrupted_checkpoint_is_one_line_and_changes_nothing(trained_run, sessi
     if path.is_file() and path.parent.name == "d":
       path.write_bytes(path.read_bytes()[:10])  # Truncated, as by a full disk.
   before = tree_bytes(workdir)
-  args = train_args(workdir, session_idx_dir, "--config.num_epochs=3") if command == "train" else [
+  args = train_args(workdir, session_idx_dir, "--config.optim.num_epochs=3") if command == "train" else [
       command, f"--workdir={workdir}"]
   line = one_line_failure(run_cli(*args))
   assert "checkpoints/2: file state/d/" in line and "truncated or corrupted" in line
@@ -131,7 +131,7 @@ def test_read_only_workdir_is_refused_untouched(trained_run, session_idx_dir, tm
       pytest.skip("root without chattr support: no way to make a read-only directory here")
     workdir.chmod(0o555)
   try:
-    line = one_line_failure(run_cli(*train_args(workdir, session_idx_dir, "--config.num_epochs=3")))
+    line = one_line_failure(run_cli(*train_args(workdir, session_idx_dir, "--config.optim.num_epochs=3")))
   finally:
     _immutable(workdir, False)
     workdir.chmod(0o755)
@@ -160,6 +160,6 @@ def test_damaged_data_directory_is_one_line(idx_dir, small_splits, tmp_path, dam
 
 def test_nan_is_one_line_with_exit_1(session_idx_dir, tmp_path):
   line = one_line_failure(run_cli(*train_args(tmp_path / "run", session_idx_dir,
-                                              "--config.learning_rate=1e30")), status=1)
+                                              "--config.optim.learning_rate=1e30")), status=1)
   assert "epoch 1, step" in line and "last good checkpoint: none yet" in line
-  assert "--config.debug_nans=True" in line
+  assert "--config.run.debug_nans=True" in line

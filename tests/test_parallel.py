@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import synthetic_split, train_args
+from conftest import k_model_run, make_model, synthetic_split, train_args
 
-from vae_jax import many, train
+from vae_jax import train
+from vae_jax.registry import ConfigError
 from vae_jax.configs import default
 
 EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
@@ -51,22 +52,26 @@ def test_eight_devices_match_one_device(tmp_path):
       out = {}
       for n in (1, 8):
         config = default.get_config()
-        config.num_epochs, config.progress, config.save_images, config.num_devices = 2, False, False, n
+        config.optim.num_epochs, config.run.progress, config.run.save_images, config.run.num_devices = 2, False, False, n
         state, records = train.train_and_evaluate(config, tempfile.mkdtemp() + "/run", splits)
         leaves = {str(i): np.asarray(a) for i, a in enumerate(jax.tree.leaves(state.params))}
         np.savez(f"{sys.argv[1]}/params_{n}.npz", **leaves)
         out[n] = {"records": records,
                   "devices": len(state.params["decoder"]["logits"]["kernel"].devices())}
-      mesh = train.make_mesh(8)
-      state = train.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-      hlo = train.compile_train_epoch(state, train.replicate(np.zeros((328, 784), np.uint8), mesh),
-          *train.replicate(tuple(jax.random.split(jax.random.key(1))), mesh), 1.0,
-          batch_size=128, mesh=mesh).as_text()
+      from vae_jax import group, parallel
+      from vae_jax.epoch import Programs
+      from vae_jax.registry import ConfigError
+      mesh = parallel.make_mesh(8)
+      g = group.make_group(config, splits)
+      states, keys = parallel.replicate(group.create_states(g), mesh)
+      x_train, x_test = parallel.replicate((splits["train"][0], splits["test"][0]), mesh)
+      programs = Programs(g, states, keys, x_train, x_test, mesh)
+      hlo = next(iter(programs.chunks.values())).as_text()
       out["all_reduce"] = "all-reduce" in hlo
-      config.batch_size = 100
+      config.optim.batch_size = 100
       try:
         train.train_and_evaluate(config, tempfile.mkdtemp() + "/run", splits)
-      except train.ConfigError as e:
+      except ConfigError as e:
         out["refusal"] = str(e)
       print(json.dumps(out))
       """, EIGHT_DEVICES, tmp_path)
@@ -80,7 +85,7 @@ def test_eight_devices_match_one_device(tmp_path):
   one, eight = (dict(np.load(tmp_path / f"params_{n}.npz")) for n in (1, 8))
   assert len(one) == 10
   assert_params_close(eight, one)
-  assert "config.batch_size=100: not divisible by the 8 devices" in out["refusal"]
+  assert "config.optim.batch_size=100: not divisible by the 8 devices" in out["refusal"]
 
 
 def _free_port() -> int:
@@ -108,34 +113,33 @@ def test_two_processes_on_localhost_match_one_process(trained_run, session_idx_d
       np.testing.assert_allclose(r2[key], r1[key], rtol=1e-5)
   _, state2, _, meta2 = train.restore_run(workdir)
   _, state1, _, _ = train.restore_run(trained_run)
-  assert meta2["epoch"] == 2 and meta2["config"]["num_devices"] == 0
+  assert meta2["epoch"] == 2 and meta2["config"]["run.num_devices"] == 0
   assert_params_close(state2.params, state1.params)
 
 
 def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(small_config, small_splits,
                                                                  tmp_path):
-  small_config.num_epochs, small_config.save_images = 1, False
-  small_config.compute_dtype = "bfloat16"
+  small_config.optim.num_epochs, small_config.run.save_images = 1, False
+  small_config.model.compute_dtype = "bfloat16"
   state, records = train.train_and_evaluate(small_config, tmp_path / "bf16", small_splits)
   for leaf in jax.tree.leaves((state.params, state.opt_state)):
     assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
   jaxpr = str(jax.make_jaxpr(state.apply_fn)({"params": state.params},
-                                             jnp.zeros((2, 784)), jax.random.key(0)))
+                                             jnp.zeros((2, 28, 28, 1)), jax.random.key(0)))
   assert "bf16[2,400]" in jaxpr  # The layers compute in bfloat16.
-  logits, mu, logvar = state.apply_fn({"params": state.params}, jnp.zeros((2, 784)),
+  logits, mu, logvar = state.apply_fn({"params": state.params}, jnp.zeros((2, 28, 28, 1)),
                                       jax.random.key(0))
   assert logits.dtype == mu.dtype == logvar.dtype == jnp.float32  # The loss sees float32.
-  small_config.compute_dtype = "float32"
+  small_config.model.compute_dtype = "float32"
   _, records32 = train.train_and_evaluate(small_config, tmp_path / "f32", small_splits)
   assert records[0]["train_loss"] != records32[0]["train_loss"]
   np.testing.assert_allclose(records[0]["train_loss"], records32[0]["train_loss"], rtol=1e-2)
 
 
-def test_unknown_compute_dtype_is_refused(small_config):
-  small_config.compute_dtype = "float16"
-  with pytest.raises(train.ConfigError,
-                     match="config.compute_dtype='float16': expected one of float32, bfloat16"):
-    train.validate_config(small_config)
+def test_unknown_compute_dtype_is_refused():
+  with pytest.raises(ConfigError,
+                     match="config.model.compute_dtype='float16': expected one of float32, bfloat16"):
+    make_model({"model.compute_dtype": "float16"})
 
 
 def test_vmapped_models_are_sharded_over_devices(tmp_path):
@@ -143,12 +147,8 @@ def test_vmapped_models_are_sharded_over_devices(tmp_path):
       import json
       import jax, numpy as np
       from conftest import synthetic_split
-      from vae_jax import many
-      from vae_jax.configs import default
-      splits = {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)}
-      config = default.get_config()
-      config.num_epochs = 1
-      states, records = many.train_many(config, {"seed": [1, 2, 3, 4], "beta": [1.0, 0.5, 2.0, 1.0]}, splits)
+      from conftest import k_model_run
+      states, records = k_model_run()
       kernel = states.params["decoder"]["logits"]["kernel"]
       print(json.dumps({"shards": len(kernel.sharding.device_set), "spec": str(kernel.sharding.spec),
                         "test_loss": [r[-1]["test_loss"] for r in records]}))
@@ -156,8 +156,5 @@ def test_vmapped_models_are_sharded_over_devices(tmp_path):
   assert result.returncode == 0, result.stderr
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out["shards"] == 4 and "models" in out["spec"]  # One model per device.
-  config = default.get_config()
-  config.num_epochs = 1
-  _, records = many.train_many(config, {"seed": [1, 2, 3, 4], "beta": [1.0, 0.5, 2.0, 1.0]},
-                               {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)})
+  _, records = k_model_run()
   np.testing.assert_allclose(out["test_loss"], [r[-1]["test_loss"] for r in records], rtol=1e-5)

@@ -3,20 +3,19 @@
 Needs the torch extra (CI installs torch 2.13.0 CPU); skipped where torch is absent.
 """
 
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from vae_jax import convert, losses, models, train
+from vae_jax import convert, losses, objectives, step
+from vae_jax.models import mlp
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import pytorch_reference  # noqa: E402
+from experiments import pytorch_reference  # noqa: E402
+
+REFERENCE = mlp.MLP(image_shape=(784,))  # The reference network on flat 784-pixel inputs.
 
 B = 32
 
@@ -34,7 +33,7 @@ def setup():
 
 
 def _jax_loss(params, x, key):
-  logits, mu, logvar = models.VAE().apply({"params": params}, x, key)
+  logits, mu, logvar = REFERENCE.apply({"params": params}, x, key)
   loss, bce, kl = losses.vae_loss(logits, x, mu, logvar)
   return loss, (jax.nn.sigmoid(logits), mu, logvar, bce, kl)
 
@@ -116,12 +115,15 @@ def test_one_adam_step_leaves_the_same_parameters(setup):
 
 
 def test_train_step_draws_the_noise_the_reference_is_given(setup):
-  """train.train_step's loss equals the torch loss fed eps = normal(fold_in(key, step))."""
+  """step.train_step's loss equals the torch loss fed eps = normal(fold_in(key, step))."""
   torch_model, params, x, _ = setup
-  state = train.TrainState.create(apply_fn=models.VAE().apply, params=params, tx=optax.adam(1e-3))
+  state = step.TrainState.create(apply_fn=REFERENCE.apply, params=params, tx=optax.adam(1e-3))
   rng_noise = jax.random.key(11)
   x_u8 = np.round(x * 255).astype(np.uint8)
-  _, metrics = train.train_step(state, jnp.asarray(x_u8), rng_noise)
+  elbo = objectives.REGISTRY.get("elbo")
+  _, metrics = step.train_step(state, jnp.asarray(x_u8), rng_noise,
+                               objectives.make_hparams((elbo, dict(elbo.settings))),
+                               objective_fn=elbo.target.fn)
   eps = np.asarray(jax.random.normal(jax.random.fold_in(rng_noise, 0), (B, 20)))
   loss_t, _ = _torch_loss(torch_model, x_u8.astype(np.float32) / 255, eps)
   np.testing.assert_allclose(float(metrics["loss"]), loss_t.item(), rtol=1e-5)
@@ -133,7 +135,7 @@ def test_torch_init_option_draws_from_nn_linear_distribution(layer, fan_in):
   bound = 1 / np.sqrt(fan_in)
   fan_out = {"fc1": 400, "fc21": 20, "fc3": 400, "fc4": 784}[layer]
   draws = 200_000 // (fan_in * fan_out) + 1  # At least 200k weights per side.
-  kernel_init, bias_init = models.torch_linear_init(fan_in)
+  kernel_init, bias_init = mlp.torch_linear_init(fan_in)
   ours = np.concatenate([np.ravel(kernel_init(jax.random.key(i), (fan_in, fan_out))) for i in range(draws)])
   torch.manual_seed(0)
   theirs = np.concatenate([torch.nn.Linear(fan_in, fan_out).weight.detach().numpy().ravel()

@@ -1,5 +1,6 @@
 """The compiled epoch, its keys and batches, evaluation and the run's outputs."""
 
+import functools
 import json
 
 import chex
@@ -8,82 +9,109 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import losses, models, train
+from vae_jax import group as group_lib, losses, objectives, step, train, workdir
+from vae_jax.registry import ConfigError
+from vae_jax.epoch import Programs
 
 BATCH = 128
 
 
-def _epoch_fn():
-  return jax.jit(train.train_epoch, static_argnames=("batch_size", "on_step", "steps_per_report"))
+def _programs(config, splits, chunks=1):
+  """(programs, states, keys) of one model: the single run's compiled epoch."""
+  group = group_lib.make_group(config, splits)
+  states, keys = group_lib.create_states(group)
+  x_train, x_test = jax.device_put((splits["train"][0], splits["test"][0]))
+  return Programs(group, states, keys, x_train, x_test, chunks=chunks), states, keys
 
 
-def _setup(config, x_u8):
-  rng_init, rng_shuffle, rng_noise = jax.random.split(jax.random.key(config.seed), 3)
-  state = train.create_train_state(config, rng_init)
-  return state, jnp.asarray(x_u8.reshape(len(x_u8), -1)), rng_shuffle, rng_noise
+def _step_fn(config):
+  return functools.partial(step.train_step, objective_fn=objectives.REGISTRY.get("elbo").target.fn)
+
+
+def _hparams():
+  return objectives.make_hparams((objectives.REGISTRY.get("elbo"),
+                                  dict(objectives.REGISTRY.get("elbo").settings)))
 
 
 def test_split_batches_keeps_the_last_partial_batch():
-  full, rest = train.split_batches(jnp.arange(300), BATCH)
+  full, rest = step.split_batches(jnp.arange(300), BATCH)
   chex.assert_shape(full, (2, BATCH))
   chex.assert_shape(rest, (44,))
   np.testing.assert_array_equal(np.concatenate([full.ravel(), rest]), np.arange(300))
-  full, rest = train.split_batches(jnp.arange(256), BATCH)
+  full, rest = step.split_batches(jnp.arange(256), BATCH)
   assert full.shape == (2, BATCH) and rest.shape == (0,)
 
 
 def test_epoch_sees_every_example_once_including_the_partial_batch(small_config, small_splits):
-  state, x, rng_shuffle, rng_noise = _setup(small_config, small_splits["train"][0])
-  state, sums = _epoch_fn()(state, x, 1, rng_shuffle, rng_noise, 1.0, batch_size=BATCH)
-  assert int(state.step) == 3  # 128 + 128 + 44: the partial batch is a step of its own.
-  assert int(sums["examples"]) == 300
+  programs, states, keys = _programs(small_config, small_splits)
+  states, sums = programs.train_epoch(states, keys, 1)
+  assert int(states.step[0]) == 3  # 128 + 128 + 44: the partial batch is a step of its own.
+  assert int(sums["examples"][0]) == 300
   chex.assert_tree_all_finite(sums)
 
 
 def test_scanned_epoch_equals_python_loop_of_train_steps(small_config, small_splits):
-  state0, x, rng_shuffle, rng_noise = _setup(small_config, small_splits["train"][0])
-  scanned, sums = _epoch_fn()(state0, x, 1, rng_shuffle, rng_noise, 1.0, batch_size=BATCH)
+  programs, states, keys = _programs(small_config, small_splits)
+  state0, keys0 = group_lib.unstack(states), group_lib.unstack(keys)
+  scanned, sums = programs.train_epoch(states, keys, 1)
 
   # The same epoch written out by hand: permutation, three batches (the last of 44), steps.
-  perm = np.asarray(jax.random.permutation(jax.random.fold_in(rng_shuffle, 1), 300))
-  step = jax.jit(train.train_step)
-  state, total = state0, 0.0
+  perm = np.asarray(jax.random.permutation(jax.random.fold_in(keys0["shuffle"], 1), 300))
+  one_step = jax.jit(_step_fn(small_config))
+  state, total, x = state0, 0.0, jnp.asarray(small_splits["train"][0])
   for idx in (perm[:128], perm[128:256], perm[256:]):
-    state, metrics = step(state, x[idx], rng_noise, 1.0)
+    state, metrics = one_step(state, x[idx], keys0["noise"], _hparams())
     total += float(metrics["loss"])
-  assert int(state.step) == int(scanned.step) == 3
-  chex.assert_trees_all_close(scanned.params, state.params, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(float(sums["loss"]), total, rtol=1e-5)
+  assert int(state.step) == int(scanned.step[0]) == 3
+  chex.assert_trees_all_close(group_lib.unstack(scanned.params), state.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(sums["loss"][0]), total, rtol=1e-5)
+
+
+def test_an_epoch_in_chunks_is_bit_identical_to_one_program(small_config, small_splits):
+  small_config.optim.batch_size = 32  # 9 full batches in chunks of 3, then one batch of 12.
+  results = []
+  for chunks in (1, 3):
+    programs, states, keys = _programs(small_config, small_splits, chunks)
+    seen = []
+    for epoch in (1, 2):
+      states, sums = programs.train_epoch(states, keys, epoch, seen.append)
+    results.append((jax.device_get(states.params), jax.device_get(sums)))
+  assert seen == [3, 6, 13, 16]  # Chunks 1 and 2 of each epoch, read while the next ran.
+  jax.tree.map(np.testing.assert_array_equal, results[0], results[1])
 
 
 def test_same_config_and_seed_give_bit_identical_parameters(small_config, small_splits):
   def run(seed):
     small_config.seed = seed
-    state, x, rng_shuffle, rng_noise = _setup(small_config, small_splits["train"][0])
+    programs, states, keys = _programs(small_config, small_splits)
     for epoch in (1, 2):
-      state, _ = _epoch_fn()(state, x, epoch, rng_shuffle, rng_noise, 1.0, batch_size=BATCH)
-    return jax.device_get(state.params)
+      states, _ = programs.train_epoch(states, keys, epoch)
+    return jax.device_get(states.params)
   first, again, other = run(1), run(1), run(2)
   jax.tree.map(np.testing.assert_array_equal, first, again)
   assert not np.allclose(first["decoder"]["logits"]["kernel"], other["decoder"]["logits"]["kernel"])
 
 
 def test_step_noise_comes_from_fold_in_of_the_step(small_config, small_splits):
-  state, x, _, rng_noise = _setup(small_config, small_splits["train"][0])
-  batch = x[:8]
-  grads = lambda s, key: train.train_step(s, batch, key)[1]["loss"]
+  _, states, keys = _programs(small_config, small_splits)
+  state, rng_noise = group_lib.unstack(states), group_lib.unstack(keys)["noise"]
+  batch = jnp.asarray(small_splits["train"][0][:8])
+  loss = lambda s, key: _step_fn(small_config)(s, batch, key, _hparams())[1]["loss"]
   # Same key and step: same noise, same loss. Another key or another step: other noise.
-  assert float(grads(state, rng_noise)) == float(grads(state, rng_noise))
-  assert float(grads(state, rng_noise)) != float(grads(state, jax.random.key(99)))
-  assert float(grads(state, rng_noise)) != float(grads(state.replace(step=state.step + 1), rng_noise))
+  assert float(loss(state, rng_noise)) == float(loss(state, rng_noise))
+  assert float(loss(state, rng_noise)) != float(loss(state, jax.random.key(99)))
+  assert float(loss(state, rng_noise)) != float(loss(state.replace(step=state.step + 1), rng_noise))
 
 
 def test_evaluate_matches_an_independent_per_example_computation(small_config, small_splits):
-  state, _, _, _ = _setup(small_config, small_splits["train"][0])
-  x_u8 = small_splits["test"][0].reshape(100, -1)
+  _, states, _ = _programs(small_config, small_splits)
+  state = group_lib.unstack(states)
+  x_u8 = small_splits["test"][0]
   key = jax.random.key(5)
-  sums = jax.jit(train.evaluate, static_argnames=("apply_fn", "batch_size"))(
-      state.params, state.apply_fn, jnp.asarray(x_u8), key, batch_size=32)
+  sums = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))(
+      state.params, state.apply_fn, jnp.asarray(x_u8), key, batch_size=32,
+      objective_fn=objectives.REGISTRY.get("elbo").target.fn, hparams=_hparams().for_evaluation())
+  assert set(sums) == {"loss", "bce", "kl", "loss_mean_z", "bce_mean_z"}
   x = x_u8.astype(np.float32) / 255
   # z = mu over the whole set at once; sampled z batch by batch (32, 32, 32, 4) with fold_in(key, i).
   logits, mu, logvar = state.apply_fn({"params": state.params}, x, None)
@@ -110,7 +138,9 @@ def test_train_and_evaluate_writes_reference_outputs(small_config, small_splits,
   assert lines[0]["compile_seconds"] > 0 and lines[1]["compile_seconds"] == 0
   assert lines[1]["steps"] == int(state.step) == 6
   np.testing.assert_allclose(lines[1]["test_loss"], lines[1]["test_bce"] + lines[1]["test_kl"], rtol=1e-5)
-  assert json.loads((tmp_path / "run" / "config.json").read_text())["latent_dim"] == 20
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["latent_dim"] == 20
+  assert list(lines[0])[:9] == ["epoch", "train_loss", "train_bce", "train_kl", "test_loss", "test_bce",
+                                "test_kl", "test_loss_mean_z", "test_bce_mean_z"]
   for epoch in (1, 2):
     from PIL import Image
     assert Image.open(tmp_path / "run" / f"reconstruction_{epoch}.png").size == (242, 62)
@@ -122,27 +152,34 @@ def test_train_and_evaluate_writes_reference_outputs(small_config, small_splits,
 
 def test_workdir_with_an_earlier_run_is_refused_untouched(small_config, small_splits, tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
-  with pytest.raises(train.WorkdirError, match="holds a run \\(metrics.jsonl\\) with no checkpoint"):
+  with pytest.raises(workdir.WorkdirError, match="holds a run \\(metrics.jsonl\\) with no checkpoint"):
     train.train_and_evaluate(small_config, tmp_path, small_splits)
   assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("latent_dim", 0, "config.latent_dim=0: expected an integer >= 1"),
-    ("learning_rate", -1.0, "config.learning_rate=-1.0"),
-    ("init", "he", "config.init='he': expected one of torch, flax"),
-    ("data_source", "web", "config.data_source='web'"),
+    ("model.latent_dim", 0, "config.model.latent_dim=0: expected an integer >= 1"),
+    ("optim.learning_rate", -1.0, "config.optim.learning_rate=-1.0"),
+    ("optim.b2", 1.0, "config.optim.b2=1.0: expected a value in \\[0, 1\\)"),
+    ("model.init_scheme", "he", "config.model.init_scheme='he': expected one of torch, flax"),
+    ("data.source", "web", "config.data.source='web'"),
+    ("objective.beta", -1.0, "config.objective.beta=-1.0: expected a finite value >= 0"),
+    ("objective.tc_weight", 2.0, "config.objective.tc_weight=2.0: does not apply to objective 'elbo'"),
+    ("run.models_strategy", "pmap", "config.run.models_strategy='pmap'"),
 ])
-def test_invalid_config_values_are_refused(small_config, key, value, message):
-  small_config[key] = value
-  with pytest.raises(train.ConfigError, match=message):
-    train.validate_config(small_config)
+def test_invalid_config_values_are_refused_before_writing(small_config, small_splits, tmp_path,
+                                                          key, value, message):
+  section, name = key.split(".")
+  small_config[section][name] = value
+  with pytest.raises(ConfigError, match=message):
+    train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
+  assert not (tmp_path / "run").exists()
 
 
 def test_batch_larger_than_the_data_is_refused_before_writing(small_config, idx_dir, tmp_path):
-  small_config.data_source, small_config.data_dir, small_config.batch_size = "idx", str(idx_dir), 301
-  with pytest.raises(train.ConfigError, match="batch_size=301: larger than the training set \\(300"):
+  small_config.data.source, small_config.data.dir, small_config.optim.batch_size = "idx", str(idx_dir), 301
+  with pytest.raises(ConfigError, match="batch_size=301: larger than the training set \\(300"):
     train.train_and_evaluate(small_config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from vae_jax import losses, models, train
+from conftest import make_model
+from vae_jax.registry import ConfigError
+from vae_jax import losses, objectives, train
 from vae_jax.configs import default
 
 
@@ -62,17 +64,19 @@ def test_iwae_bound_matches_numpy_logsumexp():
 
 
 def _state(**values):
-  config = default.get_config()
-  config.update({"hidden_dim": 16, "latent_dim": 3, **values})
-  return config, train.create_train_state(config, jax.random.key(0), input_dim=12)
+  """(state, objective_fn, hparams) of a small mlp on 12-pixel images (dotted overrides)."""
+  state, _, fn, hparams = make_model({"model.hidden_dim": 16, "model.latent_dim": 3, **values},
+                                     image_shape=(12, 1, 1))
+  return state, fn, hparams
 
 
 def test_iwae_training_loss_is_minus_the_summed_bound():
-  config, state = _state(iwae_samples=4)
-  x = jnp.asarray(np.random.RandomState(4).rand(5, 12), jnp.float32)
+  state, fn, hparams = _state(**{"objective.name": "iwae", "objective.num_samples": 4})
+  x = jnp.asarray(np.random.RandomState(4).rand(5, 12, 1, 1), jnp.float32)
   key = jax.random.key(9)
-  loss, _ = train.loss_fn(state.params, state.apply_fn, x, key, 1.0, train.Objective.from_config(config))
+  loss, _ = fn(state.params, state.apply_fn, x, key, hparams)
   p = jax.device_get(state.params)
+  x = np.asarray(x).reshape(5, 12)
   dense = lambda h, layer: h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"])
   h = np.maximum(dense(np.asarray(x, np.float64), p["encoder"]["hidden"]), 0)
   mu, logvar = dense(h, p["encoder"]["mu"]), dense(h, p["encoder"]["logvar"])
@@ -86,88 +90,92 @@ def test_iwae_training_loss_is_minus_the_summed_bound():
 
 
 def test_autoencoder_reconstructs_from_the_mean_and_has_no_kl():
-  config, state = _state(model="ae")
-  x = jnp.asarray(np.random.RandomState(5).rand(5, 12), jnp.float32)
-  objective = train.Objective.from_config(config)
-  loss, terms = train.loss_fn(state.params, state.apply_fn, x, jax.random.key(1), 1.0, objective)
+  state, fn, hparams = _state(**{"objective.name": "ae"})
+  x = jnp.asarray(np.random.RandomState(5).rand(5, 12, 1, 1), jnp.float32)
+  loss, terms = fn(state.params, state.apply_fn, x, jax.random.key(1), hparams)
   logits, _, _ = state.apply_fn({"params": state.params}, x, None)
   np.testing.assert_allclose(loss, losses.bce_per_example(logits, x).sum(), rtol=1e-6)
-  assert float(terms["kl"]) == 0.0
-  grads = jax.grad(lambda p: train.loss_fn(p, state.apply_fn, x, jax.random.key(1), 1.0, objective)[0])(
-      state.params)
+  assert set(terms) == {"loss", "bce"}  # No KL term to report.
+  grads = jax.grad(lambda p: fn(p, state.apply_fn, x, jax.random.key(1), hparams)[0])(state.params)
   assert not np.any(np.asarray(grads["encoder"]["logvar"]["kernel"]))  # The variance head is unused.
 
 
 def test_learned_sigma_and_depth_add_parameters():
-  _, state = _state(likelihood="gaussian", gaussian_sigma=0.0, num_hidden_layers=2)
-  assert state.params["log_sigma"].shape == (12,)
+  state, _, _ = _state(**{"objective.likelihood": "gaussian", "objective.gaussian_sigma": 0.0,
+                          "model.num_hidden_layers": 2})
+  assert state.params["log_sigma"].shape == (12, 1, 1)
   assert state.params["encoder"]["hidden_2"]["kernel"].shape == (16, 16)
   assert state.params["decoder"]["hidden_2"]["kernel"].shape == (16, 16)
-  _, fixed = _state(likelihood="gaussian", gaussian_sigma=0.1)
+  fixed, _, _ = _state(**{"objective.likelihood": "gaussian", "objective.gaussian_sigma": 0.1})
   assert "log_sigma" not in fixed.params
 
 
 @pytest.mark.parametrize("values", [
-    {"likelihood": "continuous_bernoulli"}, {"likelihood": "gaussian", "gaussian_sigma": 0.0},
-    {"likelihood": "gaussian", "gaussian_sigma": 0.1}, {"free_bits": 0.5}, {"iwae_samples": 3},
-    {"model": "ae"}, {"num_hidden_layers": 2}, {"corruption": "gaussian", "corruption_level": 0.3},
-    {"corruption": "mask", "corruption_level": 0.5},
+    {"objective.likelihood": "continuous_bernoulli"},
+    {"objective.likelihood": "gaussian", "objective.gaussian_sigma": 0.0},
+    {"objective.likelihood": "gaussian", "objective.gaussian_sigma": 0.1},
+    {"objective.free_bits": 0.5}, {"objective.name": "iwae", "objective.num_samples": 3},
+    {"objective.name": "ae"}, {"model.num_hidden_layers": 2},
+    {"objective.corruption": "gaussian", "objective.corruption_level": 0.3},
+    {"objective.corruption": "mask", "objective.corruption_level": 0.5},
+    {"objective.name": "beta_tcvae", "objective.tc_weight": 4.0}, {"model.name": "conv"},
 ])
 def test_each_variant_trains_end_to_end(small_config, small_splits, tmp_path, values):
-  small_config.update({"num_epochs": 1, "save_images": False, **values})
+  small_config.update_from_flattened_dict({"optim.num_epochs": 1, "run.save_images": False, **values})
   state, records = train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
   assert all(np.isfinite(records[0][k]) for k in ("train_loss", "test_loss", "test_bce"))
-  if values.get("model") == "ae":
-    assert records[0]["test_kl"] == 0.0
+  if values.get("objective.name") == "ae":
+    assert "test_kl" not in records[0]
+  if values.get("objective.name") == "beta_tcvae":  # Its own metrics, and the ELBO as test loss.
+    assert {"train_tc", "train_mi", "train_dwkl"} <= set(records[0]) and "test_tc" not in records[0]
   for leaf in jax.tree.leaves(state.params):
     assert leaf.dtype == jnp.float32
 
 
-def test_unknown_variant_values_are_refused(small_config):
-  for key, value, message in [("likelihood", "poisson", "config.likelihood='poisson'"),
-                              ("model", "gan", "config.model='gan'"),
-                              ("iwae_samples", 0, "config.iwae_samples=0"),
-                              ("free_bits", -1.0, "config.free_bits=-1.0"),
-                              ("corruption", "blur", "config.corruption='blur'"),
-                              ("corruption_level", -0.1, "config.corruption_level=-0.1")]:
-    config = default.get_config()
-    config[key] = value
-    with pytest.raises(train.ConfigError, match=message):
-      train.validate_config(config)
-  assert models.VAE().learned_sigma is False
+@pytest.mark.parametrize("key,value,message", [
+    ("objective.likelihood", "poisson", "config.objective.likelihood='poisson'"),
+    ("objective.name", "gan", "config.objective.name='gan'"),
+    ("objective.free_bits", -1.0, "config.objective.free_bits=-1.0"),
+    ("objective.corruption", "blur", "config.objective.corruption='blur'"),
+    ("objective.corruption_level", -0.1, "config.objective.corruption_level=-0.1"),
+    ("objective.num_samples", 2, "config.objective.num_samples=2: does not apply to objective 'elbo'"),
+])
+def test_unknown_or_inapplicable_variant_values_are_refused(key, value, message):
+  with pytest.raises(ConfigError, match=message):
+    make_model({key: value})
 
 
-def test_a_masked_fraction_of_one_is_refused():
-  config = default.get_config()
-  config.update(corruption="mask", corruption_level=1.0)
-  with pytest.raises(train.ConfigError, match="corruption_level=1.0.*< 1"):
-    train.validate_config(config)
+def test_iwae_with_no_samples_and_a_masked_fraction_of_one_are_refused():
+  with pytest.raises(ConfigError, match="config.objective.num_samples=0"):
+    make_model({"objective.name": "iwae", "objective.num_samples": 0})
+  with pytest.raises(ConfigError, match="corruption_level=1.0.*< 1"):
+    make_model({"objective.corruption": "mask", "objective.corruption_level": 1.0})
 
 
 def test_corruptions_add_clipped_noise_or_zero_a_fraction_of_pixels():
   x = jnp.full((400, 500), 0.5, jnp.float32)
   key = jax.random.key(0)
-  noisy = np.asarray(train.corrupt(x, key, "gaussian", 0.1))
+  noisy = np.asarray(objectives.corrupt(x, key, "gaussian", 0.1))
   assert abs(noisy.std() - 0.1) < 0.002 and abs(noisy.mean() - 0.5) < 0.002
-  black = np.asarray(train.corrupt(jnp.zeros((100, 100)), key, "gaussian", 0.5))
+  black = np.asarray(objectives.corrupt(jnp.zeros((100, 100)), key, "gaussian", 0.5))
   assert black.min() == 0.0 and black.max() <= 1.0 and (black == 0).mean() > 0.45  # Clipped.
-  masked = np.asarray(train.corrupt(x, key, "mask", 0.3))
+  masked = np.asarray(objectives.corrupt(x, key, "mask", 0.3))
   assert abs((masked == 0).mean() - 0.3) < 0.005
   assert set(np.unique(masked)) == {0.0, 0.5}  # Kept pixels are unchanged.
-  np.testing.assert_array_equal(train.corrupt(x, key, "none", 0.3), x)
+  np.testing.assert_array_equal(objectives.corrupt(x, key, "none", 0.3), x)
 
 
 def test_denoising_loss_encodes_the_corrupted_input_and_scores_the_clean_one():
-  config, state = _state(corruption="gaussian", corruption_level=0.3)
-  objective = train.Objective.from_config(config)
-  x = jnp.asarray(np.random.RandomState(6).rand(5, 12), jnp.float32)
+  state, fn, hparams = _state(**{"objective.corruption": "gaussian", "objective.corruption_level": 0.3})
+  x = jnp.asarray(np.random.RandomState(6).rand(5, 12, 1, 1), jnp.float32)
   key = jax.random.key(2)
-  loss, terms = train.loss_fn(state.params, state.apply_fn, x, key, 1.0, objective)
-  x_in = train.corrupt(x, jax.random.fold_in(key, 2), "gaussian", 0.3)
+  loss, terms = fn(state.params, state.apply_fn, x, key, hparams)
+  x_in = objectives.corrupt(x, jax.random.fold_in(key, 2), "gaussian", 0.3)
   logits, mu, logvar = state.apply_fn({"params": state.params}, x_in, key)
   bce = losses.bce_per_example(logits, x).sum()
   np.testing.assert_allclose(terms["bce"], bce, rtol=1e-6)
   np.testing.assert_allclose(loss, bce + losses.kl_per_example(mu, logvar).sum(), rtol=1e-6)
   clean_logits, _, _ = state.apply_fn({"params": state.params}, x, key)
   assert not np.allclose(logits, clean_logits)  # The encoder did see other inputs.
-  assert objective.for_evaluation() == train.REFERENCE  # Test losses are on clean inputs.
+  clean = hparams.for_evaluation()  # Test losses are on clean inputs, beta 1.
+  assert clean.corruption == "none" and float(clean.beta) == 1.0

@@ -45,7 +45,8 @@ def make_study(name: str, question: str, axes: dict[str, list], seeds: int = 3,
                base: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
   """A study ConfigDict: what a study file's get_config() returns (dotted config keys)."""
   return ml_collections.ConfigDict({"name": name, "question": question, "axes": dict(axes),
-                                    "seeds": seeds, "base": dict(base or {})})
+                                    "seeds": seeds, "base": dict(base or {})},
+                                   allow_dotted_keys=True)
 
 
 def load_study(path: str | Path) -> ml_collections.ConfigDict:
@@ -100,9 +101,8 @@ def setting_name(setting: dict[str, Any]) -> str:
 
 
 def setting_config(study, setting: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The config of one setting: defaults, the study's base, the setting; quiet outputs."""
-  return config_lib.from_flat({"run.progress": False, "run.save_images": False,
-                               **study.base.to_dict(), **setting})
+  """The config of one setting: defaults, the study's base, the setting; no progress bar."""
+  return config_lib.from_flat({"run.progress": False, **study.base.to_dict(), **setting})
 
 
 def groups(study) -> list[tuple[dict[str, Any], list[tuple[dict[str, Any], int]]]]:

@@ -65,10 +65,13 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
     states, keys, records, last_good = resume(ckpt_dir, meta_base, states, keys)
     if primary:
       log(f"Resuming from {last_good} (epoch {records[0][-1]['epoch']})")
-  # 3. Logs are rewritten from the checkpoint's records: an epoch is never missing or repeated.
+  # 3. Writes start here. Logs are rewritten from the checkpoint's records: an epoch is never
+  #    missing or repeated. config.json: each model's config, its overrides applied.
   if primary:
-    for run_dir, model_records in zip(run_dirs, records):
+    for run_dir, model_records, overrides in zip(run_dirs, records, group.overrides):
       if run_dir is not None:
+        model_config = config_lib.from_flat({**config_lib.flatten(config), **overrides})
+        checkpoint.write_text_atomic(run_dir / "config.json", model_config.to_json(indent=2) + "\n")
         workdir_lib.write_metrics(run_dir, model_records)
   distributed.barrier("resume")
   first_epoch = len(records[0]) + 1
@@ -200,7 +203,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   workdir = Path(workdir)
   if distributed.is_primary():  # Process 0 alone creates, checks and writes the workdir.
     workdir_lib.prepare_workdir(workdir, restart=settings.run.restart)
-    checkpoint.write_text_atomic(workdir / "config.json", config.to_json(indent=2) + "\n")
   distributed.barrier("prepare_workdir")
   states, records = train_models(config, splits, None, workdir, [workdir])
   return group_lib.unstack(states), records[0]

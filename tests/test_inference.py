@@ -71,7 +71,7 @@ def test_reconstruct_shows_originals_over_reconstructions(trained_run, small_spl
   grid = np.asarray(Image.open(out).convert("L"))
   assert grid.shape == (62, 242)
   for i in range(8):  # Row 1: the first 8 test images, exactly.
-    np.testing.assert_array_equal(grid[2:30, 2 + 30 * i:30 + 30 * i], small_splits["test"][0][i])
+    np.testing.assert_array_equal(grid[2:30, 2 + 30 * i:30 + 30 * i], small_splits["test"][0][i, ..., 0])
 
 
 def one_line_failure(result, status=2):

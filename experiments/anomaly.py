@@ -2,8 +2,8 @@
 from the nine others?
 
 Run (about 5 minutes on the project's 2-core CPU):
-  .venv/bin/python experiments/anomaly.py --workdir runs/anomaly
-  .venv/bin/python experiments/anomaly.py --classes 0 1 --epochs 3     # a quick look
+  .venv/bin/python -m experiments.anomaly --workdir runs/anomaly
+  .venv/bin/python -m experiments.anomaly --classes 0 1 --epochs 3     # a quick look
 
 For each held-in class c (--classes, default all ten): the reference VAE trained --epochs (30)
 on the training images of class c only (about 6,000), dynamically binarized as the
@@ -26,10 +26,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402  (a module beside this script)
-
-from vae_jax import evaluate, metrics  # noqa: E402
+from experiments import common
+from vae_jax import evaluate, metrics
 
 
 def plot(path: Path, scores_by_class: dict[int, np.ndarray], labels: np.ndarray) -> None:
@@ -68,9 +66,10 @@ def main() -> int:
   for c in args.classes:
     held_in = {"train": (x_train_u8[y_train == c], y_train[y_train == c]),
                "test": (x_test_u8[y_test == c], y_test[y_test == c])}
-    _, state, _ = common.train_model(args.workdir / f"class_{c}", held_in, binarize=True,
-                                     num_epochs=args.epochs, seed=args.seed)
-    est = evaluate.iwae_log_likelihood(state.params, state.apply_fn, x_test, jax.random.key(c),
+    _, state, _ = common.train_model(args.workdir / f"class_{c}", held_in, {
+        "data.binarize": True, "optim.num_epochs": args.epochs, "seed": args.seed})
+    est = evaluate.iwae_log_likelihood(state.params, state.apply_fn, common.as_images(state, x_test),
+                                       jax.random.key(c),
                                        args.num_samples)
     x_in = held_in["train"][0].reshape(-1, 784) / 255.0
     mean, components = metrics.pca_fit(x_in, args.pca_components)

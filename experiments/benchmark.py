@@ -1,13 +1,15 @@
 """How fast does the reference VAE train, by each path, against this machine's matmul peak?
 
 Run:
-  .venv/bin/python experiments/benchmark.py                       # everything, ~4 minutes on 2 cores
-  .venv/bin/python experiments/benchmark.py --epochs 6 --json runs/benchmark.json
-  .venv/bin/python experiments/benchmark.py --paths scan loop      # a subset
+  .venv/bin/python -m experiments.benchmark                       # everything, ~4 minutes on 2 cores
+  .venv/bin/python -m experiments.benchmark --epochs 6 --json runs/benchmark.json
+  .venv/bin/python -m experiments.benchmark --paths scan train    # a subset
 
 One run measures, each path in a fresh process of its own (so compile time and peak
 memory are that path's alone), on the bundled MNIST with the reference config:
 - ``scan``: the compiled epoch (one XLA call per epoch: lax.scan over the batches);
+- ``train``: the default ``python -m vae_jax train`` as a user runs it (progress bar on: the
+  epoch in 10 chunks read one chunk late; evaluation, checkpoints, images every epoch);
 - ``scan_bf16``: the same with config.model.compute_dtype = bfloat16;
 - ``loop``: a Python loop of jitted train steps (state donated, data on the device);
 - ``torch_reference`` / ``torch_preloaded``: the PyTorch example's two data paths (when
@@ -32,17 +34,20 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import train
+from experiments import machine as machine_lib
+from vae_jax import config as config_lib, data, group as group_lib, objectives, parallel
+from vae_jax import step as step_lib, train
 from vae_jax.configs import default
+from vae_jax.epoch import Programs
 
-PATHS = ("scan", "scan_bf16", "loop", "torch_reference", "torch_preloaded", "scan_2dev",
+PATHS = ("scan", "train", "scan_bf16", "loop", "torch_reference", "torch_preloaded", "scan_2dev",
          "scan_4dev", "scan_8dev")
 
 
@@ -78,52 +83,72 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
   return {"xla": xla, "numpy": blas}
 
 
-def _setup(config, num_devices: int = 1):
-  """(state, data, keys, mesh) for timing: the bundled train split replicated on the mesh."""
-  x_u8 = train.load_data(config)["train"][0]
-  rng_init, rng_shuffle, rng_noise = jax.random.split(jax.random.key(config.seed), 3)
-  mesh = train.make_mesh(num_devices)
-  state = train.replicate(train.create_train_state(config, rng_init), mesh)
-  x_u8_NxD = train.replicate(x_u8.reshape(len(x_u8), -1), mesh)
-  rng_shuffle, rng_noise = train.replicate((rng_shuffle, rng_noise), mesh)
-  return state, x_u8_NxD, rng_shuffle, rng_noise, mesh
+def reference_programs(config, num_devices: int = 1):
+  """(programs, states, keys, compile seconds): the config's compiled epoch, in one chunk,
+  of one model, with the bundled train split on the device(s)."""
+  splits = data.load_data(config_lib.parse(config).data)
+  group = group_lib.make_group(config, splits)
+  mesh = parallel.make_mesh(num_devices)
+  states, keys = parallel.replicate(group_lib.create_states(group), mesh)
+  x_train, x_test = parallel.replicate((splits["train"][0], splits["test"][0]), mesh)
+  t0 = time.perf_counter()
+  programs = Programs(group, states, keys, x_train, x_test, mesh, chunks=1)
+  return programs, states, keys, time.perf_counter() - t0
+
+
+def time_epochs(programs, states, keys, num_epochs: int) -> tuple[list[float], list[float]]:
+  """(seconds, train loss) of each epoch; reading the loss waits for the epoch."""
+  seconds, losses = [], []
+  for epoch in range(1, num_epochs + 1):
+    t0 = time.perf_counter()
+    states, sums = programs.train_epoch(states, keys, epoch)
+    losses.append(float(sums["loss"][0]) / int(sums["examples"][0]))
+    seconds.append(time.perf_counter() - t0)
+  return seconds, losses
 
 
 def time_scan(config, num_epochs: int, num_devices: int = 1) -> dict:
   """The compiled epoch: seconds per epoch, compile seconds."""
-  state, x_u8_NxD, rng_shuffle, rng_noise, mesh = _setup(config, num_devices)
-  beta = jnp.float32(config.objective.beta)
-  t0 = time.perf_counter()
-  epoch_fn = train.compile_train_epoch(state, x_u8_NxD, rng_shuffle, rng_noise, beta,
-                                       batch_size=config.optim.batch_size, mesh=mesh)
-  compile_seconds = time.perf_counter() - t0
-  seconds, losses = [], []
-  for epoch in range(1, num_epochs + 1):
-    t0 = time.perf_counter()
-    state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(epoch), rng_shuffle, rng_noise, beta)
-    losses.append(float(sums["loss"]) / x_u8_NxD.shape[0])  # Reading it waits for the epoch.
-    seconds.append(time.perf_counter() - t0)
+  programs, states, keys, compile_seconds = reference_programs(config, num_devices)
+  seconds, losses = time_epochs(programs, states, keys, num_epochs)
   return {"epoch_seconds": seconds, "compile_seconds": compile_seconds, "train_loss": losses}
+
+
+def time_train_command(config, num_epochs: int) -> dict:
+  """The default `train` command as a user runs it: progress bar (chunked epoch), evaluation,
+  checkpoints, images and TensorBoard every epoch. epoch_seconds: its recorded train
+  seconds; wall_seconds: each epoch with everything around it."""
+  config.optim.num_epochs = num_epochs
+  with tempfile.TemporaryDirectory() as workdir:
+    t0 = time.perf_counter()
+    _, records = train.train_and_evaluate(config, workdir)
+    wall = time.perf_counter() - t0
+  compile_seconds = records[0]["compile_seconds"]
+  return {"epoch_seconds": [r["train_seconds"] for r in records], "compile_seconds": compile_seconds,
+          "train_loss": [r["train_loss"] for r in records],
+          "wall_seconds_per_epoch": (wall - compile_seconds) / num_epochs}
 
 
 def time_loop(config, num_epochs: int) -> dict:
   """A Python loop of jitted steps over the same batches (permutation drawn on the device)."""
-  state, x_u8_NxD, rng_shuffle, rng_noise, _ = _setup(config)
-  n, beta = x_u8_NxD.shape[0], jnp.float32(config.objective.beta)
+  programs, states, keys, _ = reference_programs(config)
+  state, keys = group_lib.unstack(states), group_lib.unstack(keys)
+  x_u8, hparams = programs.train_data, group_lib.unstack(programs.hparams)
+  n, batch = x_u8.shape[0], config.optim.batch_size
 
   @jax.jit
   def order(epoch):
-    return train.split_batches(jax.random.permutation(jax.random.fold_in(rng_shuffle, epoch), n),
-                               config.optim.batch_size)
+    return step_lib.epoch_order(keys, epoch, num_examples=n, batch_size=batch)
 
-  def step(state, idx_B):
-    return train.train_step(state, x_u8_NxD[idx_B], rng_noise, beta)
+  def one_step(state, idx_B):
+    return step_lib.train_step(state, x_u8[idx_B], keys["noise"], hparams,
+                               objective_fn=objectives.REGISTRY.get("elbo").target.fn)
 
-  step = jax.jit(step, donate_argnums=0)
+  one_step = jax.jit(one_step, donate_argnums=0)
   t0 = time.perf_counter()
   full_SxB, rest_R = order(1)
   for idx_B in (full_SxB[0], rest_R):  # Compiles both batch shapes, on a throwaway copy.
-    jax.block_until_ready(step(jax.tree.map(jnp.copy, state), idx_B))
+    jax.block_until_ready(one_step(jax.tree.map(jnp.copy, state), idx_B))
   compile_seconds = time.perf_counter() - t0
   seconds, losses = [], []
   for epoch in range(1, num_epochs + 1):
@@ -131,7 +156,7 @@ def time_loop(config, num_epochs: int) -> dict:
     full_SxB, rest_R = order(epoch)
     total = 0.0
     for idx_B in [*full_SxB, rest_R]:
-      state, metrics = step(state, idx_B)
+      state, metrics = one_step(state, idx_B)
       total = total + metrics["loss"]  # Stays on the device: no host sync per step.
     losses.append(float(total) / n)
     seconds.append(time.perf_counter() - t0)
@@ -139,9 +164,8 @@ def time_loop(config, num_epochs: int) -> dict:
 
 
 def time_torch(data_path: str, num_epochs: int) -> dict:
-  sys.path.insert(0, str(Path(__file__).resolve().parent))
-  import pytorch_reference  # A script beside this one; imports torch.
-  splits = train.load_data(default.get_config())
+  from experiments import pytorch_reference  # Imports torch.
+  splits = data.load_data(config_lib.parse(default.get_config()).data)
   records = pytorch_reference.train(splits["train"][0], splits["test"][0], data_path=data_path,
                                     epochs=num_epochs, log=lambda *_: None)
   return {"epoch_seconds": [r["train_seconds"] for r in records], "compile_seconds": None,
@@ -149,40 +173,36 @@ def time_torch(data_path: str, num_epochs: int) -> dict:
 
 
 def time_models(counts: list[int], num_epochs: int) -> dict:
-  """K models vmapped in one program versus K sequential runs of the compiled epoch.
+  """K models of one group (each strategy) versus K sequential runs of the compiled epoch.
 
-  Both train seeds 1..K on the full training split; seconds count epochs 2..N (compiled
-  already). The sequential runs share one compiled epoch (same shapes), so their time is
-  pure training; the sums over the first K runs give every K from one pass.
+  All train seeds 1..K on the full training split; seconds count epochs 2..N (compiled
+  already). The sequential runs share one compiled single-model epoch (same shapes), so their
+  time is pure training; the sums over the first K runs give every K from one pass.
   """
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-  from vae_jax import many
   config = default.get_config()
-  splits = train.load_data(config)
-  vmapped = {}
-  for k in counts:
-    _, records = many.train_many(config, {"seed": list(range(1, k + 1))}, splits, num_epochs)
-    vmapped[k] = sum(r["train_seconds"] for r in records[0][1:])
-  x_u8_NxD = jnp.asarray(splits["train"][0].reshape(60_000, -1))
-  beta, per_run = jnp.float32(config.objective.beta), []
-  epoch_fn = template = None
+  splits = data.load_data(config_lib.parse(config).data)
+  x_train, x_test = jax.device_put((splits["train"][0], splits["test"][0]))
+  in_program = {}
+  for strategy in ("loop", "map", "vmap"):
+    config.run.models_strategy = strategy
+    for k in counts:
+      group = group_lib.make_group(config, splits, [{"seed": s} for s in range(1, k + 1)])
+      states, keys = group_lib.create_states(group)
+      programs = Programs(group, states, keys, x_train, x_test, chunks=1)
+      seconds, _ = time_epochs(programs, states, keys, num_epochs)
+      in_program[f"{strategy}_{k}"] = sum(seconds[1:])
+  programs, template, _, _ = reference_programs(default.get_config())
+  per_run = []
   for seed in range(1, max(counts) + 1):
-    rng_init, rng_shuffle, rng_noise = jax.random.split(jax.random.key(seed), 5)[:3]
-    state = train.create_train_state(config, rng_init)
-    if epoch_fn is None:
-      template = state
-      epoch_fn = train.compile_train_epoch(state, x_u8_NxD, rng_shuffle, rng_noise, beta,
-                                           batch_size=config.optim.batch_size)
+    config = default.get_config()
+    config.seed = seed
+    states, keys = group_lib.create_states(group_lib.make_group(config, splits))
     # The compiled epoch wants the very optimizer object it was compiled with.
-    state = template.replace(params=state.params, opt_state=state.opt_state, step=state.step)
-    state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta)
-    jax.block_until_ready(sums)
-    t0 = time.perf_counter()
-    for epoch in range(2, num_epochs + 1):
-      state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(epoch), rng_shuffle, rng_noise, beta)
-    jax.block_until_ready(sums)
-    per_run.append(time.perf_counter() - t0)
-  return {"epochs_timed": num_epochs - 1, "vmapped_seconds": vmapped,
+    states = template.replace(params=states.params, opt_state=states.opt_state, step=states.step)
+    seconds, _ = time_epochs(programs, states, keys, num_epochs)
+    per_run.append(sum(seconds[1:]))
+  return {"epochs_timed": num_epochs - 1, "backend": jax.default_backend(),
+          "in_program_seconds": in_program,
           "sequential_seconds": {k: sum(per_run[:k]) for k in counts}}
 
 
@@ -191,6 +211,8 @@ def run_worker(path: str, num_epochs: int) -> dict:
   config = default.get_config()
   if path == "scan":
     result = time_scan(config, num_epochs)
+  elif path == "train":
+    result = time_train_command(config, num_epochs)
   elif path == "scan_bf16":
     config.model.compute_dtype = "bfloat16"
     result = time_scan(config, num_epochs)
@@ -214,28 +236,16 @@ def measure(path: str, num_epochs: int) -> dict:
   if path.endswith("dev") and jax.default_backend() == "cpu":
     count = path.removeprefix("scan_")[:-3]
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
-  proc = subprocess.run([sys.executable, __file__, "--worker", path, "--epochs", str(num_epochs)],
-                        capture_output=True, text=True, env=env)
+  proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--worker", path, "--epochs",
+                         str(num_epochs)], capture_output=True, text=True, env=env)
   if proc.returncode:
     return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def describe_machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  import jaxlib
-  return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
-          "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-          "jaxlib": jaxlib.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
-
-
 def _label(path: str, backend: str) -> str:
-  labels = {"scan": "compiled epoch (lax.scan), float32", "scan_bf16": "compiled epoch, bfloat16 compute",
+  labels = {"scan": "compiled epoch (lax.scan), float32",
+            "train": "default `train` command (progress bar: epoch in 10 chunks)", "scan_bf16": "compiled epoch, bfloat16 compute",
             "loop": "Python loop of jitted steps", "torch_reference": "PyTorch reference (DataLoader, convert on access)",
             "torch_preloaded": "PyTorch, preloaded tensor + randperm"}
   if path in labels:
@@ -245,18 +255,20 @@ def _label(path: str, backend: str) -> str:
 
 
 def print_models(run: dict) -> None:
-  """Table: K models vmapped vs K sequential runs, model-epochs per second."""
-  print("\n| models K | vmapped s (all K, per epoch) | sequential s (K runs, per epoch) | "
-        "vmapped model-epochs/s | sequential model-epochs/s | vmapped / sequential wall |")
-  print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+  """Table: K models in one program (map, vmap) vs K sequential runs, model-epochs per second."""
+  print("\n| models K | sequential s (K runs) | loop s | lax.map s | vmap s | loop / seq | "
+        "map / seq | vmap / seq |")
+  print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   if "error" in run:
-    print(f"| {run['error']} | | | | | |")
+    print(f"| {run['error']} | | | | | | | |")
     return
   e = run["epochs_timed"]
-  for k, vm in run["vmapped_seconds"].items():
-    seq = run["sequential_seconds"][k]
-    k = int(k)
-    print(f"| {k} | {vm / e:.2f} | {seq / e:.2f} | {k * e / vm:.3f} | {k * e / seq:.3f} | {vm / seq:.2f} |")
+  for k, seq in run["sequential_seconds"].items():
+    s = {strategy: run["in_program_seconds"][f"{strategy}_{k}"] for strategy in ("loop", "map", "vmap")}
+    print(f"| {k} | {seq:.2f} | {s['loop']:.2f} | {s['map']:.2f} | {s['vmap']:.2f} | "
+          f"{s['loop'] / seq:.3f} | {s['map'] / seq:.3f} | {s['vmap'] / seq:.3f} |")
+  print(f"(seconds over {e} epochs after the first; run.models_strategy='auto' picks "
+        f"{'loop' if run['backend'] == 'cpu' else 'vmap'} on {run['backend']})")
 
 
 def main() -> int:
@@ -265,8 +277,8 @@ def main() -> int:
   parser.add_argument("--torch-epochs", type=int, default=2, help="epochs per PyTorch path")
   parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
   parser.add_argument("--json", help="also write every number to this JSON file")
-  parser.add_argument("--models", type=int, nargs="*", default=[1, 4, 16],
-                      help="model counts K for vmapped vs sequential (none: skip)")
+  parser.add_argument("--models", type=int, nargs="*", default=[4, 16],
+                      help="model counts K in one program vs sequential (none: skip)")
   parser.add_argument("--model-epochs", type=int, default=2, help="epochs per model (timed: 2..N)")
   parser.add_argument("--worker", choices=(*PATHS, "models"), help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -280,7 +292,7 @@ def main() -> int:
     return 0
 
   config = default.get_config()
-  machine = describe_machine()
+  machine = machine_lib.describe_machine()
   flops = epoch_matmul_flops(config, 60_000)
   peak_before = matmul_peak_gflops()
   runs = {}
@@ -295,8 +307,8 @@ def main() -> int:
     print(f"measuring {path} ({epochs} epochs) ...", file=sys.stderr)
     runs[path] = measure(path, epochs)
   if args.models:
-    print(f"measuring {args.models} models vmapped vs sequential ...", file=sys.stderr)
-    proc = subprocess.run([sys.executable, __file__, "--worker", "models", "--models",
+    print(f"measuring {args.models} models in one program vs sequential ...", file=sys.stderr)
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--worker", "models", "--models",
                            *map(str, args.models), "--model-epochs", str(args.model_epochs)],
                           capture_output=True, text=True)
     runs["models"] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
@@ -320,6 +332,12 @@ def main() -> int:
     rows.append(f"| {_label(path, machine['backend'])} | {median_s:.3f} | {run['examples_per_second']:,.0f} | "
                 f"{run['gflops']:.1f} | {run['peak_fraction']:.0%} | {compile_s} | {memory} |")
   scan = runs.get("scan", {}).get("median_epoch_seconds")
+  if scan and "median_epoch_seconds" in runs.get("train", {}):
+    command = runs["train"]
+    print(f"\nDefault `train` command: {command['median_epoch_seconds']:.3f} s per epoch of training "
+          f"({command['median_epoch_seconds'] / scan:.3f}x the compiled epoch's {scan:.3f} s); "
+          f"{command['wall_seconds_per_epoch']:.3f} s per epoch with evaluation, checkpoint, images and "
+          "TensorBoard.")
   print(f"Machine: {machine['cpu']}, {machine['cores']} cores, backend {machine['backend']}, "
         f"jax {machine['jax']}, jaxlib {machine['jaxlib']}"
         + (f", XLA_FLAGS={machine['xla_flags']}" if machine["xla_flags"] else ""))

@@ -1,4 +1,4 @@
-"""What the application experiments (likelihood, compression, denoising, anomaly,
+"""What the application experiments (likelihood, dimensionality, denoising, anomaly,
 generation) share: a config with overrides, a resumable training run, tables, the machine."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from vae_jax import train
+from experiments import machine as machine_lib
+from vae_jax import config as config_lib, data, evaluate, train
 
 
 def parser(doc: str, name: str, epochs: int) -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def parser(doc: str, name: str, epochs: int) -> argparse.ArgumentParser:
 def prepare(args):
   """Creates args.workdir and returns the MNIST splits every script starts from."""
   args.workdir.mkdir(parents=True, exist_ok=True)
-  return train.load_data(config_with())
+  return data.load_data(config_lib.parse(config_with({})).data)
 
 
 def pyplot():
@@ -47,20 +48,18 @@ def save_figure(fig, path: Path, dpi: int = 100, **adjust) -> None:
   pyplot().close(fig)
 
 
-def config_with(**overrides) -> ml_collections.ConfigDict:
-  """The reference config, quiet (no progress bar, images or TensorBoard), with overrides."""
-  config = train.default_config()
-  config.run.progress, config.run.save_images, config.run.tensorboard = False, False, False
-  config.update(overrides)
-  return config
+def config_with(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The reference config, quiet (no progress bar, images or TensorBoard), with dotted overrides."""
+  return config_lib.from_flat({"run.progress": False, "run.save_images": False,
+                               "run.tensorboard": False, **overrides})
 
 
-def train_model(workdir: Path, splits, **overrides):
+def train_model(workdir: Path, splits, overrides: dict[str, Any]):
   """Trains (or resumes, or just loads) a run in workdir: (config, state, records).
 
   A finished run is restored from its checkpoint, so rerunning an experiment retrains nothing.
   """
-  config = config_with(**overrides)
+  config = config_with(overrides)
   start = time.perf_counter()
   state, records = train.train_and_evaluate(config, workdir, splits)
   seconds = time.perf_counter() - start
@@ -72,6 +71,23 @@ def train_model(workdir: Path, splits, **overrides):
 def flat_pixels(splits) -> tuple[np.ndarray, np.ndarray]:
   """(x_train_NxD, x_test_NxD): the splits' images flattened, pixels / 255 as float64."""
   return tuple(splits[s][0].reshape(len(splits[s][0]), -1) / 255.0 for s in ("train", "test"))
+
+
+def as_images(state, x_NxD) -> np.ndarray:
+  """Flat pixels (N x D) in the shape of the state's model (N x H x W x C)."""
+  image_shape = state.apply_fn.__self__.image_shape  # apply_fn is the bound Module.apply.
+  return np.reshape(x_NxD, (len(x_NxD), *image_shape))
+
+
+def encode(state, x_NxD) -> tuple[np.ndarray, np.ndarray]:
+  """(mu_NxL, logvar_NxL) of flat pixels, through the model's image shape."""
+  return evaluate.encode_all(state.params, state.apply_fn, as_images(state, x_NxD))
+
+
+def decode(state, z_NxL) -> np.ndarray:
+  """Mean images of codes, flat (N x D) as the experiments compare them."""
+  out = evaluate.decode_all(state.params, state.apply_fn, z_NxL)
+  return out.reshape(len(out), -1)
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -91,16 +107,9 @@ def _numeric(value) -> bool:
     return False
 
 
-def machine() -> str:
-  """One line: CPU model, cores, jax version and backend (benchmark.describe_machine)."""
-  import benchmark  # A script beside this one: the machine description lives there.
-  info = benchmark.describe_machine()
-  return f"{info['cpu']}, {info['cores']} cores, jax {info['jax']} ({info['backend']})"
-
-
 def write_report(workdir: Path, name: str, title: str, text: str, results: dict) -> None:
   """workdir/<name>.md (title, machine, text) and workdir/<name>.json (results); prints the text."""
-  report = f"# {title}\n\nMachine: {machine()}.\n\n{text}\n"
+  report = f"# {title}\n\nMachine: {machine_lib.machine_line()}.\n\n{text}\n"
   (workdir / f"{name}.md").write_text(report)
   (workdir / f"{name}.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
   print("\n" + report)

@@ -1,7 +1,7 @@
 """Is vae_jax the PyTorch reference, number for number, and how much faster is it?
 
 Run (needs the experiments extra: torch 2.13.0 CPU and matplotlib):
-  .venv/bin/python experiments/compare_pytorch.py --seeds 3 --epochs 10 --out runs/compare
+  .venv/bin/python -m experiments.compare_pytorch --seeds 3 --epochs 10 --out runs/compare
 
 Trains, in one run on one machine, the JAX model and the PyTorch reference along both of
 its data paths ('reference': convert each item on access, as MNIST + ToTensor;
@@ -28,11 +28,10 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pytorch_reference  # noqa: E402  (a script beside this one)
+from experiments import machine, pytorch_reference
 
-from vae_jax import data, train  # noqa: E402
-from vae_jax.configs import default  # noqa: E402
+from vae_jax import data, train
+from vae_jax.configs import default
 
 IMPLEMENTATIONS = ("jax", "torch_reference", "torch_preloaded")
 TOLERANCE_NATS = 0.3
@@ -156,8 +155,7 @@ def main() -> int:
             log=on_line))
   bar.close()
 
-  import benchmark  # A script beside this one: the machine description lives there.
-  machine_info = benchmark.describe_machine()
+  machine_info = machine.describe_machine()
   import torch
   machine = (f"{machine_info['cpu']}, {machine_info['cores']} cores, jax {machine_info['jax']} "
              f"({machine_info['backend']}), torch {torch.__version__} ({args.device}, "

@@ -2,10 +2,10 @@
 test images better than a plain VAE or a PCA projection?
 
 Run (about 6 minutes on the project's 2-core CPU):
-  .venv/bin/python experiments/denoising.py --workdir runs/denoising
-  .venv/bin/python experiments/denoising.py --epochs 2       # a quick look
+  .venv/bin/python -m experiments.denoising --workdir runs/denoising
+  .venv/bin/python -m experiments.denoising --epochs 2       # a quick look
 
-Corruptions (train.corrupt): Gaussian noise of sigma 0.1, 0.3, 0.5 (clipped to [0, 1]) and
+Corruptions (objectives.corrupt): Gaussian noise of sigma 0.1, 0.3, 0.5 (clipped to [0, 1]) and
 random masking of half the pixels. For each, the reference VAE is trained --epochs (20) with
 config.objective.corruption / corruption_level: the encoder sees a fresh corruption at every step, the
 Bernoulli likelihood scores the clean image. Baselines: the plain reference VAE (trained on
@@ -28,10 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402  (a module beside this script)
-
-from vae_jax import evaluate, images, metrics, train  # noqa: E402
+from experiments import common
+from vae_jax import evaluate, images, metrics, objectives
 
 CORRUPTIONS = (("gaussian", 0.1), ("gaussian", 0.3), ("gaussian", 0.5), ("mask", 0.5))
 
@@ -67,17 +65,17 @@ def main() -> int:
     return np.clip(metrics.pca_decode(metrics.pca_encode(x, mean, components), mean, components), 0, 1)
 
   def vae_denoise(state, x):
-    mu, _ = evaluate.encode_all(state.params, state.apply_fn, x)
-    return evaluate.decode_all(state.params, state.apply_fn, mu)
+    mu, _ = common.encode(state, x)
+    return common.decode(state, mu)
 
-  common_args = dict(num_epochs=args.epochs, seed=args.seed)
-  _, plain, _ = common.train_model(args.workdir / "vae", splits, **common_args)
+  common_args = {"optim.num_epochs": args.epochs, "seed": args.seed}
+  _, plain, _ = common.train_model(args.workdir / "vae", splits, common_args)
   rows, panels, shown = [], [], slice(0, 10)
   clean_psnr = float(metrics.psnr(x_test, vae_denoise(plain, x_test)).mean())
   for i, (kind, level) in enumerate(CORRUPTIONS):
-    _, dvae, _ = common.train_model(args.workdir / f"dvae_{kind}_{level}", splits, corruption=kind,
-                                    corruption_level=level, **common_args)
-    noisy = np.asarray(train.corrupt(jnp.asarray(x_test, jnp.float32), jax.random.key(i), kind, level))
+    _, dvae, _ = common.train_model(args.workdir / f"dvae_{kind}_{level}", splits, {
+        "objective.corruption": kind, "objective.corruption_level": level, **common_args})
+    noisy = np.asarray(objectives.corrupt(jnp.asarray(x_test, jnp.float32), jax.random.key(i), kind, level))
     outputs = {"noisy input": noisy, "denoising VAE": vae_denoise(dvae, noisy),
                "plain VAE": vae_denoise(plain, noisy), f"PCA ({args.pca_components})": pca_denoise(noisy)}
     psnr = {name: float(metrics.psnr(x_test, out).mean()) for name, out in outputs.items()}

@@ -2,8 +2,8 @@
 dimensions) its whole latent space look like?
 
 Run (about 3 minutes on the project's 2-core CPU):
-  .venv/bin/python experiments/generation.py --workdir runs/generation
-  .venv/bin/python experiments/generation.py --epochs 2      # a quick look
+  .venv/bin/python -m experiments.generation --workdir runs/generation
+  .venv/bin/python -m experiments.generation --epochs 2      # a quick look
 
 Trains the reference VAE (latent size 20) and the same recipe with latent size 2, --epochs
 (30) each on MNIST pixels / 255. Then, with fixed keys:
@@ -31,10 +31,8 @@ import jax
 import numpy as np
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402  (a module beside this script)
-
-from vae_jax import evaluate, images  # noqa: E402
+from experiments import common
+from vae_jax import evaluate, images
 
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5) -> float:
@@ -74,35 +72,34 @@ def main() -> int:
 
   results, states, codes = {}, {}, {}
   for d in (20, 2):
-    _, states[d], records = common.train_model(args.workdir / f"d{d}", splits, latent_dim=d,
-                                               num_epochs=args.epochs, seed=args.seed)
-    mu_train, _ = evaluate.encode_all(states[d].params, states[d].apply_fn, x_train)
-    mu_test, logvar_test = evaluate.encode_all(states[d].params, states[d].apply_fn, x_test)
+    _, states[d], records = common.train_model(args.workdir / f"d{d}", splits, {
+        "model.latent_dim": d, "optim.num_epochs": args.epochs, "seed": args.seed})
+    mu_train, _ = common.encode(states[d], x_train)
+    mu_test, logvar_test = common.encode(states[d], x_test)
     codes[d] = mu_test
     diagnostics = evaluate.latent_diagnostics(mu_test, logvar_test)
     results[d] = {"test_loss": records[-1]["test_loss"], "active_units": diagnostics["active_units"],
                   "knn_accuracy": knn_accuracy(mu_train, y_train, mu_test, y_test)}
     z_64xL = jax.random.normal(jax.random.key(0), (64, d))
-    samples = evaluate.decode_all(states[d].params, states[d].apply_fn, z_64xL)
+    samples = common.decode(states[d], z_64xL)
     images.save_png(args.workdir / f"samples_d{d}.png", images.image_grid(samples.reshape(-1, 28, 28)))
 
-  params, apply_fn = states[20].params, states[20].apply_fn
   t_T = np.linspace(0.0, 1.0, 10)[:, None]
   rows = []
   for i, j in interpolation_pairs(y_test):
     path_TxL = (1 - t_T) * codes[20][i] + t_T * codes[20][j]
-    rows += [x_test[i:i + 1], evaluate.decode_all(params, apply_fn, path_TxL), x_test[j:j + 1]]
+    rows += [x_test[i:i + 1], common.decode(states[20], path_TxL), x_test[j:j + 1]]
   interpolation = images.image_grid(np.concatenate(rows).reshape(-1, 28, 28), nrow=12)
   images.save_png(args.workdir / "interpolation.png", interpolation)
 
   quantiles = stats.norm.ppf(np.linspace(0.05, 0.95, 20))
   z2_grid = np.stack(np.meshgrid(quantiles, quantiles[::-1]), axis=-1).reshape(-1, 2)
   manifold = images.image_grid(
-      evaluate.decode_all(states[2].params, states[2].apply_fn, z2_grid).reshape(-1, 28, 28), nrow=20)
+      common.decode(states[2], z2_grid).reshape(-1, 28, 28), nrow=20)
   images.save_png(args.workdir / "manifold_d2.png", manifold)
   plot(args.workdir / "generation.png",
        {"latent 20: samples z ~ N(0, I)": images.image_grid(
-           evaluate.decode_all(params, apply_fn, jax.random.normal(jax.random.key(0), (64, 20)))
+           common.decode(states[20], jax.random.normal(jax.random.key(0), (64, 20)))
            .reshape(-1, 28, 28)),
         "latent 20: interpolations (test image, 10 decodes, test image)": interpolation,
         "latent 2: decoded grid of prior quantiles": manifold}, codes[2], y_test)

@@ -1,8 +1,8 @@
 """What test log-likelihood does the reference VAE reach under the standard protocol?
 
 Run (about 10 minutes on the project's 2-core CPU):
-  .venv/bin/python experiments/likelihood.py --workdir runs/likelihood
-  .venv/bin/python experiments/likelihood.py --epochs 10 --num-samples 100 --examples 1000   # a quick look
+  .venv/bin/python -m experiments.likelihood --workdir runs/likelihood
+  .venv/bin/python -m experiments.likelihood --epochs 10 --num-samples 100 --examples 1000   # a quick look
 
 Protocol (Burda et al., 2015): the reference spec (784-400-20, ReLU, Adam 1e-3, batch 128)
 trained on dynamically binarized MNIST (a fresh Bernoulli(pixel / 255) draw at every step),
@@ -23,10 +23,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402  (a module beside this script)
-
-from vae_jax import evaluate  # noqa: E402
+from experiments import common
+from vae_jax import evaluate
 
 PUBLISHED = """\
 Published figures for comparison (test NLL, nats, binarized MNIST):
@@ -76,8 +74,8 @@ def main() -> int:
   splits = common.prepare(args)
 
   print(f"Training the reference spec on dynamically binarized MNIST, {args.epochs} epochs")
-  config, state, records = common.train_model(args.workdir / "run", splits, binarize=True,
-                                              num_epochs=args.epochs, seed=args.seed)
+  config, state, records = common.train_model(args.workdir / "run", splits, {
+      "data.binarize": True, "optim.num_epochs": args.epochs, "seed": args.seed})
   x_u8 = splits["test"][0].reshape(len(splits["test"][0]), -1)[:args.examples or None]
   x_NxD = evaluate.binarize(x_u8, jax.random.key(evaluate.BINARIZE_SEED))
 
@@ -85,7 +83,8 @@ def main() -> int:
   ks = sorted({k for k in (1, 10, 100, 1000) if k < args.num_samples} | {args.num_samples})
   for k in ks:
     start = time.perf_counter()
-    est = evaluate.iwae_log_likelihood(state.params, state.apply_fn, x_NxD, jax.random.key(k), k)
+    est = evaluate.iwae_log_likelihood(state.params, state.apply_fn, common.as_images(state, x_NxD),
+                                       jax.random.key(k), k)
     seconds = time.perf_counter() - start
     nll, neg_elbo = -est["iwae"].mean(), -est["elbo"].mean()
     sem = est["iwae"].std(ddof=1) / np.sqrt(len(x_NxD))
@@ -96,7 +95,7 @@ def main() -> int:
                  f"{seconds:.0f}"])
     print(f"  K = {k}: NLL {nll:.2f}, -ELBO {neg_elbo:.2f} ({seconds:.0f} s)", flush=True)
 
-  diagnostics = evaluate.latent_diagnostics(*evaluate.encode_all(state.params, state.apply_fn, x_NxD))
+  diagnostics = evaluate.latent_diagnostics(*common.encode(state, x_NxD))
   warning = evaluate.collapse_warning(diagnostics)
   results.update(active_units=diagnostics["active_units"],
                  kl_per_dim=diagnostics["kl_per_dim"].tolist(),

@@ -1,8 +1,8 @@
 """Does bfloat16 compute change what the reference VAE learns?
 
 Run:
-  .venv/bin/python experiments/mixed_precision.py                  # 3 seeds x 10 epochs, ~4 min on 2 cores
-  .venv/bin/python experiments/mixed_precision.py --seeds 5 --json runs/mixed_precision.json
+  .venv/bin/python -m experiments.mixed_precision                  # 3 seeds x 10 epochs, ~4 min on 2 cores
+  .venv/bin/python -m experiments.mixed_precision --seeds 5 --json runs/mixed_precision.json
 
 Trains the reference recipe with config.model.compute_dtype = float32 and = bfloat16 (layers in
 bf16; parameters, Adam state, noise and the loss in float32) for the same seeds, and
@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from vae_jax import train
+from vae_jax import config as config_lib, data, train
 from vae_jax.configs import default
 
 DTYPES = ("float32", "bfloat16")
@@ -45,7 +45,7 @@ def main() -> int:
   args = parser.parse_args()
   if args.seeds < 1 or args.epochs < 2:
     parser.error("--seeds must be >= 1 and --epochs >= 2")
-  splits = train.load_data(default.get_config())
+  splits = data.load_data(config_lib.parse(default.get_config()).data)
   results = {dtype: [] for dtype in DTYPES}
   with tempfile.TemporaryDirectory() as tmp:
     for seed in range(1, args.seeds + 1):

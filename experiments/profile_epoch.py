@@ -1,8 +1,8 @@
 """Where does a compiled epoch spend its time? A JAX-profiler trace, summed per XLA op.
 
 Run:
-  .venv/bin/python experiments/profile_epoch.py            # reference config, bundled MNIST
-  .venv/bin/python experiments/profile_epoch.py --top 25 --trace-dir runs/trace
+  .venv/bin/python -m experiments.profile_epoch            # reference config, bundled MNIST
+  .venv/bin/python -m experiments.profile_epoch --top 25 --trace-dir runs/trace
 
 Traces one compiled epoch (after a warm-up epoch) with jax.profiler, sums the duration of
 every XLA op over its 469 calls and prints the top ops with their shapes and the JAX
@@ -25,11 +25,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmark  # noqa: E402  (a script beside this one)
+from experiments import benchmark
 
-from vae_jax import train  # noqa: E402
-from vae_jax.configs import default  # noqa: E402
+from vae_jax import train
+from vae_jax.configs import default
 
 
 def op_durations(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
@@ -71,21 +70,20 @@ def main() -> int:
   args = parser.parse_args()
 
   config = default.get_config()
-  state, x_u8_NxD, rng_shuffle, rng_noise, _ = benchmark._setup(config)
-  beta = jnp.float32(config.objective.beta)
-  epoch_fn = train.compile_train_epoch(state, x_u8_NxD, rng_shuffle, rng_noise, beta,
-                                       batch_size=config.optim.batch_size)
-  state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(1), rng_shuffle, rng_noise, beta)
+  programs, states, keys, _ = benchmark.reference_programs(config)
+  states, sums = programs.train_epoch(states, keys, 1)
   jax.block_until_ready(sums)  # Warm-up epoch.
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="vae_jax_trace_")
   with jax.profiler.trace(trace_dir):
     t0 = time.perf_counter()
-    state, sums = epoch_fn(state, x_u8_NxD, jnp.int32(2), rng_shuffle, rng_noise, beta)
+    states, sums = programs.train_epoch(states, keys, 2)
     jax.block_until_ready(sums)
     wall = time.perf_counter() - t0
   seconds, calls = op_durations(trace_dir)
-  ops = hlo_ops(epoch_fn.as_text())
-  flops = benchmark.epoch_matmul_flops(config, x_u8_NxD.shape[0])
+  ops = {}
+  for compiled in (*programs.chunks.values(), programs.finish, programs.order):
+    ops.update(hlo_ops(compiled.as_text()))
+  flops = benchmark.epoch_matmul_flops(config, programs.train_data.shape[0])
 
   print(f"Traced epoch: {wall:.3f} s wall (profiling adds some). Trace: {trace_dir}\n")
   print("| op | kind | calls | seconds | share | result | from |")

@@ -1,7 +1,7 @@
 """The PyTorch MNIST VAE example, written out faithfully, for side-by-side comparison.
 
 Run (needs the torch extra: pip install '.[torch]'):
-  .venv/bin/python experiments/pytorch_reference.py --data-path reference --epochs 10 --seed 1
+  .venv/bin/python -m experiments.pytorch_reference --data-path reference --epochs 10 --seed 1
 
 Question: what does the original recipe give on this machine, and how fast? Same spec,
 init (nn.Linear's default), loss (BCE on the sigmoid output, summed, + KL), Adam 1e-3,

@@ -30,7 +30,7 @@ def train_k(config, overrides, splits, ckpt_dir=None):
                             log=lambda _: None)
 
 
-@pytest.fixture(scope="module", params=["map", "vmap"])
+@pytest.fixture(scope="module", params=["loop", "map", "vmap"])
 def k_models(request, small_splits):
   return request.param, train_k(small_config(**{"run.models_strategy": request.param}), OVERRIDES,
                                 small_splits)
@@ -46,6 +46,13 @@ def test_model_k_matches_the_same_config_trained_alone(k_models, small_splits, k
   for r, a in zip(records[k], alone_records, strict=True):
     np.testing.assert_allclose(r["train_loss"], a["train_loss"], rtol=1e-4)
     np.testing.assert_allclose(r["test_loss"], a["test_loss"], rtol=1e-4)
+  if strategy == "loop":  # The single-model program for each model: K single runs, exactly.
+    timing = ("train_seconds", "compile_seconds")
+    assert ([{k: v for k, v in r.items() if k not in timing} for r in records[k]]
+            == [{k: v for k, v in r.items() if k not in timing} for r in alone_records])
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(model_k.params),
+                 jax.device_get(alone.params))
+    return
   if "objective.kl_warmup_epochs" in OVERRIDES[k]:
     # With the KL weight near 0 for the first steps, nothing holds the posterior variances
     # and training is sensitive: batched and single-model matmuls differ in their last bits

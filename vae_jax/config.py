@@ -18,7 +18,7 @@ import ml_collections
 from vae_jax.registry import ConfigError, check_type
 
 SOURCES = ("bundled", "idx", "tfds")
-STRATEGIES = ("auto", "vmap", "map")
+STRATEGIES = ("auto", "vmap", "map", "loop")
 
 
 def _section(cls, config_section, name: str):
@@ -83,9 +83,10 @@ class Optim:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """How the run executes and what it writes; nothing here changes its numbers (num_devices
-  and models_strategy only in the last bits). models_strategy: how K > 1 models share one
-  program ('vmap': batched, 'map': one after another inside it; 'auto': map on CPU, where
-  batching loses, vmap elsewhere). progress_chunks: the epoch runs as that many compiled
+  and models_strategy only in the last bits). models_strategy: how K > 1 models of a group
+  run ('vmap': batched in one program; 'map': one after another inside one program
+  (lax.map); 'loop': the single-model program once per model, exactly K single runs; 'auto':
+  loop on CPU, where batching does not pay (experiments/benchmark.py), vmap elsewhere). progress_chunks: the epoch runs as that many compiled
   chunks; the bar shows each one when the next is already queued, so it never stalls the
   device."""
   num_devices: int = 0  # Data parallelism over this many devices (0: all visible).

@@ -4,7 +4,9 @@ An epoch is: its batch order, ``progress_chunks`` scans over the full batches, t
 partial batch with the epoch's sums. JAX dispatches them asynchronously: while the host
 waits for chunk i to report progress, chunk i + 1 is already queued, so progress costs the
 device nothing (no host callback inside the compiled loop). Every program runs K models
-(step.over_models); each is compiled once, ahead of the first epoch.
+(step.over_models: batched with vmap, or one after another with lax.map); with the 'loop'
+strategy the single-model programs run once per model, dispatched in turn, which is exactly
+K single runs. Each program is compiled once, ahead of the first epoch.
 """
 
 from __future__ import annotations
@@ -30,14 +32,32 @@ def _compile(jitted, debug: bool, *args):
   return jitted if debug else jitted.lower(*args).compile()
 
 
+def _models(tree, k: int):
+  """Models k..k+1 of a K-stacked tree, keeping the model axis."""
+  return jax.tree.map(lambda a: a[k:k + 1], tree)
+
+
+def _concat(trees: list):
+  return trees[0] if len(trees) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
+
+
 class Programs:
   """The compiled epoch, evaluation and image programs of a group; built once per run."""
 
   def __init__(self, group: Group, states, keys, train_data, test_data, mesh=None,
                chunks: int = 1, debug: bool = False):
-    settings, num_models = group.settings, group.num_models
-    over = functools.partial(step_lib.over_models, num_models=num_models, strategy=group.strategy())
+    settings = group.settings
+    strategy = group.strategy()
+    # 'loop': the one-model programs, run for each model in turn.
+    self.per_model = group.num_models > 1 and strategy == "loop"
+    num_models = 1 if self.per_model else group.num_models
+    if self.per_model:
+      states, keys = _models(states, 0), _models(keys, 0)
+    over = functools.partial(step_lib.over_models, num_models=num_models, strategy=strategy)
+    self.num_models = group.num_models
     self.hparams, self.eval_hparams = group.hparams, group.eval_hparams
+    hparams, eval_hparams = ((_models(group.hparams, 0), _models(group.eval_hparams, 0))
+                             if self.per_model else (group.hparams, group.eval_hparams))
     self.train_data, self.test_data = train_data, test_data
     batch = settings.optim.batch_size
     step_fn = functools.partial(step_lib.train_step, objective_fn=group.objective.fn,
@@ -65,10 +85,10 @@ class Programs:
     for a, b in self.bounds:
       if b - a not in self.chunks:
         self.chunks[b - a] = _compile(jax.jit(chunk, donate_argnums=0), debug, states, keys,
-                                      self.hparams, full[:, a:b], train_data)
+                                      hparams, full[:, a:b], train_data)
       outs.append(self.chunks[b - a].out_info[1] if not debug else
-                  jax.eval_shape(chunk, states, keys, self.hparams, full[:, a:b], train_data)[1])
-    self.finish = _compile(jax.jit(finish, donate_argnums=0), debug, states, keys, self.hparams,
+                  jax.eval_shape(chunk, states, keys, hparams, full[:, a:b], train_data)[1])
+    self.finish = _compile(jax.jit(finish, donate_argnums=0), debug, states, keys, hparams,
                            rest, train_data, outs)
 
     def evaluate(params, eval_keys, hparams, data, epoch):
@@ -85,28 +105,39 @@ class Programs:
           group.model.latent_dim))((params, image_keys), x_8)
 
     self.evaluate = _compile(jax.jit(evaluate), debug, states.params, keys["eval"],
-                             self.eval_hparams, test_data, epoch1)
+                             eval_hparams, test_data, epoch1)
     self.num_shown = min(8, test_data.shape[0])
     self.images = _compile(jax.jit(images), debug, states.params, keys["images"],
                            test_data[:self.num_shown], epoch1)
 
+  def _each_model(self, fn: Callable, *trees):
+    """fn on all models at once, or (loop strategy) on each model's slice, concatenated."""
+    if not self.per_model:
+      return fn(*trees)
+    outs = [fn(*(_models(t, k) for t in trees)) for k in range(self.num_models)]
+    return _concat(outs)
+
   def train_epoch(self, states, keys, epoch: int, on_chunk: Callable[[int], None] | None = None):
     """(states, sums): one epoch of every model; on_chunk(steps done) as chunks finish."""
     epoch = jnp.int32(epoch)
-    full, rest = self.order(keys, epoch)
-    outs = []
-    for a, b in self.bounds:
-      states, out = self.chunks[b - a](states, keys, self.hparams, full[:, a:b], self.train_data)
-      if on_chunk is not None and outs:  # Read the previous chunk while this one runs.
-        on_chunk(int(jax.device_get(outs[-1][1][0, -1])))
-      outs.append(out)
-    states, sums = self.finish(states, keys, self.hparams, rest, self.train_data, outs)
-    return states, sums
+
+    def one(states, keys, hparams):
+      full, rest = self.order(keys, epoch)
+      outs = []
+      for a, b in self.bounds:
+        states, out = self.chunks[b - a](states, keys, hparams, full[:, a:b], self.train_data)
+        if on_chunk is not None and outs:  # Read the previous chunk while this one runs.
+          on_chunk(int(jax.device_get(outs[-1][1][0, -1])))
+        outs.append(out)
+      return self.finish(states, keys, hparams, rest, self.train_data, outs)
+    return self._each_model(one, states, keys, self.hparams)
 
   def test_sums(self, states, keys, epoch: int) -> dict[str, Any]:
-    return self.evaluate(states.params, keys["eval"], self.eval_hparams, self.test_data,
-                         jnp.int32(epoch))
+    epoch = jnp.int32(epoch)
+    return self._each_model(lambda params, eval_keys, hparams: self.evaluate(
+        params, eval_keys, hparams, self.test_data, epoch), states.params, keys["eval"], self.eval_hparams)
 
   def grids(self, states, keys, epoch: int):
-    return self.images(states.params, keys["images"], self.test_data[:self.num_shown],
-                       jnp.int32(epoch))
+    epoch = jnp.int32(epoch)
+    return self._each_model(lambda params, image_keys: self.images(
+        params, image_keys, self.test_data[:self.num_shown], epoch), states.params, keys["images"])

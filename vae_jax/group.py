@@ -65,9 +65,9 @@ class Group:
     return -(-self.num_train // self.settings.optim.batch_size)
 
   def strategy(self) -> str:
-    """'vmap' or 'map' for K > 1 (run.models_strategy; 'auto': map on CPU, vmap elsewhere)."""
+    """How K > 1 models run (run.models_strategy; 'auto': loop on CPU, vmap elsewhere)."""
     chosen = self.settings.run.models_strategy
-    return ("map" if jax.default_backend() == "cpu" else "vmap") if chosen == "auto" else chosen
+    return ("loop" if jax.default_backend() == "cpu" else "vmap") if chosen == "auto" else chosen
 
   def describe(self, k: int) -> str:
     return ", ".join(f"{key}={value}" for key, value in self.overrides[k].items()) or "the config"

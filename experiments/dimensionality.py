@@ -2,11 +2,11 @@
 are those numbers? VAE (z = mu) against the deterministic autoencoder and PCA.
 
 Run (about 10 minutes on the project's 2-core CPU):
-  .venv/bin/python experiments/compression.py --workdir runs/compression
-  .venv/bin/python experiments/compression.py --dims 2 20 --epochs 2      # a quick look
+  .venv/bin/python -m experiments.dimensionality --workdir runs/dimensionality
+  .venv/bin/python -m experiments.dimensionality --dims 2 20 --epochs 2      # a quick look
 
 For d in --dims (2, 5, 10, 20, 50): the reference VAE and the same network as a
-deterministic autoencoder (model=ae, BCE loss) with latent size d, trained --epochs (20) on
+deterministic autoencoder (objective 'ae', BCE loss) with latent size d, trained --epochs (20) on
 MNIST pixels / 255; PCA with d components fitted on the training set. On the test set:
 reconstruction MSE per pixel and BCE per image (nats), both from the mean reconstruction
 (VAE: z = mu); the same after storing each code at 8 bits per dimension (uniform levels over
@@ -15,26 +15,18 @@ codes, fitted on the training codes). Bits per image: d x 32 as float32, d x 8 q
 against 784 x 8 = 6272 for the raw image. For the VAE, its active units (evaluate.latent_diagnostics):
 how many of the d dimensions carry information.
 
-Outputs in --workdir: compression.md, compression.json, compression.png (error and probe
+Outputs in --workdir: dimensionality.md, dimensionality.json, dimensionality.png (error and probe
 accuracy against d), the trained runs in vae_d<d>/ and ae_d<d>/.
 """
 
 from __future__ import annotations
 
-# jax probes `from compression import zstd` (Python 3.14's standard library) when it is
-# imported; from any script in this directory that finds this file. Failing that import the
-# way a missing module does lets jax fall back (to zlib) instead of importing a script.
-if __name__ != "__main__":
-  raise ImportError("experiments/compression.py is a script, not the 'compression' module")
-
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402  (a module beside this script)
-
-from vae_jax import evaluate, metrics  # noqa: E402
+from experiments import common
+from vae_jax import evaluate, metrics
 
 CODE_BITS = 8  # Stored precision per code dimension for the quantized columns.
 
@@ -87,7 +79,7 @@ def plot(path: Path, rows: list[dict], dims: list[int]) -> None:
 
 
 def main() -> int:
-  parser = common.parser(__doc__, "compression", epochs=20)
+  parser = common.parser(__doc__, "dimensionality", epochs=20)
   parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10, 20, 50])
   args = parser.parse_args()
   start = time.perf_counter()
@@ -99,19 +91,20 @@ def main() -> int:
   rows = []
   for d in args.dims:
     for name, model in (("VAE", "vae"), ("AE", "ae")):
-      _, state, _ = common.train_model(args.workdir / f"{model}_d{d}", splits, latent_dim=d,
-                                       model=model, num_epochs=args.epochs, seed=args.seed)
+      _, state, _ = common.train_model(args.workdir / f"{model}_d{d}", splits, {
+          "model.latent_dim": d, "objective.name": "elbo" if model == "vae" else "ae",
+          "optim.num_epochs": args.epochs, "seed": args.seed})
       rows.append(scores(
-          name, d, lambda x, s=state: evaluate.encode_all(s.params, s.apply_fn, x)[0],
-          lambda z, s=state: evaluate.decode_all(s.params, s.apply_fn, z), x_train, y_train, x_test, y_test))
+          name, d, lambda x, s=state: common.encode(s, x)[0],
+          lambda z, s=state: common.decode(s, z), x_train, y_train, x_test, y_test))
       if model == "vae":  # How many of the d dimensions the VAE actually uses.
-        diagnostics = evaluate.latent_diagnostics(*evaluate.encode_all(state.params, state.apply_fn, x_test))
+        diagnostics = evaluate.latent_diagnostics(*common.encode(state, x_test))
         rows[-1]["active_units"] = diagnostics["active_units"]
     rows.append(scores(
         "PCA", d, lambda x, c=components[:d]: metrics.pca_encode(x, mean, c),
         lambda z, c=components[:d]: metrics.pca_decode(z, mean, c),
         x_train, y_train, x_test, y_test))
-  plot(args.workdir / "compression.png", rows, args.dims)
+  plot(args.workdir / "dimensionality.png", rows, args.dims)
 
   table = common.markdown_table(
       ["d", "method", "MSE / pixel", "BCE / image", "MSE, 8-bit codes", "BCE, 8-bit codes",
@@ -124,7 +117,7 @@ def main() -> int:
       "reconstructions from z = mu (VAE), z (AE) or the PCA projection. A raw image is "
       f"784 x 8 = 6272 bits. Wall time of the whole script: {time.perf_counter() - start:.0f} s.",
       "", table])
-  common.write_report(args.workdir, "compression", "Dimensionality reduction: VAE, AE, PCA",
+  common.write_report(args.workdir, "dimensionality", "Dimensionality reduction: VAE, AE, PCA",
                       text, {"epochs": args.epochs, "rows": rows})
   return 0
 

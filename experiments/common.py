@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from experiments import machine as machine_lib
-from vae_jax import config as config_lib, data, evaluate, train
+from vae_jax import api, config as config_lib, data, evaluate, train
 
 
 def parser(doc: str, name: str, epochs: int) -> argparse.ArgumentParser:
@@ -75,8 +75,7 @@ def flat_pixels(splits) -> tuple[np.ndarray, np.ndarray]:
 
 def as_images(state, x_NxD) -> np.ndarray:
   """Flat pixels (N x D) in the shape of the state's model (N x H x W x C)."""
-  image_shape = state.apply_fn.__self__.image_shape  # apply_fn is the bound Module.apply.
-  return np.reshape(x_NxD, (len(x_NxD), *image_shape))
+  return np.reshape(x_NxD, (len(x_NxD), *api.model_of(state).image_shape))
 
 
 def encode(state, x_NxD) -> tuple[np.ndarray, np.ndarray]:

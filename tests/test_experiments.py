@@ -30,3 +30,15 @@ def test_application_script_starts_and_documents_its_command(script):
 def test_no_experiment_edits_sys_path():
   for path in (ROOT / "experiments").glob("*.py"):
     assert "sys.path" not in path.read_text(), path.name
+
+
+def test_an_objective_registered_outside_the_package_runs_a_sweep(tmp_path):
+  result = run_module("custom_objective", "--workdir", str(tmp_path), "--epochs", "1",
+                      "--train-examples", "300", "--test-examples", "100")
+  assert result.returncode == 0, result.stderr
+  import csv
+  with open(tmp_path / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 6 and {r["objective.mmd_weight"] for r in rows} == {"1.0", "10.0", "100.0"}
+  assert all(float(r["train_mmd"]) >= 0 for r in rows)  # Its own metric, in every output.
+  assert "train mmd" in (tmp_path / "summary.md").read_text()

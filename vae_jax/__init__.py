@@ -1,3 +1,57 @@
-"""vae-jax: the classic MNIST VAE, reproduced exactly in JAX/Flax, as a research codebase."""
+"""vae-jax: the classic MNIST VAE, reproduced exactly in JAX/Flax, as a research library.
 
-__version__ = "0.1.0"
+The public API (imported on first use, so ``import vae_jax`` stays light):
+
+  config = vae_jax.get_config()                   # the reference, in sections
+  state, records = vae_jax.train(config, "runs/x")  # one model; resumes a killed run
+  states, records = vae_jax.train_models(config, splits, [{"seed": 1}, {"seed": 2}], ckpt, dirs)
+  config, state, keys, meta = vae_jax.load_run("runs/x", "best")
+  mu, logvar = vae_jax.encode(state, x_NxHxWxC)   # posterior means and log-variances
+  images = vae_jax.decode(state, z_NxL)           # mean images in [0, 1]
+  images = vae_jax.sample(state, 64, jax.random.key(0))
+  est = vae_jax.log_likelihood(state, x_binary, jax.random.key(0), num_samples=5000)
+  vae_jax.run_study(vae_jax.make_study(...), "runs/study")
+
+Extension points: ``@vae_jax.register_model("name")`` on a ``vae_jax.VAE`` subclass (its
+fields become config.model settings); ``@vae_jax.register_objective("name", Hparams)`` on a
+function ``(params, apply_fn, x, key, hparams) -> (loss, metrics)`` whose Hparams (a
+``vae_jax.Hparams`` flax.struct dataclass; ``vae_jax.static`` for settings that shape the
+program) become config.objective settings. See experiments/custom_objective.py.
+"""
+
+import importlib
+
+__version__ = "0.2.0"
+
+_API = {
+    "get_config": ("vae_jax.config", "default_sections"),
+    "parse_config": ("vae_jax.config", "parse"),
+    "train": ("vae_jax.train", "train_and_evaluate"),
+    "train_models": ("vae_jax.train", "train_models"),
+    "load_run": ("vae_jax.train", "restore_run"),
+    "load_data": ("vae_jax.data", "load_data"),
+    "encode": ("vae_jax.api", "encode"),
+    "decode": ("vae_jax.api", "decode"),
+    "sample": ("vae_jax.api", "sample"),
+    "log_likelihood": ("vae_jax.api", "log_likelihood"),
+    "make_study": ("vae_jax.sweep", "make_study"),
+    "run_study": ("vae_jax.sweep", "run_study"),
+    "register_model": ("vae_jax.models", "register_model"),
+    "VAE": ("vae_jax.models", "VAE"),
+    "register_objective": ("vae_jax.objectives", "register_objective"),
+    "Hparams": ("vae_jax.objectives", "Hparams"),
+    "Likelihood": ("vae_jax.objectives", "Likelihood"),
+    "static": ("vae_jax.objectives", "static"),
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+  if name not in _API:
+    raise AttributeError(f"module 'vae_jax' has no attribute {name!r}")
+  module, attribute = _API[name]
+  return getattr(importlib.import_module(module), attribute)
+
+
+def __dir__():
+  return sorted([*globals(), *_API])

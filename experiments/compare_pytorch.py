@@ -28,7 +28,7 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from experiments import machine, pytorch_reference
+from experiments import machine as machine_lib, pytorch_reference
 
 from vae_jax import data, train
 from vae_jax.configs import default
@@ -155,7 +155,7 @@ def main() -> int:
             log=on_line))
   bar.close()
 
-  machine_info = machine.describe_machine()
+  machine_info = machine_lib.describe_machine()
   import torch
   machine = (f"{machine_info['cpu']}, {machine_info['cores']} cores, jax {machine_info['jax']} "
              f"({machine_info['backend']}), torch {torch.__version__} ({args.device}, "

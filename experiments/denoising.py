@@ -27,9 +27,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sklearn.decomposition import PCA
 
 from experiments import common
-from vae_jax import evaluate, images, metrics, objectives
+from vae_jax import images, metrics, objectives
 
 CORRUPTIONS = (("gaussian", 0.1), ("gaussian", 0.3), ("gaussian", 0.5), ("mask", 0.5))
 
@@ -59,10 +60,10 @@ def main() -> int:
   start = time.perf_counter()
   splits = common.prepare(args)
   x_train, x_test = common.flat_pixels(splits)
-  mean, components = metrics.pca_fit(x_train, args.pca_components)
+  pca = PCA(args.pca_components).fit(x_train)
 
   def pca_denoise(x):
-    return np.clip(metrics.pca_decode(metrics.pca_encode(x, mean, components), mean, components), 0, 1)
+    return np.clip(pca.inverse_transform(pca.transform(x)), 0, 1)
 
   def vae_denoise(state, x):
     mu, _ = common.encode(state, x)

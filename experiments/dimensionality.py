@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from sklearn.decomposition import PCA
+
 from experiments import common
 from vae_jax import evaluate, metrics
 
@@ -86,7 +88,6 @@ def main() -> int:
   splits = common.prepare(args)
   (_, y_train), (_, y_test) = splits["train"], splits["test"]
   x_train, x_test = common.flat_pixels(splits)
-  mean, components = metrics.pca_fit(x_train, max(args.dims))
 
   rows = []
   for d in args.dims:
@@ -100,10 +101,8 @@ def main() -> int:
       if model == "vae":  # How many of the d dimensions the VAE actually uses.
         diagnostics = evaluate.latent_diagnostics(*common.encode(state, x_test))
         rows[-1]["active_units"] = diagnostics["active_units"]
-    rows.append(scores(
-        "PCA", d, lambda x, c=components[:d]: metrics.pca_encode(x, mean, c),
-        lambda z, c=components[:d]: metrics.pca_decode(z, mean, c),
-        x_train, y_train, x_test, y_test))
+    pca = PCA(d).fit(x_train)
+    rows.append(scores("PCA", d, pca.transform, pca.inverse_transform, x_train, y_train, x_test, y_test))
   plot(args.workdir / "dimensionality.png", rows, args.dims)
 
   table = common.markdown_table(

@@ -23,11 +23,9 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
-from experiments import benchmark
+from experiments import timing
 
-from vae_jax import train
 from vae_jax.configs import default
 
 
@@ -70,7 +68,7 @@ def main() -> int:
   args = parser.parse_args()
 
   config = default.get_config()
-  programs, states, keys, _ = benchmark.reference_programs(config)
+  programs, states, keys, _ = timing.reference_programs(config)
   states, sums = programs.train_epoch(states, keys, 1)
   jax.block_until_ready(sums)  # Warm-up epoch.
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="vae_jax_trace_")
@@ -83,7 +81,7 @@ def main() -> int:
   ops = {}
   for compiled in (*programs.chunks.values(), programs.finish, programs.order):
     ops.update(hlo_ops(compiled.as_text()))
-  flops = benchmark.epoch_matmul_flops(config, programs.train_data.shape[0])
+  flops = timing.epoch_matmul_flops(config, programs.train_data.shape[0])
 
   print(f"Traced epoch: {wall:.3f} s wall (profiling adds some). Trace: {trace_dir}\n")
   print("| op | kind | calls | seconds | share | result | from |")
@@ -98,7 +96,7 @@ def main() -> int:
         f"everything else {total - matmul:.3f} s.")
   print(f"Matmul kernels alone: {flops / 1e9:.1f} GFLOP in {matmul:.3f} s = "
         f"{flops / matmul / 1e9:.1f} GFLOP/s; the float32 peak measured now: "
-        f"{max(benchmark.matmul_peak_gflops().values()):.1f} GFLOP/s.")
+        f"{max(timing.matmul_peak_gflops().values()):.1f} GFLOP/s.")
   return 0
 
 

@@ -99,7 +99,11 @@ def batches(images_u8: np.ndarray, data_path: str, batch_size: int, shuffle: boo
 def train(images_train_u8, images_test_u8, *, data_path: str = "reference", epochs: int = 10,
           seed: int = 1, batch_size: int = 128, learning_rate: float = 1e-3,
           device: str = "cpu", log=print) -> list[dict]:
-  """Trains the reference; returns per-epoch records (nats per example, train seconds)."""
+  """Trains the reference; returns per-epoch records (nats per example, train seconds).
+
+  Images: N x 28 x 28 (x 1) uint8, as vae_jax's readers return them.
+  """
+  images_train_u8, images_test_u8 = (x.reshape(len(x), 28, 28) for x in (images_train_u8, images_test_u8))
   torch.manual_seed(seed)
   generator = torch.Generator().manual_seed(seed)
   model = VAE().to(device)

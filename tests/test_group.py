@@ -1,6 +1,5 @@
 """K models in one program against the same configs trained alone; per-model settings."""
 
-import functools
 import tempfile
 
 import jax

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from vae_jax import config as config_lib, models
-from vae_jax.models import mlp
 from vae_jax.registry import ConfigError
 
 

@@ -14,11 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import k_model_run, make_model, synthetic_split, train_args
+from conftest import k_model_run, make_model, train_args
 
 from vae_jax import train
 from vae_jax.registry import ConfigError
-from vae_jax.configs import default
 
 EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 

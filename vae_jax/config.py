@@ -86,7 +86,8 @@ class Run:
   and models_strategy only in the last bits). models_strategy: how K > 1 models of a group
   run ('vmap': batched in one program; 'map': one after another inside one program
   (lax.map); 'loop': the single-model program once per model, exactly K single runs; 'auto':
-  loop on CPU, where batching does not pay (experiments/benchmark.py), vmap elsewhere). progress_chunks: the epoch runs as that many compiled
+  map on CPU, where batching does not pay and map measured fastest (experiments/benchmark.py),
+  vmap elsewhere). progress_chunks: the epoch runs as that many compiled
   chunks; the bar shows each one when the next is already queued, so it never stalls the
   device."""
   num_devices: int = 0  # Data parallelism over this many devices (0: all visible).

@@ -13,8 +13,7 @@ evaluation ``fold_in(eval, epoch)``, images ``fold_in(images, epoch)``.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -65,9 +64,9 @@ class Group:
     return -(-self.num_train // self.settings.optim.batch_size)
 
   def strategy(self) -> str:
-    """How K > 1 models run (run.models_strategy; 'auto': loop on CPU, vmap elsewhere)."""
+    """How K > 1 models run (run.models_strategy; 'auto': map on CPU, vmap elsewhere)."""
     chosen = self.settings.run.models_strategy
-    return ("loop" if jax.default_backend() == "cpu" else "vmap") if chosen == "auto" else chosen
+    return ("map" if jax.default_backend() == "cpu" else "vmap") if chosen == "auto" else chosen
 
   def describe(self, k: int) -> str:
     return ", ".join(f"{key}={value}" for key, value in self.overrides[k].items()) or "the config"

@@ -1,4 +1,6 @@
-"""Metrics and the PCA baseline of the autoencoder applications (numpy, float64, host side).
+"""Metrics of the autoencoder applications (numpy, float64, host side).
+
+The AUROC and the PCA baseline come from scikit-learn (roc_auc_score, PCA).
 
 Pixels are floats in [0, 1]. Per-image functions return one value per image (N,); the
 experiments report their means.
@@ -7,7 +9,6 @@ experiments report their means.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 
 def mse_per_pixel(x_NxD, y_NxD) -> np.ndarray:
@@ -27,40 +28,6 @@ def psnr(clean_NxD, other_NxD, max_value: float = 1.0) -> np.ndarray:
   """Peak signal-to-noise ratio per image: 10 log10(max^2 / MSE), dB (inf when equal)."""
   with np.errstate(divide="ignore"):
     return 10.0 * np.log10(max_value**2 / mse_per_pixel(clean_NxD, other_NxD))
-
-
-def auroc(scores_N, is_positive_N) -> float:
-  """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2.
-
-  Computed from ranks (Mann-Whitney U). Positives are, e.g., anomalies scored by -log p(x).
-  """
-  scores = np.asarray(scores_N, np.float64)
-  positive = np.asarray(is_positive_N, bool)
-  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-  if not n_pos or not n_neg:
-    raise ValueError(f"auroc: needs positives and negatives, got {n_pos} and {n_neg}")
-  ranks = stats.rankdata(scores)  # Average ranks: a tie between classes counts 1/2.
-  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def pca_fit(x_NxD, num_components: int) -> tuple[np.ndarray, np.ndarray]:
-  """(mean_D, components_CxD): the top eigenvectors of the data's covariance, largest first."""
-  x = np.asarray(x_NxD, np.float64)
-  if not 1 <= num_components <= x.shape[1]:
-    raise ValueError(f"num_components={num_components}: expected 1 to {x.shape[1]}")
-  mean = x.mean(axis=0)
-  centered = x - mean
-  eigenvalues, eigenvectors = np.linalg.eigh(centered.T @ centered)
-  order = np.argsort(eigenvalues)[::-1][:num_components]
-  return mean, eigenvectors[:, order].T
-
-
-def pca_encode(x_NxD, mean_D, components_CxD) -> np.ndarray:
-  return (np.asarray(x_NxD, np.float64) - mean_D) @ components_CxD.T
-
-
-def pca_decode(codes_NxC, mean_D, components_CxD) -> np.ndarray:
-  return codes_NxC @ components_CxD + mean_D
 
 
 def quantize(codes_NxC, low_C, high_C, bits: int) -> np.ndarray:

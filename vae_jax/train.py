@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import ml_collections
@@ -29,17 +29,25 @@ def default_config() -> ml_collections.ConfigDict:
   return default.get_config()
 
 
-def make_record(epoch: int, train_sums: dict, test_sums: dict, n_test: int, k: int) -> dict:
-  """Model k's epoch record: train_<metric>, test_<metric> (nats per example), then counts.
+COUNTS = ("examples", "first_nonfinite_step")  # Sums of train_step's that are not metrics.
 
-  Metric keys come from the objectives: ``loss`` first, the others in name order.
+
+def metric_order(name: str) -> tuple:
+  """Sampled metrics before their z = mu versions; within each, loss first, then by name.
+
+  (jax returns dicts with sorted keys; this order is the reference's metrics.jsonl.)
   """
+  base = name.removesuffix("_mean_z")
+  return (name.endswith("_mean_z"), base != "loss", base)
+
+
+def make_record(epoch: int, train_sums: dict, test_sums: dict, n_test: int, k: int) -> dict:
+  """Model k's epoch record: train_<metric>, test_<metric> (nats per example)."""
   examples = int(train_sums["examples"][k])
-  ordered = lambda sums: sorted((m for m in sums if m not in ("examples", "first_nonfinite_step")),
-                                key=lambda m: (m.endswith("_mean_z"), m != "loss" and m != "loss_mean_z", m))
   record = {"epoch": epoch}
-  record.update({f"train_{m}": float(train_sums[m][k]) / examples for m in ordered(train_sums)})
-  record.update({f"test_{m}": float(test_sums[m][k]) / n_test for m in ordered(test_sums)})
+  record.update({f"train_{m}": float(train_sums[m][k]) / examples
+                 for m in sorted(set(train_sums) - set(COUNTS), key=metric_order)})
+  record.update({f"test_{m}": float(test_sums[m][k]) / n_test for m in sorted(test_sums, key=metric_order)})
   return record
 
 

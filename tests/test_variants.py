@@ -178,3 +178,27 @@ def test_denoising_loss_encodes_the_corrupted_input_and_scores_the_clean_one():
   assert not np.allclose(logits, clean_logits)  # The encoder did see other inputs.
   clean = hparams.for_evaluation()  # Test losses are on clean inputs, beta 1.
   assert clean.corruption == "none" and float(clean.beta) == 1.0
+
+
+def test_beta_tcvae_terms_match_a_numpy_minibatch_weighted_sampling_estimate():
+  state, fn, hparams = _state(**{"objective.name": "beta_tcvae", "objective.tc_weight": 3.0})
+  hparams = hparams.replace(num_train_examples=1000)
+  x = jnp.asarray(np.random.RandomState(8).rand(6, 12, 1, 1), jnp.float32)
+  key = jax.random.key(4)
+  loss, terms = fn(state.params, state.apply_fn, x, key, hparams)
+  logits, mu, logvar = (np.asarray(a, np.float64) for a in state.apply_fn({"params": state.params}, x, key))
+  z = mu + np.exp(0.5 * logvar) * np.asarray(jax.random.normal(key, mu.shape), np.float64)
+  # log q(z_i,l | x_j) for all pairs, then Chen et al.'s estimates with N = 1000, B = 6.
+  log_q_ijl = stats.norm.logpdf(z[:, None], mu[None], np.exp(0.5 * logvar[None]))
+  log_nb = np.log(6 * 1000)
+  log_qz = special.logsumexp(log_q_ijl.sum(-1), axis=1) - log_nb
+  log_prod = (special.logsumexp(log_q_ijl, axis=1) - log_nb).sum(-1)
+  log_qz_x = stats.norm.logpdf(z, mu, np.exp(0.5 * logvar)).sum(-1)
+  log_pz = stats.norm.logpdf(z).sum(-1)
+  mi, tc, dwkl = (log_qz_x - log_qz).sum(), (log_qz - log_prod).sum(), (log_prod - log_pz).sum()
+  bce = losses.bce_per_example(jnp.asarray(logits, jnp.float32), x).sum()
+  for name, value in (("mi", mi), ("tc", tc), ("dwkl", dwkl)):
+    np.testing.assert_allclose(terms[name], value, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(loss, bce + mi + 3.0 * tc + dwkl, rtol=1e-5)
+  # The three terms add up to the sampled KL, log q(z|x) - log p(z), whatever their split.
+  np.testing.assert_allclose(terms["mi"] + terms["tc"] + terms["dwkl"], (log_qz_x - log_pz).sum(), rtol=1e-4)

@@ -155,6 +155,20 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def effective(config) -> dict[str, Any]:
+  """The dotted keys that decide a run: every section, but of config.model and
+  config.objective only the name and the chosen entry's settings (the other entries'
+  defaults may change without touching this run)."""
+  from vae_jax import models, objectives
+  flat = flatten(config)
+  for kind, registry in (("model", models.REGISTRY), ("objective", objectives.REGISTRY)):
+    name = flat.get(f"{kind}.name", registry.default)
+    used = registry.entries[name].settings if name in registry.entries else {}
+    flat = {k: v for k, v in flat.items()
+            if not k.startswith(f"{kind}.") or k == f"{kind}.name" or k.split(".", 1)[1] in used}
+  return flat
+
+
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """'key: saved -> current' for each dotted key that differs and changes the numbers."""
   saved, current = flatten(saved), flatten(current)

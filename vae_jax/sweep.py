@@ -118,7 +118,7 @@ def groups(study) -> list[tuple[dict[str, Any], list[tuple[dict[str, Any], int]]
 
 def group_hash(study, shape: dict[str, Any], members) -> str:
   """A name for a group from everything that decides its numbers (not its position)."""
-  config = config_lib.flatten(setting_config(study, shape))
+  config = config_lib.effective(setting_config(study, shape))
   spec = {"config": config, "models": [[setting, seed] for setting, seed in members]}
   return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -62,7 +62,7 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   settings, num_models = group.settings, group.num_models
   primary = distributed.is_primary()
   fingerprint = checkpoint.data_fingerprint(splits)
-  meta_base = {"config": config_lib.flatten(config), "models": group.overrides,
+  meta_base = {"config": config_lib.effective(config), "models": group.overrides,
                "data": fingerprint, "versions": {"jax": jax.__version__, "vae_jax": __version__}}
   # 1. Fresh states and keys from the seeds: where a new run starts, and the layout a
   #    checkpoint is restored into.
@@ -175,7 +175,7 @@ def resume(ckpt_dir: Path, meta_base: dict, states, keys):
     epoch = checkpoint.select(mngr, "latest")
     where = checkpoint.checkpoint_dir(mngr, epoch)
     meta = checkpoint.read_meta(mngr, epoch)
-    saved = {**meta["config"], **{f"model {k}: {key}": v for k, o in enumerate(meta["models"])
+    saved = {**config_lib.effective(meta["config"]), **{f"model {k}: {key}": v for k, o in enumerate(meta["models"])
                                   for key, v in o.items()}}
     current = {**meta_base["config"], **{f"model {k}: {key}": v
                                           for k, o in enumerate(meta_base["models"])
@@ -231,7 +231,7 @@ def restore_run(workdir: str | Path, which: str = "latest"):
   with checkpoint.manager(workdir, read_only=True) as mngr:
     epoch = checkpoint.select(mngr, which)
     meta = checkpoint.read_meta(mngr, epoch)
-    config = config_lib.from_flat(meta["config"])
+    config = config_lib.from_flat(config_lib.effective(meta["config"]))
     train = meta["data"]["train"]  # A zero-copy stand-in: the group needs only shape and count.
     x_train = np.broadcast_to(np.zeros((1,) * (1 + len(train["image_shape"])), np.uint8),
                               (train["examples"], *train["image_shape"]))

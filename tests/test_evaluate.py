@@ -188,3 +188,12 @@ def test_likelihood_command_reports_nll_elbo_gap_and_warns(trained_run):
   # The fixture trained on gray levels: the protocol's warning, on stderr and in the report.
   assert "config.data.binarize=False" in result.stderr
   assert any("config.data.binarize=False" in w for w in report["warnings"])
+
+
+def test_the_autoencoders_run_is_refused_by_the_likelihood(small_splits, tmp_path):
+  from vae_jax import config as config_lib, train
+  config = config_lib.from_flat({"objective.name": "ae", "optim.num_epochs": 1, "run.progress": False,
+                                 "run.save_images": False})
+  train.train_and_evaluate(config, tmp_path / "ae", small_splits)
+  with pytest.raises(ValueError, match="objective 'ae': a deterministic autoencoder has no q\\(z\\|x\\)"):
+    evaluate.evaluate_run(tmp_path / "ae", num_samples=5)

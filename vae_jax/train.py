@@ -24,11 +24,6 @@ from vae_jax.epoch import Programs
 from vae_jax.parallel import make_mesh, replicate, shard_models
 
 
-def default_config() -> ml_collections.ConfigDict:
-  from vae_jax.configs import default
-  return default.get_config()
-
-
 COUNTS = ("examples", "first_nonfinite_step")  # Sums of train_step's that are not metrics.
 
 

@@ -1,7 +1,8 @@
 """``python tests/pause_run.py POINT MARKER -- <vae_jax CLI args>``: a training run that
 stops at POINT, writes MARKER and sleeps, so a test can SIGKILL it exactly there.
 
-POINT: ``after_epoch_1`` (checkpoint 1 saved and metrics.jsonl written) or ``saving_2``
+POINT: ``after_epoch_1`` (checkpoint 1 saved and metrics.jsonl written, its images not yet),
+``before_checkpoint_1`` (epoch 1 trained and evaluated, nothing saved) or ``saving_2``
 (checkpoint 2 fully written to its temporary directory, before orbax renames it into place).
 """
 
@@ -30,6 +31,15 @@ def main():
       if records and records[-1]["epoch"] == 1:
         pause(marker)
     workdir.write_metrics = write_then_pause
+  elif point == "before_checkpoint_1":
+    from vae_jax import checkpoint
+    save = checkpoint.save
+
+    def pause_then_save(mngr, epoch, *args):
+      if epoch == 1:
+        pause(marker)
+      return save(mngr, epoch, *args)
+    checkpoint.save = pause_then_save
   elif point == "saving_2":
     from orbax.checkpoint._src.path import async_path
     rename = async_path.rename

@@ -25,17 +25,23 @@ PAUSE_RUN = Path(__file__).parent / "pause_run.py"
 TIMING_KEYS = ("train_seconds", "compile_seconds")
 
 
-def kill_at(point: str, workdir: Path, idx_dir: Path) -> None:
-  """Starts a training run, waits until it pauses at point, and SIGKILLs it."""
+def pause_at(point: str, workdir: Path, idx_dir: Path, *extra) -> subprocess.Popen:
+  """Starts a training run and returns it once it pauses at point (still alive)."""
   marker = workdir.parent / f"{workdir.name}.{point}"
   proc = subprocess.Popen([sys.executable, str(PAUSE_RUN), point, str(marker), "--",
-                           *train_args(workdir, idx_dir)],
+                           *train_args(workdir, idx_dir, *extra)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 300
   while not marker.exists():
     assert proc.poll() is None, f"run ended before {point}: {proc.stderr.read()}"
     assert time.monotonic() < deadline, f"run did not reach {point}"
     time.sleep(0.05)
+  return proc
+
+
+def kill_at(point: str, workdir: Path, idx_dir: Path, *extra) -> None:
+  """Starts a training run, waits until it pauses at point, and SIGKILLs it."""
+  proc = pause_at(point, workdir, idx_dir, *extra)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   proc.stderr.close()
@@ -84,6 +90,79 @@ def test_killed_during_a_save_keeps_the_previous_checkpoint(trained_run, session
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2"]
   assert_trees_equal_bitwise(saved_arrays(workdir), saved_arrays(trained_run))
   assert metrics(workdir) == metrics(trained_run)
+
+
+def test_killed_before_the_first_checkpoint_the_same_command_starts_afresh(
+    trained_run, session_idx_dir, tmp_path):
+  workdir = tmp_path / "run"
+  kill_at("before_checkpoint_1", workdir, session_idx_dir)
+  assert not checkpoint.has_checkpoints(workdir)
+  assert (workdir / "metrics.jsonl").read_text() == ""  # An empty log: nothing to keep.
+  result = run_cli(*train_args(workdir, session_idx_dir))
+  assert result.returncode == 0, result.stderr
+  assert_trees_equal_bitwise(saved_arrays(workdir), saved_arrays(trained_run))
+  assert metrics(workdir) == metrics(trained_run)
+
+
+def test_the_corrected_command_continues_on_the_workdir_of_a_failed_run(
+    trained_run, session_idx_dir, tmp_path):
+  workdir = tmp_path / "run"
+  failed = run_cli(*train_args(workdir, session_idx_dir, "--config.optim.learning_rate=1e30"))
+  assert failed.returncode == 1 and "non-finite" in failed.stderr
+  result = run_cli(*train_args(workdir, session_idx_dir))  # The learning rate corrected.
+  assert result.returncode == 0, result.stderr
+  assert metrics(workdir) == metrics(trained_run)
+
+
+def test_a_second_process_is_refused_naming_the_first_and_the_first_finishes_alone(
+    trained_run, session_idx_dir, tmp_path):
+  workdir = tmp_path / "run"
+  first = pause_at("after_epoch_1", workdir, session_idx_dir)
+  before = tree_bytes(workdir)
+  second = run_cli(*train_args(workdir, session_idx_dir))
+  lines = second.stderr.strip().splitlines()
+  assert second.returncode == 2 and len(lines) == 1, second.stderr
+  assert f"in use by another vae_jax process (pid {first.pid})" in lines[0]
+  assert tree_bytes(workdir) == before  # The refused process wrote nothing.
+  first.send_signal(signal.SIGKILL)
+  first.wait()
+  first.stderr.close()
+  result = run_cli(*train_args(workdir, session_idx_dir))  # The lock died with its holder.
+  assert result.returncode == 0, result.stderr
+  assert metrics(workdir) == metrics(trained_run)
+
+
+def test_images_of_the_epoch_in_flight_are_completed_on_resume(session_idx_dir, tmp_path):
+  images_on = "--config.run.save_images=True"
+  kill_at("after_epoch_1", tmp_path / "run", session_idx_dir, images_on)
+  assert not (tmp_path / "run" / "sample_1.png").exists()  # Killed between log and images.
+  for workdir in (tmp_path / "run", tmp_path / "whole"):
+    result = run_cli(*train_args(workdir, session_idx_dir, images_on))
+    assert result.returncode == 0, result.stderr
+  for name in ("sample_1.png", "reconstruction_1.png", "sample_2.png"):
+    assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_sigterm_stops_at_a_safe_point_in_one_line_and_the_same_command_continues(
+    session_idx_dir, tmp_path):
+  args = train_args(tmp_path / "run", session_idx_dir, "--config.optim.num_epochs=30")
+  proc = subprocess.Popen([sys.executable, "-m", "vae_jax", *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  log, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 300
+  while not (log.exists() and log.read_text().count("\n") >= 2):
+    assert proc.poll() is None, proc.stderr.read()
+    assert time.monotonic() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  lines = err.strip().splitlines()
+  assert proc.returncode == 128 + signal.SIGTERM and len(lines) == 1, err
+  assert "stopped by SIGTERM: kept " in lines[0] and "run the same command to continue" in lines[0]
+  assert 2 <= len(metrics(tmp_path / "run")) < 30
+  assert run_cli(*args).returncode == 0
+  whole = run_cli(*train_args(tmp_path / "whole", session_idx_dir, "--config.optim.num_epochs=30"))
+  assert whole.returncode == 0
+  assert metrics(tmp_path / "run") == metrics(tmp_path / "whole")
 
 
 def test_checkpoint_holds_state_keys_config_and_records(trained_run):

@@ -17,7 +17,9 @@ environment variables). ``train`` on a DIR that holds checkpoints resumes from t
 (default: vae_jax/configs/default.py, the reference); any key can be overridden in the
 ml_collections style, e.g. ``--config.optim.num_epochs=3`` or ``--config.model.name=conv``. Bad input (unknown key, wrong type,
 invalid value, unusable data, workdir or checkpoint) is one line on stderr and exit status
-2; a non-finite loss is one line and exit status 1.
+2; a non-finite loss is one line and exit status 1. SIGINT or SIGTERM stops at the next safe
+point with one line saying what was kept (exit status 128 + the signal); the same command
+continues. One process writes a workdir at a time (a lock); a second is refused, naming the first.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -62,60 +65,106 @@ def _fail(message: str, status: int = 2) -> int:
   return status
 
 
-def main() -> int:
-  argv = ["vae_jax", *sys.argv[1:]]
-  if any(a in ("--help", "-h", "--helpfull", "help") for a in argv[1:]):
-    print(usage(next((a for a in argv[1:] if a in COMMANDS), None)))
-    return 0
+def define_flags() -> flags.FlagValues:
+  """The CLI's flags in a FlagValues of their own (main can run more than once in a process)."""
+  fv = flags.FlagValues()
+  # config_flags applies the --config.* overrides while the flag is parsed, so an unknown key
+  # surfaces then, as a KeyError/AttributeError from ml_collections.
+  config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config file.", flag_values=fv,
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory of the run.", flag_values=fv)
+  flags.DEFINE_string("checkpoint", "latest", "latest, best or an epoch number.", flag_values=fv)
+  flags.DEFINE_string("out", None, "Output file (sample, reconstruct: .png; encode: .npz).",
+                      flag_values=fv)
+  flags.DEFINE_integer("num", None, "Images to sample (default 64) or reconstruct (default 8); "
+                       "likelihood: test examples (default 0 = all).", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "sample, likelihood: key of the z draws.", flag_values=fv)
+  flags.DEFINE_integer("num_samples", 5000, "likelihood: importance samples per example.",
+                       flag_values=fv)
+  flags.DEFINE_enum("split", "test", ["train", "test"], "Data split to use.", flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
+                      "(default: JAX_COORDINATOR_ADDRESS; unset: one process).", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Multi-process: how many (JAX_NUM_PROCESSES).",
+                       flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "Multi-process: this one's index (JAX_PROCESS_ID).",
+                       flag_values=fv)
+  return fv
+
+
+def parse(argv: list[str]):
+  """(command, flags, config) or an int: the exit status after one error line."""
+  config_file = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
+                      if a == "--config" and i + 1 < len(argv) or a.startswith("--config=")),
+                     str(DEFAULT_CONFIG))
+  if not Path(config_file).is_file():
+    return _fail(f"--config {config_file}: not a file (expected a Python file defining get_config())")
+  saved_argv, sys.argv = sys.argv, ["vae_jax", *argv]  # config_flags reads sys.argv.
   try:
-    # config_flags applies the --config.* overrides while the flag is defined, so an
-    # unknown key surfaces here, as a KeyError/AttributeError from ml_collections.
-    config_flag = config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config file.",
-                                                  lock_config=True)
-    workdir_flag = flags.DEFINE_string("workdir", None, "Directory of the run.")
-    flags.DEFINE_string("checkpoint", "latest", "latest, best or an epoch number.")
-    flags.DEFINE_string("out", None, "Output file (sample, reconstruct: .png; encode: .npz).")
-    flags.DEFINE_integer("num", None, "Images to sample (default 64) or reconstruct (default 8); "
-                         "likelihood: test examples (default 0 = all).")
-    flags.DEFINE_integer("seed", 0, "sample, likelihood: key of the z draws.")
-    flags.DEFINE_integer("num_samples", 5000, "likelihood: importance samples per example.")
-    flags.DEFINE_enum("split", "test", ["train", "test"], "Data split to use.")
-    flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
-                        "(default: JAX_COORDINATOR_ADDRESS; unset: one process).")
-    flags.DEFINE_integer("num_processes", None, "Multi-process: how many (JAX_NUM_PROCESSES).")
-    flags.DEFINE_integer("process_id", None, "Multi-process: this one's index (JAX_PROCESS_ID).")
-    args = flags.FLAGS(argv)[1:]
-    config = config_flag.value
-    config.keys()  # A config file that failed to load raises only when used.
-  except OSError as e:
-    return _fail(str(e))
+    fv = define_flags()
+    args = fv(["vae_jax", *argv])[1:]
+    config = fv["config"].value
   except flags.Error as e:
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, (AttributeError, KeyError)) and "config" in str(e).split(":")[0]:
+      return _unknown_key(cause, config_file)
     return _fail(str(e).splitlines()[0])
   except (AttributeError, KeyError) as e:
-    key = str(e).strip("\"'")
-    return _fail(f"unknown config key {key!r}; known keys: {', '.join(_config_keys())}")
+    return _unknown_key(e, config_file)
+  except Exception as e:  # A config file is user code: whatever it raises is one line.
+    return _fail(f"--config {config_file}: cannot be loaded ({type(e).__name__}: {e})")
+  finally:
+    sys.argv = saved_argv
+  if not isinstance(config, ml_collections.ConfigDict):
+    return _fail(f"--config {config_file}: get_config() returned a {type(config).__name__}, "
+                 "expected an ml_collections.ConfigDict")
   if len(args) != 1 or args[0] not in COMMANDS:
     return _fail(f"expected one command ({', '.join(COMMANDS)}), got {args or 'none'}")
-  if not workdir_flag.value:
+  command = args[0]
+  if not fv.workdir:
     return _fail("--workdir is required")
-  command, f = args[0], flags.FLAGS
-  if command in ("sample", "reconstruct", "encode") and not f.out:
+  if command in ("sample", "reconstruct", "encode") and not fv.out:
     return _fail(f"{command}: --out is required")
+  for name, low in (("num", 0), ("num_samples", 1)):
+    if fv[name].value is not None and fv[name].value < low:
+      return _fail(f"--{name}={fv[name].value}: expected an integer >= {low}")
+  return command, fv, config
+
+
+def _unknown_key(e: Exception, config_file: str | None) -> int:
+  text = str(e).strip("\"'")
+  if "get_config" in text:
+    return _fail(f"--config {config_file}: defines no get_config() (expected a function returning "
+                 "an ml_collections.ConfigDict)")
+  return _fail(f"unknown config key {text!r}; known keys: {', '.join(_config_keys())}")
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  sys.stdout.reconfigure(errors="backslashreplace")  # Paths that are not UTF-8 still print.
+  if any(a in ("--help", "-h", "--helpfull", "help") for a in argv):
+    print(usage(next((a for a in argv if a in COMMANDS), None)))
+    return 0
+  parsed = parse(argv)
+  if isinstance(parsed, int):
+    return parsed
+  command, f, config = parsed
 
   from absl import logging
   logging.set_verbosity(logging.FATAL)  # Orbax logs what our errors already say.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   # Imports jax: after the arguments are known to be good.
-  from vae_jax import checkpoint, data, distributed, evaluate, inference, sweep, train, workdir
+  from vae_jax import (checkpoint, data, distributed, evaluate, inference, interrupt, sweep, train,
+                       workdir)
   from vae_jax.registry import ConfigError
+  interrupt.install()
   try:
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     if command == "train":
-      _, records = train.train_and_evaluate(config, workdir_flag.value)
+      _, records = train.train_and_evaluate(config, f.workdir)
       if distributed.is_primary():
         print()
         print(workdir.format_table(records))
-        print(f"\nOutputs in {workdir_flag.value}: metrics.jsonl, config.json, checkpoints/, "
+        print(f"\nOutputs in {f.workdir}: metrics.jsonl, config.json, checkpoints/, "
               "reconstruction_N.png, sample_N.png")
     elif command == "sample":
       out = inference.sample(f.workdir, f.out, num=64 if f.num is None else f.num, seed=f.seed, which=f.checkpoint)
@@ -128,7 +177,7 @@ def main() -> int:
       out = inference.encode(f.workdir, f.out, split=f.split, which=f.checkpoint)
       print(f"Wrote {out}: mu, logvar, labels")
     elif command == "sweep":
-      study = sweep.check_study(config, flags.FLAGS["config"].config_filename)
+      study = sweep.check_study(config, f["config"].config_filename)
       sweep.run_study(study, f.workdir)
       print((Path(f.workdir) / "summary.md").read_text())
       print(f"Outputs in {f.workdir}: results.csv, summary.md, test_loss.png, runs/")
@@ -147,6 +196,8 @@ def main() -> int:
     return _fail(str(e))
   except FloatingPointError as e:
     return _fail(str(e), status=1)
+  except interrupt.Interrupted as e:
+    return _fail(*interrupt.describe(e))
   return 0
 
 

@@ -163,36 +163,39 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
   ``study``: from load_study (or check_study); ``splits`` replaces the configured data.
   """
   axes = list(study.axes)
-  workdir = Path(workdir)
-  if workdir.exists() and not workdir.is_dir():
-    raise workdir_lib.WorkdirError(f"sweep workdir {workdir}: exists and is not a directory")
+  workdir = workdir_lib.check_directory(workdir, "sweep workdir")
   study_groups = groups(study)
   splits = splits or data.load_data(config_lib.parse(setting_config(study, {})).data)
-  (workdir / "groups").mkdir(parents=True, exist_ok=True)
-  rows = []
-  for i, (shape, members) in enumerate(study_groups):
-    name = group_hash(study, shape, members)
-    done = workdir / "groups" / f"{name}.json"
-    if done.exists():
-      log(f"group {i} ({setting_name(shape)}): done earlier ({done.name}), skipped")
-      rows += json.loads(done.read_text())["rows"]
-      continue
-    config = setting_config(study, shape)
-    batched = [k for k in axes if k not in shape]
-    overrides = [{"seed": seed, **{k: setting[k] for k in batched}} for setting, seed in members]
-    run_dirs = [workdir / "runs" / setting_name(setting) / f"seed{seed}" for setting, seed in members]
-    for run_dir in run_dirs:
-      run_dir.mkdir(parents=True, exist_ok=True)
-    log(f"group {i} ({setting_name(shape)}): {len(members)} models in one program ...")
-    group_dir = workdir / "groups" / name  # Per-epoch checkpoints while the group trains.
-    _, records = train.train_models(config, splits, overrides, group_dir, run_dirs, log=log)
-    group_rows = [{**setting, "seed": seed, **{m: model_records[-1][m] for m in
-                                                workdir_lib.metric_keys(model_records)}}
-                  for (setting, seed), model_records in zip(members, records)]
-    checkpoint.write_text_atomic(done, json.dumps({"shape": shape, "rows": group_rows}))
-    shutil.rmtree(group_dir)  # Finished: the results are in done; the states are not needed.
-    rows += group_rows
-  write_outputs(workdir, study, axes, rows)
+  with workdir_lib.locked(workdir, "sweep workdir"):  # One sweep writes a directory at a time.
+    (workdir / "groups").mkdir(exist_ok=True)
+    rows = []
+    for i, (shape, members) in enumerate(study_groups):
+      rows += run_group(study, workdir, i, shape, members, splits, log)
+    write_outputs(workdir, study, axes, rows)
+  return rows
+
+
+def run_group(study, workdir: Path, i: int, shape: dict, members: list, splits, log) -> list[dict]:
+  """One group's rows: read from groups/<hash>.json when it finished earlier, else trained."""
+  name = group_hash(study, shape, members)
+  done = workdir / "groups" / f"{name}.json"
+  if done.exists():
+    log(f"group {i} ({setting_name(shape)}): done earlier ({done.name}), skipped")
+    return json.loads(done.read_text())["rows"]
+  config = setting_config(study, shape)
+  batched = [k for k in study.axes if k not in shape]
+  overrides = [{"seed": seed, **{k: setting[k] for k in batched}} for setting, seed in members]
+  run_dirs = [workdir / "runs" / setting_name(setting) / f"seed{seed}" for setting, seed in members]
+  for run_dir in run_dirs:
+    run_dir.mkdir(parents=True, exist_ok=True)
+  log(f"group {i} ({setting_name(shape)}): {len(members)} models in one program ...")
+  group_dir = workdir / "groups" / name  # Per-epoch checkpoints while the group trains.
+  _, records = train.train_models(config, splits, overrides, group_dir, run_dirs, log=log)
+  rows = [{**setting, "seed": seed, **{m: model_records[-1][m] for m in
+                                       workdir_lib.metric_keys(model_records)}}
+          for (setting, seed), model_records in zip(members, records)]
+  checkpoint.write_text_atomic(done, json.dumps({"shape": shape, "rows": rows}))
+  shutil.rmtree(group_dir)  # Finished: the results are in done; the states are not needed.
   return rows
 
 

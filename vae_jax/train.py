@@ -7,6 +7,7 @@ non-finite loss, checkpoint, then log and images, so a kill never loses a logged
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -18,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from vae_jax import (__version__, checkpoint, config as config_lib, data, distributed, images,
+                     interrupt,
                      summaries, workdir as workdir_lib)
 from vae_jax import group as group_lib
 from vae_jax.epoch import Programs
@@ -78,10 +80,14 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
         workdir_lib.write_metrics(run_dir, model_records)
   distributed.barrier("resume")
   first_epoch = len(records[0]) + 1
+  # A kill between a checkpoint and its images: the resumed run writes them first.
+  missing_images = [d for d in run_dirs if primary and records[0] and settings.run.save_images
+                    and d is not None and not (d / f"sample_{records[0][-1]['epoch']}.png").exists()]
   if first_epoch > settings.optim.num_epochs:
     log(f"Nothing to train: {ckpt_dir} holds {len(records[0])} epochs, "
         f"config.optim.num_epochs={settings.optim.num_epochs}")
-    return states, records
+    if not missing_images:
+      return states, records
   mesh = make_mesh(settings.run.num_devices) if num_models == 1 else None
   if mesh is not None and settings.optim.batch_size % mesh.size:
     raise config_lib.ConfigError(
@@ -94,18 +100,26 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   mngr = checkpoint.manager(ckpt_dir, keep=settings.run.keep_checkpoints)
   writers = [summaries.open_writer(d / "tensorboard") if d is not None and primary
              and settings.run.tensorboard else None for d in run_dirs]
+  progress = ProgressBar(settings.run.progress and primary)
   try:
     t0 = time.perf_counter()
     programs = Programs(group, states, keys, train_u8, test_u8, mesh,
                         settings.run.progress_chunks if settings.run.progress else 1,
                         settings.run.debug_nans)
     compile_seconds = time.perf_counter() - t0
-    progress = ProgressBar(settings.run.progress and primary)
+    kept = lambda: (f"kept {last_good} (epoch {records[0][-1]['epoch']})" if last_good
+                    else f"no epoch finished, nothing kept in {ckpt_dir}")
+    interrupt.check(kept())
+    if missing_images:
+      grids = jax.device_get(programs.grids(states, keys, records[0][-1]["epoch"]))
+      write_images([d if d in missing_images else None for d in run_dirs], writers, grids,
+                   records[0][-1]["epoch"])
     for epoch in range(first_epoch, settings.optim.num_epochs + 1):
       progress.start(epoch, group.steps_per_epoch, (epoch - 1) * group.steps_per_epoch)
       t0 = time.perf_counter()
       with jax.debug_nans(settings.run.debug_nans):
-        states, train_sums = programs.train_epoch(states, keys, epoch, progress.update)
+        states, train_sums = programs.train_epoch(
+            states, keys, epoch, lambda step: (progress.update(step), interrupt.check(kept())))
         train_sums = jax.device_get(train_sums)  # Waits for the epoch to finish.
       train_seconds = time.perf_counter() - t0
       progress.close()
@@ -123,7 +137,9 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
       grids = jax.device_get(programs.grids(states, keys, epoch)) if settings.run.save_images else None
       if primary:
         write_epoch(run_dirs, writers, records, grids, epoch, log)
+      interrupt.check(kept())
   finally:
+    progress.close()
     mngr.close()
     for writer in writers:
       if writer is not None:
@@ -141,11 +157,19 @@ def write_epoch(run_dirs, writers, records, grids, epoch: int, log) -> None:
       log(f"====> Test set loss: {records[k][-1]['test_loss']:.4f}")
     workdir_lib.write_metrics(run_dir, records[k])
     summaries.write_records(writer, [records[k][-1]])
-    if grids is not None:
-      for name, pixels in zip(("reconstruction", "sample"), grids):
-        grid = images.image_grid(pixels[k], nrow=8)
-        images.save_png(run_dir / f"{name}_{epoch}.png", grid)
-        summaries.write_grid(writer, name, grid, epoch)
+  if grids is not None:
+    write_images(run_dirs, writers, grids, epoch)
+
+
+def write_images(run_dirs, writers, grids, epoch: int) -> None:
+  """reconstruction_<epoch>.png and sample_<epoch>.png of every model with a run directory."""
+  for k, (run_dir, writer) in enumerate(zip(run_dirs, writers)):
+    if run_dir is None:
+      continue
+    for name, pixels in zip(("reconstruction", "sample"), grids):
+      grid = images.image_grid(pixels[k], nrow=8)
+      images.save_png(run_dir / f"{name}_{epoch}.png", grid)
+      summaries.write_grid(writer, name, grid, epoch)
 
 
 def check_finite(group, epoch: int, train_sums, test_sums, last_good) -> None:
@@ -203,11 +227,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   settings = config_lib.parse(config)
   splits = splits or data.load_data(settings.data)
   group_lib.make_group(config, splits)  # Every check that needs the data, before any write.
-  workdir = Path(workdir)
-  if distributed.is_primary():  # Process 0 alone creates, checks and writes the workdir.
-    workdir_lib.prepare_workdir(workdir, restart=settings.run.restart)
-  distributed.barrier("prepare_workdir")
-  states, records = train_models(config, splits, None, workdir, [workdir])
+  workdir = workdir_lib.check_directory(workdir)
+  # Process 0 alone locks, creates, checks and writes the workdir.
+  primary = distributed.is_primary()
+  with workdir_lib.locked(workdir) if primary else contextlib.nullcontext():
+    if primary:
+      workdir_lib.prepare_workdir(workdir, restart=settings.run.restart)
+    distributed.barrier("prepare_workdir")
+    states, records = train_models(config, splits, None, workdir, [workdir])
   return group_lib.unstack(states), records[0]
 
 

@@ -1,13 +1,16 @@
-"""A run's directory: created and checked before anything is written; its log and table."""
+"""A run's directory: checked, locked and prepared before anything is written; its log and table."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vae_jax import checkpoint
 
@@ -19,18 +22,63 @@ class WorkdirError(ValueError):
   """The work directory cannot be used; nothing in it was changed."""
 
 
-def prepare_workdir(workdir: str | Path, restart: bool = False) -> Path:
-  """Creates the work directory and checks it is writable.
+def check_directory(directory: str | Path, what: str = "workdir") -> Path:
+  """The directory, if it can be one: refused (nothing created) when it is a file."""
+  directory = Path(directory)
+  if directory.exists() and not directory.is_dir():
+    raise WorkdirError(f"{what} {directory}: exists and is not a directory")
+  return directory
 
-  A directory holding a run with checkpoints is resumed; one holding a run without
-  checkpoints is refused. ``restart`` moves an earlier run into ``replaced_<time>/``
-  inside the directory first: nothing is deleted.
+
+@contextlib.contextmanager
+def locked(directory: str | Path, what: str = "workdir") -> Iterator[Path]:
+  """Creates the directory and holds an exclusive lock on it while the body runs.
+
+  The lock is fcntl.flock on the directory itself: nothing is written to take it, and the OS
+  releases it when the process ends, however it ends. A second process is refused, naming
+  the holder's pid (from /proc/locks, where the system lists it).
+  """
+  directory = check_directory(directory, what)
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+  except OSError as e:
+    raise WorkdirError(f"{what} {directory}: cannot be created or opened ({e.strerror})") from None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = lock_holder(os.fstat(fd).st_ino)
+    os.close(fd)
+    raise WorkdirError(f"{what} {directory}: in use by another vae_jax process (pid {holder}); "
+                       "wait for it to end, or choose another directory") from None
+  try:
+    yield directory
+  finally:
+    os.close(fd)  # Releases the lock.
+
+
+def lock_holder(inode: int) -> str:
+  """The pid holding a flock on the file with this inode, as /proc/locks lists it."""
+  try:
+    for line in Path("/proc/locks").read_text().splitlines():
+      fields = line.split()
+      if "FLOCK" in fields and any(f.endswith(f":{inode}") for f in fields):
+        return fields[fields.index("FLOCK") + 3]
+  except OSError:
+    pass
+  return "unknown"
+
+
+def prepare_workdir(workdir: str | Path, restart: bool = False) -> Path:
+  """Checks the (locked) work directory is writable and holds no other run's leftovers.
+
+  A directory with checkpoints is resumed; one whose run ended before its first checkpoint
+  (an empty metrics.jsonl: killed, or stopped by an error) starts afresh, its files removed;
+  one with a non-empty metrics.jsonl but no checkpoint (they were deleted) is refused.
+  ``restart`` moves an earlier run into ``replaced_<time>/`` first: nothing is deleted.
   """
   workdir = Path(workdir)
-  if workdir.exists() and not workdir.is_dir():
-    raise WorkdirError(f"workdir {workdir}: exists and is not a directory")
   try:
-    workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / f".write_test_{os.getpid()}"
     probe.write_text("")
     probe.unlink()
@@ -38,19 +86,36 @@ def prepare_workdir(workdir: str | Path, restart: bool = False) -> Path:
     raise WorkdirError(f"workdir {workdir}: not writable ({e.strerror})") from None
   if restart:
     move_run_aside(workdir)
-  elif (workdir / "metrics.jsonl").exists() and not checkpoint.has_checkpoints(workdir):
-    raise WorkdirError(f"workdir {workdir}: holds a run (metrics.jsonl) with no checkpoint to "
-                       "resume from; choose a new --workdir, or pass --config.run.restart=True to "
-                       "move that run aside and start afresh")
+  elif not checkpoint.has_checkpoints(workdir):
+    metrics = workdir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size:
+      raise WorkdirError(f"workdir {workdir}: holds a run (metrics.jsonl) with no checkpoint to "
+                         "resume from; choose a new --workdir, or pass --config.run.restart=True to "
+                         "move that run aside and start afresh")
+    remove_unfinished_run(workdir)
   return workdir
+
+
+def remove_unfinished_run(workdir: Path) -> None:
+  """Deletes what a run that never reached its first checkpoint left: it holds no epoch."""
+  for path in run_files(workdir):
+    if path.is_dir() and not path.is_symlink():
+      shutil.rmtree(path)
+    else:
+      path.unlink()
+
+
+def run_files(workdir: Path) -> list[Path]:
+  """The files and directories a training run writes in its workdir."""
+  pattern = re.compile(r"(reconstruction|sample)_\d+\.png")
+  return [p for p in sorted(workdir.iterdir())
+          if p.name in ("metrics.jsonl", "config.json", "tensorboard", checkpoint.SUBDIR)
+          or pattern.fullmatch(p.name)]
 
 
 def move_run_aside(workdir: Path) -> Path | None:
   """Moves an earlier run's files into workdir/replaced_<UTC time>/; returns it (None: no run)."""
-  pattern = re.compile(r"(reconstruction|sample)_\d+\.png")
-  names = [p for p in sorted(workdir.iterdir())
-           if p.name in ("metrics.jsonl", "config.json", "tensorboard", checkpoint.SUBDIR)
-           or pattern.fullmatch(p.name)]
+  names = run_files(workdir)
   if not names:
     return None
   stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

@@ -61,7 +61,8 @@ def _config_keys() -> list[str]:
 
 
 def _fail(message: str, status: int = 2) -> int:
-  print(f"vae_jax: error: {' '.join(message.split())}", file=sys.stderr)
+  message = " ".join(message.split()).encode("utf-8", "backslashreplace").decode()  # Any path.
+  print(f"vae_jax: error: {message}", file=sys.stderr)
   return status
 
 
@@ -99,6 +100,7 @@ def parse(argv: list[str]):
   if not Path(config_file).is_file():
     return _fail(f"--config {config_file}: not a file (expected a Python file defining get_config())")
   saved_argv, sys.argv = sys.argv, ["vae_jax", *argv]  # config_flags reads sys.argv.
+  sys.modules.pop("config_config", None)  # config_flags' module of an earlier file (in-process).
   try:
     fv = define_flags()
     args = fv(["vae_jax", *argv])[1:]
@@ -140,7 +142,8 @@ def _unknown_key(e: Exception, config_file: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  sys.stdout.reconfigure(errors="backslashreplace")  # Paths that are not UTF-8 still print.
+  if hasattr(sys.stdout, "reconfigure"):
+    sys.stdout.reconfigure(errors="backslashreplace")  # Paths that are not UTF-8 still print.
   if any(a in ("--help", "-h", "--helpfull", "help") for a in argv):
     print(usage(next((a for a in argv if a in COMMANDS), None)))
     return 0
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
   from vae_jax import (checkpoint, data, distributed, evaluate, inference, interrupt, sweep, train,
                        workdir)
   from vae_jax.registry import ConfigError
-  interrupt.install()
+  previous_handlers = interrupt.install()
   try:
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     if command == "train":
@@ -198,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     return _fail(str(e), status=1)
   except interrupt.Interrupted as e:
     return _fail(*interrupt.describe(e))
+  finally:
+    interrupt.restore(previous_handlers)
   return 0
 
 

@@ -55,7 +55,7 @@ class Data:
   def check(self):
     _require(self.source in SOURCES, "data.source", self.source, f"one of {', '.join(SOURCES)}")
     for key in ("train_examples", "test_examples"):
-      _require(getattr(self, key) >= 0, f"data.{key}", getattr(self, key), "0 (all) or a count")
+      _require(0 <= getattr(self, key) < 2**63, f"data.{key}", getattr(self, key), "0 (all) or a count")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,8 @@ class Optim:
 
   def check(self):
     for key in ("num_epochs", "batch_size", "eval_batch_size"):
-      _require(getattr(self, key) >= 1, f"optim.{key}", getattr(self, key), "an integer >= 1")
+      _require(1 <= getattr(self, key) < 2**31, f"optim.{key}", getattr(self, key),
+               "an integer in [1, 2**31)")
     _require(self.learning_rate > 0 and math.isfinite(self.learning_rate), "optim.learning_rate",
              self.learning_rate, "a finite value > 0")
     for key in ("b1", "b2"):
@@ -106,8 +107,11 @@ class Run:
              f"one of {', '.join(STRATEGIES)}")
     _require(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints,
              "an integer >= 1")
-    _require(self.progress_chunks >= 1, "run.progress_chunks", self.progress_chunks,
-             "an integer >= 1")
+    _require(1 <= self.progress_chunks < 2**31, "run.progress_chunks", self.progress_chunks,
+             "an integer in [1, 2**31)")
+    _require(0 <= self.num_devices < 2**31, "run.num_devices", self.num_devices, "0 (all) or a count")
+    _require(self.keep_checkpoints < 2**31, "run.keep_checkpoints", self.keep_checkpoints,
+             "an integer < 2**31")
 
 
 # Keys that may change when a run resumes: they do not change its numbers.
@@ -198,5 +202,8 @@ def from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
       value = tuple(value)
     if name not in target:
       raise ConfigError(f"config.{key}: unknown key (saved by another version of vae_jax?)")
-    target[name] = value
+    try:
+      target[name] = value
+    except (TypeError, ValueError):
+      raise ConfigError(f"config.{key}={value!r}: expected a {type(target[name]).__name__}") from None
   return config

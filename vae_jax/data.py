@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,7 @@ def _read_bytes(path: Path) -> bytes:
     return raw
   try:
     return gzip.decompress(raw)
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
+  except (OSError, EOFError, zlib.error) as e:
     raise DataError(f"IDX file {path}: corrupt gzip stream ({e})") from None
 
 
@@ -66,7 +68,7 @@ def parse_idx(content: bytes, name: str, expected_magic: int | None = None) -> n
     raise DataError(f"IDX file {name}: truncated header, {ndim} dimensions need {header} bytes, found {len(content)}")
   shape = tuple(int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
   dtype = np.dtype(_IDX_DTYPES[code])
-  expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for any header.
   found = len(content) - header
   if found < expected:
     raise DataError(f"IDX file {name}: truncated, shape {shape} needs {expected} data bytes, found {found}")
@@ -196,6 +198,9 @@ def load_data(data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   for split, limit in (("train", data.train_examples), ("test", data.test_examples)):
     x, y = load_split(data.source, split, data.dir, data.name, data.download)
     splits[split] = (x[:limit], y[:limit]) if limit else (x, y)
+  for split, (x, _) in splits.items():
+    if 0 in x.shape[1:]:
+      raise DataError(f"data: {split} images have shape {x.shape[1:]}; expected H, W and C >= 1")
   if splits["train"][0].shape[1:] != splits["test"][0].shape[1:]:
     raise DataError(f"data: train images are {splits['train'][0].shape[1:]} but test images are "
                     f"{splits['test'][0].shape[1:]}; expected one image shape")

@@ -13,6 +13,7 @@ evaluation ``fold_in(eval, epoch)``, images ``fold_in(images, epoch)``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import config as config_lib, models, objectives, step as step_lib
+from vae_jax import config as config_lib, models, objectives, parallel, step as step_lib
 from vae_jax.registry import ConfigError
 
 KEY_NAMES = ("shuffle", "noise", "eval", "images")  # The run's keys after rng_init.
@@ -102,11 +103,29 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
     eval_hparams.append(eval_hp)
   image_shape = tuple(x_train.shape[1:])
   model = models.build(settings.model, image_shape, getattr(hparams[0], "learned_sigma", False))
+  steps = settings.optim.num_epochs * context["steps_per_epoch"]
+  if steps >= 2**31:
+    raise ConfigError(f"config.optim.num_epochs={settings.optim.num_epochs}: {steps:,} steps "
+                      "overflow the int32 step counter (at most 2**31 - 1)")
+  parallel.check_fits(estimated_bytes(model, len(overrides), settings.optim, x_train, x_test),
+                      f"the run ({len(overrides)} model(s) of {settings.model[0].name!r})")
   return Group(settings, overrides, model, entry.target, _stack(hparams), eval_objective,
                _stack(eval_hparams),
                np.asarray([o.get("seed", settings.seed) for o in overrides], np.int32),
                np.asarray([o.get("optim.learning_rate", settings.optim.learning_rate)
                            for o in overrides], np.float32), image_shape, num_train)
+
+
+def estimated_bytes(model: models.VAE, num_models: int, optim: config_lib.Optim, x_train,
+                    x_test) -> int:
+  """A lower bound of a run's memory: parameters with their gradients and Adam moments (4
+  copies, float32) per model, a batch's activations (a few copies of the widest layer), and
+  the data. Parameter shapes come from jax.eval_shape: nothing is allocated to count them."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *model.image_shape))))
+  params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
+  widest = max([math.prod(model.image_shape), *(s.shape[-1] for s in jax.tree.leaves(shapes))])
+  batch = max(optim.batch_size, optim.eval_batch_size) * widest * 4 * 8
+  return num_models * (16 * params + batch) + int(x_train.nbytes) + int(x_test.nbytes)
 
 
 def optimizer(optim: config_lib.Optim) -> optax.GradientTransformation:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, images, objectives, step, train
+from vae_jax import checkpoint, config as config_lib, data, images, objectives, parallel, step, train
 from vae_jax.evaluate import collapse_warning, decode_all, encode_all, latent_diagnostics
 
 
@@ -28,6 +28,8 @@ def _check_out(out: str | Path, suffix: str) -> Path:
   out = Path(out)
   if out.suffix != suffix:
     raise ValueError(f"--out {out}: expected a {suffix} file name")
+  if out.is_dir():
+    raise ValueError(f"--out {out}: is a directory; expected a {suffix} file name")
   if not out.parent.is_dir():
     raise ValueError(f"--out {out}: directory {out.parent} does not exist")
   return out
@@ -43,6 +45,8 @@ def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") ->
   if num < 1:
     raise ValueError(f"--num {num}: expected >= 1")
   config, state, _, meta = train.restore_run(workdir, which)
+  pixels = num * np.prod(meta["data"]["train"]["image_shape"])
+  parallel.check_fits(int(pixels) * 4 * 2, f"--num {num} (images of float32 and the grid)")
   z_NxL = jax.random.normal(jax.random.key(seed), (num, config.model.latent_dim))
   _save_grid(out, decode_all(state.params, state.apply_fn, z_NxL))
   return out
@@ -72,8 +76,11 @@ def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
   x_NxD = step.to_float(jnp.asarray(x_u8))
   mu, logvar = encode_all(state.params, state.apply_fn, x_NxD)
   tmp = out.with_name(f".{out.stem}.tmp.npz")
-  np.savez(tmp, mu=mu, logvar=logvar, labels=labels)
-  tmp.replace(out)
+  try:
+    np.savez(tmp, mu=mu, logvar=logvar, labels=labels)
+    tmp.replace(out)
+  finally:
+    tmp.unlink(missing_ok=True)  # Gone after the rename; removed if the write failed.
   return out
 
 

@@ -18,10 +18,18 @@ class Interrupted(Exception):
   """A stop asked for by a signal; args: (signal number, what was kept)."""
 
 
-def install() -> None:
-  """Handles SIGINT and SIGTERM for this process (the CLI's; a library caller keeps its own)."""
-  for signum in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(signum, _handle)
+def install() -> dict:
+  """Handles SIGINT and SIGTERM for this process (the CLI's; a library caller keeps its own).
+
+  Returns the previous handlers, for restore.
+  """
+  _received.clear()
+  return {signum: signal.signal(signum, _handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def restore(handlers: dict) -> None:
+  for signum, handler in handlers.items():
+    signal.signal(signum, handler)
 
 
 def _handle(signum, frame) -> None:

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vae_jax.registry import ConfigError
+
+
+def available_bytes() -> int:
+  """Memory a run may still use: free device memory on an accelerator, MemAvailable on CPU."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+  try:
+    with open("/proc/meminfo") as f:
+      return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
+  except (OSError, StopIteration):
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(needed: int, what: str) -> None:
+  """ConfigError with the estimate when needed bytes exceed the available memory."""
+  available = available_bytes()
+  if needed > available:
+    raise ConfigError(f"{what} needs about {needed / 2**30:,.1f} GiB, more than the "
+                      f"{available / 2**30:,.1f} GiB of {jax.default_backend()} memory available; "
+                      "ask for less")
 
 
 def make_mesh(num_devices: int = 0) -> Mesh | None:

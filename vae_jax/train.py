@@ -88,11 +88,7 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
         f"config.optim.num_epochs={settings.optim.num_epochs}")
     if not missing_images:
       return states, records
-  mesh = make_mesh(settings.run.num_devices) if num_models == 1 else None
-  if mesh is not None and settings.optim.batch_size % mesh.size:
-    raise config_lib.ConfigError(
-        f"config.optim.batch_size={settings.optim.batch_size}: not divisible by the {mesh.size} "
-        "devices of the data axis (set config.run.num_devices or the batch size)")
+  mesh = check_devices(settings, num_models)
   train_u8, test_u8 = replicate((splits["train"][0], splits["test"][0]), mesh)
   states, keys = replicate((states, keys), mesh)
   if num_models > 1 and group.strategy() == "vmap":
@@ -145,6 +141,16 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
       if writer is not None:
         writer.close()
   return states, records
+
+
+def check_devices(settings: config_lib.Settings, num_models: int):
+  """The data-parallel mesh of a single run (None: one device, or K > 1 models)."""
+  mesh = make_mesh(settings.run.num_devices) if num_models == 1 else None
+  if mesh is not None and settings.optim.batch_size % mesh.size:
+    raise config_lib.ConfigError(
+        f"config.optim.batch_size={settings.optim.batch_size}: not divisible by the {mesh.size} "
+        "devices of the data axis (set config.run.num_devices or the batch size)")
+  return mesh
 
 
 def write_epoch(run_dirs, writers, records, grids, epoch: int, log) -> None:
@@ -226,7 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   """
   settings = config_lib.parse(config)
   splits = splits or data.load_data(settings.data)
-  group_lib.make_group(config, splits)  # Every check that needs the data, before any write.
+  group = group_lib.make_group(config, splits)  # Every check that needs the data, before any write.
+  check_devices(settings, group.num_models)
   workdir = workdir_lib.check_directory(workdir)
   # Process 0 alone locks, creates, checks and writes the workdir.
   primary = distributed.is_primary()

@@ -25,8 +25,16 @@ class WorkdirError(ValueError):
 def check_directory(directory: str | Path, what: str = "workdir") -> Path:
   """The directory, if it can be one: refused (nothing created) when it is a file."""
   directory = Path(directory)
-  if directory.exists() and not directory.is_dir():
-    raise WorkdirError(f"{what} {directory}: exists and is not a directory")
+  try:
+    str(directory).encode()
+  except UnicodeEncodeError:
+    raise WorkdirError(f"{what} {directory}: its name is not valid UTF-8, which the checkpoint "
+                       "library cannot write; choose another name") from None
+  try:
+    if directory.exists() and not directory.is_dir():
+      raise WorkdirError(f"{what} {directory}: exists and is not a directory")
+  except OSError as e:
+    raise WorkdirError(f"{what} {directory}: unusable ({e.strerror})") from None
   return directory
 
 
@@ -78,6 +86,12 @@ def prepare_workdir(workdir: str | Path, restart: bool = False) -> Path:
   ``restart`` moves an earlier run into ``replaced_<time>/`` first: nothing is deleted.
   """
   workdir = Path(workdir)
+  for name, kind in (("metrics.jsonl", "file"), ("config.json", "file"), (checkpoint.SUBDIR, "directory"),
+                     ("tensorboard", "directory")):
+    path = workdir / name
+    if path.exists() and (path.is_dir() != (kind == "directory") or path.is_symlink()):
+      raise WorkdirError(f"workdir {workdir}: {name} is not a {kind} (a run writes one there); "
+                         "choose another --workdir")
   try:
     probe = workdir / f".write_test_{os.getpid()}"
     probe.write_text("")

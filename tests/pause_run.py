@@ -1,9 +1,13 @@
 """``python tests/pause_run.py POINT MARKER -- <vae_jax CLI args>``: a training run that
 stops at POINT, writes MARKER and sleeps, so a test can SIGKILL it exactly there.
 
-POINT: ``after_epoch_1`` (checkpoint 1 saved and metrics.jsonl written, its images not yet),
-``before_checkpoint_1`` (epoch 1 trained and evaluated, nothing saved) or ``saving_2``
-(checkpoint 2 fully written to its temporary directory, before orbax renames it into place).
+POINTs, in the order a run meets them (epochs of 3 steps, progress in chunks):
+``before_compile``, ``compiling`` (between two of the programs' compilations),
+``epoch_1_mid`` (a chunk of epoch 1 done), ``before_checkpoint_1`` (epoch 1 trained and
+evaluated, nothing saved), ``saving_1`` / ``saving_2`` (the checkpoint fully written to its
+temporary directory, before orbax renames it into place), ``after_checkpoint_1`` /
+``after_checkpoint_2`` (saved, its log not written), ``after_epoch_1`` (log written, its
+images not yet), ``epoch_2_mid``.
 """
 
 import asyncio
@@ -18,34 +22,41 @@ def pause(marker: str):
     time.sleep(60)
 
 
+def patch(owner, name, wrap):
+  setattr(owner, name, wrap(getattr(owner, name)))
+
+
 def main():
   point, marker, sep, *cli_args = sys.argv[1:]
   assert sep == "--", "usage: pause_run.py POINT MARKER -- ARGS"
   from vae_jax import __main__ as cli
-  from vae_jax import workdir
-  if point == "after_epoch_1":
-    write_metrics = workdir.write_metrics
-
-    def write_then_pause(workdir, records):
-      write_metrics(workdir, records)
-      if records and records[-1]["epoch"] == 1:
-        pause(marker)
-    workdir.write_metrics = write_then_pause
+  from vae_jax import checkpoint, epoch, train, workdir
+  if point == "before_compile":
+    patch(epoch.Programs, "__init__", lambda init: lambda *a, **k: (pause(marker), init(*a, **k)))
+  elif point == "compiling":
+    calls = []
+    patch(epoch, "_compile", lambda compile_: lambda *a: (
+        calls.append(1), len(calls) == 2 and pause(marker), compile_(*a))[-1])
+  elif point in ("epoch_1_mid", "epoch_2_mid"):
+    first_step = 0 if point == "epoch_1_mid" else 3
+    patch(train.ProgressBar, "update", lambda update: lambda self, step: (
+        update(self, step), int(step) > first_step and pause(marker)))
   elif point == "before_checkpoint_1":
-    from vae_jax import checkpoint
-    save = checkpoint.save
-
-    def pause_then_save(mngr, epoch, *args):
-      if epoch == 1:
-        pause(marker)
-      return save(mngr, epoch, *args)
-    checkpoint.save = pause_then_save
-  elif point == "saving_2":
+    patch(checkpoint, "save", lambda save: lambda mngr, epoch_, *a: (
+        epoch_ == 1 and pause(marker), save(mngr, epoch_, *a))[-1])
+  elif point in ("after_checkpoint_1", "after_checkpoint_2"):
+    at = int(point[-1])
+    patch(checkpoint, "save", lambda save: lambda mngr, epoch_, *a: (
+        lambda where: (epoch_ == at and pause(marker), where)[-1])(save(mngr, epoch_, *a)))
+  elif point == "after_epoch_1":
+    patch(workdir, "write_metrics", lambda write: lambda directory, records: (
+        write(directory, records), records and records[-1]["epoch"] == 1 and pause(marker)))
+  elif point in ("saving_1", "saving_2"):
     from orbax.checkpoint._src.path import async_path
     rename = async_path.rename
 
     async def pause_before_final_rename(src, dst):
-      if Path(dst).name == "2":
+      if Path(dst).name == point[-1]:
         await asyncio.to_thread(pause, marker)
       return await rename(src, dst)
     async_path.rename = pause_before_final_rename

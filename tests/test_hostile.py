@@ -237,6 +237,8 @@ USE_CASES = {
     "a checkpoint name": (["evaluate", "--workdir=RUN", "--checkpoint=newest"], "checkpoint 'newest'"),
     "negative likelihood count": (["likelihood", "--workdir=RUN", "--num=-5"], "--num=-5"),
     "no importance samples": (["likelihood", "--workdir=RUN", "--num_samples=0"], "--num_samples=0"),
+    "more importance samples than memory holds": (["likelihood", "--workdir=RUN",
+                                                   "--num_samples=100000000000"], "GiB, more than"),
     "a workdir without checkpoints": (["evaluate", "--workdir=TMP"], "no checkpoint"),
     "a workdir that does not exist": (["sample", "--workdir=TMP/none", "--out=TMP/s.png"], "not a directory"),
     "an unknown split": (["encode", "--workdir=RUN", "--out=TMP/z.npz", "--split=valid"], "split"),

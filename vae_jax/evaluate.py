@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, losses, models, objectives, train
+from vae_jax import checkpoint, config as config_lib, data, losses, models, objectives, parallel, train
 from vae_jax.step import to_float
 
 BINARIZE_SEED = 0  # The test set's one binarization (standard protocol: fixed, shared by all runs).
@@ -108,6 +108,11 @@ def iwae_log_likelihood(params, apply_fn: Callable, x_NxD, key: jax.Array, num_s
   n = len(x_NxD)
   batch_size = min(batch_size, n)
   sample_chunk = min(sample_chunk, num_samples)
+  latent_dim = jax.eval_shape(lambda p, x: apply_fn({"params": p}, x, method="encode"),
+                              params, x_NxD[:1])[0].shape[-1]
+  pixels = int(np.prod(x_NxD.shape[1:]))  # Noise of the batch, one chunk's logits and weights.
+  parallel.check_fits(4 * batch_size * (num_samples * latent_dim + 3 * sample_chunk * pixels),
+                      f"--num_samples {num_samples} (the batch's noise and a chunk's logits)")
   pad = -n % batch_size  # The last batch is padded so one compiled function serves every batch.
   x_pad = np.concatenate([x_NxD, np.zeros((pad, *x_NxD.shape[1:]), np.float32)])
   logsumexp, total = [], []

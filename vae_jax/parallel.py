@@ -13,7 +13,7 @@ from vae_jax.registry import ConfigError
 
 def available_bytes() -> int:
   """Memory a run may still use: free device memory on an accelerator, MemAvailable on CPU."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if "bytes_limit" in stats:
     return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
   try:

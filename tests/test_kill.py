@@ -1,0 +1,33 @@
+"""Kill it anywhere: SIGKILL at ten points of a short run, then the same command; the run
+ends bit-identical (parameters, optimizer state, keys, metrics.jsonl, images) to one never
+killed. Real processes: the kill is the point."""
+
+import pytest
+from conftest import run_cli, train_args
+from test_checkpoint import assert_trees_equal_bitwise, kill_at, metrics, saved_arrays
+
+POINTS = ["before_compile", "compiling", "epoch_1_mid", "before_checkpoint_1", "saving_1",
+          "after_checkpoint_1", "after_epoch_1", "epoch_2_mid", "saving_2", "after_checkpoint_2"]
+# Progress in chunks (so a kill can land mid-epoch) and images on: every output is compared.
+EXTRA = ("--config.run.progress=True", "--config.run.progress_chunks=3", "--config.run.save_images=True")
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, session_idx_dir):
+  workdir = tmp_path_factory.mktemp("whole") / "run"
+  result = run_cli(*train_args(workdir, session_idx_dir, *EXTRA))
+  assert result.returncode == 0, result.stderr
+  return workdir
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_killed_anywhere_the_same_command_ends_bit_identical(point, whole_run, session_idx_dir,
+                                                             tmp_path):
+  workdir = tmp_path / "run"
+  kill_at(point, workdir, session_idx_dir, *EXTRA)
+  result = run_cli(*train_args(workdir, session_idx_dir, *EXTRA))  # The same command.
+  assert result.returncode == 0, result.stderr
+  assert_trees_equal_bitwise(saved_arrays(workdir), saved_arrays(whole_run))
+  assert metrics(workdir) == metrics(whole_run)
+  for name in ("reconstruction_1.png", "sample_1.png", "reconstruction_2.png", "sample_2.png"):
+    assert (workdir / name).read_bytes() == (whole_run / name).read_bytes(), name

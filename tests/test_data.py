@@ -146,3 +146,42 @@ def test_tfds_unprepared_dataset_names_the_working_sources(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   with pytest.raises(data.DataError, match="not prepared .* downloads are off; use data_source='bundled'"):
     data.load_split("tfds", "train", data_dir=str(tmp_path))
+
+
+# Property-based: whatever the bytes, the reader returns the array they describe or raises
+# DataError naming the file, never another exception.
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_idx_reader_on_arbitrary_bytes_returns_or_raises_one_data_error(content):
+  try:
+    array = data.parse_idx(content, "f.idx")
+  except data.DataError as e:
+    assert str(e).startswith("IDX file f.idx: ")
+  else:
+    assert array.size * array.dtype.itemsize == len(content) - 4 - 4 * array.ndim
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=4), st.integers(0, 40),
+       st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]))
+def test_idx_reader_on_random_headers_and_truncations(dims, body, code):
+  content = bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims) + b"\1" * body
+  try:
+    array = data.parse_idx(content, "f.idx")
+  except data.DataError:
+    return
+  assert array.shape == tuple(dims) and array.nbytes == body
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6), st.integers(0, 200))
+def test_a_valid_idx_file_cut_anywhere_is_refused(n, h, w, cut):
+  array = np.arange(n * h * w, dtype=np.uint8).reshape(n, h, w)
+  content = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
+  np.testing.assert_array_equal(data.parse_idx(content, "f.idx"), array)
+  if cut < len(content):
+    with pytest.raises(data.DataError, match="IDX file f.idx: .*truncated|shorter"):
+      data.parse_idx(content[:cut], "f.idx")

@@ -131,6 +131,8 @@ CONFIG_CASES = {
     "iwae without samples": (["--config.objective.name=iwae", "--config.objective.num_samples=0"],
                              "config.objective.num_samples=0"),
     "negative warm-up": (["--config.objective.kl_warmup_epochs=-1"], "kl_warmup_epochs=-1"),
+    "warm-up overflows int32": (["--config.objective.kl_warmup_epochs=1000000000"],
+                                "warm-up steps overflow the int32 step counter"),
     "unknown strategy": (["--config.run.models_strategy=pmap"], "config.run.models_strategy='pmap'"),
     "float16": (["--config.model.compute_dtype=float16"], "config.model.compute_dtype='float16'"),
     "more devices than exist": (["--config.run.num_devices=99"], "config.run.num_devices=99"),

@@ -37,6 +37,10 @@ class ElboHparams(Denoising):
   def check(self):
     super().check()
     _positive(self, "beta", "free_bits", "kl_warmup_epochs")
+    if self.kl_warmup_epochs * self.steps_per_epoch >= 2**31:
+      raise ConfigError(f"config.objective.kl_warmup_epochs={self.kl_warmup_epochs}: "
+                        f"{self.kl_warmup_epochs * self.steps_per_epoch:,} warm-up steps overflow "
+                        "the int32 step counter")
 
   def at_step(self, step):
     warmup_steps = self.kl_warmup_epochs * self.steps_per_epoch

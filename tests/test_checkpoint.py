@@ -158,6 +158,21 @@ def test_images_of_the_epoch_in_flight_are_completed_on_resume(session_idx_dir, 
     assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
 
 
+def test_sigint_stops_in_one_line_without_a_traceback(session_idx_dir, tmp_path):
+  args = train_args(tmp_path / "run", session_idx_dir, "--config.optim.num_epochs=30")
+  proc = subprocess.Popen([sys.executable, "-m", "vae_jax", *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  log, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 300
+  while not (log.exists() and log.read_text()):
+    assert proc.poll() is None, proc.stderr.read()
+    assert time.monotonic() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGINT)  # Ctrl-C.
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGINT and err.strip().count("\n") == 0, err
+  assert "stopped by SIGINT: kept " in err and "Traceback" not in err
+
+
 def test_sigterm_stops_at_a_safe_point_in_one_line_and_the_same_command_continues(
     session_idx_dir, tmp_path):
   args = train_args(tmp_path / "run", session_idx_dir, "--config.optim.num_epochs=30")

@@ -144,7 +144,7 @@ def test_tfds_reads_mocked_dataset_without_network():
 
 def test_tfds_unprepared_dataset_names_the_working_sources(tmp_path):
   pytest.importorskip("tensorflow_datasets")
-  with pytest.raises(data.DataError, match="not prepared .* downloads are off; use data_source='bundled'"):
+  with pytest.raises(data.DataError, match="not prepared .* downloads are off; use config.data.source='bundled'"):
     data.load_split("tfds", "train", data_dir=str(tmp_path))
 
 

@@ -164,9 +164,9 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   if not download and not builder.is_prepared():
     raise DataError(
         f"TFDS dataset '{name}' is not prepared in {builder.data_dir} and downloads are off; "
-        "use data_source='bundled' (MNIST shipped with vae_jax), data_source='idx' with "
-        "data_dir=<directory of IDX files>, or data_source='tfds' with tfds_download=True "
-        "on a machine with network access")
+        "use config.data.source='bundled' (MNIST shipped with vae_jax), config.data.source='idx' "
+        "with config.data.dir=<directory of IDX files>, or config.data.download=True on a "
+        "machine with network access")
   source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=download)
   examples = [source[i] for i in range(len(source))]
   images = np.stack([np.asarray(e["image"]) for e in examples]) if examples else np.zeros((0, 28, 28, 1), np.uint8)

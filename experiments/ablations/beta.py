@@ -3,7 +3,7 @@
 Run (about 6 minutes on the project's 2-core CPU; full MNIST, 10 epochs, 3 seeds):
   .venv/bin/python -m vae_jax sweep --config experiments/ablations/beta.py --workdir runs/ablations/beta
 Writes results.csv, summary.md, test_loss.png, rate_distortion.png and runs/<setting>/seed<k>/metrics.jsonl.
-All 15 models (5 betas x 3 seeds) train in one vmapped program. The test loss reported is
+All 15 models (5 betas x 3 seeds) train in one group (beta is traced). The test loss reported is
 the ELBO (beta = 1) whatever the training beta.
 """
 

@@ -1,12 +1,18 @@
 """Shared fixtures: small synthetic MNIST-shaped data, so no test needs the full set."""
 
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The suite runs on the CPU whatever the host has (its simulated devices, its two processes
+# on localhost), and no process grabs an accelerator's memory; subprocesses inherit both.
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None, compress: bool = False) -> Path:

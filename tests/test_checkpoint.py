@@ -200,6 +200,9 @@ def test_checkpoint_holds_state_keys_config_and_records(trained_run):
   assert int(state.step) == 6 and meta["epoch"] == 2  # 300 examples: 3 steps per epoch.
   assert [r["epoch"] for r in meta["records"]] == [1, 2]
   assert meta["config"]["optim.num_epochs"] == 2 and meta["data"]["train"]["examples"] == 300
+  # What computed the numbers: backend, device, versions, float32 matmul precision, flags.
+  assert meta["backend"]["backend"] == "cpu" and meta["backend"]["matmul_precision"] == "highest"
+  assert {"device_kind", "devices", "jax", "jaxlib", "xla_flags"} <= set(meta["backend"])
   rngs = jax.random.split(jax.random.key(1), 5)[1:]  # What the run derived from seed 1.
   for name, rng in zip(group.KEY_NAMES, rngs):
     np.testing.assert_array_equal(jax.random.key_data(keys[name]), jax.random.key_data(rng))
@@ -251,6 +254,7 @@ def one_epoch_run(one_epoch_source, tmp_path):
     ("model.latent_dim", 5, "model.latent_dim: 20 -> 5"),
     ("optim.learning_rate", 2e-3, "optim.learning_rate: 0.001 -> 0.002"),
     ("seed", 2, "seed: 1 -> 2"),
+    ("run.matmul_precision", "default", "run.matmul_precision: 'highest' -> 'default'"),
 ])
 def test_incompatible_config_is_refused_and_nothing_changes(one_epoch_run, small_splits, key,
                                                             value, named):

@@ -138,6 +138,7 @@ CONFIG_CASES = {
     "more devices than exist": (["--config.run.num_devices=99"], "config.run.num_devices=99"),
     "keep no checkpoint": (["--config.run.keep_checkpoints=0"], "config.run.keep_checkpoints=0"),
     "zero progress chunks": (["--config.run.progress_chunks=0"], "config.run.progress_chunks=0"),
+    "unknown matmul precision": (["--config.run.matmul_precision=fast"], "config.run.matmul_precision='fast'"),
     "unknown source": (["--config.data.source=web"], "config.data.source='web'"),
     "negative example count": (["--config.data.train_examples=-1"], "config.data.train_examples=-1"),
     "a model that cannot fit in memory": (["--config.model.latent_dim=1000000000"], "GiB, more than"),

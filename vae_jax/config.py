@@ -19,6 +19,7 @@ from vae_jax.registry import ConfigError, check_type
 
 SOURCES = ("bundled", "idx", "tfds")
 STRATEGIES = ("auto", "vmap", "map", "loop")
+PRECISIONS = ("highest", "high", "default")  # jax.default_matmul_precision
 
 
 def _section(cls, config_section, name: str):
@@ -100,6 +101,10 @@ class Run:
   progress_chunks: int = 10
   save_images: bool = True
   tensorboard: bool = True
+  # float32 matmuls: 'highest' computes them in float32 everywhere (the reference, the parity
+  # tests, evaluation); 'default' lets a GPU use TF32 and a TPU one bfloat16 pass. It changes
+  # the numbers on those devices, so a run resumes only with the precision it was saved with.
+  matmul_precision: str = "highest"
 
   def check(self):
     _require(self.num_devices >= 0, "run.num_devices", self.num_devices, "0 (all) or a count")
@@ -107,6 +112,8 @@ class Run:
              f"one of {', '.join(STRATEGIES)}")
     _require(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints,
              "an integer >= 1")
+    _require(self.matmul_precision in PRECISIONS, "run.matmul_precision", self.matmul_precision,
+             f"one of {', '.join(PRECISIONS)}")
     _require(1 <= self.progress_chunks < 2**31, "run.progress_chunks", self.progress_chunks,
              "an integer in [1, 2**31)")
     _require(0 <= self.num_devices < 2**31, "run.num_devices", self.num_devices, "0 (all) or a count")
@@ -115,7 +122,8 @@ class Run:
 
 
 # Keys that may change when a run resumes: they do not change its numbers.
-RESUMABLE = ("optim.num_epochs", "data.dir", *(f"run.{f.name}" for f in dataclasses.fields(Run)))
+RESUMABLE = ("optim.num_epochs", "data.dir",
+             *(f"run.{f.name}" for f in dataclasses.fields(Run) if f.name != "matmul_precision"))
 
 
 @dataclasses.dataclass(frozen=True)

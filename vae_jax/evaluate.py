@@ -201,9 +201,10 @@ def evaluate_run(workdir: str | Path, which: str = "latest", num_samples: int = 
   x_u8, _ = data.load_data(config_lib.parse(config).data)["test"]
   x_u8 = x_u8[:num_examples or None]
   x_NxD = binarize(x_u8, jax.random.key(BINARIZE_SEED))
-  estimates = iwae_log_likelihood(state.params, state.apply_fn, x_NxD, jax.random.key(seed),
-                                  num_samples, sample_chunk=sample_chunk)
-  diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
+  with jax.default_matmul_precision(config.run.matmul_precision):  # As the run trained.
+    estimates = iwae_log_likelihood(state.params, state.apply_fn, x_NxD, jax.random.key(seed),
+                                    num_samples, sample_chunk=sample_chunk)
+    diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
   notes = [w for w in [collapse_warning(diagnostics)] if w]
   if not config.data.binarize:
     notes.append("trained on continuous pixels (config.data.binarize=False): the standard protocol "

@@ -99,9 +99,10 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
       settings.objective, num_train_examples=meta["data"]["train"]["examples"],
       steps_per_epoch=-(-meta["data"]["train"]["examples"] // settings.optim.batch_size))
   evaluate_fn = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))
-  sums = jax.device_get(evaluate_fn(
-      state.params, state.apply_fn, jnp.asarray(x_u8), jax.random.fold_in(keys["eval"], epoch),
-      batch_size=settings.optim.eval_batch_size, objective_fn=eval_objective.fn, hparams=hparams))
+  with jax.default_matmul_precision(settings.run.matmul_precision):  # As the run trained.
+    sums = jax.device_get(evaluate_fn(
+        state.params, state.apply_fn, jnp.asarray(x_u8), jax.random.fold_in(keys["eval"], epoch),
+        batch_size=settings.optim.eval_batch_size, objective_fn=eval_objective.fn, hparams=hparams))
   result = {"checkpoint": str(Path(workdir) / checkpoint.SUBDIR / str(epoch)), "epoch": epoch,
             "split": split, "examples": len(x_u8)}
   result.update({k: float(v) / len(x_u8) for k, v in sums.items()})

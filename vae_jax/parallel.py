@@ -11,6 +11,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from vae_jax.registry import ConfigError
 
 
+def describe_backend(matmul_precision: str) -> dict:
+  """What computes a run's numbers: backend, device kind and count, versions, precision, flags."""
+  import jaxlib
+  device = jax.local_devices()[0]
+  return {"backend": jax.default_backend(), "device_kind": device.device_kind,
+          "devices": jax.device_count(), "processes": jax.process_count(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "matmul_precision": matmul_precision,
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
 def available_bytes() -> int:
   """Memory a run may still use: free device memory on an accelerator, MemAvailable on CPU."""
   stats = jax.local_devices()[0].memory_stats() or {}

@@ -23,7 +23,7 @@ from vae_jax import (__version__, checkpoint, config as config_lib, data, distri
                      summaries, workdir as workdir_lib)
 from vae_jax import group as group_lib
 from vae_jax.epoch import Programs
-from vae_jax.parallel import make_mesh, replicate, shard_models
+from vae_jax.parallel import describe_backend, make_mesh, replicate, shard_models
 
 
 COUNTS = ("examples", "first_nonfinite_step")  # Sums of train_step's that are not metrics.
@@ -59,8 +59,14 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   settings, num_models = group.settings, group.num_models
   primary = distributed.is_primary()
   fingerprint = checkpoint.data_fingerprint(splits)
+  backend = describe_backend(settings.run.matmul_precision)
   meta_base = {"config": config_lib.effective(config), "models": group.overrides,
-               "data": fingerprint, "versions": {"jax": jax.__version__, "vae_jax": __version__}}
+               "data": fingerprint, "versions": {"jax": jax.__version__, "vae_jax": __version__},
+               "backend": backend}
+  if primary:
+    log(f"Backend: {backend['backend']} ({backend['device_kind']} x {backend['devices']}), jax "
+        f"{backend['jax']}, matmul precision {backend['matmul_precision']}"
+        + (f", XLA_FLAGS={backend['xla_flags']}" if backend["xla_flags"] else ""))
   # 1. Fresh states and keys from the seeds: where a new run starts, and the layout a
   #    checkpoint is restored into.
   states, keys = group_lib.create_states(group)
@@ -97,49 +103,51 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   writers = [summaries.open_writer(d / "tensorboard") if d is not None and primary
              and settings.run.tensorboard else None for d in run_dirs]
   progress = ProgressBar(settings.run.progress and primary)
-  try:
-    t0 = time.perf_counter()
-    programs = Programs(group, states, keys, train_u8, test_u8, mesh,
-                        settings.run.progress_chunks if settings.run.progress else 1,
-                        settings.run.debug_nans)
-    compile_seconds = time.perf_counter() - t0
-    kept = lambda: (f"kept {last_good} (epoch {records[0][-1]['epoch']})" if last_good
-                    else f"no epoch finished, nothing kept in {ckpt_dir}")
-    interrupt.check(kept())
-    if missing_images:
-      grids = jax.device_get(programs.grids(states, keys, records[0][-1]["epoch"]))
-      write_images([d if d in missing_images else None for d in run_dirs], writers, grids,
-                   records[0][-1]["epoch"])
-    for epoch in range(first_epoch, settings.optim.num_epochs + 1):
-      progress.start(epoch, group.steps_per_epoch, (epoch - 1) * group.steps_per_epoch)
+  # Compilation and every epoch under the run's float32 matmul precision.
+  with jax.default_matmul_precision(settings.run.matmul_precision):
+    try:
       t0 = time.perf_counter()
-      with jax.debug_nans(settings.run.debug_nans):
-        states, train_sums = programs.train_epoch(
-            states, keys, epoch, lambda step: (progress.update(step), interrupt.check(kept())))
-        train_sums = jax.device_get(train_sums)  # Waits for the epoch to finish.
-      train_seconds = time.perf_counter() - t0
-      progress.close()
-      test_sums = jax.device_get(programs.test_sums(states, keys, epoch))
-      check_finite(group, epoch, train_sums, test_sums, last_good)
-      for k in range(num_models):
-        records[k].append({**make_record(epoch, train_sums, test_sums, len(test_u8), k),
-                           "train_examples": int(train_sums["examples"][k]),
-                           "steps": int(states.step[k]), "train_seconds": train_seconds,
-                           "compile_seconds": compile_seconds if epoch == first_epoch else 0.0})
-      # The checkpoint first, then the logs it covers: a kill in between loses no record.
-      mean_test = float(np.mean([r[-1]["test_loss"] for r in records]))
-      last_good = checkpoint.save(mngr, epoch, group_lib.state_tree(states, keys),
-                                  {**meta_base, "model_records": records}, mean_test)
-      grids = jax.device_get(programs.grids(states, keys, epoch)) if settings.run.save_images else None
-      if primary:
-        write_epoch(run_dirs, writers, records, grids, epoch, log)
+      programs = Programs(group, states, keys, train_u8, test_u8, mesh,
+                          settings.run.progress_chunks if settings.run.progress else 1,
+                          settings.run.debug_nans)
+      compile_seconds = time.perf_counter() - t0
+      kept = lambda: (f"kept {last_good} (epoch {records[0][-1]['epoch']})" if last_good
+                      else f"no epoch finished, nothing kept in {ckpt_dir}")
       interrupt.check(kept())
-  finally:
-    progress.close()
-    mngr.close()
-    for writer in writers:
-      if writer is not None:
-        writer.close()
+      if missing_images:
+        grids = jax.device_get(programs.grids(states, keys, records[0][-1]["epoch"]))
+        write_images([d if d in missing_images else None for d in run_dirs], writers, grids,
+                     records[0][-1]["epoch"])
+      for epoch in range(first_epoch, settings.optim.num_epochs + 1):
+        progress.start(epoch, group.steps_per_epoch, (epoch - 1) * group.steps_per_epoch)
+        t0 = time.perf_counter()
+        with jax.debug_nans(settings.run.debug_nans):
+          states, train_sums = programs.train_epoch(
+              states, keys, epoch, lambda step: (progress.update(step), interrupt.check(kept())))
+          train_sums = jax.device_get(train_sums)  # Waits for the epoch to finish.
+        train_seconds = time.perf_counter() - t0
+        progress.close()
+        test_sums = jax.device_get(programs.test_sums(states, keys, epoch))
+        check_finite(group, epoch, train_sums, test_sums, last_good)
+        for k in range(num_models):
+          records[k].append({**make_record(epoch, train_sums, test_sums, len(test_u8), k),
+                             "train_examples": int(train_sums["examples"][k]),
+                             "steps": int(states.step[k]), "train_seconds": train_seconds,
+                             "compile_seconds": compile_seconds if epoch == first_epoch else 0.0})
+        # The checkpoint first, then the logs it covers: a kill in between loses no record.
+        mean_test = float(np.mean([r[-1]["test_loss"] for r in records]))
+        last_good = checkpoint.save(mngr, epoch, group_lib.state_tree(states, keys),
+                                    {**meta_base, "model_records": records}, mean_test)
+        grids = jax.device_get(programs.grids(states, keys, epoch)) if settings.run.save_images else None
+        if primary:
+          write_epoch(run_dirs, writers, records, grids, epoch, log)
+        interrupt.check(kept())
+    finally:
+      progress.close()
+      mngr.close()
+      for writer in writers:
+        if writer is not None:
+          writer.close()
   return states, records
 
 

@@ -86,9 +86,11 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
         workdir_lib.write_metrics(run_dir, model_records)
   distributed.barrier("resume")
   first_epoch = len(records[0]) + 1
-  # A kill between a checkpoint and its images: the resumed run writes them first.
-  missing_images = [d for d in run_dirs if primary and records[0] and settings.run.save_images
-                    and d is not None and not (d / f"sample_{records[0][-1]['epoch']}.png").exists()]
+  # A kill between a checkpoint and its images: the resumed run writes them first (one
+  # process: with several, each would have to agree before computing them together).
+  missing_images = [d for d in run_dirs if jax.process_count() == 1 and records[0]
+                    and settings.run.save_images and d is not None
+                    and not (d / f"sample_{records[0][-1]['epoch']}.png").exists()]
   if first_epoch > settings.optim.num_epochs:
     log(f"Nothing to train: {ckpt_dir} holds {len(records[0])} epochs, "
         f"config.optim.num_epochs={settings.optim.num_epochs}")

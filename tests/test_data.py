@@ -150,10 +150,10 @@ def test_tfds_unprepared_dataset_names_the_working_sources(tmp_path):
 
 # Property-based: whatever the bytes, the reader returns the array they describe or raises
 # DataError naming the file, never another exception.
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import example, given, settings, strategies as st  # noqa: E402
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # The same cases in every run.
 @given(st.binary(max_size=64))
 def test_idx_reader_on_arbitrary_bytes_returns_or_raises_one_data_error(content):
   try:
@@ -164,9 +164,10 @@ def test_idx_reader_on_arbitrary_bytes_returns_or_raises_one_data_error(content)
     assert array.size * array.dtype.itemsize == len(content) - 4 - 4 * array.ndim
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=4), st.integers(0, 40),
        st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]))
+@example([0, 1202215, 1203030, 6377216], 0, 0x08)  # Zero examples of a size numpy cannot hold.
 def test_idx_reader_on_random_headers_and_truncations(dims, body, code):
   content = bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims) + b"\1" * body
   try:
@@ -176,7 +177,7 @@ def test_idx_reader_on_random_headers_and_truncations(dims, body, code):
   assert array.shape == tuple(dims) and array.nbytes == body
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, derandomize=True)
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6), st.integers(0, 200))
 def test_a_valid_idx_file_cut_anywhere_is_refused(n, h, w, cut):
   array = np.arange(n * h * w, dtype=np.uint8).reshape(n, h, w)

@@ -68,6 +68,8 @@ def parse_idx(content: bytes, name: str, expected_magic: int | None = None) -> n
     raise DataError(f"IDX file {name}: truncated header, {ndim} dimensions need {header} bytes, found {len(content)}")
   shape = tuple(int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
   dtype = np.dtype(_IDX_DTYPES[code])
+  if math.prod(max(d, 1) for d in shape) * dtype.itemsize >= 2**62:  # numpy's limit, zeros aside.
+    raise DataError(f"IDX file {name}: shape {shape} is too large for any array")
   expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for any header.
   found = len(content) - header
   if found < expected:

@@ -49,13 +49,14 @@ def make_record(epoch: int, train_sums: dict, test_sums: dict, n_test: int, k: i
 
 
 def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
-                 run_dirs: list[Path | None], log: Callable[[str], None] = print):
+                 run_dirs: list[Path | None], log: Callable[[str], None] = print,
+                 group: group_lib.Group | None = None):
   """Trains K = len(overrides) models in one program; returns (states, records per model).
 
   ckpt_dir: where the stacked states are checkpointed after every epoch (and resumed from);
   run_dirs[k]: model k's metrics.jsonl, images and TensorBoard (None: nothing written).
   """
-  group = group_lib.make_group(config, splits, overrides)
+  group = group or group_lib.make_group(config, splits, overrides)  # Given: built (and checked) already.
   settings, num_models = group.settings, group.num_models
   primary = distributed.is_primary()
   fingerprint = checkpoint.data_fingerprint(splits)
@@ -251,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     if primary:
       workdir_lib.prepare_workdir(workdir, restart=settings.run.restart)
     distributed.barrier("prepare_workdir")
-    states, records = train_models(config, splits, None, workdir, [workdir])
+    states, records = train_models(config, splits, None, workdir, [workdir], group=group)
   return group_lib.unstack(states), records[0]
 
 

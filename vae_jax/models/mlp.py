@@ -50,6 +50,14 @@ def _hidden_name(i: int) -> str:
   return "hidden" if i == 0 else f"hidden_{i + 1}"
 
 
+def hidden_layers(h_BxH, module: nn.Module):
+  """module.num_hidden_layers ReLU Dense layers of module.hidden_dim, named as the reference's."""
+  for i in range(module.num_hidden_layers):
+    layer = dense(module.hidden_dim, h_BxH.shape[-1], module.init_scheme, _hidden_name(i), module.dtype)
+    h_BxH = nn.relu(layer(h_BxH))
+  return h_BxH
+
+
 class Encoder(nn.Module):
   """x_Bx... -> (mu_BxL, logvar_BxL) through num_hidden_layers ReLU layers (x flattened)."""
   hidden_dim: int = 400
@@ -60,13 +68,9 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
-    layer = lambda n, fan_in, name: dense(n, fan_in, self.init_scheme, name, self.dtype)
-    h_BxH = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
-    for i in range(self.num_hidden_layers):
-      h_BxH = nn.relu(layer(self.hidden_dim, h_BxH.shape[-1], _hidden_name(i))(h_BxH))
-    mu_BxL = layer(self.latent_dim, self.hidden_dim, "mu")(h_BxH)
-    logvar_BxL = layer(self.latent_dim, self.hidden_dim, "logvar")(h_BxH)
-    return mu_BxL, logvar_BxL
+    h_BxH = hidden_layers(x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1), self)
+    head = lambda name: dense(self.latent_dim, self.hidden_dim, self.init_scheme, name, self.dtype)
+    return head("mu")(h_BxH), head("logvar")(h_BxH)
 
 
 class Decoder(nn.Module):
@@ -79,11 +83,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z_BxL):
-    layer = lambda n, fan_in, name: dense(n, fan_in, self.init_scheme, name, self.dtype)
-    h_BxH = z_BxL
-    for i in range(self.num_hidden_layers):
-      h_BxH = nn.relu(layer(self.hidden_dim, h_BxH.shape[-1], _hidden_name(i))(h_BxH))
-    return layer(self.output_dim, self.hidden_dim, "logits")(h_BxH)
+    h_BxH = hidden_layers(z_BxL, self)
+    return dense(self.output_dim, self.hidden_dim, self.init_scheme, "logits", self.dtype)(h_BxH)
 
 
 @register_model("mlp")

@@ -5,10 +5,12 @@ Simulated devices need XLA_FLAGS before jax starts, so those runs are subprocess
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +116,86 @@ def test_two_processes_on_localhost_match_one_process(trained_run, session_idx_d
   _, state1, _, _ = train.restore_run(trained_run)
   assert meta2["epoch"] == 2 and meta2["config"]["run.num_devices"] == 0
   assert_params_close(state2.params, state1.params)
+
+
+def _two_processes(workdirs, idx_dir, *extra, pause=None):
+  """Starts a two-process CLI run (4 CPU devices each) with one workdir per process;
+  pause=(point, marker): process 0 runs tests/pause_run.py and stops there."""
+  port = _free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  procs = []
+  for i, workdir in enumerate(workdirs):
+    args = [*train_args(workdir, idx_dir, *extra), f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2", f"--process_id={i}"]
+    head = ([os.path.join(os.path.dirname(__file__), "pause_run.py"), *pause, "--"]
+            if pause and i == 0 else ["-m", "vae_jax"])
+    procs.append(subprocess.Popen([sys.executable, *head, *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env))
+  return procs
+
+
+def _finish(procs):
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err
+  return outputs
+
+
+def test_two_processes_without_a_shared_disk_killed_and_resumed_bit_identical(session_idx_dir,
+                                                                              tmp_path):
+  """Process 0 alone writes (process 1's workdir stays absent); after a SIGKILL of both
+  once epoch 1 is checkpointed, the same commands resume from process 0's checkpoint, sent
+  to process 1, and end bit-identical to an uninterrupted two-process run."""
+  from test_checkpoint import assert_trees_equal_bitwise, metrics, saved_arrays
+  whole = [tmp_path / "whole0", tmp_path / "whole1"]
+  _finish(_two_processes(whole, session_idx_dir))
+  killed = [tmp_path / "killed0", tmp_path / "killed1"]
+  marker = tmp_path / "paused"
+  procs = _two_processes(killed, session_idx_dir, pause=("after_checkpoint_1", str(marker)))
+  deadline = time.monotonic() + 300
+  while not marker.exists():
+    assert time.monotonic() < deadline and procs[0].poll() is None, procs[0].stderr.read()
+    time.sleep(0.2)
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+  assert [r["epoch"] for r in metrics(killed[0])] in ([], [1])
+  outputs = _finish(_two_processes(killed, session_idx_dir))
+  assert "Resuming from" in outputs[0][0] and "(epoch 1)" in outputs[0][0]
+  assert not whole[1].exists() and not killed[1].exists()  # Process 1 wrote nothing.
+  assert_trees_equal_bitwise(saved_arrays(killed[0]), saved_arrays(whole[0]))
+  assert metrics(killed[0]) == metrics(whole[0])
+
+
+def test_each_process_holds_only_its_rows_of_the_train_set():
+  port = _free_port()
+  code = """
+      import json, sys
+      import numpy as np
+      from vae_jax import distributed, parallel
+      distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+      mesh = parallel.make_mesh(0)
+      x = np.arange(10 * 3, dtype=np.uint8).reshape(10, 3)  # 10 rows: padded to 16 over 8 devices.
+      calls = []
+      real = parallel.jax.make_array_from_process_local_data
+      parallel.jax.make_array_from_process_local_data = lambda s, local, shape: (
+          calls.append(local.copy()), real(s, local, shape))[-1]
+      arr = parallel.shard_rows(x, mesh)
+      print(json.dumps({"shape": list(arr.shape), "local": calls[0].tolist(),
+                        "shards": sorted([s.index[0].start, s.data.shape[0]]
+                                         for s in arr.addressable_shards)}))
+      """
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), f"127.0.0.1:{port}", str(i)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=os.path.dirname(__file__)) for i in (0, 1)]
+  outs = [json.loads(out.strip().splitlines()[-1]) for out, _ in _finish(procs)]
+  x = np.arange(30, dtype=np.uint8).reshape(10, 3)
+  assert outs[0]["shape"] == outs[1]["shape"] == [16, 3]
+  np.testing.assert_array_equal(outs[0]["local"], x[:8])  # Process 0: rows 0..7 only.
+  np.testing.assert_array_equal(outs[1]["local"], np.concatenate([x[8:], np.zeros((6, 3))]))
+  assert outs[0]["shards"] == [[0, 2], [2, 2], [4, 2], [6, 2]]  # Two rows per device.
+  assert outs[1]["shards"] == [[8, 2], [10, 2], [12, 2], [14, 2]]
 
 
 def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(small_config, small_splits,

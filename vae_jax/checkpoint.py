@@ -9,10 +9,15 @@ A checkpoint is ``workdir/checkpoints/<epoch>/`` with two items:
 Orbax writes each checkpoint to a temporary directory and renames it when complete: a
 process killed during a save leaves the previous checkpoints as they were, and the
 half-written one is never listed. Kept: the last ``keep`` epochs and the best by test loss.
+
+The state is copied to the host once per save (``host_copy``): that copy is hashed and
+written, by process 0 alone (``Writer``; other processes need no disk), in a background
+thread when asked, so the device goes on training while the files are written.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 from pathlib import Path
@@ -41,10 +46,16 @@ def manager(workdir: str | Path, keep: int = 2, read_only: bool = False) -> ocp.
   # restart; retention is the policy's.
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policy, best_fn=lambda m: m["test_loss"], best_mode="min",
-      enable_async_checkpointing=False, create=not read_only,
-      read_only=read_only, cleanup_tmp_directories=not read_only)
+      enable_async_checkpointing=False, create=False,
+      read_only=read_only, cleanup_tmp_directories=not read_only,
+      # Process 0 alone reads and writes checkpoints: no other process waits in orbax, and
+      # none needs the directory (multi-host runs without a shared disk).
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=0, active_processes={0} if jax.process_count() > 1 else None))
   directory = Path(workdir).absolute() / SUBDIR
   try:
+    if not read_only:
+      directory.mkdir(parents=True, exist_ok=True)
     return ocp.CheckpointManager(directory, options=options)
   except Exception as e:  # Orbax reads every checkpoint's metadata here.
     raise CheckpointError(f"checkpoints {directory}: cannot be read ({_one_line(e)})") from None
@@ -67,6 +78,56 @@ def tree_sha256(tree) -> str:
     digest.update(f"{leaf.dtype.str}{leaf.shape}".encode())
     digest.update(np.ascontiguousarray(leaf).tobytes())
   return digest.hexdigest()
+
+
+def host_copy(tree):
+  """The tree as numpy arrays on this host, for every process (a collective where arrays
+  span processes: every process must call it)."""
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(one, jax.device_get(tree) if jax.process_count() == 1 else tree)
+
+
+class Writer:
+  """The run's checkpoint writer: process 0 saves host copies, in a background thread when
+  ``asynchronous`` (one save in flight; the next save, ``wait`` and ``close`` wait for it and
+  raise its error). Other processes hold no manager and write nothing."""
+
+  def __init__(self, ckpt_dir: str | Path, keep: int, asynchronous: bool):
+    self.primary = jax.process_index() == 0
+    self.directory = Path(ckpt_dir).absolute() / SUBDIR
+    self.mngr = manager(ckpt_dir, keep=keep) if self.primary else None
+    self.pool = concurrent.futures.ThreadPoolExecutor(1) if asynchronous and self.primary else None
+    self.pending = None
+
+  def save(self, epoch: int, state_tree, meta: dict[str, Any], test_loss: float) -> Path:
+    """Starts (or, synchronous, makes) epoch's checkpoint; returns where it will be."""
+    tree = host_copy(state_tree)  # Every process: a collective where arrays span processes.
+    self.wait()
+    if not self.primary:
+      return self.directory / str(epoch)  # Process 0's.
+    if self.pool is None:
+      return save(self.mngr, epoch, tree, meta, test_loss)
+    self.pending = self.pool.submit(save, self.mngr, epoch, tree, meta, test_loss)
+    return checkpoint_dir(self.mngr, epoch)
+
+  def wait(self) -> None:
+    if self.pending is not None:
+      pending, self.pending = self.pending, None
+      pending.result()
+
+  def close(self) -> None:
+    try:
+      self.wait()
+    finally:
+      if self.pool is not None:
+        self.pool.shutdown()
+      if self.mngr is not None:
+        self.mngr.close()
 
 
 def data_fingerprint(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
@@ -92,9 +153,8 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, An
             metrics={"test_loss": test_loss}, force=True)
   mngr.wait_until_finished()
   where = checkpoint_dir(mngr, epoch)
-  if jax.process_index() == 0:  # One writer; orbax itself coordinates the processes.
-    write_text_atomic(where / MANIFEST, "".join(
-        f"{digest}  {name}\n" for name, digest in _file_digests(where).items()))
+  write_text_atomic(where / MANIFEST, "".join(
+      f"{digest}  {name}\n" for name, digest in _file_digests(where).items()))
   return where
 
 

@@ -92,7 +92,14 @@ class Run:
   vmap elsewhere). progress_chunks: the epoch runs as that many compiled
   chunks; the bar shows each one when the next is already queued, so it never stalls the
   device."""
-  num_devices: int = 0  # Data parallelism over this many devices (0: all visible).
+  # Data parallelism over this many devices. 0 (auto): every device when the batch is given
+  # per device or the run spans processes; otherwise as many as keep
+  # parallel.MIN_DEVICE_BATCH examples on each (the reference's 128: one device).
+  num_devices: int = 0
+  # > 0: the batch is this many examples per device of the data axis: optim.batch_size
+  # becomes per_device_batch_size x devices (recorded so, and checked on resume). The
+  # learning rate is not scaled: set optim.learning_rate for the global batch.
+  per_device_batch_size: int = 0
   models_strategy: str = "auto"
   keep_checkpoints: int = 2
   restart: bool = False
@@ -105,6 +112,13 @@ class Run:
   # tests, evaluation); 'default' lets a GPU use TF32 and a TPU one bfloat16 pass. It changes
   # the numbers on those devices, so a run resumes only with the precision it was saved with.
   matmul_precision: str = "highest"
+  # A checkpoint after every N-th epoch (0: not by count), and after any epoch that ends S
+  # seconds or more after the last one (0: not by time); always after the last epoch and
+  # before a stop asked for by a signal. async_checkpoints: written by a background thread
+  # while the next epoch trains (a kill loses at most the epochs since the last finished one).
+  checkpoint_every_epochs: int = 1
+  checkpoint_every_seconds: float = 0.0
+  async_checkpoints: bool = False
 
   def check(self):
     _require(self.num_devices >= 0, "run.num_devices", self.num_devices, "0 (all) or a count")
@@ -119,6 +133,12 @@ class Run:
     _require(0 <= self.num_devices < 2**31, "run.num_devices", self.num_devices, "0 (all) or a count")
     _require(self.keep_checkpoints < 2**31, "run.keep_checkpoints", self.keep_checkpoints,
              "an integer < 2**31")
+    _require(0 <= self.per_device_batch_size < 2**31, "run.per_device_batch_size",
+             self.per_device_batch_size, "0 (use optim.batch_size) or an integer in [1, 2**31)")
+    _require(0 <= self.checkpoint_every_epochs < 2**31, "run.checkpoint_every_epochs",
+             self.checkpoint_every_epochs, "0 (not by count) or a number of epochs")
+    _require(0 <= self.checkpoint_every_seconds < math.inf, "run.checkpoint_every_seconds",
+             self.checkpoint_every_seconds, "0 (not by time) or a finite number of seconds")
 
 
 # Keys that may change when a run resumes: they do not change its numbers.

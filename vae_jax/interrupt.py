@@ -39,6 +39,11 @@ def _handle(signum, frame) -> None:
   _received.append(signum)
 
 
+def requested() -> bool:
+  """Whether a signal asked the run to stop (it stops at the next check)."""
+  return bool(_received)
+
+
 def check(kept: str) -> None:
   """Raises Interrupted if a signal came; ``kept`` says what the run has saved so far."""
   if _received:

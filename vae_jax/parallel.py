@@ -42,17 +42,63 @@ def check_fits(needed: int, what: str) -> None:
                       "ask for less")
 
 
+# Auto data parallelism keeps at least this many examples per device: splitting a smaller
+# batch adds an all-reduce per step and saves little (not measured on an accelerator here).
+MIN_DEVICE_BATCH = 256
+
+
+def data_devices(num_devices: int, batch_size: int, per_device_batch_size: int = 0) -> int:
+  """Devices on the data axis: num_devices, or (0) the auto rule of config.run.num_devices."""
+  available = jax.device_count()
+  if num_devices > available:
+    raise ConfigError(f"config.run.num_devices={num_devices}: only {available} devices "
+                      f"({jax.default_backend()}) are visible")
+  if num_devices:
+    return num_devices
+  if per_device_batch_size or jax.process_count() > 1:
+    return available
+  n = max(1, min(available, batch_size // MIN_DEVICE_BATCH))
+  while batch_size % n:
+    n -= 1
+  return n
+
+
 def make_mesh(num_devices: int = 0) -> Mesh | None:
   """A 1-D mesh ('data') over the first num_devices devices (0: all); None for one device.
 
-  With None every array lives on the default device: the single-device path.
+  With None every array lives on the default device: the single-device path. All devices:
+  jax.make_mesh, which orders them by the accelerator's topology.
   """
   available = jax.device_count()
   if num_devices > available:
     raise ConfigError(f"config.run.num_devices={num_devices}: only {available} devices "
                       f"({jax.default_backend()}) are visible")
-  devices = jax.devices()[:num_devices or available]
-  return None if len(devices) == 1 else Mesh(np.asarray(devices), ("data",))
+  n = num_devices or available
+  if n == 1:
+    return None
+  auto = (jax.sharding.AxisType.Auto,)
+  if n == available:
+    return jax.make_mesh((n,), ("data",), axis_types=auto)
+  return Mesh(np.asarray(jax.devices()[:n]), ("data",), axis_types=auto)
+
+
+def shard_rows(x_N, mesh: Mesh | None):
+  """x_N with its rows split over the mesh's data axis (zero rows pad it to a multiple of the
+  axis): each device holds 1/D of the set, each process supplies only its own devices' rows
+  (``jax.make_array_from_process_local_data``). Indexing it with global example numbers
+  gives the same values as the whole array. mesh None: on the default device."""
+  if mesh is None:
+    return jax.device_put(x_N)
+  sharding = NamedSharding(mesh, P("data"))
+  rows = -(-x_N.shape[0] // mesh.size) * mesh.size
+  global_shape = (rows, *x_N.shape[1:])
+  starts = sorted(index[0].start or 0 for index in
+                  sharding.addressable_devices_indices_map(global_shape).values())
+  lo, hi = starts[0], starts[-1] + rows // mesh.size
+  local = np.zeros((hi - lo, *x_N.shape[1:]), x_N.dtype)
+  part = x_N[lo:min(hi, x_N.shape[0])]
+  local[:len(part)] = part
+  return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
 def replicate(tree, mesh: Mesh | None):
@@ -72,9 +118,13 @@ def replicate(tree, mesh: Mesh | None):
   return jax.tree.map(put, tree)
 
 
-def shard_models(tree, num_models: int):
-  """Axis 0 (models) sharded over all devices when their count divides K; else as it is."""
-  n = jax.device_count()
-  if n == 1 or num_models % n:
+def shard_models(tree, num_models: int, num_devices: int = 0):
+  """Axis 0 (models) sharded over the largest device count that divides K (at most
+  num_devices; 0: all visible); one device: as it is."""
+  n = min(num_devices or jax.device_count(), jax.device_count(), num_models)
+  while num_models % n:
+    n -= 1
+  if n == 1:
     return tree
-  return jax.device_put(tree, NamedSharding(Mesh(np.asarray(jax.devices()), ("models",)), P("models")))
+  return jax.device_put(tree, NamedSharding(Mesh(np.asarray(jax.devices()[:n]), ("models",)),
+                                            P("models")))

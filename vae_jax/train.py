@@ -23,7 +23,8 @@ from vae_jax import (__version__, checkpoint, config as config_lib, data, distri
                      summaries, workdir as workdir_lib)
 from vae_jax import group as group_lib
 from vae_jax.epoch import Programs
-from vae_jax.parallel import describe_backend, make_mesh, replicate, shard_models
+from vae_jax.parallel import (data_devices, describe_backend, make_mesh, replicate, shard_models,
+                              shard_rows)
 
 
 COUNTS = ("examples", "first_nonfinite_step")  # Sums of train_step's that are not metrics.
@@ -72,9 +73,11 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   #    checkpoint is restored into.
   states, keys = group_lib.create_states(group)
   records, last_good = [[] for _ in range(num_models)], None
-  # 2. A directory with checkpoints continues from its latest, if settings and data match.
-  if checkpoint.has_checkpoints(ckpt_dir):
-    states, keys, records, last_good = resume(ckpt_dir, meta_base, states, keys)
+  # 2. A directory with checkpoints continues from its latest, if settings and data match
+  #    (process 0 decides and reads; the others receive its state).
+  resumed = resume(ckpt_dir, meta_base, states, keys)
+  if resumed is not None:
+    states, keys, records, last_good = resumed
     if primary:
       log(f"Resuming from {last_good} (epoch {records[0][-1]['epoch']})")
   # 3. Writes start here. Logs are rewritten from the checkpoint's records: an epoch is never
@@ -98,11 +101,13 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
     if not missing_images:
       return states, records
   mesh = check_devices(settings, num_models)
-  train_u8, test_u8 = replicate((splits["train"][0], splits["test"][0]), mesh)
+  # The train set split over the data axis (each device holds its rows); the test set whole.
+  train_u8, test_u8 = shard_rows(splits["train"][0], mesh), replicate(splits["test"][0], mesh)
   states, keys = replicate((states, keys), mesh)
   if num_models > 1 and group.strategy() == "vmap":
-    states, keys = shard_models((states, keys), num_models)
-  mngr = checkpoint.manager(ckpt_dir, keep=settings.run.keep_checkpoints)
+    states, keys = shard_models((states, keys), num_models, settings.run.num_devices)
+  writer = checkpoint.Writer(ckpt_dir, settings.run.keep_checkpoints, settings.run.async_checkpoints)
+  last_saved = (first_epoch - 1, time.monotonic())
   writers = [summaries.open_writer(d / "tensorboard") if d is not None and primary
              and settings.run.tensorboard else None for d in run_dirs]
   progress = ProgressBar(settings.run.progress and primary)
@@ -137,26 +142,46 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
                              "train_examples": int(train_sums["examples"][k]),
                              "steps": int(states.step[k]), "train_seconds": train_seconds,
                              "compile_seconds": compile_seconds if epoch == first_epoch else 0.0})
-        # The checkpoint first, then the logs it covers: a kill in between loses no record.
-        mean_test = float(np.mean([r[-1]["test_loss"] for r in records]))
-        last_good = checkpoint.save(mngr, epoch, group_lib.state_tree(states, keys),
-                                    {**meta_base, "model_records": records}, mean_test)
+        # The checkpoint first, then the logs it covers: a kill in between loses no record
+        # (the logs are rewritten from the checkpoint's records when the run resumes).
+        if checkpoint_due(settings, epoch, last_saved, interrupt.requested()):
+          mean_test = float(np.mean([r[-1]["test_loss"] for r in records]))
+          last_good = writer.save(epoch, group_lib.state_tree(states, keys),
+                                  {**meta_base, "model_records": records}, mean_test)
+          last_saved = (epoch, time.monotonic())
         grids = jax.device_get(programs.grids(states, keys, epoch)) if settings.run.save_images else None
         if primary:
           write_epoch(run_dirs, writers, records, grids, epoch, log)
         interrupt.check(kept())
     finally:
       progress.close()
-      mngr.close()
+      writer.close()
       for writer in writers:
         if writer is not None:
           writer.close()
   return states, records
 
 
+def checkpoint_due(settings: config_lib.Settings, epoch: int, last_saved: tuple[int, float],
+                   stopping: bool) -> bool:
+  """Whether epoch ends with a checkpoint: the last epoch, a stop asked for, every N-th epoch,
+  or S seconds since the last one (config.run.checkpoint_every_*)."""
+  every, seconds = settings.run.checkpoint_every_epochs, settings.run.checkpoint_every_seconds
+  return (epoch == settings.optim.num_epochs or stopping or bool(every and epoch % every == 0)
+          or bool(seconds and time.monotonic() - last_saved[1] >= seconds))
+
+
 def check_devices(settings: config_lib.Settings, num_models: int):
   """The data-parallel mesh of a single run (None: one device, or K > 1 models)."""
-  mesh = make_mesh(settings.run.num_devices) if num_models == 1 else None
+  if num_models > 1:
+    if settings.run.per_device_batch_size:
+      raise config_lib.ConfigError(
+          f"config.run.per_device_batch_size={settings.run.per_device_batch_size}: applies to a "
+          f"single run (data parallelism); these {num_models} models share the model axis, set "
+          "config.optim.batch_size")
+    return None
+  mesh = make_mesh(data_devices(settings.run.num_devices, settings.optim.batch_size,
+                                settings.run.per_device_batch_size))
   if mesh is not None and settings.optim.batch_size % mesh.size:
     raise config_lib.ConfigError(
         f"config.optim.batch_size={settings.optim.batch_size}: not divisible by the {mesh.size} "
@@ -202,11 +227,35 @@ def check_finite(group, epoch: int, train_sums, test_sums, last_good) -> None:
 
 
 def resume(ckpt_dir: Path, meta_base: dict, states, keys):
-  """(states, keys, records, checkpoint dir) from the latest checkpoint in ckpt_dir.
+  """(states, keys, records, checkpoint dir) from the latest checkpoint in ckpt_dir, or None.
 
-  Refuses (CheckpointError, nothing written) a checkpoint made with settings that change
-  the numbers, or from other data.
+  Process 0 decides and reads; the others receive its decision and state, and every process
+  checks that it holds the same state (SHA-256), so no disk need be shared. Refuses
+  (CheckpointError, nothing written, on every process) a checkpoint made with settings that
+  change the numbers, or from other data.
   """
+  outcome, tree = None, group_lib.state_tree(states, keys)
+  if distributed.is_primary():
+    try:
+      if checkpoint.has_checkpoints(ckpt_dir):
+        tree, records, where = read_latest(ckpt_dir, meta_base, group_lib.state_tree(states, keys))
+        outcome = {"records": records, "where": str(where)}
+    except checkpoint.CheckpointError as e:
+      outcome = {"error": str(e)}
+  outcome = distributed.broadcast_json(outcome)
+  if outcome is None:
+    return None
+  if "error" in outcome:
+    raise checkpoint.CheckpointError(outcome["error"])
+  if jax.process_count() > 1:
+    tree = distributed.broadcast_tree(checkpoint.host_copy(tree))
+    distributed.check_same(checkpoint.tree_sha256(tree), "the restored state")
+  states, keys = group_lib.from_state_tree(states, tree)
+  return states, keys, outcome["records"], Path(outcome["where"])
+
+
+def read_latest(ckpt_dir: Path, meta_base: dict, target_tree):
+  """(state tree, records, where) of ckpt_dir's latest checkpoint, checked against the run."""
   with checkpoint.manager(ckpt_dir, read_only=True) as mngr:
     epoch = checkpoint.select(mngr, "latest")
     where = checkpoint.checkpoint_dir(mngr, epoch)
@@ -228,9 +277,8 @@ def resume(ckpt_dir: Path, meta_base: dict, states, keys):
           f"{ckpt_dir}: its checkpoint {where} was made from other data (the {' and '.join(splits)} "
           "split differs: examples, image shape or SHA-256); use the same data, or pass "
           "--config.run.restart=True")
-    tree = checkpoint.restore(mngr, epoch, group_lib.state_tree(states, keys), meta)
-  states, keys = group_lib.from_state_tree(states, tree)
-  return states, keys, meta["model_records"], where
+    tree = checkpoint.restore(mngr, epoch, target_tree, meta)
+  return tree, meta["model_records"], where
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
@@ -242,6 +290,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   replaces the configured data source: {'train': (x, y), 'test': (x, y)}.
   """
   settings = config_lib.parse(config)
+  if settings.run.per_device_batch_size:  # The global batch, from the devices it will use.
+    config = config_lib.from_flat({**config_lib.flatten(config), "optim.batch_size": (
+        settings.run.per_device_batch_size * data_devices(
+            settings.run.num_devices, 0, settings.run.per_device_batch_size))})
+    settings = config_lib.parse(config)
   splits = splits or data.load_data(settings.data)
   group = group_lib.make_group(config, splits)  # Every check that needs the data, before any write.
   check_devices(settings, group.num_models)

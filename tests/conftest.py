@@ -124,3 +124,17 @@ def k_model_run():
   overrides = [{"seed": s, "objective.beta": b} for s, b in zip((1, 2, 3, 4), (1.0, 0.5, 2.0, 1.0))]
   return train.train_models(config, splits, overrides, tempfile.mkdtemp(), [None] * 4,
                             log=lambda _: None)
+
+
+def run_python_json(code: str, devices: int | None = None):
+  """Runs code in a fresh python (with ``devices`` simulated CPU devices) in tests/; the JSON
+  its last stdout line holds."""
+  import json
+  import textwrap
+  env = dict(os.environ)
+  if devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=os.path.dirname(__file__))
+  assert result.returncode == 0, result.stderr
+  return json.loads(result.stdout.strip().splitlines()[-1])

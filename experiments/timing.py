@@ -8,6 +8,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vae_jax import config as config_lib, data, group as group_lib, objectives, parallel
@@ -38,6 +39,18 @@ def _best_seconds(fn, repeats: int) -> float:
   return min(times)
 
 
+def matmul_tflops(n: int, dtype=jnp.float32, precision: str = "highest", chain: int = 10,
+                  repeats: int = 3) -> float:
+  """Best TFLOP/s of ``chain`` dependent n x n products in one program (one sync per
+  program, not per product, so an accelerator's launch and sync cost is amortized)."""
+  a = (jax.random.normal(jax.random.key(0), (n, n), jnp.float32) / np.sqrt(n)).astype(dtype)
+
+  @jax.jit
+  def products(a):
+    return jax.lax.fori_loop(0, chain, lambda _, c: jnp.dot(c, a, precision=precision), a)
+  return 2 * n**3 * chain / _best_seconds(lambda: products(a).block_until_ready(), repeats) / 1e12
+
+
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
   """Best float32 GFLOP/s of an n x n matmul through XLA and through numpy's BLAS."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -48,25 +61,28 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
   return {"xla": xla, "numpy": blas}
 
 
-def reference_programs(config, num_devices: int = 1):
-  """(programs, states, keys, compile seconds): the config's compiled epoch, in one chunk,
-  of one model, with the bundled train split on the device(s)."""
+def reference_programs(config, num_devices: int = 1, chunks: int = 1):
+  """(programs, states, keys, compile seconds): the config's compiled epoch, in ``chunks``
+  chunks, of one model, with the config's data on the device(s)."""
   splits = data.load_data(config_lib.parse(config).data)
   group = group_lib.make_group(config, splits)
   mesh = parallel.make_mesh(num_devices)
   states, keys = parallel.replicate(group_lib.create_states(group), mesh)
   x_train, x_test = parallel.replicate((splits["train"][0], splits["test"][0]), mesh)
   t0 = time.perf_counter()
-  programs = Programs(group, states, keys, x_train, x_test, mesh, chunks=1)
+  programs = Programs(group, states, keys, x_train, x_test, mesh, chunks=chunks)
   return programs, states, keys, time.perf_counter() - t0
 
 
-def time_epochs(programs, states, keys, num_epochs: int) -> tuple[list[float], list[float]]:
-  """(seconds, train loss) of each epoch; reading the loss waits for the epoch."""
+def time_epochs(programs, states, keys, num_epochs: int,
+                progress: bool = False) -> tuple[list[float], list[float]]:
+  """(seconds, train loss) of each epoch; reading the loss waits for the epoch. progress:
+  each chunk's step is read as the train command's bar reads it."""
   seconds, losses = [], []
+  on_chunk = (lambda step: None) if progress else None
   for epoch in range(1, num_epochs + 1):
     t0 = time.perf_counter()
-    states, sums = programs.train_epoch(states, keys, epoch)
+    states, sums = programs.train_epoch(states, keys, epoch, on_chunk)
     losses.append(float(sums["loss"][0]) / int(sums["examples"][0]))
     seconds.append(time.perf_counter() - t0)
   return seconds, losses
@@ -112,7 +128,8 @@ def time_loop(config, num_epochs: int) -> dict:
   one_step = jax.jit(one_step, donate_argnums=0)
   t0 = time.perf_counter()
   full_SxB, rest_R = order(1)
-  for idx_B in (full_SxB[0], rest_R):  # Compiles both batch shapes, on a throwaway copy.
+  batches = lambda full_SxB, rest_R: [*full_SxB, *([rest_R] if rest_R.shape[0] else [])]
+  for idx_B in batches(full_SxB[:1], rest_R):  # Compiles both batch shapes, on a throwaway copy.
     jax.block_until_ready(one_step(jax.tree.map(jnp.copy, state), idx_B))
   compile_seconds = time.perf_counter() - t0
   seconds, losses = [], []
@@ -120,7 +137,7 @@ def time_loop(config, num_epochs: int) -> dict:
     t0 = time.perf_counter()
     full_SxB, rest_R = order(epoch)
     total = 0.0
-    for idx_B in [*full_SxB, rest_R]:
+    for idx_B in batches(full_SxB, rest_R):
       state, metrics = one_step(state, idx_B)
       total = total + metrics["loss"]  # Stays on the device: no host sync per step.
     losses.append(float(total) / n)
@@ -137,18 +154,28 @@ def time_torch(data_path: str, num_epochs: int) -> dict:
           "train_loss": [r["train_loss"] for r in records]}
 
 
-def time_models(counts: list[int], num_epochs: int) -> dict:
+def device_peak_bytes() -> int | None:
+  """Peak bytes in use on the first device so far (None where the backend does not say)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def time_models(counts: list[int], num_epochs: int, strategies=("loop", "map", "vmap"),
+                base_config=None, sequential: int | None = None) -> dict:
   """K models of one group (each strategy) versus K sequential runs of the compiled epoch.
 
-  All train seeds 1..K on the full training split; seconds count epochs 2..N (compiled
-  already). The sequential runs share one compiled single-model epoch (same shapes), so their
-  time is pure training; the sums over the first K runs give every K from one pass.
+  All train seeds 1..K on the config's training split (default: the reference's); seconds
+  count epochs 2..N (compiled already). The sequential runs (``sequential``: how many,
+  default max K) share one compiled single-model epoch (same shapes), so their time is pure
+  training; the sums over the first K runs give every K from one pass. peak_bytes: the
+  device's peak after each K (counts ascending: each K's own peak), where the backend says.
   """
-  config = default.get_config()
+  base_config = base_config or default.get_config()
+  config = ml_collections.ConfigDict(base_config.to_dict())
   splits = data.load_data(config_lib.parse(config).data)
   x_train, x_test = jax.device_put((splits["train"][0], splits["test"][0]))
-  in_program = {}
-  for strategy in ("loop", "map", "vmap"):
+  in_program, peak_bytes = {}, {}
+  for strategy in strategies:
     config.run.models_strategy = strategy
     for k in counts:
       group = group_lib.make_group(config, splits, [{"seed": s} for s in range(1, k + 1)])
@@ -156,10 +183,12 @@ def time_models(counts: list[int], num_epochs: int) -> dict:
       programs = Programs(group, states, keys, x_train, x_test, chunks=1)
       seconds, _ = time_epochs(programs, states, keys, num_epochs)
       in_program[f"{strategy}_{k}"] = sum(seconds[1:])
-  programs, template, _, _ = reference_programs(default.get_config())
+      peak_bytes[f"{strategy}_{k}"] = device_peak_bytes()
+      del programs, states, keys
+  programs, template, _, _ = reference_programs(base_config)
   per_run = []
-  for seed in range(1, max(counts) + 1):
-    config = default.get_config()
+  for seed in range(1, (sequential or max(counts)) + 1):
+    config = ml_collections.ConfigDict(base_config.to_dict())
     config.seed = seed
     states, keys = group_lib.create_states(group_lib.make_group(config, splits))
     # The compiled epoch wants the very optimizer object it was compiled with.
@@ -167,5 +196,5 @@ def time_models(counts: list[int], num_epochs: int) -> dict:
     seconds, _ = time_epochs(programs, states, keys, num_epochs)
     per_run.append(sum(seconds[1:]))
   return {"epochs_timed": num_epochs - 1, "backend": jax.default_backend(),
-          "in_program_seconds": in_program,
-          "sequential_seconds": {k: sum(per_run[:k]) for k in counts}}
+          "in_program_seconds": in_program, "peak_bytes": peak_bytes,
+          "sequential_seconds": {k: sum(per_run[:k]) for k in counts if k <= len(per_run)}}

@@ -42,3 +42,28 @@ def test_an_objective_registered_outside_the_package_runs_a_sweep(tmp_path):
   assert len(rows) == 6 and {r["objective.mmd_weight"] for r in rows} == {"1.0", "10.0", "100.0"}
   assert all(float(r["train_mmd"]) >= 0 for r in rows)  # Its own metric, in every output.
   assert "train mmd" in (tmp_path / "summary.md").read_text()
+
+
+def test_device_check_runs_every_section_with_tiny_settings(tmp_path):
+  """The accelerator check, as one command: every section measured and tabled on the CPU."""
+  import json
+  out = tmp_path / "check.json"
+  result = run_module("device_check", "--tiny", "--out", str(out))
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  results = json.loads(out.read_text())
+  from experiments.device_check import SECTIONS
+  for name in SECTIONS:
+    assert "error" not in results[name] and results[name]["section_seconds"] > 0, name
+  assert results["machine"]["backend"] == "cpu" and "flax" in results["machine"]["versions"]
+  assert set(results["matmul"]["tflops"]) == {"bf16", "f32_default", "f32_highest"}
+  assert all(v > 0 for v in results["matmul"]["tflops"].values())
+  rows = results["reference_epoch"]["rows"]
+  assert set(rows) == {"f32_highest", "f32_default", "bf16", "f32_highest_progress_on",
+                       "loop_of_jitted_steps"}
+  # Progress on or off, the same numbers (the chunks are one program's sums).
+  assert rows["f32_highest_progress_on"]["train_loss"] == rows["f32_highest"]["train_loss"]
+  assert list(results["vmapped_models"]["rows"]) == ["1", "2", "4"]
+  assert results["determinism"]["equal"] is True
+  for table in ("| matmul 256^2 | TFLOP/s |", "| reference epoch |", "| batch | s/epoch |",
+                "| vmapped K |", "| train, 3 epochs |", "| IWAE K = 64", "**Determinism**"):
+    assert table in result.stdout, table

@@ -37,7 +37,8 @@ import sys
 import jax
 
 from experiments import machine as machine_lib
-from experiments.timing import (epoch_matmul_flops, matmul_peak_gflops, time_loop, time_models,
+from experiments.timing import (epoch_matmul_flops, matmul_peak_gflops, matmul_tflops, time_loop,
+                                time_models,
                                 time_scan, time_torch, time_train_command)
 from vae_jax.configs import default
 
@@ -69,10 +70,25 @@ def run_worker(path: str, num_epochs: int) -> dict:
   return result
 
 
-def measure(path: str, num_epochs: int) -> dict:
-  """Runs one path in a fresh process (simulated devices set through XLA_FLAGS)."""
+def machine_and_peak() -> dict:
+  """The machine and its float32 matmul peak (GFLOP/s): on a CPU the best of XLA's and
+  numpy's 2048^2 products; on an accelerator chained 8192^2 products at 'highest' (the
+  precision the runs use), one sync per program."""
+  machine = machine_lib.describe_machine()
+  if machine["backend"] == "cpu":
+    peak = matmul_peak_gflops()
+  else:
+    peak = {"xla": matmul_tflops(8192, precision="highest") * 1e3, "numpy": 0.0}
+  return {"machine": machine, "peak": peak}
+
+
+def measure(path: str, num_epochs: int, backend: str = "cpu") -> dict:
+  """Runs one path in a fresh process (simulated devices set through XLA_FLAGS on a CPU).
+
+  The parent never starts a backend itself: on a GPU it would hold the memory its children
+  need."""
   env = dict(os.environ)
-  if path.endswith("dev") and jax.default_backend() == "cpu":
+  if path.endswith("dev") and backend == "cpu":
     count = path.removeprefix("scan_")[:-3]
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
   proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--worker", path, "--epochs",
@@ -88,7 +104,8 @@ def _label(path: str, backend: str) -> str:
             "loop": "Python loop of jitted steps", "torch_reference": "PyTorch reference (DataLoader, convert on access)",
             "torch_preloaded": "PyTorch, preloaded tensor + randperm"}
   if path in labels:
-    return labels[path]
+    # PyTorch runs on the CPU here whatever the JAX backend is.
+    return labels[path] + (" (on the CPU)" if path.startswith("torch_") and backend != "cpu" else "")
   count = path.removeprefix("scan_")[:-3]
   return f"compiled epoch, {count} devices" + (" (simulated on the CPU cores)" if backend == "cpu" else "")
 
@@ -119,10 +136,13 @@ def main() -> int:
   parser.add_argument("--models", type=int, nargs="*", default=[4, 16],
                       help="model counts K in one program vs sequential (none: skip)")
   parser.add_argument("--model-epochs", type=int, default=2, help="epochs per model (timed: 2..N)")
-  parser.add_argument("--worker", choices=(*PATHS, "models"), help=argparse.SUPPRESS)
+  parser.add_argument("--worker", choices=(*PATHS, "models", "machine"), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.epochs < 2 or args.torch_epochs < 2:
     parser.error("--epochs and --torch-epochs must be at least 2 (the median is over epochs 2..N)")
+  if args.worker == "machine":
+    print(json.dumps(machine_and_peak()))
+    return 0
   if args.worker == "models":
     print(json.dumps(time_models(args.models, args.model_epochs)))
     return 0
@@ -131,9 +151,12 @@ def main() -> int:
     return 0
 
   config = default.get_config()
-  machine = machine_lib.describe_machine()
+  first = measure("machine", 2)
+  if "error" in first:
+    print(f"benchmark: the machine worker failed: {first['error']}", file=sys.stderr)
+    return 1
+  machine, peak_before = first["machine"], first["peak"]
   flops = epoch_matmul_flops(config, 60_000)
-  peak_before = matmul_peak_gflops()
   runs = {}
   for path in args.paths:
     if path.startswith("torch_"):
@@ -144,7 +167,7 @@ def main() -> int:
         continue
     epochs = args.torch_epochs if path.startswith("torch_") else args.epochs
     print(f"measuring {path} ({epochs} epochs) ...", file=sys.stderr)
-    runs[path] = measure(path, epochs)
+    runs[path] = measure(path, epochs, machine["backend"])
   if args.models:
     print(f"measuring {args.models} models in one program vs sequential ...", file=sys.stderr)
     proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--worker", "models", "--models",
@@ -152,7 +175,7 @@ def main() -> int:
                           capture_output=True, text=True)
     runs["models"] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
                       else {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
-  peak_after = matmul_peak_gflops()
+  peak_after = measure("machine", 2).get("peak", peak_before)
   peak = max(*peak_before.values(), *peak_after.values())
 
   rows = []

@@ -30,12 +30,16 @@ from vae_jax.configs import default
 
 
 def op_durations(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
-  """(seconds, calls) per XLA op name, summed over the trace's XLA worker threads."""
+  """(seconds, calls) per XLA op name: on a CPU summed over the XLA worker threads of the
+  host plane; on an accelerator over the 'XLA Ops' lines of its device planes."""
   path = sorted(Path(trace_dir).rglob("*.xplane.pb"))[-1]
-  plane = jax.profiler.ProfileData.from_file(str(path)).find_plane_with_name("/host:CPU")
+  profile = jax.profiler.ProfileData.from_file(str(path))
+  cpu = jax.default_backend() == "cpu"
+  planes = ([profile.find_plane_with_name("/host:CPU")] if cpu else
+            [p for p in profile.planes if p.name.startswith("/device:")])
   seconds, calls = collections.Counter(), collections.Counter()
-  for line in plane.lines:
-    if not line.name.startswith("tf_XLA"):
+  for line in (line for plane in planes if plane is not None for line in plane.lines):
+    if not (line.name.startswith("tf_XLA") if cpu else line.name == "XLA Ops"):
       continue
     for event in line.events:
       if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener")):
@@ -87,6 +91,10 @@ def main() -> int:
   print("| op | kind | calls | seconds | share | result | from |")
   print("| --- | --- | ---: | ---: | ---: | --- | --- |")
   total = sum(seconds.values())
+  if not total:
+    print(f"No XLA op events in the trace ({jax.default_backend()}); open {trace_dir} in "
+          "TensorBoard's profiler or xprof instead.")
+    return 0
   for name, s in seconds.most_common(args.top):
     op = ops.get(name, {"shape": "?", "matmul": False, "source": ""})
     print(f"| {name} | {'matmul' if op['matmul'] else 'other'} | {calls[name]} | {s:.3f} | "
@@ -94,9 +102,10 @@ def main() -> int:
   matmul = sum(s for name, s in seconds.items() if ops.get(name, {}).get("matmul"))
   print(f"\nSum of op times: {total:.3f} s; matmuls {matmul:.3f} s ({matmul / total:.0%}), "
         f"everything else {total - matmul:.3f} s.")
-  print(f"Matmul kernels alone: {flops / 1e9:.1f} GFLOP in {matmul:.3f} s = "
-        f"{flops / matmul / 1e9:.1f} GFLOP/s; the float32 peak measured now: "
-        f"{max(timing.matmul_peak_gflops().values()):.1f} GFLOP/s.")
+  if matmul:
+    print(f"Matmul kernels alone: {flops / 1e9:.1f} GFLOP in {matmul:.3f} s = "
+          f"{flops / matmul / 1e9:.1f} GFLOP/s; the float32 peak measured now: "
+          f"{max(timing.matmul_peak_gflops().values()):.1f} GFLOP/s.")
   return 0
 
 

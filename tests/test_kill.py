@@ -31,3 +31,32 @@ def test_killed_anywhere_the_same_command_ends_bit_identical(point, whole_run, s
   assert metrics(workdir) == metrics(whole_run)
   for name in ("reconstruction_1.png", "sample_1.png", "reconstruction_2.png", "sample_2.png"):
     assert (workdir / name).read_bytes() == (whole_run / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("point", ["saving_1", "after_epoch_1", "epoch_2_mid", "saving_2"])
+def test_killed_with_background_checkpoints_ends_bit_identical(point, whole_run, session_idx_dir,
+                                                               tmp_path):
+  """Saves in a background thread: a kill while one is in flight loses at most the epochs
+  after the last finished checkpoint; the same command ends as the uninterrupted run."""
+  workdir = tmp_path / "run"
+  extra = (*EXTRA, "--config.run.async_checkpoints=True")
+  kill_at(point, workdir, session_idx_dir, *extra)
+  result = run_cli(*train_args(workdir, session_idx_dir, *extra))
+  assert result.returncode == 0, result.stderr
+  assert_trees_equal_bitwise(saved_arrays(workdir), saved_arrays(whole_run))
+  assert metrics(workdir) == metrics(whole_run)
+
+
+def test_killed_before_the_first_of_sparse_checkpoints_starts_afresh(whole_run, session_idx_dir,
+                                                                     tmp_path):
+  """Every 2nd epoch checkpointed: killed with epoch 1 logged and nothing saved, the same
+  command starts afresh (the log was provisional) and ends as the uninterrupted run."""
+  workdir = tmp_path / "run"
+  extra = (*EXTRA, "--config.run.checkpoint_every_epochs=2")
+  kill_at("after_epoch_1", workdir, session_idx_dir, *extra)
+  assert (workdir / ".first_checkpoint_pending").exists()
+  result = run_cli(*train_args(workdir, session_idx_dir, *extra))
+  assert result.returncode == 0, result.stderr
+  assert_trees_equal_bitwise(saved_arrays(workdir), saved_arrays(whole_run))
+  assert metrics(workdir) == metrics(whole_run)
+  assert not (workdir / ".first_checkpoint_pending").exists()

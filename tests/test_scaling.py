@@ -113,3 +113,27 @@ def test_a_cluster_jax_knows_gets_the_no_argument_initialize(monkeypatch):
   assert distributed.initialize() and calls == [((), {})]
   assert distributed.cluster_detected({"TPU_WORKER_HOSTNAMES": "t0,t1"})
   assert not distributed.cluster_detected({"TPU_WORKER_HOSTNAMES": "t0"})
+
+
+def test_an_accelerator_run_caches_its_executables_for_resume(monkeypatch, tmp_path):
+  assert parallel.configure_compilation_cache({}) is None  # The CPU: nothing cached.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert parallel.configure_compilation_cache({"VAE_JAX_COMPILATION_CACHE": "off"}) is None
+  try:
+    where = parallel.configure_compilation_cache({"VAE_JAX_COMPILATION_CACHE": str(tmp_path)})
+    assert where == str(tmp_path) == jax.config.jax_compilation_cache_dir
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    assert parallel.describe_backend("highest")["compilation_cache"] == str(tmp_path)
+  finally:
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def test_workdir_paths_go_through_epath(tmp_path):
+  from etils import epath
+  from vae_jax import workdir
+  assert isinstance(workdir.check_directory(tmp_path / "w"), epath.Path)
+  assert checkpoint.is_local(tmp_path) and not checkpoint.is_local("gs://bucket/run")
+  assert str(checkpoint.absolute("gs://bucket/run")) == "gs://bucket/run"
+  assert checkpoint.absolute("rel").is_absolute()

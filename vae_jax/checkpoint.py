@@ -20,12 +20,14 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
-from pathlib import Path
+from etils import epath
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+Path = epath.Path  # Local directories, or any path etils.epath knows (gs://...).
 
 SUBDIR = "checkpoints"
 MANIFEST = "files.sha256"  # In each checkpoint: SHA-256 of its files, written after the save.
@@ -52,13 +54,23 @@ def manager(workdir: str | Path, keep: int = 2, read_only: bool = False) -> ocp.
       # none needs the directory (multi-host runs without a shared disk).
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           primary_host=0, active_processes={0} if jax.process_count() > 1 else None))
-  directory = Path(workdir).absolute() / SUBDIR
+  directory = absolute(workdir) / SUBDIR
   try:
     if not read_only:
       directory.mkdir(parents=True, exist_ok=True)
     return ocp.CheckpointManager(directory, options=options)
   except Exception as e:  # Orbax reads every checkpoint's metadata here.
     raise CheckpointError(f"checkpoints {directory}: cannot be read ({_one_line(e)})") from None
+
+
+def is_local(path) -> bool:
+  """Whether path is on this machine's file system (not gs://, s3://...)."""
+  return "://" not in str(path)
+
+
+def absolute(path) -> Path:
+  path = Path(path)
+  return path.absolute() if is_local(path) else path
 
 
 def has_checkpoints(workdir: str | Path) -> bool:
@@ -99,10 +111,11 @@ class Writer:
 
   def __init__(self, ckpt_dir: str | Path, keep: int, asynchronous: bool):
     self.primary = jax.process_index() == 0
-    self.directory = Path(ckpt_dir).absolute() / SUBDIR
+    self.directory = absolute(ckpt_dir) / SUBDIR
     self.mngr = manager(ckpt_dir, keep=keep) if self.primary else None
     self.pool = concurrent.futures.ThreadPoolExecutor(1) if asynchronous and self.primary else None
     self.pending = None
+    self.finished = 0  # Saves completed by this writer.
 
   def save(self, epoch: int, state_tree, meta: dict[str, Any], test_loss: float) -> Path:
     """Starts (or, synchronous, makes) epoch's checkpoint; returns where it will be."""
@@ -111,7 +124,9 @@ class Writer:
     if not self.primary:
       return self.directory / str(epoch)  # Process 0's.
     if self.pool is None:
-      return save(self.mngr, epoch, tree, meta, test_loss)
+      where = save(self.mngr, epoch, tree, meta, test_loss)
+      self.finished += 1
+      return where
     self.pending = self.pool.submit(save, self.mngr, epoch, tree, meta, test_loss)
     return checkpoint_dir(self.mngr, epoch)
 
@@ -119,6 +134,7 @@ class Writer:
     if self.pending is not None:
       pending, self.pending = self.pending, None
       pending.result()
+      self.finished += 1
 
   def close(self) -> None:
     try:
@@ -159,8 +175,17 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, An
 
 
 def _file_digests(directory: Path) -> dict[str, str]:
-  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+  return {name: hashlib.sha256(path.read_bytes()).hexdigest()
+          for name, path in sorted(_files(directory)) if name != MANIFEST}
+
+
+def _files(directory: Path, prefix: str = ""):
+  """(relative name, path) of every file under directory (iterdir: what an object store lists)."""
+  for path in directory.iterdir():
+    if path.is_dir():
+      yield from _files(path, f"{prefix}{path.name}/")
+    else:
+      yield f"{prefix}{path.name}", path
 
 
 def verify_files(where: Path) -> None:
@@ -241,7 +266,12 @@ def restore(mngr: ocp.CheckpointManager, epoch: int, target_tree, meta: dict[str
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-  """Writes through a temporary file and a rename: readers see the old or the new text."""
+  """Writes through a temporary file and a rename: readers see the old or the new text.
+  (An object store replaces a whole object at once: written directly there.)"""
+  path = Path(path)
+  if not is_local(path):
+    path.write_text(text)
+    return
   tmp = path.with_name(f".{path.name}.tmp")
   tmp.write_text(text)
   os.replace(tmp, path)

@@ -18,7 +18,24 @@ def describe_backend(matmul_precision: str) -> dict:
   return {"backend": jax.default_backend(), "device_kind": device.device_kind,
           "devices": jax.device_count(), "processes": jax.process_count(), "jax": jax.__version__,
           "jaxlib": jaxlib.__version__, "matmul_precision": matmul_precision,
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "compilation_cache": jax.config.jax_compilation_cache_dir or ""}
+
+
+def configure_compilation_cache(env=None) -> str | None:
+  """On an accelerator, compiled programs persist in a cache (VAE_JAX_COMPILATION_CACHE, default
+  ~/.cache/vae_jax/xla; 'off': none), so a resumed process runs the very executables of the
+  first one: XLA's GEMM autotuner picks kernels at compile time and may pick others in a fresh
+  compile, which would break bit-identical resume. On a CPU (no autotuning; resume is tested
+  bit-identical) nothing is cached. Call before the first compilation; returns the directory."""
+  env = os.environ if env is None else env
+  where = env.get("VAE_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/vae_jax/xla"))
+  if jax.default_backend() == "cpu" or where == "off" or jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir or None
+  jax.config.update("jax_compilation_cache_dir", where)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return where
 
 
 def available_bytes() -> int:

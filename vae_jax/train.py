@@ -151,11 +151,14 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
           last_saved = (epoch, time.monotonic())
         grids = jax.device_get(programs.grids(states, keys, epoch)) if settings.run.save_images else None
         if primary:
+          workdir_lib.mark_pending(ckpt_dir, not (writer.finished or resumed))
           write_epoch(run_dirs, writers, records, grids, epoch, log)
         interrupt.check(kept())
     finally:
       progress.close()
       writer.close()
+      if primary and (writer.finished or resumed):
+        workdir_lib.mark_pending(ckpt_dir, False)
       for writer in writers:
         if writer is not None:
           writer.close()
@@ -314,7 +317,7 @@ def restore_run(workdir: str | Path, which: str = "latest"):
 
   Nothing is trained or written; the config is the one saved with the checkpoint.
   """
-  workdir = Path(workdir)
+  workdir = checkpoint.Path(workdir)
   if not workdir.is_dir():
     raise workdir_lib.WorkdirError(f"workdir {workdir}: not a directory (expected one written by "
                                    "`python -m vae_jax train`)")

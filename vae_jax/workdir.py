@@ -7,10 +7,11 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from etils import epath
 
 from vae_jax import checkpoint
 
@@ -24,7 +25,7 @@ class WorkdirError(ValueError):
 
 def check_directory(directory: str | Path, what: str = "workdir") -> Path:
   """The directory, if it can be one: refused (nothing created) when it is a file."""
-  directory = Path(directory)
+  directory = epath.Path(directory)
   try:
     str(directory).encode()
   except UnicodeEncodeError:
@@ -47,6 +48,10 @@ def locked(directory: str | Path, what: str = "workdir") -> Iterator[Path]:
   the holder's pid (from /proc/locks, where the system lists it).
   """
   directory = check_directory(directory, what)
+  if not checkpoint.is_local(directory):  # An object store has no lock: not held there.
+    directory.mkdir(parents=True, exist_ok=True)
+    yield directory
+    return
   try:
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -63,6 +68,10 @@ def locked(directory: str | Path, what: str = "workdir") -> Iterator[Path]:
     yield directory
   finally:
     os.close(fd)  # Releases the lock.
+
+
+def _is_link(path) -> bool:
+  return checkpoint.is_local(path) and os.path.islink(path)
 
 
 def lock_holder(inode: int) -> str:
@@ -85,11 +94,11 @@ def prepare_workdir(workdir: str | Path, restart: bool = False) -> Path:
   one with a non-empty metrics.jsonl but no checkpoint (they were deleted) is refused.
   ``restart`` moves an earlier run into ``replaced_<time>/`` first: nothing is deleted.
   """
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)
   for name, kind in (("metrics.jsonl", "file"), ("config.json", "file"), (checkpoint.SUBDIR, "directory"),
                      ("tensorboard", "directory")):
     path = workdir / name
-    if path.exists() and (path.is_dir() != (kind == "directory") or path.is_symlink()):
+    if path.exists() and (path.is_dir() != (kind == "directory") or _is_link(path)):
       raise WorkdirError(f"workdir {workdir}: {name} is not a {kind} (a run writes one there); "
                          "choose another --workdir")
   try:
@@ -102,7 +111,7 @@ def prepare_workdir(workdir: str | Path, restart: bool = False) -> Path:
     move_run_aside(workdir)
   elif not checkpoint.has_checkpoints(workdir):
     metrics = workdir / "metrics.jsonl"
-    if metrics.is_file() and metrics.stat().st_size:
+    if metrics.is_file() and metrics.stat().length and not (workdir / PENDING).exists():
       raise WorkdirError(f"workdir {workdir}: holds a run (metrics.jsonl) with no checkpoint to "
                          "resume from; choose a new --workdir, or pass --config.run.restart=True to "
                          "move that run aside and start afresh")
@@ -110,11 +119,26 @@ def prepare_workdir(workdir: str | Path, restart: bool = False) -> Path:
   return workdir
 
 
+# Present while metrics.jsonl logs epochs and no checkpoint has been completed yet (saves
+# every N epochs, or in the background): such a log is provisional, and a run killed then
+# starts afresh instead of being refused as a run whose checkpoints were deleted.
+PENDING = ".first_checkpoint_pending"
+
+
+def mark_pending(directory: Path, pending: bool) -> None:
+  """Creates or removes the directory's PENDING mark."""
+  mark = epath.Path(directory) / PENDING
+  if pending and not mark.exists():
+    mark.write_text("")
+  elif not pending and mark.exists():
+    mark.unlink()
+
+
 def remove_unfinished_run(workdir: Path) -> None:
   """Deletes what a run that never reached its first checkpoint left: it holds no epoch."""
   for path in run_files(workdir):
-    if path.is_dir() and not path.is_symlink():
-      shutil.rmtree(path)
+    if path.is_dir() and not _is_link(path):
+      path.rmtree()
     else:
       path.unlink()
 
@@ -123,7 +147,7 @@ def run_files(workdir: Path) -> list[Path]:
   """The files and directories a training run writes in its workdir."""
   pattern = re.compile(r"(reconstruction|sample)_\d+\.png")
   return [p for p in sorted(workdir.iterdir())
-          if p.name in ("metrics.jsonl", "config.json", "tensorboard", checkpoint.SUBDIR)
+          if p.name in ("metrics.jsonl", "config.json", "tensorboard", checkpoint.SUBDIR, PENDING)
           or pattern.fullmatch(p.name)]
 
 
@@ -146,7 +170,7 @@ def move_run_aside(workdir: Path) -> Path | None:
 
 def write_metrics(workdir: Path, records: list[dict[str, Any]]) -> None:
   """metrics.jsonl, one JSON record per epoch, rewritten whole and atomically."""
-  checkpoint.write_text_atomic(Path(workdir) / "metrics.jsonl",
+  checkpoint.write_text_atomic(epath.Path(workdir) / "metrics.jsonl",
                                "".join(json.dumps(r) + "\n" for r in records))
 
 

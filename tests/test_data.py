@@ -140,6 +140,11 @@ def test_tfds_reads_mocked_dataset_without_network():
     images, labels = data.load_split("tfds", "test", tfds_name="mnist", tfds_download=True)
   assert images.shape == (7, 28, 28, 1) and images.dtype == np.uint8
   assert labels.shape == (7,) and labels.dtype == np.int64
+  with tfds.testing.mock_data(num_examples=7):  # A limit reads only the first examples.
+    first, first_labels = data.load_split("tfds", "test", tfds_name="mnist", tfds_download=True,
+                                          limit=3)
+  np.testing.assert_array_equal(first, images[:3])
+  np.testing.assert_array_equal(first_labels, labels[:3])
 
 
 def test_tfds_unprepared_dataset_names_the_working_sources(tmp_path):

@@ -156,8 +156,11 @@ def _load_bundled(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_tfds(name: str, split: str, data_dir: str | None = None,
-              download: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a prepared TFDS dataset through ``tfds.data_source`` (ArrayRecord, no TensorFlow)."""
+              download: bool = False, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a prepared TFDS dataset through ``tfds.data_source`` (ArrayRecord, no TensorFlow).
+
+  Random access: only the first ``limit`` examples (0: all) are read, each straight into
+  one preallocated array (no list of every example)."""
   try:
     import tensorflow_datasets as tfds  # Heavy import: only when this source is used.
   except ImportError as e:
@@ -170,16 +173,25 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
         "with config.data.dir=<directory of IDX files>, or config.data.download=True on a "
         "machine with network access")
   source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=download)
-  examples = [source[i] for i in range(len(source))]
-  images = np.stack([np.asarray(e["image"]) for e in examples]) if examples else np.zeros((0, 28, 28, 1), np.uint8)
-  labels = np.asarray([e["label"] for e in examples], np.int64)
-  if images.dtype != np.uint8:
-    raise DataError(f"TFDS dataset '{name}' split {split}: expected uint8 images, found {images.dtype}")
+  n = min(len(source), limit) if limit else len(source)
+  if n == 0:
+    return np.zeros((0, 28, 28, 1), np.uint8), np.zeros(0, np.int64)
+  first = np.asarray(source[0]["image"])
+  if first.dtype != np.uint8:
+    raise DataError(f"TFDS dataset '{name}' split {split}: expected uint8 images, found {first.dtype}")
+  images, labels = np.empty((n, *first.shape), np.uint8), np.empty(n, np.int64)
+  for i in range(n):
+    example = source[i]
+    image = np.asarray(example["image"])
+    if image.shape != first.shape:
+      raise DataError(f"TFDS dataset '{name}' split {split}: example {i} is {image.shape}, "
+                      f"example 0 is {first.shape}; expected one image shape")
+    images[i], labels[i] = image, example["label"]
   return images, labels
 
 
 def load_split(source: str, split: str, data_dir: str = "", tfds_name: str = "mnist",
-               tfds_download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               tfds_download: bool = False, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Loads ``split`` ('train' or 'test') from ``source``: images_NxHxWxC uint8, labels_N int64."""
   if split not in _PREFIX:
     raise DataError(f"split {split!r}: expected one of {sorted(_PREFIX)}")
@@ -190,7 +202,7 @@ def load_split(source: str, split: str, data_dir: str = "", tfds_name: str = "mn
       raise DataError("data source 'idx' needs data_dir (a directory of MNIST IDX files)")
     return read_idx_pair(*_idx_paths(Path(data_dir), split))
   if source == "tfds":
-    return load_tfds(tfds_name, split, data_dir or None, tfds_download)
+    return load_tfds(tfds_name, split, data_dir or None, tfds_download, limit)
   raise DataError(f"data source {source!r}: expected one of {', '.join(SOURCES)}")
 
 
@@ -198,7 +210,7 @@ def load_data(data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Train and test splits of a config.Data section, cut to *_examples if set."""
   splits = {}
   for split, limit in (("train", data.train_examples), ("test", data.test_examples)):
-    x, y = load_split(data.source, split, data.dir, data.name, data.download)
+    x, y = load_split(data.source, split, data.dir, data.name, data.download, limit)
     splits[split] = (x[:limit], y[:limit]) if limit else (x, y)
   for split, (x, _) in splits.items():
     if 0 in x.shape[1:]:

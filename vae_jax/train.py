@@ -246,7 +246,9 @@ def resume(ckpt_dir: Path, meta_base: dict, states, keys):
     except checkpoint.CheckpointError as e:
       outcome = {"error": str(e)}
   outcome = distributed.broadcast_json(outcome)
-  if outcome is None:
+  if outcome is None:  # A fresh start: every process made its state from the same seeds.
+    if jax.process_count() > 1:
+      distributed.check_same(checkpoint.tree_sha256(checkpoint.host_copy(tree)), "the initial state")
     return None
   if "error" in outcome:
     raise checkpoint.CheckpointError(outcome["error"])

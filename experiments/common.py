@@ -16,17 +16,33 @@ from experiments import machine as machine_lib
 from vae_jax import api, config as config_lib, data, evaluate, train
 
 
+# The data section every run of this process trains on (set by prepare from --dataset).
+DATA: dict[str, Any] = {}
+
+
 def parser(doc: str, name: str, epochs: int) -> argparse.ArgumentParser:
-  """The flags every application script has: --workdir (runs/<name>), --epochs, --seed (1)."""
+  """The flags every application script has: --workdir (runs/<name>, runs/<name>_<dataset>
+  for another dataset), --epochs, --seed (1), --dataset (mnist)."""
   parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
-  parser.add_argument("--workdir", type=Path, default=Path("runs") / name)
+  parser.add_argument("--workdir", type=Path, default=None, help=f"default runs/{name}[_DATASET]")
   parser.add_argument("--epochs", type=int, default=epochs, help="training epochs per model")
   parser.add_argument("--seed", type=int, default=1)
+  parser.add_argument("--dataset", default="mnist",
+                      help="config.data.name: mnist, fashion_mnist (bundled or system copy)")
+  parser.add_argument("--data-source", default="bundled", help="config.data.source")
+  parser.add_argument("--data-dir", default="", help="config.data.dir (idx, tfds)")
+  parser.set_defaults(name=name)
   return parser
 
 
 def prepare(args):
-  """Creates args.workdir and returns the MNIST splits every script starts from."""
+  """Creates args.workdir and returns the splits of args.dataset every script starts from;
+  every run of this process then trains on that data section."""
+  DATA.clear()
+  DATA.update({"data.name": args.dataset, "data.source": args.data_source, "data.dir": args.data_dir})
+  if args.workdir is None:
+    suffix = "" if args.dataset == "mnist" else f"_{args.dataset}"
+    args.workdir = Path("runs") / f"{args.name}{suffix}"
   args.workdir.mkdir(parents=True, exist_ok=True)
   return data.load_data(config_lib.parse(config_with({})).data)
 
@@ -51,7 +67,7 @@ def save_figure(fig, path: Path, dpi: int = 100, **adjust) -> None:
 def config_with(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
   """The reference config, quiet (no progress bar, images or TensorBoard), with dotted overrides."""
   return config_lib.from_flat({"run.progress": False, "run.save_images": False,
-                               "run.tensorboard": False, **overrides})
+                               "run.tensorboard": False, **DATA, **overrides})
 
 
 def train_model(workdir: Path, splits, overrides: dict[str, Any]):

@@ -6,7 +6,8 @@
   python -m vae_jax encode --workdir DIR [--split test] --out latents.npz
   python -m vae_jax evaluate --workdir DIR [--split test]
   python -m vae_jax likelihood --workdir DIR [--num_samples 5000] [--num 0] [--seed 0]
-  python -m vae_jax sweep --config experiments/ablations/STUDY.py --workdir DIR
+  python -m vae_jax sweep --config experiments/ablations/STUDY.py --workdir DIR [--dataset NAME]
+  python -m vae_jax prepare --dataset NAME [--from DIR] [--tfds_dir DIR] [--download]
   python -m vae_jax [COMMAND] --help
 
 Several processes (hosts) train one run when each is started with the same command plus
@@ -43,6 +44,8 @@ COMMANDS = {
     "evaluate": "a split's losses and latent diagnostics (one JSON line): --workdir DIR [--split test]",
     "likelihood": "test NLL by importance sampling (one JSON line): --workdir DIR [--num_samples 5000]",
     "sweep": "run a study: --config experiments/ablations/STUDY.py --workdir DIR",
+    "prepare": "build a TFDS dataset (ArrayRecord) offline from IDX files: --dataset NAME "
+               "[--from DIR] [--tfds_dir DIR] [--download]",
 }
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 
@@ -83,6 +86,14 @@ def define_flags() -> flags.FlagValues:
   flags.DEFINE_integer("num_samples", 5000, "likelihood: importance samples per example.",
                        flag_values=fv)
   flags.DEFINE_enum("split", "test", ["train", "test"], "Data split to use.", flag_values=fv)
+  flags.DEFINE_string("dataset", None, "prepare: the TFDS name (mnist, fashion_mnist; others "
+                      "with --download); sweep: config.data.name of every run.", flag_values=fv)
+  flags.DEFINE_string("from", None, "prepare: the directory of IDX files (default: the "
+                      "dataset's bundled or system copy).", flag_values=fv)
+  flags.DEFINE_string("tfds_dir", None, "prepare: the TFDS data directory to build in (default: "
+                      "TFDS's own, ~/tensorflow_datasets).", flag_values=fv)
+  flags.DEFINE_bool("download", False, "prepare: let TFDS download and build the dataset.",
+                    flag_values=fv)
   flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
                       "(default: JAX_COORDINATOR_ADDRESS; unset: one process).", flag_values=fv)
   flags.DEFINE_integer("num_processes", None, "Multi-process: how many (JAX_NUM_PROCESSES).",
@@ -122,6 +133,10 @@ def parse(argv: list[str]):
   if len(args) != 1 or args[0] not in COMMANDS:
     return _fail(f"expected one command ({', '.join(COMMANDS)}), got {args or 'none'}")
   command = args[0]
+  if command == "prepare":
+    if not fv.dataset:
+      return _fail("prepare: --dataset is required (mnist, fashion_mnist, or a TFDS name with --download)")
+    return command, fv, config
   if not fv.workdir:
     return _fail("--workdir is required")
   if command in ("sample", "reconstruct", "encode") and not fv.out:
@@ -161,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
   from vae_jax.registry import ConfigError
   previous_handlers = interrupt.install()
   try:
+    if command == "prepare":
+      from vae_jax import prepare
+      tfds_dir = f.tfds_dir or os.path.expanduser("~/tensorflow_datasets")
+      where = prepare.prepare(f.dataset, tfds_dir, f["from"].value, f.download)
+      print(f"Prepared {f.dataset} in {where}; train on it with --config.data.source=tfds "
+            f"--config.data.name={f.dataset} --config.data.dir={tfds_dir}")
+      return 0
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     parallel.configure_compilation_cache()
     if command == "train":
@@ -181,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
       out = inference.encode(f.workdir, f.out, split=f.split, which=f.checkpoint)
       print(f"Wrote {out}: mu, logvar, labels")
     elif command == "sweep":
-      study = sweep.check_study(config, f["config"].config_filename)
+      study = config
+      if f.dataset:  # --dataset NAME: the study's runs on that dataset.
+        study = sweep.make_study(config.name, config.get("question", ""), dict(config.axes),
+                                 config.seeds, {**dict(config.base), "data.name": f.dataset})
+      study = sweep.check_study(study, f["config"].config_filename)
       sweep.run_study(study, f.workdir)
       print((Path(f.workdir) / "summary.md").read_text())
       print(f"Outputs in {f.workdir}: results.csv, summary.md, test_loss.png, runs/")

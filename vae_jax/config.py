@@ -41,8 +41,9 @@ def _require(ok: bool, where: str, value: Any, expected: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-  """Where the images come from. source: 'bundled' (MNIST in the package), 'idx' (dir: a
-  directory of IDX files) or 'tfds' (name, prepared in dir or TFDS's default directory;
+  """Which images: the dataset ``name`` (mnist, fashion_mnist, a TFDS image dataset) from
+  ``source``: 'bundled' (MNIST in the package, Fashion-MNIST in the system's copy), 'idx'
+  (dir: a directory of IDX files) or 'tfds' (prepared in dir or TFDS's default directory;
   download only when asked). *_examples: 0 = the whole split, N = its first N. binarize:
   a fresh Bernoulli(pixel / 255) draw of the inputs at every step (dynamic binarization)."""
   source: str = "bundled"

@@ -3,11 +3,14 @@
 Every source returns ``(images_NxHxWxC uint8, labels_N int64)``: IDX files of 3 dimensions
 (N x H x W, as MNIST's) get C = 1; 4-dimensional ones (N x H x W x C) keep theirs. Sources:
 
-- ``bundled``: the four IDX files shipped in ``vae_jax/data_files/mnist`` (SHA-256 checked).
+- ``bundled``: a copy that ships with the package or the system: MNIST's four IDX files in
+  ``vae_jax/data_files/mnist`` (SHA-256 checked); Fashion-MNIST's where Debian's
+  ``dataset-fashion-mnist`` puts them (``DEFAULT_IDX_DIRS``).
 - ``idx``: a directory of IDX files, flat or in torchvision's ``MNIST/raw`` layout,
-  gzipped or not.
-- ``tfds``: tensorflow-datasets through ``tfds.data_source`` (no TensorFlow needed);
-  never downloads unless ``download=True``.
+  gzipped or not (no directory: the dataset's default one, as for ``bundled``).
+- ``tfds``: tensorflow-datasets through ``tfds.data_source`` (no TensorFlow needed), any
+  image dataset with an ``image`` feature; never downloads unless ``download=True``
+  (``python -m vae_jax prepare`` builds mnist and fashion_mnist from IDX files offline).
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ import numpy as np
 SOURCES = ("bundled", "idx", "tfds")
 BUNDLED_DIR = Path(__file__).parent / "data_files" / "mnist"
 _PREFIX = {"train": "train", "test": "t10k"}
+# Where a dataset's IDX files are when no directory is given, and how to get them there.
+DEFAULT_IDX_DIRS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
+HOW_TO_GET = {"fashion_mnist": "install them with `apt-get install dataset-fashion-mnist` "
+                               "(Debian/Ubuntu), or put the four .gz files of "
+                               "https://github.com/zalandoresearch/fashion-mnist in a directory "
+                               "and pass --config.data.dir=DIR"}
 # IDX type codes (third byte of the magic number).
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -110,15 +119,31 @@ def with_channels(images: np.ndarray) -> np.ndarray:
   return images[..., None] if images.ndim == 3 else images
 
 
-def _idx_paths(directory: Path, split: str) -> tuple[Path, Path]:
-  """Finds a split's two files in a flat directory or torchvision's MNIST/raw layout."""
+def default_idx_dir(name: str) -> Path:
+  """The directory a dataset's IDX files are read from when none is given."""
+  if name == "mnist":
+    return BUNDLED_DIR
+  if name not in DEFAULT_IDX_DIRS:
+    raise DataError(f"config.data.name={name!r}: no default IDX directory (known: mnist, "
+                    f"{', '.join(DEFAULT_IDX_DIRS)}); set config.data.dir to a directory of IDX "
+                    "files, or use config.data.source='tfds'")
+  directory = DEFAULT_IDX_DIRS[name]
+  if not (directory / "t10k-labels-idx1-ubyte.gz").is_file():
+    raise DataError(f"{name}: its IDX files are not in {directory}; {HOW_TO_GET[name]}")
+  return directory
+
+
+def idx_paths(directory: Path, split: str) -> tuple[Path, Path]:
+  """Finds a split's two files in a flat directory or torchvision's MNIST/raw layout
+  (images as idx3, or idx4 for N x H x W x C)."""
   if not directory.is_dir():
     raise DataError(f"data directory {directory}: not a directory")
   prefix = _PREFIX[split]
   found = []
   for kind in ("images-idx3", "labels-idx1"):
     stem = f"{prefix}-{kind}-ubyte"
-    candidates = [d / (stem + ext) for d in (directory, directory / "MNIST" / "raw")
+    stems = [stem, stem.replace("idx3", "idx4")] if kind == "images-idx3" else [stem]
+    candidates = [d / (s + ext) for s in stems for d in (directory, directory / "MNIST" / "raw")
                   for ext in (".gz", "")]
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
@@ -137,7 +162,7 @@ def _bundled_checksums() -> dict[str, str]:
 @functools.lru_cache(maxsize=None)
 def _load_bundled(split: str) -> tuple[np.ndarray, np.ndarray]:
   arrays = []
-  for path, magic in zip(_idx_paths(BUNDLED_DIR, split), (IMAGES_MAGIC, LABELS_MAGIC)):
+  for path, magic in zip(idx_paths(BUNDLED_DIR, split), (IMAGES_MAGIC, LABELS_MAGIC)):
     content = _read_bytes(path)
     name = path.name.removesuffix(".gz")
     digest = hashlib.sha256(content).hexdigest()
@@ -155,6 +180,23 @@ def _load_bundled(split: str) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
+def tfds_builder(name: str, data_dir: str | None = None):
+  """TFDS's builder of an image dataset; DataError for an unknown name or one without an
+  ``image`` feature."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception as e:  # DatasetNotFoundError and its relatives.
+    raise DataError(f"config.data.name={name!r}: not a TFDS dataset this tensorflow-datasets "
+                    f"knows ({' '.join(str(e).split())[:160]})") from None
+  features = getattr(builder.info, "features", None)
+  if features is None or "image" not in features.keys():
+    keys = ", ".join(features.keys()) if features is not None else "none"
+    raise DataError(f"TFDS dataset {name!r}: has no 'image' feature (its features: {keys}); "
+                    "expected an image dataset")
+  return builder
+
+
 def load_tfds(name: str, split: str, data_dir: str | None = None,
               download: bool = False, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Reads a prepared TFDS dataset through ``tfds.data_source`` (ArrayRecord, no TensorFlow).
@@ -165,7 +207,7 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
     import tensorflow_datasets as tfds  # Heavy import: only when this source is used.
   except ImportError as e:
     raise DataError(f"data source 'tfds': tensorflow-datasets is not importable ({e})") from None
-  builder = tfds.builder(name, data_dir=data_dir or None)
+  builder = tfds_builder(name, data_dir)
   if not download and not builder.is_prepared():
     raise DataError(
         f"TFDS dataset '{name}' is not prepared in {builder.data_dir} and downloads are off; "
@@ -195,12 +237,15 @@ def load_split(source: str, split: str, data_dir: str = "", tfds_name: str = "mn
   """Loads ``split`` ('train' or 'test') from ``source``: images_NxHxWxC uint8, labels_N int64."""
   if split not in _PREFIX:
     raise DataError(f"split {split!r}: expected one of {sorted(_PREFIX)}")
-  if source == "bundled":
+  if source == "bundled" and tfds_name == "mnist":
     return _load_bundled(split)
-  if source == "idx":
-    if not data_dir:
-      raise DataError("data source 'idx' needs data_dir (a directory of MNIST IDX files)")
-    return read_idx_pair(*_idx_paths(Path(data_dir), split))
+  if source in ("bundled", "idx"):
+    if source == "bundled" and tfds_name not in DEFAULT_IDX_DIRS:
+      raise DataError(f"config.data.name={tfds_name!r}: source 'bundled' has mnist and "
+                      f"{', '.join(DEFAULT_IDX_DIRS)}; use config.data.source='idx' with "
+                      "config.data.dir, or 'tfds'")
+    directory = Path(data_dir) if data_dir and source == "idx" else default_idx_dir(tfds_name)
+    return read_idx_pair(*idx_paths(directory, split))
   if source == "tfds":
     return load_tfds(tfds_name, split, data_dir or None, tfds_download, limit)
   raise DataError(f"data source {source!r}: expected one of {', '.join(SOURCES)}")

@@ -18,7 +18,7 @@ def run_module(name: str, *args: str) -> subprocess.CompletedProcess:
                         text=True, timeout=600, cwd=ROOT)
 
 
-@pytest.mark.parametrize("script", ["likelihood", "dimensionality", "denoising", "anomaly", "generation"])
+@pytest.mark.parametrize("script", ["likelihood", "dimensionality", "denoising", "anomaly", "generation", "fashion"])
 def test_application_script_starts_and_documents_its_command(script):
   result = run_module(script, "--help")
   assert result.returncode == 0, result.stderr

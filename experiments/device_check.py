@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import timing
-from vae_jax import config as config_lib, data, evaluate, group as group_lib, parallel
+from vae_jax import config as config_lib, data, evaluate, group as group_lib
 from vae_jax.configs import default
 
 FULL = {"matmul_n": 8192, "epochs": 5, "train_examples": 0, "batches": (128, 1024, 8192),

@@ -1,11 +1,9 @@
 """What a run does to scale out: checkpoint cadence and background saves, the data axis's
 device count and per-device batch, the model axis, and joining a cluster."""
 
-import os
 import re
 
 import jax
-import numpy as np
 import pytest
 from conftest import run_python_json
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 
 from vae_jax import data
 

@@ -72,6 +72,8 @@ def test_prepared_tfds_gives_the_idx_arrays_image_for_image(name, fashion_dir, t
 
 def test_a_build_killed_half_way_is_never_read_and_building_again_works(tmp_path):
   pytest.importorskip("tensorflow_datasets")
+  splits = {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)}
+  idx_dir = write_idx_dir(tmp_path / "idx", splits)
   marker = tmp_path / "paused"
   code = f"""
 import pathlib, time
@@ -84,7 +86,7 @@ def slow(*paths):  # The test split's files are read after the train split was w
   pathlib.Path({str(tmp_path / 'calls')!r}).write_text("x")
   return read(*paths)
 data.read_idx_pair = slow
-prepare.prepare("mnist", {str(tmp_path / 'tfds')!r})
+prepare.prepare("mnist", {str(tmp_path / 'tfds')!r}, {str(idx_dir)!r})
 """
   proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
   deadline = time.monotonic() + 120
@@ -93,12 +95,15 @@ prepare.prepare("mnist", {str(tmp_path / 'tfds')!r})
     time.sleep(0.1)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
+  assert list((tmp_path / "tfds" / "mnist").glob("incomplete.*"))  # Killed mid-build.
   with pytest.raises(data.DataError, match="TFDS dataset 'mnist' is not prepared"):
     data.load_split("tfds", "train", str(tmp_path / "tfds"), "mnist")
-  result = run_cli("prepare", "--dataset=mnist", f"--tfds_dir={tmp_path / 'tfds'}")
+  result = run_cli("prepare", "--dataset=mnist", f"--from={idx_dir}", f"--tfds_dir={tmp_path / 'tfds'}")
   assert result.returncode == 0, result.stderr
-  images, _ = data.load_split("tfds", "test", str(tmp_path / "tfds"), "mnist")
-  np.testing.assert_array_equal(images, data.load_split("bundled", "test")[0])
+  for split in ("train", "test"):
+    images, labels = data.load_split("tfds", split, str(tmp_path / "tfds"), "mnist")
+    np.testing.assert_array_equal(images, splits[split][0])
+    np.testing.assert_array_equal(labels, splits[split][1])
 
 
 @pytest.mark.parametrize("name, message", [

@@ -215,18 +215,3 @@ def test_tensorboard_gets_scalars_and_grids_per_epoch(small_config, small_splits
   for name in ("sample", "reconstruction"):
     logged = np.asarray(Image.open(io.BytesIO(images[(name, 2)])).convert("L"))
     np.testing.assert_array_equal(logged, np.asarray(Image.open(tmp_path / "run" / f"{name}_2.png")))
-
-
-def test_conv_trains_on_colour_images_and_writes_colour_grids(tmp_path):
-  from PIL import Image
-
-  from conftest import synthetic_split
-  from vae_jax import config as config_lib
-  config = config_lib.from_flat({"model.name": "conv", "optim.num_epochs": 1, "optim.batch_size": 32,
-                                 "run.progress": False})
-  splits = {"train": synthetic_split(96, 0, (32, 32, 3)), "test": synthetic_split(40, 1, (32, 32, 3))}
-  state, records = train.train_and_evaluate(config, tmp_path / "run", splits)
-  assert np.isfinite(records[0]["test_loss"])
-  assert state.params["decoder"]["deconv_1"]["kernel"].shape[-1] == 3  # Three output channels.
-  sample = Image.open(tmp_path / "run" / "sample_1.png")
-  assert sample.mode == "RGB" and sample.size == (8 * 34 + 2, 8 * 34 + 2)

@@ -201,8 +201,8 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
               download: bool = False, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Reads a prepared TFDS dataset through ``tfds.data_source`` (ArrayRecord, no TensorFlow).
 
-  Random access: only the first ``limit`` examples (0: all) are read, each straight into
-  one preallocated array (no list of every example)."""
+  Random access: only the first ``limit`` examples (0: all) are read, a block at a time,
+  into one preallocated array (no list of every example)."""
   try:
     import tensorflow_datasets as tfds  # Heavy import: only when this source is used.
   except ImportError as e:
@@ -222,14 +222,24 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   if first.dtype != np.uint8:
     raise DataError(f"TFDS dataset '{name}' split {split}: expected uint8 images, found {first.dtype}")
   images, labels = np.empty((n, *first.shape), np.uint8), np.empty(n, np.int64)
-  for i in range(n):
-    example = source[i]
+  for i, example in enumerate(_examples(source, n)):
     image = np.asarray(example["image"])
     if image.shape != first.shape:
       raise DataError(f"TFDS dataset '{name}' split {split}: example {i} is {image.shape}, "
                       f"example 0 is {first.shape}; expected one image shape")
     images[i], labels[i] = image, example["label"]
   return images, labels
+
+
+def _examples(source, n: int, block: int = 4096):
+  """The first n examples of a TFDS data source, read a block at a time where it can."""
+  for start in range(0, n, block):
+    indices = list(range(start, min(start + block, n)))
+    try:
+      examples = source.__getitems__(indices)
+    except (AttributeError, TypeError):  # Sources without batched reads (and TFDS's mocks).
+      examples = [source[i] for i in indices]
+    yield from examples
 
 
 def load_split(source: str, split: str, data_dir: str = "", tfds_name: str = "mnist",

@@ -48,10 +48,10 @@ def test_checkpoint_cadence_by_time_and_on_a_stop():
                                "run": {"checkpoint_every_epochs": 0, "checkpoint_every_seconds": 60}})
   import time
   now = time.monotonic()
-  assert not train.checkpoint_due(settings, 3, (2, now), stopping=False)
-  assert train.checkpoint_due(settings, 3, (2, now - 61), stopping=False)  # A minute passed.
-  assert train.checkpoint_due(settings, 3, (2, now), stopping=True)  # A signal: save first.
-  assert train.checkpoint_due(settings, 10, (9, now), stopping=False)  # The last epoch.
+  assert not train.checkpoint_due(settings, 3, now, stopping=False)
+  assert train.checkpoint_due(settings, 3, now - 61, stopping=False)  # A minute passed.
+  assert train.checkpoint_due(settings, 3, now, stopping=True)  # A signal: save first.
+  assert train.checkpoint_due(settings, 10, now, stopping=False)  # The last epoch.
 
 
 @pytest.mark.parametrize("key, value, expected", [

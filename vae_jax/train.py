@@ -106,8 +106,8 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   states, keys = replicate((states, keys), mesh)
   if num_models > 1 and group.strategy() == "vmap":
     states, keys = shard_models((states, keys), num_models, settings.run.num_devices)
-  writer = checkpoint.Writer(ckpt_dir, settings.run.keep_checkpoints, settings.run.async_checkpoints)
-  last_saved = (first_epoch - 1, time.monotonic())
+  saver = checkpoint.Writer(ckpt_dir, settings.run.keep_checkpoints, settings.run.async_checkpoints)
+  last_saved = time.monotonic()
   writers = [summaries.open_writer(d / "tensorboard") if d is not None and primary
              and settings.run.tensorboard else None for d in run_dirs]
   progress = ProgressBar(settings.run.progress and primary)
@@ -146,18 +146,18 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
         # (the logs are rewritten from the checkpoint's records when the run resumes).
         if checkpoint_due(settings, epoch, last_saved, interrupt.requested()):
           mean_test = float(np.mean([r[-1]["test_loss"] for r in records]))
-          last_good = writer.save(epoch, group_lib.state_tree(states, keys),
-                                  {**meta_base, "model_records": records}, mean_test)
-          last_saved = (epoch, time.monotonic())
+          last_good = saver.save(epoch, group_lib.state_tree(states, keys),
+                                 {**meta_base, "model_records": records}, mean_test)
+          last_saved = time.monotonic()
         grids = jax.device_get(programs.grids(states, keys, epoch)) if settings.run.save_images else None
         if primary:
-          workdir_lib.mark_pending(ckpt_dir, not (writer.finished or resumed))
+          workdir_lib.mark_pending(ckpt_dir, not (saver.finished or resumed))
           write_epoch(run_dirs, writers, records, grids, epoch, log)
         interrupt.check(kept())
     finally:
       progress.close()
-      writer.close()
-      if primary and (writer.finished or resumed):
+      saver.close()
+      if primary and (saver.finished or resumed):
         workdir_lib.mark_pending(ckpt_dir, False)
       for writer in writers:
         if writer is not None:
@@ -165,13 +165,13 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   return states, records
 
 
-def checkpoint_due(settings: config_lib.Settings, epoch: int, last_saved: tuple[int, float],
+def checkpoint_due(settings: config_lib.Settings, epoch: int, last_saved: float,
                    stopping: bool) -> bool:
   """Whether epoch ends with a checkpoint: the last epoch, a stop asked for, every N-th epoch,
   or S seconds since the last one (config.run.checkpoint_every_*)."""
   every, seconds = settings.run.checkpoint_every_epochs, settings.run.checkpoint_every_seconds
   return (epoch == settings.optim.num_epochs or stopping or bool(every and epoch % every == 0)
-          or bool(seconds and time.monotonic() - last_saved[1] >= seconds))
+          or bool(seconds and time.monotonic() - last_saved >= seconds))
 
 
 def check_devices(settings: config_lib.Settings, num_models: int):
@@ -241,7 +241,7 @@ def resume(ckpt_dir: Path, meta_base: dict, states, keys):
   if distributed.is_primary():
     try:
       if checkpoint.has_checkpoints(ckpt_dir):
-        tree, records, where = read_latest(ckpt_dir, meta_base, group_lib.state_tree(states, keys))
+        tree, records, where = read_latest(ckpt_dir, meta_base, tree)
         outcome = {"records": records, "where": str(where)}
     except checkpoint.CheckpointError as e:
       outcome = {"error": str(e)}

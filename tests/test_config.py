@@ -28,7 +28,8 @@ def test_the_default_parses_to_the_reference():
   (model, model_settings), (objective, objective_settings) = settings.model, settings.objective
   assert model.name == "mlp" and model_settings == {"latent_dim": 20, "compute_dtype": "float32",
                                                     "hidden_dim": 400, "num_hidden_layers": 1,
-                                                    "init_scheme": "torch"}
+                                                    "init_scheme": "torch", "activation": "relu",
+                                                    "std_head": "logvar", "output_bias": "init"}
   assert objective.name == "elbo" and objective_settings["beta"] == 1.0
 
 

@@ -20,6 +20,12 @@ from vae_jax.registry import ConfigError, check_type
 SOURCES = ("bundled", "idx", "tfds")
 STRATEGIES = ("auto", "vmap", "map", "loop")
 PRECISIONS = ("highest", "high", "default")  # jax.default_matmul_precision
+LR_SCHEDULES = ("constant", "staged")
+# Keys added after runs were saved without them, at the value those runs had: a saved config
+# that lacks one still matches, and a sweep's group hash leaves them out at that value.
+ADDED = {"optim.lr_schedule": "constant", "optim.lr_stage_growth": 3,
+         "optim.lr_stage_decay": 10 ** (-1 / 7), "model.activation": "relu",
+         "model.std_head": "logvar", "model.output_bias": "init"}
 
 
 def _section(cls, config_section, name: str):
@@ -71,8 +77,19 @@ class Optim:
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
+  # 'staged': stage i = 0, 1, ... lasts lr_stage_growth**i epochs at learning_rate *
+  # lr_stage_decay**i (Burda et al. 2015: 3**i epochs at 1e-3 * 10**(-i/7)).
+  lr_schedule: str = "constant"
+  lr_stage_growth: int = 3
+  lr_stage_decay: float = 10 ** (-1 / 7)
 
   def check(self):
+    _require(self.lr_schedule in LR_SCHEDULES, "optim.lr_schedule", self.lr_schedule,
+             f"one of {', '.join(LR_SCHEDULES)}")
+    _require(2 <= self.lr_stage_growth < 2**31, "optim.lr_stage_growth", self.lr_stage_growth,
+             "an integer >= 2")
+    _require(0 < self.lr_stage_decay <= 1, "optim.lr_stage_decay", self.lr_stage_decay,
+             "a value in (0, 1]")
     for key in ("num_epochs", "batch_size", "eval_batch_size"):
       _require(1 <= getattr(self, key) < 2**31, f"optim.{key}", getattr(self, key),
                "an integer in [1, 2**31)")
@@ -168,11 +185,14 @@ def parse(config: ml_collections.ConfigDict | dict) -> Settings:
       raise ConfigError(f"config.{key}: unknown key; the config's sections: {', '.join(known)}")
   seed = check_type("config.seed", config.get("seed", 1), 1)
   _require(0 <= seed < 2**31, "seed", seed, "an integer in [0, 2**31)")
-  return Settings(seed, _section(Data, config.get("data", {}), "data"),
-                  _section(Optim, config.get("optim", {}), "optim"),
-                  _section(Run, config.get("run", {}), "run"),
-                  models.REGISTRY.resolve(config.get("model", {})),
-                  objectives.REGISTRY.resolve(config.get("objective", {})))
+  settings = Settings(seed, _section(Data, config.get("data", {}), "data"),
+                      _section(Optim, config.get("optim", {}), "optim"),
+                      _section(Run, config.get("run", {}), "run"),
+                      models.REGISTRY.resolve(config.get("model", {})),
+                      objectives.REGISTRY.resolve(config.get("objective", {})))
+  model = settings.model[0]
+  objectives.check_model(settings.objective[0].target, model.name, model.target.standard_prior)
+  return settings
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -204,7 +224,8 @@ def effective(config) -> dict[str, Any]:
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """'key: saved -> current' for each dotted key that differs and changes the numbers."""
-  saved, current = flatten(saved), flatten(current)
+  current = flatten(current)
+  saved = {**{k: v for k, v in ADDED.items() if k in current}, **flatten(saved)}
   missing = object()
   keys = sorted((saved.keys() | current.keys()) - set(RESUMABLE))
   return [f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}".replace(

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, losses, models, objectives, parallel, train
+from vae_jax import checkpoint, config as config_lib, data, objectives, parallel, train
 from vae_jax.step import to_float
 
 BINARIZE_SEED = 0  # The test set's one binarization (standard protocol: fixed, shared by all runs).
@@ -53,13 +53,15 @@ def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_sa
                       sample_chunk: int, likelihood: objectives.Likelihood):
   """Per example: (logsumexp_k log w_k, sum_k log w_k) over num_samples draws of z.
 
-  Example i draws its K x L noise from fold_in(key, i) (i = its index in the whole set), so
+  The weights come from the model's ``importance_terms`` (every stochastic layer of a
+  hierarchical model), with one standard normal per unit of its posterior. Example i draws its K x L noise from fold_in(key, i) (i = its index in the whole set), so
   the result does not depend on how examples or samples are chunked. Samples are taken
   sample_chunk at a time with a running logsumexp: memory ~ sample_chunk x B x D floats of
-  logits plus the B x K x L noise.
+  logits plus the B x K x L noise (the encoder runs again for each chunk: a hierarchy's upper
+  layers depend on the sample).
   """
-  mu_BxL, logvar_BxL = apply_fn({"params": params}, x_BxD, method="encode")
-  batch, latent = mu_BxL.shape
+  batch, latent = jax.eval_shape(lambda p: apply_fn({"params": p}, x_BxD, method="encode"),
+                                 params)[0].shape
   eps_BxKxL = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i),
                                                    (num_samples, latent)))(index_B)
   num_chunks = -(-num_samples // sample_chunk)
@@ -72,11 +74,9 @@ def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_sa
   def body(carry, eps_valid):
     max_B, sumexp_B, total_B = carry
     eps_SxBxL, valid_S = eps_valid
-    z_SxBxL = models.reparameterize(mu_BxL, logvar_BxL, eps_SxBxL)
-    logits = apply_fn({"params": params}, z_SxBxL, method="decode")
-    log_w_SxB = (-nll(logits, x_BxD[None])
-                 + losses.gaussian_log_density(z_SxBxL, 0.0, 0.0)
-                 - losses.gaussian_log_density(z_SxBxL, mu_BxL, logvar_BxL))
+    logits, log_p_SxB, log_q_SxB = apply_fn({"params": params}, x_BxD, eps_SxBxL,
+                                            method="importance_terms")
+    log_w_SxB = -nll(logits, x_BxD[None]) + log_p_SxB - log_q_SxB
     log_w_SxB = jnp.where(valid_S[:, None], log_w_SxB, -jnp.inf)
     new_max_B = jnp.maximum(max_B, jnp.max(log_w_SxB, axis=0))
     sumexp_B = sumexp_B * jnp.exp(max_B - new_max_B) + jnp.sum(jnp.exp(log_w_SxB - new_max_B), 0)
@@ -217,5 +217,7 @@ def evaluate_run(workdir: str | Path, which: str = "latest", num_samples: int = 
           "epoch": meta["epoch"], "examples": len(x_NxD), "num_samples": num_samples,
           "test_nll": float(nll), "test_neg_elbo": float(elbo), "gap": float(elbo - nll),
           "active_units": diagnostics["active_units"], "latent_dim": diagnostics["latent_dim"],
+          "active_units_per_layer": [int(a.sum()) for a in np.split(
+              diagnostics["active"], np.cumsum(state.apply_fn.__self__.latent_layers)[:-1])],
           "kl_per_dim": [round(float(v), 4) for v in diagnostics["kl_per_dim"]],
           "warnings": notes}

@@ -55,6 +55,7 @@ class Group:
   learning_rates: np.ndarray
   image_shape: tuple[int, ...]
   num_train: int
+  mean_image: np.ndarray  # The training set's mean pixel in [0, 1] (data-dependent inits).
 
   @property
   def num_models(self) -> int:
@@ -95,11 +96,12 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
   context = dict(num_train_examples=num_train,
                  steps_per_epoch=-(-num_train // settings.optim.batch_size))
   hparams, eval_hparams = [], []
+  model_cls = settings.model[0].target
   for o in overrides:
     mine = (entry, {**obj_settings, **{k.split(".", 1)[1]: v for k, v in o.items()
                                        if k.startswith("objective.")}})
     hparams.append(objectives.make_hparams(mine, **context))
-    eval_objective, eval_hp = objectives.evaluation(mine, **context)
+    eval_objective, eval_hp = objectives.evaluation(mine, model_cls.standard_prior, **context)
     eval_hparams.append(eval_hp)
   image_shape = tuple(x_train.shape[1:])
   model = models.build(settings.model, image_shape, getattr(hparams[0], "learned_sigma", False))
@@ -113,7 +115,8 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
                _stack(eval_hparams),
                np.asarray([o.get("seed", settings.seed) for o in overrides], np.int32),
                np.asarray([o.get("optim.learning_rate", settings.optim.learning_rate)
-                           for o in overrides], np.float32), image_shape, num_train)
+                           for o in overrides], np.float32), image_shape, num_train,
+               np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32) / 255)
 
 
 def estimated_bytes(model: models.VAE, num_models: int, optim: config_lib.Optim, x_train,
@@ -128,23 +131,48 @@ def estimated_bytes(model: models.VAE, num_models: int, optim: config_lib.Optim,
   return num_models * (16 * params + batch) + int(x_train.nbytes) + int(x_test.nbytes)
 
 
-def optimizer(optim: config_lib.Optim) -> optax.GradientTransformation:
-  """Adam with the learning rate in its state (each model its own); betas and eps constants."""
-  return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps"))(
+def stage_factor(optim: config_lib.Optim, epoch):
+  """lr_stage_decay**i for the stage i that holds epoch (0-based): stage i starts at epoch
+  (growth**i - 1) / (growth - 1). Works on ints and on traced int32 arrays."""
+  out, i = jnp.ones((), jnp.float32), 1
+  start = 1  # Of stage i.
+  while start < 2**31:  # Every stage that can start within the int32 step counter.
+    out = jnp.where(epoch >= start, jnp.float32(optim.lr_stage_decay**i), out)
+    start, i = start + optim.lr_stage_growth**i, i + 1
+  return out
+
+
+def optimizer(optim: config_lib.Optim, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """Adam with the learning rate in its state (each model its own); betas and eps constants.
+
+  lr_schedule 'staged' scales Adam's update by stage_factor of the step's epoch (a second
+  transformation in the chain; 'constant' keeps the one-transformation state of older runs).
+  """
+  adam = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps"))(
       learning_rate=optim.learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  if optim.lr_schedule == "constant":
+    return adam
+  return optax.chain(adam, optax.scale_by_schedule(
+      lambda count: stage_factor(optim, count // steps_per_epoch)))
+
+
+def adam_state(opt_state):
+  """The inject_hyperparams state inside an optimizer state (alone, or first of a chain)."""
+  return opt_state if hasattr(opt_state, "hyperparams") else opt_state[0]
 
 
 def create_states(group: Group):
   """(states, keys): the K fresh train states and run keys, stacked on axis 0."""
-  tx = optimizer(group.settings.optim)
+  tx = optimizer(group.settings.optim, group.steps_per_epoch)
   x_1 = jnp.zeros((1, *group.image_shape), jnp.float32)
 
   def one(seed, learning_rate):
     rng_init, *rngs = jax.random.split(jax.random.key(seed), 1 + len(KEY_NAMES))
-    params = group.model.init(rng_init, x_1)["params"]
+    params = group.model.data_init(group.model.init(rng_init, x_1)["params"], group.mean_image)
     state = step_lib.TrainState.create(apply_fn=group.model.apply, params=params, tx=tx)
-    opt_state = state.opt_state._replace(
-        hyperparams={**state.opt_state.hyperparams, "learning_rate": learning_rate})
+    adam = adam_state(state.opt_state)
+    adam = adam._replace(hyperparams={**adam.hyperparams, "learning_rate": learning_rate})
+    opt_state = adam if adam_state(state.opt_state) is state.opt_state else (adam, *state.opt_state[1:])
     # A strongly typed step: a restored state has the same types as a fresh one.
     return (state.replace(opt_state=opt_state, step=jnp.zeros((), jnp.int32)),
             dict(zip(KEY_NAMES, rngs)))

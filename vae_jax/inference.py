@@ -96,8 +96,8 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   epoch = meta["epoch"]
   settings = config_lib.parse(config)
   eval_objective, hparams = objectives.evaluation(
-      settings.objective, num_train_examples=meta["data"]["train"]["examples"],
-      steps_per_epoch=-(-meta["data"]["train"]["examples"] // settings.optim.batch_size))
+      settings.objective, settings.model[0].target.standard_prior,
+      num_train_examples=meta["data"]["train"]["examples"], steps_per_epoch=-(-meta["data"]["train"]["examples"] // settings.optim.batch_size))
   evaluate_fn = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))
   with jax.default_matmul_precision(settings.run.matmul_precision):  # As the run trained.
     sums = jax.device_get(evaluate_fn(

@@ -8,7 +8,9 @@ over the batch's examples (nats); their keys are what every output shows (train_
 test_<key>), and ``loss`` is what is minimised. Registered with
 ``@register_objective(name, Hparams)``; the Hparams fields become ``config.objective``
 settings. Test metrics come from ``evaluate_with`` (default 'elbo': the ELBO under the same
-likelihood, beta 1, clean inputs) with ``Hparams.for_evaluation``.
+likelihood, beta 1, clean inputs) with ``Hparams.for_evaluation``. ``importance_weighted``
+objectives use only the model's ``importance_terms``, so they alone train a model whose
+prior is not N(0, I) (such a model is evaluated with its training objective).
 """
 
 from __future__ import annotations
@@ -57,15 +59,27 @@ class Objective:
   fn: Callable
   hparams_cls: type
   evaluate_with: str | None  # None: this objective, with for_evaluation().
+  importance_weighted: bool = False  # Uses only importance_terms: any prior.
 
 
-def register_objective(name: str, hparams_cls: type = Hparams, evaluate_with: str | None = "elbo"):
+def register_objective(name: str, hparams_cls: type = Hparams, evaluate_with: str | None = "elbo",
+                       importance_weighted: bool = False):
   """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)."""
   def decorate(fn):
     settings = {f.name: f.default for f in dataclasses.fields(hparams_cls) if f.name not in CONTEXT}
-    REGISTRY.register(name, Objective(name, fn, hparams_cls, evaluate_with), settings)
+    REGISTRY.register(name, Objective(name, fn, hparams_cls, evaluate_with, importance_weighted),
+                      settings)
     return fn
   return decorate
+
+
+def check_model(objective: Objective, model_name: str, standard_prior: bool) -> None:
+  """Refuses an objective with an analytic N(0, I) KL for a model with another prior."""
+  if not standard_prior and not objective.importance_weighted:
+    usable = sorted(e.name for e in REGISTRY.entries.values() if e.target.importance_weighted)
+    raise ConfigError(f"config.objective.name={objective.name!r}: model {model_name!r} has a prior "
+                      f"other than N(0, I); it trains with an importance-weighted objective "
+                      f"({', '.join(usable)})")
 
 
 def dynamic_settings(objective: Objective) -> tuple[str, ...]:
@@ -84,11 +98,13 @@ def make_hparams(resolved: tuple[Any, dict[str, Any]], **context) -> Hparams:
   return hparams
 
 
-def evaluation(resolved: tuple[Any, dict[str, Any]], **context) -> tuple[Objective, Hparams]:
-  """(objective, hparams) of the test metric, from the training objective's settings."""
+def evaluation(resolved: tuple[Any, dict[str, Any]], standard_prior: bool = True,
+               **context) -> tuple[Objective, Hparams]:
+  """(objective, hparams) of the test metric, from the training objective's settings; a
+  model without the N(0, I) prior is evaluated with its training objective."""
   entry, settings = resolved
   objective = entry.target
-  if objective.evaluate_with is not None:
+  if objective.evaluate_with is not None and standard_prior:
     target = REGISTRY.get(objective.evaluate_with)
     shared = {k: v for k, v in settings.items() if k in target.settings}
     resolved = (target, {**target.settings, **shared})

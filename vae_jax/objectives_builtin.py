@@ -1,4 +1,4 @@
-"""The built-in objectives: elbo (the reference), iwae, ae and beta_tcvae.
+"""The built-in objectives: elbo (the reference), vae_k, iwae, ae and beta_tcvae.
 
 Each is one function registered by name (see vae_jax.objectives for the contract); a new
 objective is one more function like these, in any module, with its Hparams.
@@ -76,24 +76,37 @@ class IwaeHparams(Likelihood):
       raise ConfigError(f"config.objective.num_samples={self.num_samples}: expected an integer >= 1")
 
 
-def sample_latents(apply_fn, params, x, key, num_samples: int):
-  """(z_KxBxL, mu_BxL, logvar_BxL, logits_KxBx...) for K draws from q(z|x)."""
-  mu_BxL, logvar_BxL = apply_fn({"params": params}, x, method="encode")
-  if key is None:
-    z_KxBxL = jnp.broadcast_to(mu_BxL, (num_samples, *mu_BxL.shape))
-  else:
-    z_KxBxL = reparameterize(mu_BxL, logvar_BxL, jax.random.normal(key, (num_samples, *mu_BxL.shape)))
-  return z_KxBxL, mu_BxL, logvar_BxL, apply_fn({"params": params}, z_KxBxL, method="decode")
+def log_weights(params, apply_fn, x, key, num_samples: int, hparams: Likelihood):
+  """(log w_KxB, -log p(x|z)_KxB, log q(z|x) - log p(z) _KxB) for K draws from q(z|x), nats.
 
-
-@register_objective("iwae", IwaeHparams)
-def iwae(params, apply_fn, x, key, hparams: IwaeHparams):
-  """-sum_b [logsumexp_k log w_k - log K]; metrics loss, bce (first sample), kl (analytic)."""
-  z_KxBxL, mu_BxL, logvar_BxL, logits = sample_latents(apply_fn, params, x, key, hparams.num_samples)
+  The noise is normal(key, K x B x E) with E the units of the model's posterior (key None:
+  zeros, z at the posterior's mean); the model's ``importance_terms`` turns it into latents,
+  so a hierarchical model's weights cover all its layers.
+  """
+  mu_BxE = jax.eval_shape(lambda p: apply_fn({"params": p}, x, method="encode"), params)[0]
+  shape = (num_samples, *mu_BxE.shape)
+  eps_KxBxE = jnp.zeros(shape) if key is None else jax.random.normal(key, shape)
+  logits, log_p_KxB, log_q_KxB = apply_fn({"params": params}, x, eps_KxBxE, method="importance_terms")
   nll_KxB = nll_fn(params, hparams, batch_ndim=2)(logits, x[None])
-  loss = -jnp.sum(losses.iwae_bound(-nll_KxB, z_KxBxL, mu_BxL, logvar_BxL))
-  return loss, {"loss": loss, "bce": jnp.sum(nll_KxB[0]),
-                "kl": jnp.sum(losses.kl_per_example(mu_BxL, logvar_BxL))}
+  return -nll_KxB + log_p_KxB - log_q_KxB, nll_KxB, log_q_KxB - log_p_KxB
+
+
+@register_objective("iwae", IwaeHparams, importance_weighted=True)
+def iwae(params, apply_fn, x, key, hparams: IwaeHparams):
+  """-sum_b [logsumexp_k log w_k - log K]; metrics loss, bce (first sample), kl (mean over k
+  of log q - log p: the Monte Carlo KL, which covers a hierarchical prior)."""
+  log_w_KxB, nll_KxB, kl_KxB = log_weights(params, apply_fn, x, key, hparams.num_samples, hparams)
+  loss = -jnp.sum(jax.nn.logsumexp(log_w_KxB, axis=0) - jnp.log(hparams.num_samples))
+  return loss, {"loss": loss, "bce": jnp.sum(nll_KxB[0]), "kl": jnp.sum(jnp.mean(kl_KxB, 0))}
+
+
+@register_objective("vae_k", IwaeHparams, evaluate_with=None, importance_weighted=True)
+def vae_k(params, apply_fn, x, key, hparams: IwaeHparams):
+  """The k-sample ELBO: -sum_b mean_k log w_k (Burda et al.'s "VAE" with k samples; k = 1 is
+  the ELBO with a Monte Carlo KL); metrics loss, bce and kl, each the mean over the k samples."""
+  log_w_KxB, nll_KxB, kl_KxB = log_weights(params, apply_fn, x, key, hparams.num_samples, hparams)
+  loss = -jnp.sum(jnp.mean(log_w_KxB, 0))
+  return loss, {"loss": loss, "bce": jnp.sum(jnp.mean(nll_KxB, 0)), "kl": jnp.sum(jnp.mean(kl_KxB, 0))}
 
 
 @register_objective("ae", Denoising, evaluate_with=None)

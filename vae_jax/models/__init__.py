@@ -3,7 +3,10 @@
 A new architecture is one subclass of ``VAE`` that returns its encoder (x_BxHxWxC ->
 mu_BxL, logvar_BxL) and decoder (z_BxL -> logits_BxHxWxC), registered with
 ``@register_model("name")``; its dataclass fields become ``config.model`` settings.
-Built in: ``mlp`` (the reference network) and ``conv``.
+A model whose prior is not N(0, I) (a hierarchy of latents) overrides ``importance_terms``
+and sets ``standard_prior = False``: it then trains with the importance-weighted objectives
+(vae_k, iwae), which use nothing else. Built in: ``mlp`` (the reference network, and the
+Burda et al. (2015) one-stochastic-layer network by its settings), ``conv`` and ``hvae2``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax import losses
 from vae_jax.registry import ConfigError, Registry
 
 REGISTRY = Registry("model", default="mlp")
@@ -37,6 +41,9 @@ class VAE(nn.Module):
   (Gaussian likelihood with learned per-pixel sigma). Subclasses implement
   ``make_encoder`` and ``make_decoder``; ``decode`` accepts any leading axes (K x B x L).
   """
+  # False: the prior is not N(0, I), so objectives with an analytic KL do not apply.
+  standard_prior = True
+
   image_shape: tuple[int, ...] = (28, 28, 1)
   learned_sigma: bool = False
   latent_dim: int = 20
@@ -58,6 +65,11 @@ class VAE(nn.Module):
   def dtype(self):
     return DTYPES[self.compute_dtype]
 
+  @property
+  def latent_layers(self) -> tuple[int, ...]:
+    """Units of each stochastic layer, in the order ``encode`` returns them."""
+    return (self.latent_dim,)
+
   def encode(self, x_BxHxWxC):
     mu_BxL, logvar_BxL = self.encoder(x_BxHxWxC)
     return mu_BxL.astype(jnp.float32), logvar_BxL.astype(jnp.float32)
@@ -78,6 +90,32 @@ class VAE(nn.Module):
   def generate(self, z_BxL):
     """Images in [0, 1]: sigmoid of the decoder's logits."""
     return nn.sigmoid(self.decode(z_BxL))
+
+  def importance_terms(self, x_BxHxWxC, eps_KxBxL):
+    """(logits_KxBxHxWxC, log p(z)_KxB, log q(z|x)_KxB) for z = mu + sigma * eps (nats).
+
+    The importance weight of sample k is p(x|z_k) p(z_k) / q(z_k|x); eps has one standard
+    normal per unit of ``encode``'s output (zeros: z = mu).
+    """
+    mu_BxL, logvar_BxL = self.encode(x_BxHxWxC)
+    z_KxBxL = reparameterize(mu_BxL, logvar_BxL, eps_KxBxL)
+    return (self.decode(z_KxBxL), losses.gaussian_log_density(z_KxBxL, 0.0, 0.0),
+            losses.gaussian_log_density(z_KxBxL, mu_BxL, logvar_BxL))
+
+  def data_init(self, params, mean_image_HxWxC):
+    """Parameters after the data-dependent part of the init (none here); mean_image_HxWxC is
+    the training set's mean pixel in [0, 1]."""
+    return params
+
+
+def logit_bias(params, mean_image_HxWxC, clip: float = 1e-3):
+  """params with the decoder's output bias at logit(mean pixel), the mean clipped to
+  [clip, 1 - clip] (border pixels are 0 in every MNIST image): the decoder starts at the
+  data's marginals (Burda et al., 2015)."""
+  mean = jnp.clip(jnp.asarray(mean_image_HxWxC, jnp.float32).reshape(-1), clip, 1 - clip)
+  decoder = params["decoder"]
+  logits = {**decoder["logits"], "bias": jnp.log(mean) - jnp.log1p(-mean)}
+  return {**params, "decoder": {**decoder, "logits": logits}}
 
 
 def register_model(name: str):
@@ -106,4 +144,4 @@ def build(model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...],
   return module
 
 
-from vae_jax.models import conv, mlp  # noqa: E402,F401  (registers the built-in models)
+from vae_jax.models import conv, hierarchical, mlp  # noqa: E402,F401  (registers the built-in models)

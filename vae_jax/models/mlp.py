@@ -1,5 +1,10 @@
 """The reference network (``mlp``): 784-400-(20, 20) encoder, 20-400-784 decoder, ReLU.
 
+Its settings also give the one-stochastic-layer network of Burda et al. (2015): two tanh
+layers of 200, 50 latents whose standard deviation is exp of the head's output
+(``std_head='log_std'``), the output bias at the logit of the data's mean pixel
+(vae_jax/configs/burda2015.py).
+
 The decoder returns logits: the loss uses the stable logits form of BCE and images apply
 the sigmoid, which is the same model as the reference's sigmoid output layer. Images are
 flattened on the way in and reshaped on the way out, so any H x W x C works.
@@ -14,9 +19,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax.models import VAE, register_model
+from vae_jax.models import VAE, logit_bias, register_model
+from vae_jax.registry import ConfigError
 
 INITS = ("torch", "flax")
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
+STD_HEADS = ("logvar", "log_std")  # What the second head outputs: log sigma^2 or log sigma.
+OUTPUT_BIASES = ("init", "data_mean")  # The init scheme's, or logit of the mean pixel.
 
 
 def torch_linear_init(fan_in: int) -> tuple[Callable, Callable]:
@@ -51,35 +60,44 @@ def _hidden_name(i: int) -> str:
 
 
 def hidden_layers(h_BxH, module: nn.Module):
-  """module.num_hidden_layers ReLU Dense layers of module.hidden_dim, named as the reference's."""
+  """module.num_hidden_layers Dense layers of module.hidden_dim (module.activation), named as
+  the reference's."""
   for i in range(module.num_hidden_layers):
     layer = dense(module.hidden_dim, h_BxH.shape[-1], module.init_scheme, _hidden_name(i), module.dtype)
-    h_BxH = nn.relu(layer(h_BxH))
+    h_BxH = ACTIVATIONS[module.activation](layer(h_BxH))
   return h_BxH
 
 
 class Encoder(nn.Module):
-  """x_Bx... -> (mu_BxL, logvar_BxL) through num_hidden_layers ReLU layers (x flattened)."""
+  """x_Bx... -> (mu_BxL, logvar_BxL) through num_hidden_layers layers (x flattened).
+
+  std_head 'log_std': the second head outputs log sigma (sigma = exp, as Burda et al.), so
+  logvar is twice it; its parameters keep the name 'logvar'.
+  """
   hidden_dim: int = 400
   latent_dim: int = 20
   init_scheme: str = "torch"
   dtype: jnp.dtype = jnp.float32
   num_hidden_layers: int = 1
+  activation: str = "relu"
+  std_head: str = "logvar"
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
     h_BxH = hidden_layers(x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1), self)
     head = lambda name: dense(self.latent_dim, self.hidden_dim, self.init_scheme, name, self.dtype)
-    return head("mu")(h_BxH), head("logvar")(h_BxH)
+    mu_BxL, logvar_BxL = head("mu")(h_BxH), head("logvar")(h_BxH)
+    return mu_BxL, 2 * logvar_BxL if self.std_head == "log_std" else logvar_BxL
 
 
 class Decoder(nn.Module):
-  """z_BxL -> logits_BxD through num_hidden_layers ReLU layers; sigmoid(logits) is the image."""
+  """z_BxL -> logits_BxD through num_hidden_layers layers; sigmoid(logits) is the image."""
   hidden_dim: int = 400
   output_dim: int = 784
   init_scheme: str = "torch"
   dtype: jnp.dtype = jnp.float32
   num_hidden_layers: int = 1
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, z_BxL):
@@ -93,18 +111,27 @@ class MLP(VAE):
   hidden_dim: int = 400
   num_hidden_layers: int = 1
   init_scheme: str = "torch"  # 'torch': U(+-1/sqrt(fan_in)) as nn.Linear; 'flax': lecun_normal / zeros.
+  activation: str = "relu"  # Of the hidden layers: relu or tanh.
+  std_head: str = "logvar"  # The encoder's second head: 'logvar' or 'log_std' (sigma = exp).
+  output_bias: str = "init"  # 'init': the init scheme's; 'data_mean': logit of the mean pixel.
 
   def check(self):
-    from vae_jax.registry import ConfigError
-    if self.init_scheme not in INITS:
-      raise ConfigError(f"config.model.init_scheme={self.init_scheme!r}: expected one of {', '.join(INITS)}")
+    for key, allowed in (("init_scheme", INITS), ("activation", ACTIVATIONS),
+                         ("std_head", STD_HEADS), ("output_bias", OUTPUT_BIASES)):
+      if getattr(self, key) not in allowed:
+        raise ConfigError(f"config.model.{key}={getattr(self, key)!r}: expected one of "
+                          f"{', '.join(allowed)}")
     for key in ("hidden_dim", "num_hidden_layers"):
       if getattr(self, key) < 1:
         raise ConfigError(f"config.model.{key}={getattr(self, key)}: expected an integer >= 1")
 
   def make_encoder(self):
-    return Encoder(self.hidden_dim, self.latent_dim, self.init_scheme, self.dtype, self.num_hidden_layers)
+    return Encoder(self.hidden_dim, self.latent_dim, self.init_scheme, self.dtype, self.num_hidden_layers,
+                   self.activation, self.std_head)
 
   def make_decoder(self):
     return Decoder(self.hidden_dim, math.prod(self.image_shape), self.init_scheme, self.dtype,
-                   self.num_hidden_layers)
+                   self.num_hidden_layers, self.activation)
+
+  def data_init(self, params, mean_image_HxWxC):
+    return logit_bias(params, mean_image_HxWxC) if self.output_bias == "data_mean" else params

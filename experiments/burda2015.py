@@ -1,0 +1,192 @@
+"""Table 1 of Burda, Grosse and Salakhutdinov (2015), the IWAE paper: MNIST test NLL.
+
+Run (the README's table: every cell at stages i = 0..STAGES-1 of the paper's schedule):
+  .venv/bin/python -m experiments.burda2015 --stages 3
+Two processes on two cores: give each its cells (``--cells 2:iwae:50 2:vae:50``), then run
+once more without --cells to write the table (finished cells are reused, not retrained).
+
+Cells are LAYERS:OBJECTIVE:K (layers 1 or 2, objective vae or iwae, K samples); k = 1 is
+trained once (vae_k and iwae with one sample are the same objective: the ELBO) and fills both
+columns. Each cell is a resumable run (``<workdir>/<cell>/``) of vae_jax/configs/iwae_<L>layer.py,
+trained stage by stage: after stage i (epoch (3**(i+1) - 1) / 2) its test NLL is estimated on
+the first --stage-examples test images (``stage<i>_nll_<K>_<N>.json``), and after the last
+stage on --test-examples images (0: all 10,000), K = --num-samples (5000) importance samples,
+the test set binarized once with key(0). A killed run continues with the same command.
+Writes burda2015.md / burda2015.json in the workdir: the paper's NLL beside ours, the gap,
+the schedule, wall time and active units per stochastic layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+from experiments import common, machine as machine_lib
+from vae_jax import config as config_lib, data, evaluate, train
+from vae_jax.configs import iwae_1layer, iwae_2layer
+
+# Burda et al. (2015), Table 1, MNIST test NLL (nats), 3,280 epochs: (layers, objective, k).
+PAPER = {(1, "vae", 1): 86.76, (1, "iwae", 1): 86.76, (1, "vae", 5): 86.47, (1, "iwae", 5): 85.54,
+         (1, "vae", 50): 86.35, (1, "iwae", 50): 84.78,
+         (2, "vae", 1): 85.33, (2, "iwae", 1): 85.33, (2, "vae", 5): 85.01, (2, "iwae", 5): 83.89,
+         (2, "vae", 50): 84.78, (2, "iwae", 50): 82.90}
+RECIPES = {1: iwae_1layer, 2: iwae_2layer}
+CELLS = [f"{layers}:{objective}:{k}" for layers in (1, 2) for k in (1, 5, 50)
+         for objective in (("vae",) if k == 1 else ("vae", "iwae"))]
+
+
+def parse_cell(cell: str) -> tuple[int, str, int]:
+  """(layers, objective, k) from 'LAYERS:OBJECTIVE:K'; iwae with k = 1 is the vae cell."""
+  parts = cell.split(":")
+  if (len(parts) != 3 or parts[0] not in ("1", "2") or parts[1] not in ("vae", "iwae")
+      or not parts[2].isdigit() or int(parts[2]) < 1):
+    raise SystemExit(f"--cells {cell!r}: expected LAYERS:OBJECTIVE:K, e.g. 2:iwae:50 (layers 1 or "
+                     "2, objective vae or iwae, K >= 1)")
+  layers, objective, k = int(parts[0]), parts[1], int(parts[2])
+  return layers, "vae" if k == 1 else objective, k
+
+
+def stage_end(i: int) -> int:
+  """The epoch count at the end of stage i (stages of 3**i epochs)."""
+  return (3 ** (i + 1) - 1) // 2
+
+
+def cell_config(cell: tuple[int, str, int], args):
+  """The cell's recipe at args.stages, quiet; args.train_examples: a slice of the train split."""
+  layers, objective, k = cell
+  config = RECIPES[layers].get_config(f"{objective},{k},{args.stages}")
+  config.seed = args.seed
+  config.data.train_examples = args.train_examples
+  config.run.update(progress=False, tensorboard=False)
+  return config
+
+
+def estimate(run_dir: Path, epoch: int, num_samples: int, examples: int) -> dict:
+  """Test NLL of the run's checkpoint at epoch (cached beside the run)."""
+  cache = run_dir / f"epoch{epoch}_nll_{num_samples}_{examples}.json"
+  if cache.exists():
+    return json.loads(cache.read_text())
+  start = time.perf_counter()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    out = evaluate.evaluate_run(run_dir, which=str(epoch), num_samples=num_samples,
+                                num_examples=examples)
+  out["seconds"] = time.perf_counter() - start
+  tmp = cache.with_suffix(".tmp")
+  tmp.write_text(json.dumps(out, indent=1) + "\n")
+  tmp.replace(cache)
+  return out
+
+
+def run_cell(args, cell, splits, stage: int) -> dict:
+  """Trains a cell to the end of stage (resuming) and estimates its NLL there."""
+  run_dir = args.workdir / cell_name(cell)
+  config = cell_config(cell, args)
+  config.optim.num_epochs = stage_end(stage)  # Resumable: the schedule follows the step.
+  _, records = train.train_and_evaluate(config, run_dir, splits)
+  last = stage == args.stages - 1
+  examples = args.test_examples if last else args.stage_examples
+  out = estimate(run_dir, stage_end(stage), args.num_samples, examples)
+  print(f"  {cell_name(cell)} stage {stage} (epoch {stage_end(stage)}): test NLL "
+        f"{out['test_nll']:.2f} on {out['examples']} images, train "
+        f"{sum(r['train_seconds'] for r in records):.0f} s", flush=True)
+  return out
+
+
+def cell_name(cell) -> str:
+  layers, objective, k = cell
+  return f"{layers}layer_{objective}_k{k}"
+
+
+def collect(args, cells) -> dict:
+  """Every cell's results found in the workdir: stage estimates, final, wall time."""
+  out = {}
+  for cell in cells:
+    run_dir = args.workdir / cell_name(cell)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+      continue
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    stages = {}
+    for i in range(args.stages):
+      examples = args.test_examples if i == args.stages - 1 else args.stage_examples
+      path = run_dir / f"epoch{stage_end(i)}_nll_{args.num_samples}_{examples}.json"
+      if path.exists():
+        stages[i] = json.loads(path.read_text())
+    out[cell] = {"records": records, "stages": stages,
+                 "train_seconds": sum(r["train_seconds"] for r in records)}
+  return out
+
+
+def report(args, found: dict) -> None:
+  last = args.stages - 1
+  rows, results = [], {"stages": args.stages, "epochs": stage_end(last), "cells": {}}
+  for layers in (1, 2):
+    for k in (1, 5, 50):
+      row = [layers, k]
+      for objective in ("vae", "iwae"):
+        cell = (layers, "vae" if k == 1 else objective, k)
+        final = found.get(cell, {}).get("stages", {}).get(last)
+        paper = PAPER[(layers, objective, k)]
+        if final is None:
+          row += [f"{paper:.2f}", "not run", "", ""]
+          continue
+        units = "+".join(map(str, final["active_units_per_layer"]))
+        row += [f"{paper:.2f}", f"{final['test_nll']:.2f}", f"{final['test_nll'] - paper:+.2f}", units]
+        results["cells"][f"{layers}:{objective}:{k}"] = {
+            "paper": paper, "ours": final["test_nll"], "gap": final["test_nll"] - paper,
+            "active_units_per_layer": final["active_units_per_layer"],
+            "test_examples": final["examples"], "num_samples": final["num_samples"],
+            "train_seconds": found[cell]["train_seconds"], "eval_seconds": final["seconds"],
+            "stage_nll": {stage_end(i): s["test_nll"] for i, s in found[cell]["stages"].items()}}
+      rows.append(row)
+  table = common.markdown_table(
+      ["layers", "k", "VAE paper", "VAE ours", "VAE gap", "VAE active", "IWAE paper", "IWAE ours",
+       "IWAE gap", "IWAE active"], rows)
+  stage_rows = []
+  for cell, entry in sorted(found.items()):
+    stage_rows.append([cell_name(cell), *(f"{entry['stages'][i]['test_nll']:.2f}"
+                                          if i in entry["stages"] else "" for i in range(args.stages)),
+                       f"{entry['train_seconds'] / 60:.0f}"])
+  stages = common.markdown_table(
+      ["cell", *(f"stage {i}: epoch {stage_end(i)}" for i in range(args.stages)), "train minutes"],
+      stage_rows) if stage_rows else ""
+  text = (f"Schedule: stages i = 0..{last} of the paper's (3^i epochs at 1e-3 * 10^(-i/7)): "
+          f"{stage_end(last)} epochs of the paper's 3,280. NLL: K = {args.num_samples} importance "
+          f"samples, test set binarized once with key(0), on {args.test_examples or 10000} test "
+          f"images. Gap = ours - paper (nats). Active units: h1+h2.\n\n{table}\n\n"
+          f"Test NLL after each stage (the last on the table's images; earlier stages on the "
+          f"first {args.stage_examples} test images), and training time:\n\n{stages}")
+  common.write_report(args.workdir, "burda2015", "Burda et al. (2015), Table 1: MNIST test NLL",
+                      text, results)
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
+  parser.add_argument("--workdir", type=Path, default=Path("runs/burda2015"))
+  parser.add_argument("--stages", type=int, default=8, help="learning-rate stages (8: 3,280 epochs)")
+  parser.add_argument("--cells", nargs="+", default=CELLS, help="LAYERS:OBJECTIVE:K ... (default all)")
+  parser.add_argument("--seed", type=int, default=1)
+  parser.add_argument("--num-samples", type=int, default=5000)
+  parser.add_argument("--test-examples", type=int, default=0, help="final NLL's test images (0: all)")
+  parser.add_argument("--stage-examples", type=int, default=1000, help="earlier stages' test images")
+  parser.add_argument("--train-examples", type=int, default=0, help="0: the whole training split")
+  args = parser.parse_args()
+  if args.stages < 1:
+    raise SystemExit(f"--stages {args.stages}: expected >= 1")
+  cells = list(dict.fromkeys(parse_cell(c) for c in args.cells))
+  args.workdir.mkdir(parents=True, exist_ok=True)
+  print(f"Machine: {machine_lib.machine_line()}", flush=True)
+  splits = data.load_data(config_lib.parse(cell_config(cells[0], args)).data)
+  for stage in range(args.stages):  # Stage by stage: an interrupted table has every cell's stage.
+    for cell in cells:
+      run_cell(args, cell, splits, stage)
+  report(args, collect(args, [parse_cell(c) for c in CELLS]))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -6,8 +6,9 @@ Override any key of a section, e.g.:
   python -m vae_jax train --workdir runs/z10 --config.model.latent_dim=10 --config.optim.num_epochs=3
 
 Sections (vae_jax/config.py says what each key means): seed; data (source, name, dir,
-train/test_examples, binarize); model (name: 'mlp' or 'conv', and their settings); objective
-(name: 'elbo', 'iwae', 'ae', 'beta_tcvae', and their settings); optim (Adam, batch, epochs);
+train/test_examples, binarize); model (name: 'mlp', 'conv' or 'hvae2', and their settings);
+objective (name: 'elbo', 'vae_k', 'iwae', 'ae', 'beta_tcvae', and their settings); optim
+(Adam, batch, epochs, learning-rate schedule);
 run (devices, checkpoints, progress, images, TensorBoard). The model and objective sections
 list every registered entry's settings; a setting the chosen entry does not use must keep its
 default. A recipe builds on this one: ``config = default.get_config()``, then change what differs.

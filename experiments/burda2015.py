@@ -25,12 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
-import warnings
 from pathlib import Path
 
 from experiments import common, machine as machine_lib
-from vae_jax import config as config_lib, data, evaluate, train
+from vae_jax import config as config_lib, data, train
 from vae_jax.configs import iwae_1layer, iwae_2layer
 
 # Burda et al. (2015), Table 1, MNIST test NLL (nats), 3,280 epochs: (layers, objective, k).
@@ -71,19 +69,8 @@ def cell_config(cell: tuple[int, str, int], args):
 
 def estimate(run_dir: Path, epoch: int, num_samples: int, examples: int) -> dict:
   """Test NLL of the run's checkpoint at epoch (cached beside the run)."""
-  cache = run_dir / f"epoch{epoch}_nll_{num_samples}_{examples}.json"
-  if cache.exists():
-    return json.loads(cache.read_text())
-  start = time.perf_counter()
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    out = evaluate.evaluate_run(run_dir, which=str(epoch), num_samples=num_samples,
-                                num_examples=examples)
-  out["seconds"] = time.perf_counter() - start
-  tmp = cache.with_suffix(".tmp")
-  tmp.write_text(json.dumps(out, indent=1) + "\n")
-  tmp.replace(cache)
-  return out
+  return common.cached_nll(run_dir / f"epoch{epoch}_nll_{num_samples}_{examples}.json", run_dir,
+                           num_samples, examples, which=str(epoch))
 
 
 def run_cell(args, cell, splits, stage: int) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,23 @@ def train_model(workdir: Path, splits, overrides: dict[str, Any]):
   print(f"  {workdir.name}: {config.optim.num_epochs} epochs, test loss {records[-1]['test_loss']:.2f} "
         f"({seconds:.0f} s)", flush=True)
   return config, state, records
+
+
+def cached_nll(cache: Path, run_dir: Path, num_samples: int, examples: int,
+               which: str = "latest") -> dict:
+  """evaluate.evaluate_run's K-sample test NLL of a checkpoint, with its seconds; read from
+  cache when an earlier run wrote it (written whole, by a rename)."""
+  if cache.exists():
+    return json.loads(cache.read_text())
+  start = time.perf_counter()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    out = evaluate.evaluate_run(run_dir, which=which, num_samples=num_samples, num_examples=examples)
+  out["seconds"] = time.perf_counter() - start
+  tmp = cache.with_suffix(".tmp")
+  tmp.write_text(json.dumps(out, indent=1) + "\n")
+  tmp.replace(cache)
+  return out
 
 
 def flat_pixels(splits) -> tuple[np.ndarray, np.ndarray]:

@@ -14,10 +14,8 @@ reconstruction grids of seed 1 of each model.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import warnings
 
 import numpy as np
 
@@ -27,16 +25,8 @@ from vae_jax import evaluate, inference
 
 def nll(run_dir, num_samples: int, examples: int) -> dict:
   """The run's K-sample test NLL (cached in the run directory)."""
-  cache = run_dir / f"nll_{num_samples}_{examples}.json"
-  if cache.exists():
-    return json.loads(cache.read_text())
-  start = time.perf_counter()
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    out = evaluate.evaluate_run(run_dir, num_samples=num_samples, num_examples=examples)
-  out["seconds"] = time.perf_counter() - start
-  cache.write_text(json.dumps(out, indent=1) + "\n")
-  return out
+  return common.cached_nll(run_dir / f"nll_{num_samples}_{examples}.json", run_dir, num_samples,
+                           examples)
 
 
 def mean_sd(values) -> str:

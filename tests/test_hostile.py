@@ -5,6 +5,7 @@ process itself matters, are in test_checkpoint.py."""
 
 import gzip
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,9 @@ CONFIG_CASES = {
     "unknown source": (["--config.data.source=web"], "config.data.source='web'"),
     "negative example count": (["--config.data.train_examples=-1"], "config.data.train_examples=-1"),
     "a model that cannot fit in memory": (["--config.model.latent_dim=1000000000"], "GiB, more than"),
+    "a hierarchical prior with the analytic KL": (["--config.model.name=hvae2"],
+                                                  "model 'hvae2' has a prior other than N(0, I)"),
+    "unknown learning-rate schedule": (["--config.optim.lr_schedule=cosine"], "config.optim.lr_schedule='cosine'"),
 }
 
 
@@ -170,6 +174,18 @@ def test_bad_config_file_is_one_line(case, tmp_path, capsys):
   status, lines = run_main(capsys, ["train", f"--workdir={tmp_path / 'run'}", f"--config={path}"])
   assert status == 2 and len(lines) == 1, lines
   assert (CONFIG_FILES[case][1] if case in CONFIG_FILES else "not a file") in lines[0]
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_argument_reaches_get_config_and_a_bad_one_is_one_line(tmp_path, capsys):
+  recipe = Path(__file__).resolve().parents[1] / "vae_jax" / "configs" / "iwae_2layer.py"
+  parsed = cli.parse(["train", f"--workdir={tmp_path / 'run'}", f"--config={recipe}:iwae,5,2"])
+  config = parsed[2]
+  assert (config.model.name, config.objective.name, config.objective.num_samples,
+          config.optim.num_epochs) == ("hvae2", "iwae", 5, 4)
+  status, lines = run_main(capsys, ["train", f"--workdir={tmp_path / 'run'}", f"--config={recipe}:gan,5"])
+  assert status == 2 and len(lines) == 1, lines
+  assert "cannot be loaded (ValueError: config argument 'gan,5': expected OBJECTIVE,K[,STAGES]" in lines[0]
   assert not (tmp_path / "run").exists()
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging as py_logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -108,7 +109,10 @@ def parse(argv: list[str]):
   config_file = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
                       if a == "--config" and i + 1 < len(argv) or a.startswith("--config=")),
                      str(DEFAULT_CONFIG))
-  if not Path(config_file).is_file():
+  path = config_file  # 'file.py:ARG' passes ARG to get_config (ml_collections' config_flags).
+  if not Path(path).is_file() and ":" in path and Path(path.rsplit(":", 1)[0]).is_file():
+    path = path.rsplit(":", 1)[0]
+  if not Path(path).is_file():
     return _fail(f"--config {config_file}: not a file (expected a Python file defining get_config())")
   saved_argv, sys.argv = sys.argv, ["vae_jax", *argv]  # config_flags reads sys.argv.
   sys.modules.pop("config_config", None)  # config_flags' module of an earlier file (in-process).
@@ -120,6 +124,10 @@ def parse(argv: list[str]):
     cause = e.__cause__ or e.__context__
     if isinstance(cause, (AttributeError, KeyError)) and "config" in str(e).split(":")[0]:
       return _unknown_key(cause, config_file)
+    if cause is not None and "Error whilst parsing config file" in str(e):  # get_config raised:
+      raised = [line.strip() for line in str(cause).splitlines()  # its traceback's last line.
+                if re.match(r"\s*\w+(Error|Exception): ", line)]
+      return _fail(f"--config {config_file}: cannot be loaded ({raised[-1] if raised else cause})")
     return _fail(str(e).splitlines()[0])
   except (AttributeError, KeyError) as e:
     return _unknown_key(e, config_file)

@@ -9,7 +9,8 @@ sizes (vae_jax/configs/burda2015.py): 784-200-200-100, 100-100-100-50, tanh, sig
 
 The importance weight is p(x|h1) p(h1|h2) p(h2) / (q(h1|x) q(h2|h1)) with h1, h2 drawn in
 turn; ``encode`` gives the posterior's units [h1, h2] along the deterministic path (h2's
-Gaussian at h1 = its mean), which is what the active-unit count reads. The prior is not
+Gaussian at h1 = its mean), which is what the active-unit count reads (the KL per unit that
+``evaluate`` also prints is against N(0, 1): the model's own only for h2). The prior is not
 N(0, I), so this model trains with the importance-weighted objectives (vae_k, iwae).
 """
 

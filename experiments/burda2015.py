@@ -74,17 +74,18 @@ def estimate(run_dir: Path, epoch: int, num_samples: int, examples: int) -> dict
 
 
 def run_cell(args, cell, splits, stage: int) -> dict:
-  """Trains a cell to the end of stage (resuming) and estimates its NLL there."""
+  """Trains a cell to the end of stage (resuming) and estimates its NLL there: on the first
+  --stage-examples test images after every stage, and on --test-examples after the last."""
   run_dir = args.workdir / cell_name(cell)
   config = cell_config(cell, args)
   config.optim.num_epochs = stage_end(stage)  # Resumable: the schedule follows the step.
   _, records = train.train_and_evaluate(config, run_dir, splits)
-  last = stage == args.stages - 1
-  examples = args.test_examples if last else args.stage_examples
-  out = estimate(run_dir, stage_end(stage), args.num_samples, examples)
-  print(f"  {cell_name(cell)} stage {stage} (epoch {stage_end(stage)}): test NLL "
-        f"{out['test_nll']:.2f} on {out['examples']} images, train "
-        f"{sum(r['train_seconds'] for r in records):.0f} s", flush=True)
+  sizes = [args.stage_examples] + ([args.test_examples] if stage == args.stages - 1 else [])
+  for examples in dict.fromkeys(sizes):
+    out = estimate(run_dir, stage_end(stage), args.num_samples, examples)
+    print(f"  {cell_name(cell)} stage {stage} (epoch {stage_end(stage)}): test NLL "
+          f"{out['test_nll']:.2f} on {out['examples']} images, train "
+          f"{sum(r['train_seconds'] for r in records):.0f} s", flush=True)
   return out
 
 
@@ -102,13 +103,14 @@ def collect(args, cells) -> dict:
     if not metrics.exists():
       continue
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    stages = {}
-    for i in range(args.stages):
-      examples = args.test_examples if i == args.stages - 1 else args.stage_examples
-      path = run_dir / f"epoch{stage_end(i)}_nll_{args.num_samples}_{examples}.json"
+    found = {}
+    for i, examples in [*((i, args.stage_examples) for i in range(args.stages)),
+                        ("final", args.test_examples)]:
+      epoch = stage_end(args.stages - 1 if i == "final" else i)
+      path = run_dir / f"epoch{epoch}_nll_{args.num_samples}_{examples}.json"
       if path.exists():
-        stages[i] = json.loads(path.read_text())
-    out[cell] = {"records": records, "stages": stages,
+        found[i] = json.loads(path.read_text())
+    out[cell] = {"records": records, "stages": found,
                  "train_seconds": sum(r["train_seconds"] for r in records)}
   return out
 
@@ -121,7 +123,7 @@ def report(args, found: dict) -> None:
       row = [layers, k]
       for objective in ("vae", "iwae"):
         cell = (layers, "vae" if k == 1 else objective, k)
-        final = found.get(cell, {}).get("stages", {}).get(last)
+        final = found.get(cell, {}).get("stages", {}).get("final")
         paper = PAPER[(layers, objective, k)]
         if final is None:
           row += [f"{paper:.2f}", "not run", "", ""]
@@ -133,7 +135,9 @@ def report(args, found: dict) -> None:
             "active_units_per_layer": final["active_units_per_layer"],
             "test_examples": final["examples"], "num_samples": final["num_samples"],
             "train_seconds": found[cell]["train_seconds"], "eval_seconds": final["seconds"],
-            "stage_nll": {stage_end(i): s["test_nll"] for i, s in found[cell]["stages"].items()}}
+            "neg_elbo": final["test_neg_elbo"],
+            "stage_nll": {stage_end(i): s["test_nll"] for i, s in found[cell]["stages"].items()
+                          if i != "final"}}
       rows.append(row)
   table = common.markdown_table(
       ["layers", "k", "VAE paper", "VAE ours", "VAE gap", "VAE active", "IWAE paper", "IWAE ours",
@@ -150,8 +154,8 @@ def report(args, found: dict) -> None:
           f"{stage_end(last)} epochs of the paper's 3,280. NLL: K = {args.num_samples} importance "
           f"samples, test set binarized once with key(0), on {args.test_examples or 10000} test "
           f"images. Gap = ours - paper (nats). Active units: h1+h2.\n\n{table}\n\n"
-          f"Test NLL after each stage (the last on the table's images; earlier stages on the "
-          f"first {args.stage_examples} test images), and training time:\n\n{stages}")
+          f"Test NLL after each stage on the first {args.stage_examples or 10000} test images "
+          f"(K = {args.num_samples}), and training time:\n\n{stages}")
   common.write_report(args.workdir, "burda2015", "Burda et al. (2015), Table 1: MNIST test NLL",
                       text, results)
 

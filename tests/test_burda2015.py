@@ -233,12 +233,14 @@ def test_one_sample_cell_fills_both_columns(tmp_path):
   from experiments import burda2015
   args = argparse.Namespace(workdir=tmp_path, stages=1, num_samples=5000, test_examples=0,
                             stage_examples=1000)
-  final = {"test_nll": 90.0, "active_units_per_layer": [30], "examples": 10000,
-           "num_samples": 5000, "seconds": 1.0}
-  burda2015.report(args, {(1, "vae", 1): {"stages": {0: final}, "train_seconds": 60.0}})
+  final = {"test_nll": 90.0, "test_neg_elbo": 95.0, "active_units_per_layer": [30],
+           "examples": 10000, "num_samples": 5000, "seconds": 1.0}
+  stage = {**final, "test_nll": 91.0, "examples": 1000}
+  burda2015.report(args, {(1, "vae", 1): {"stages": {0: stage, "final": final}, "train_seconds": 60.0}})
   cells = json.loads((tmp_path / "burda2015.json").read_text())["cells"]
   assert set(cells) == {"1:vae:1", "1:iwae:1"} and cells["1:iwae:1"]["ours"] == 90.0
   assert cells["1:vae:1"]["gap"] == pytest.approx(90.0 - 86.76)
+  assert cells["1:vae:1"]["stage_nll"] == {"1": 91.0}  # The stage curve: on its own images.
   assert "| 1 | 5 | 86.47 | not run |" in (tmp_path / "burda2015.md").read_text()
 
 

@@ -3,7 +3,8 @@
 Run (the README's table: every cell at stages i = 0..STAGES-1 of the paper's schedule):
   .venv/bin/python -m experiments.burda2015 --stages 3
 Two processes on two cores: give each its cells (``--cells 2:iwae:50 2:vae:50``), then run
-once more without --cells to write the table (finished cells are reused, not retrained).
+once more without --cells to write the table (finished cells are reused, not retrained);
+``--report`` writes the table from whatever estimates exist (an interim table, training on).
 
 Cells are LAYERS:OBJECTIVE:K (layers 1 or 2, objective vae or iwae, K samples); k = 1 is
 trained once (vae_k and iwae with one sample are the same objective: the ELBO) and fills both
@@ -196,11 +197,16 @@ def main() -> int:
   parser.add_argument("--stage-examples", type=int, default=1000, help="earlier stages' test images")
   parser.add_argument("--train-examples", type=int, default=0, help="0: the whole training split")
   parser.add_argument("--time", action="store_true", help="measure s/epoch of each cell instead")
+  parser.add_argument("--report", action="store_true",
+                      help="write the table from the estimates already made; train nothing")
   args = parser.parse_args()
   if args.stages < 1:
     raise SystemExit(f"--stages {args.stages}: expected >= 1")
   cells = list(dict.fromkeys(parse_cell(c) for c in args.cells))
   args.workdir.mkdir(parents=True, exist_ok=True)
+  if args.report:
+    report(args, collect(args, [parse_cell(c) for c in CELLS]))
+    return 0
   print(f"Machine: {machine_lib.machine_line()}", flush=True)
   splits = data.load_data(config_lib.parse(cell_config(cells[0], args)).data)
   if args.time:

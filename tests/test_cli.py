@@ -24,7 +24,7 @@ def test_train_runs_from_the_command_line(idx_dir, tmp_path):
     (["--config.model.latent_dim=abc"], "latent_dim"),
     (["--config.objective.name=iwae", "--config.objective.beta=2.0"],
      "config.objective.beta=2.0: does not apply to objective 'iwae'"),
-    (["--config.model.name=resnet"], "config.model.name='resnet': expected one of conv, mlp"),
+    (["--config.model.name=resnet"], "config.model.name='resnet': expected one of conv, hvae2, mlp"),
     (["--config.optim.batch_size=100000", "--config.data.train_examples=500"], "batch_size=100000: larger than the training set"),
     (["--config.data.source=idx", "--config.data.dir=/nonexistent"], "data directory /nonexistent: not a directory"),
 ])

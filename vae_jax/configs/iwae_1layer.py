@@ -11,8 +11,8 @@ stages take (3**STAGES - 1) / 2 epochs). experiments/burda2015.py runs every cel
 784-200-200 (tanh) -> 50 Gaussian latents (sigma = exp of the head), 50-200-200 (tanh) ->
 784 Bernoulli logits with the output bias at the logit of the training set's mean pixel;
 dynamically binarized MNIST; Adam (0.9, 0.999, eps 1e-4), batch 20; stage i: 3**i epochs at
-1e-3 * 10**(-i/7). Weights: flax's init (lecun normal, zero biases; the paper's own init
-is not stated in it).
+1e-3 * 10**(-i/7). Weights: flax's init (lecun normal, zero biases; whether the paper's
+differs was not checked).
 """
 
 import ml_collections

@@ -1,13 +1,14 @@
-"""Kill it anywhere: SIGKILL at ten points of a short run, then the same command; the run
+"""Kill it anywhere: SIGKILL at eight points of a short run, then the same command; the run
 ends bit-identical (parameters, optimizer state, keys, metrics.jsonl, images) to one never
-killed. Real processes: the kill is the point."""
+killed. Real processes: the kill is the point. (Epoch 2's save points repeat epoch 1's with a
+checkpoint already there, which epoch_2_mid covers: left out to keep the suite in budget.)"""
 
 import pytest
 from conftest import run_cli, train_args
 from test_checkpoint import assert_trees_equal_bitwise, kill_at, metrics, saved_arrays
 
 POINTS = ["before_compile", "compiling", "epoch_1_mid", "before_checkpoint_1", "saving_1",
-          "after_checkpoint_1", "after_epoch_1", "epoch_2_mid", "saving_2", "after_checkpoint_2"]
+          "after_checkpoint_1", "after_epoch_1", "epoch_2_mid"]
 # Progress in chunks (so a kill can land mid-epoch) and images on: every output is compared.
 EXTRA = ("--config.run.progress=True", "--config.run.progress_chunks=3", "--config.run.save_images=True")
 

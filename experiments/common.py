@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from experiments import machine as machine_lib
-from vae_jax import api, config as config_lib, data, evaluate, train
+from vae_jax import api, config as config_lib, data, evaluate, training
 
 
 # The data section every run of this process trains on (set by prepare from --dataset).
@@ -78,7 +78,7 @@ def train_model(workdir: Path, splits, overrides: dict[str, Any]):
   """
   config = config_with(overrides)
   start = time.perf_counter()
-  state, records = train.train_and_evaluate(config, workdir, splits)
+  state, records = training.train_and_evaluate(config, workdir, splits)
   seconds = time.perf_counter() - start
   print(f"  {workdir.name}: {config.optim.num_epochs} epochs, test loss {records[-1]['test_loss']:.2f} "
         f"({seconds:.0f} s)", flush=True)

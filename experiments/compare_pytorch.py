@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from experiments import machine as machine_lib, pytorch_reference
 
-from vae_jax import data, train
+from vae_jax import data, training
 from vae_jax.configs import default
 
 IMPLEMENTATIONS = ("jax", "torch_reference", "torch_preloaded")
@@ -41,7 +41,7 @@ def run_jax(seed: int, epochs: int, splits, workdir: Path) -> list[dict]:
   config = default.get_config()
   config.seed, config.optim.num_epochs = seed, epochs
   config.run.progress, config.run.save_images = False, False
-  _, records = train.train_and_evaluate(config, workdir, splits)
+  _, records = training.train_and_evaluate(config, workdir, splits)
   return [{k: r[k] for k in ("epoch", "train_loss", "test_loss", "train_seconds")} for r in records]
 
 

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from vae_jax import config as config_lib, data, group as group_lib, objectives, parallel
-from vae_jax import step as step_lib, train
+from vae_jax import step as step_lib, training
 from vae_jax.configs import default
 from vae_jax.epoch import Programs
 
@@ -102,7 +102,7 @@ def time_train_command(config, num_epochs: int) -> dict:
   config.optim.num_epochs = num_epochs
   with tempfile.TemporaryDirectory() as workdir:
     t0 = time.perf_counter()
-    _, records = train.train_and_evaluate(config, workdir)
+    _, records = training.train_and_evaluate(config, workdir)
     wall = time.perf_counter() - t0
   compile_seconds = records[0]["compile_seconds"]
   return {"epoch_seconds": [r["train_seconds"] for r in records], "compile_seconds": compile_seconds,

@@ -117,12 +117,12 @@ def k_model_run():
   """Four vmapped models (seeds 1-4, betas 1, 0.5, 2, 1) for one epoch on the small splits."""
   import tempfile
 
-  from vae_jax import config as config_lib, train
+  from vae_jax import config as config_lib, training
   config = config_lib.from_flat({"optim.num_epochs": 1, "run.progress": False,
                                  "run.save_images": False, "run.models_strategy": "vmap"})
   splits = {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)}
   overrides = [{"seed": s, "objective.beta": b} for s, b in zip((1, 2, 3, 4), (1.0, 0.5, 2.0, 1.0))]
-  return train.train_models(config, splits, overrides, tempfile.mkdtemp(), [None] * 4,
+  return training.train_models(config, splits, overrides, tempfile.mkdtemp(), [None] * 4,
                             log=lambda _: None)
 
 

@@ -30,7 +30,7 @@ def main():
   point, marker, sep, *cli_args = sys.argv[1:]
   assert sep == "--", "usage: pause_run.py POINT MARKER -- ARGS"
   from vae_jax import __main__ as cli
-  from vae_jax import checkpoint, epoch, train, workdir
+  from vae_jax import checkpoint, epoch, training, workdir
   if point == "before_compile":
     patch(epoch.Programs, "__init__", lambda init: lambda *a, **k: (pause(marker), init(*a, **k)))
   elif point == "compiling":
@@ -39,7 +39,7 @@ def main():
         calls.append(1), len(calls) == 2 and pause(marker), compile_(*a))[-1])
   elif point in ("epoch_1_mid", "epoch_2_mid"):
     first_step = 0 if point == "epoch_1_mid" else 3
-    patch(train.ProgressBar, "update", lambda update: lambda self, step: (
+    patch(training.ProgressBar, "update", lambda update: lambda self, step: (
         update(self, step), int(step) > first_step and pause(marker)))
   elif point == "before_checkpoint_1":
     patch(checkpoint, "save", lambda save: lambda mngr, epoch_, *a: (

@@ -14,7 +14,7 @@ import pytest
 from scipy import special, stats
 
 from conftest import make_model, synthetic_split
-from vae_jax import config as config_lib, evaluate, group as group_lib, train
+from vae_jax import config as config_lib, evaluate, group as group_lib, training
 from vae_jax.registry import ConfigError
 
 D = 12  # Pixels of the small models' D x 1 x 1 images.
@@ -137,7 +137,7 @@ def trained(tmp_path_factory):
                                    "optim.num_epochs": 2, "optim.lr_schedule": "staged",
                                    "model.output_bias": "data_mean", "run.progress": False,
                                    "run.save_images": False, "run.tensorboard": False})
-    out[name] = train.train_and_evaluate(config, tmp_path_factory.mktemp(name), splits)[0]
+    out[name] = training.train_and_evaluate(config, tmp_path_factory.mktemp(name), splits)[0]
   x = evaluate.binarize(splits["test"][0], jax.random.key(0))
   return out, x
 

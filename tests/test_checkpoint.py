@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import make_model, run_cli, synthetic_split, train_args, tree_bytes
 
-from vae_jax import checkpoint, group, step, train
+from vae_jax import checkpoint, group, step, training
 
 PAUSE_RUN = Path(__file__).parent / "pause_run.py"
 TIMING_KEYS = ("train_seconds", "compile_seconds")
@@ -54,7 +54,7 @@ def metrics(workdir: Path) -> list[dict]:
 
 
 def saved_arrays(workdir: Path, which: str = "latest"):
-  _, state, keys, _ = train.restore_run(workdir, which)
+  _, state, keys, _ = training.restore_run(workdir, which)
   return jax.device_get(group.state_tree(state, keys))
 
 
@@ -82,7 +82,7 @@ def test_killed_during_a_save_keeps_the_previous_checkpoint(trained_run, session
   kill_at("saving_2", workdir, session_idx_dir)
   names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
   assert names[0] == "1" and names[1].startswith("2.orbax-checkpoint-tmp"), names
-  _, _, _, meta = train.restore_run(workdir)  # The half-written epoch 2 is not picked up.
+  _, _, _, meta = training.restore_run(workdir)  # The half-written epoch 2 is not picked up.
   assert meta["epoch"] == 1
   assert [r["epoch"] for r in metrics(workdir)] == [1]
   result = run_cli(*train_args(workdir, session_idx_dir))
@@ -196,7 +196,7 @@ def test_sigterm_stops_at_a_safe_point_in_one_line_and_the_same_command_continue
 
 
 def test_checkpoint_holds_state_keys_config_and_records(trained_run):
-  _, state, keys, meta = train.restore_run(trained_run)
+  _, state, keys, meta = training.restore_run(trained_run)
   assert int(state.step) == 6 and meta["epoch"] == 2  # 300 examples: 3 steps per epoch.
   assert [r["epoch"] for r in meta["records"]] == [1, 2]
   assert meta["config"]["optim.num_epochs"] == 2 and meta["data"]["train"]["examples"] == 300
@@ -238,7 +238,7 @@ def one_epoch_config():
 @pytest.fixture(scope="module")
 def one_epoch_source(tmp_path_factory, small_splits):
   workdir = tmp_path_factory.mktemp("one_epoch") / "run"
-  train.train_and_evaluate(one_epoch_config(), workdir, small_splits)
+  training.train_and_evaluate(one_epoch_config(), workdir, small_splits)
   return workdir
 
 
@@ -263,7 +263,7 @@ def test_incompatible_config_is_refused_and_nothing_changes(one_epoch_run, small
   config.optim.num_epochs = 2  # Allowed to change: it extends the run.
   config.update_from_flattened_dict({key: value})
   with pytest.raises(checkpoint.CheckpointError, match=f"other settings .*{named}"):
-    train.train_and_evaluate(config, workdir, small_splits)
+    training.train_and_evaluate(config, workdir, small_splits)
   assert tree_bytes(workdir) == before
 
 
@@ -272,7 +272,7 @@ def test_other_data_is_refused_and_nothing_changes(one_epoch_run, small_splits):
   before = tree_bytes(workdir)
   other = {"train": synthetic_split(300, 7), "test": small_splits["test"]}
   with pytest.raises(checkpoint.CheckpointError, match="other data \\(the train split differs"):
-    train.train_and_evaluate(config, workdir, other)
+    training.train_and_evaluate(config, workdir, other)
   assert tree_bytes(workdir) == before
 
 
@@ -280,7 +280,7 @@ def test_restart_moves_the_old_run_aside(one_epoch_run, small_splits):
   config, workdir = one_epoch_run
   before = tree_bytes(workdir)
   config.run.restart, config.model.latent_dim = True, 5
-  _, records = train.train_and_evaluate(config, workdir, small_splits)
+  _, records = training.train_and_evaluate(config, workdir, small_splits)
   assert [r["epoch"] for r in records] == [1]
   (moved,) = workdir.glob("replaced_*")
   assert tree_bytes(moved) == before  # Every file of the old run, byte for byte.
@@ -290,7 +290,7 @@ def test_restart_moves_the_old_run_aside(one_epoch_run, small_splits):
 def test_finished_run_is_not_trained_again(one_epoch_run, small_splits, capsys):
   config, workdir = one_epoch_run
   before = tree_bytes(workdir)
-  train.train_and_evaluate(config, workdir, small_splits)
+  training.train_and_evaluate(config, workdir, small_splits)
   assert "Nothing to train" in capsys.readouterr().out
   assert tree_bytes(workdir / "checkpoints") == before_checkpoints(before)
 
@@ -313,7 +313,7 @@ def test_nan_from_a_huge_learning_rate_names_epoch_and_step(small_config, small_
   assert first_bad is not None
   with pytest.raises(FloatingPointError, match=f"epoch 1, step {first_bad}: non-finite training "
                                                "loss; last good checkpoint: none yet"):
-    train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
+    training.train_and_evaluate(small_config, tmp_path / "run", small_splits)
   assert not checkpoint.has_checkpoints(tmp_path / "run")
   assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
 
@@ -326,7 +326,7 @@ def test_nan_after_a_checkpoint_leaves_it_untouched(one_epoch_run, small_splits,
   config.optim.num_epochs = 2
   with pytest.raises(FloatingPointError, match=r"epoch 2, step 4: .*last good checkpoint: "
                                                r".*checkpoints/1 \(left untouched\)"):
-    train.train_and_evaluate(config, workdir, small_splits)
+    training.train_and_evaluate(config, workdir, small_splits)
   after = tree_bytes(workdir)
   assert before_checkpoints(after) == before_checkpoints(before)
   assert after["metrics.jsonl"] == before["metrics.jsonl"]
@@ -335,7 +335,7 @@ def test_nan_after_a_checkpoint_leaves_it_untouched(one_epoch_run, small_splits,
 def test_debug_nans_reports_the_operation(small_config, small_splits, tmp_path):
   small_config.optim.learning_rate, small_config.run.debug_nans = 1e30, True
   with pytest.raises(FloatingPointError, match="(?i)nan"):
-    train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
+    training.train_and_evaluate(small_config, tmp_path / "run", small_splits)
   assert not jax.config.jax_debug_nans  # Switched on for the run only.
 
 
@@ -371,10 +371,10 @@ def test_corrupted_checkpoint_is_refused(one_epoch_run, small_splits, how, messa
   corrupt(workdir / "checkpoints" / "1", how)
   before = tree_bytes(workdir)
   with pytest.raises(checkpoint.CheckpointError, match=message):
-    train.restore_run(workdir)
+    training.restore_run(workdir)
   config.optim.num_epochs = 2
   with pytest.raises(checkpoint.CheckpointError, match=message):
-    train.train_and_evaluate(config, workdir, small_splits)
+    training.train_and_evaluate(config, workdir, small_splits)
   assert tree_bytes(workdir) == before
 
 
@@ -383,11 +383,11 @@ def test_state_from_another_run_fails_the_state_hash(one_epoch_run, small_splits
   here the state files are swapped for another run's, which orbax reads without complaint."""
   config, workdir = one_epoch_run
   config.seed = 2
-  train.train_and_evaluate(config, tmp_path / "other", small_splits)
+  training.train_and_evaluate(config, tmp_path / "other", small_splits)
   where = workdir / "checkpoints" / "1"
   (where / checkpoint.MANIFEST).unlink()
-  train.restore_run(workdir)  # Intact files restore without the manifest.
+  training.restore_run(workdir)  # Intact files restore without the manifest.
   shutil.rmtree(where / "state")
   shutil.copytree(tmp_path / "other" / "checkpoints" / "1" / "state", where / "state")
   with pytest.raises(checkpoint.CheckpointError, match="does not match the SHA-256 recorded"):
-    train.restore_run(workdir)
+    training.restore_run(workdir)

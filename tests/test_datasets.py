@@ -145,8 +145,8 @@ def test_colour_idx_files_train_the_conv_model_with_colour_images(tmp_path):
   for name in ("sample_1.png", "reconstruction_1.png"):
     assert Image.open(workdir / name).mode == "RGB"
   assert Image.open(workdir / "sample_1.png").size == (8 * 34 + 2, 8 * 34 + 2)  # 8 x 8 of 32 x 32.
-  from vae_jax import train
-  _, state, _, meta = train.restore_run(workdir)
+  from vae_jax import training
+  _, state, _, meta = training.restore_run(workdir)
   assert state.params["decoder"]["deconv_1"]["kernel"].shape[-1] == 3  # Three output channels.
   assert np.isfinite(meta["records"][0]["test_loss"])
   if (workdir / "tensorboard").is_dir():

@@ -191,9 +191,9 @@ def test_likelihood_command_reports_nll_elbo_gap_and_warns(trained_run):
 
 
 def test_the_autoencoders_run_is_refused_by_the_likelihood(small_splits, tmp_path):
-  from vae_jax import config as config_lib, train
+  from vae_jax import config as config_lib, training
   config = config_lib.from_flat({"objective.name": "ae", "optim.num_epochs": 1, "run.progress": False,
                                  "run.save_images": False})
-  train.train_and_evaluate(config, tmp_path / "ae", small_splits)
+  training.train_and_evaluate(config, tmp_path / "ae", small_splits)
   with pytest.raises(ValueError, match="objective 'ae': a deterministic autoencoder has no q\\(z\\|x\\)"):
     evaluate.evaluate_run(tmp_path / "ae", num_samples=5)

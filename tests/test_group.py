@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_model
 
-from vae_jax import checkpoint, config as config_lib, group, losses, step, train
+from vae_jax import checkpoint, config as config_lib, group, losses, step, training
 from vae_jax.registry import ConfigError
 
 # 300 examples in batches of 32: 9 full batches and one of 12, 10 steps an epoch.
@@ -25,7 +25,7 @@ def small_config(**values):
 
 def train_k(config, overrides, splits, ckpt_dir=None):
   ckpt_dir = ckpt_dir or tempfile.mkdtemp()
-  return train.train_models(config, splits, overrides, ckpt_dir, [None] * len(overrides),
+  return training.train_models(config, splits, overrides, ckpt_dir, [None] * len(overrides),
                             log=lambda _: None)
 
 
@@ -38,7 +38,7 @@ def k_models(request, small_splits):
 @pytest.mark.parametrize("k", [0, 1, 2])
 def test_model_k_matches_the_same_config_trained_alone(k_models, small_splits, k):
   strategy, (states, records) = k_models
-  alone, alone_records = train.train_and_evaluate(small_config(**OVERRIDES[k]),
+  alone, alone_records = training.train_and_evaluate(small_config(**OVERRIDES[k]),
                                                   tempfile.mkdtemp() + "/run", small_splits)
   model_k = group.unstack(states, k)
   assert int(model_k.step) == int(alone.step) == 20

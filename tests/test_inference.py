@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli, train_args, tree_bytes, write_idx
 from PIL import Image
 
-from vae_jax import inference, train
+from vae_jax import inference, training
 
 
 def test_evaluate_reproduces_the_recorded_test_loss(trained_run):
@@ -42,7 +42,7 @@ def test_encode_writes_means_logvars_and_labels(trained_run, small_splits, tmp_p
   assert latents["mu"].dtype == np.float32
   np.testing.assert_array_equal(latents["labels"], labels)
   # The encoder written out in numpy with the restored weights.
-  _, state, _, _ = train.restore_run(trained_run)
+  _, state, _, _ = training.restore_run(trained_run)
   p = jax.device_get(state.params)["encoder"]
   x = images.reshape(100, -1).astype(np.float64) / 255.0
   h = np.maximum(x @ p["hidden"]["kernel"] + p["hidden"]["bias"], 0)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import k_model_run, make_model, train_args
 
-from vae_jax import train
+from vae_jax import training
 from vae_jax.registry import ConfigError
 
 EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
@@ -45,7 +45,7 @@ def test_eight_devices_match_one_device(tmp_path):
       import json, sys, tempfile
       import jax, numpy as np
       from conftest import synthetic_split
-      from vae_jax import train
+      from vae_jax import training
       from vae_jax.configs import default
       assert jax.device_count() == 8
       # 328 = 2 x 128 + 72: every batch, the partial one too, splits over 8 devices.
@@ -54,7 +54,7 @@ def test_eight_devices_match_one_device(tmp_path):
       for n in (1, 8):
         config = default.get_config()
         config.optim.num_epochs, config.run.progress, config.run.save_images, config.run.num_devices = 2, False, False, n
-        state, records = train.train_and_evaluate(config, tempfile.mkdtemp() + "/run", splits)
+        state, records = training.train_and_evaluate(config, tempfile.mkdtemp() + "/run", splits)
         leaves = {str(i): np.asarray(a) for i, a in enumerate(jax.tree.leaves(state.params))}
         np.savez(f"{sys.argv[1]}/params_{n}.npz", **leaves)
         out[n] = {"records": records,
@@ -71,7 +71,7 @@ def test_eight_devices_match_one_device(tmp_path):
       out["all_reduce"] = "all-reduce" in hlo
       config.optim.batch_size = 100
       try:
-        train.train_and_evaluate(config, tempfile.mkdtemp() + "/run", splits)
+        training.train_and_evaluate(config, tempfile.mkdtemp() + "/run", splits)
       except ConfigError as e:
         out["refusal"] = str(e)
       print(json.dumps(out))
@@ -112,8 +112,8 @@ def test_two_processes_on_localhost_match_one_process(trained_run, session_idx_d
   for r2, r1 in zip(two, one, strict=True):
     for key in ("train_loss", "test_loss", "test_loss_mean_z"):
       np.testing.assert_allclose(r2[key], r1[key], rtol=1e-5)
-  _, state2, _, meta2 = train.restore_run(workdir)
-  _, state1, _, _ = train.restore_run(trained_run)
+  _, state2, _, meta2 = training.restore_run(workdir)
+  _, state1, _, _ = training.restore_run(trained_run)
   assert meta2["epoch"] == 2 and meta2["config"]["run.num_devices"] == 0
   assert_params_close(state2.params, state1.params)
 
@@ -202,7 +202,7 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(small_config, sm
                                                                  tmp_path):
   small_config.optim.num_epochs, small_config.run.save_images = 1, False
   small_config.model.compute_dtype = "bfloat16"
-  state, records = train.train_and_evaluate(small_config, tmp_path / "bf16", small_splits)
+  state, records = training.train_and_evaluate(small_config, tmp_path / "bf16", small_splits)
   for leaf in jax.tree.leaves((state.params, state.opt_state)):
     assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
   jaxpr = str(jax.make_jaxpr(state.apply_fn)({"params": state.params},
@@ -212,7 +212,7 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(small_config, sm
                                       jax.random.key(0))
   assert logits.dtype == mu.dtype == logvar.dtype == jnp.float32  # The loss sees float32.
   small_config.model.compute_dtype = "float32"
-  _, records32 = train.train_and_evaluate(small_config, tmp_path / "f32", small_splits)
+  _, records32 = training.train_and_evaluate(small_config, tmp_path / "f32", small_splits)
   assert records[0]["train_loss"] != records32[0]["train_loss"]
   np.testing.assert_allclose(records[0]["train_loss"], records32[0]["train_loss"], rtol=1e-2)
 

@@ -7,7 +7,7 @@ import jax
 import pytest
 from conftest import run_python_json
 
-from vae_jax import checkpoint, config as config_lib, distributed, parallel, train
+from vae_jax import checkpoint, config as config_lib, distributed, parallel, training
 from vae_jax.registry import ConfigError
 from test_checkpoint import assert_trees_equal_bitwise, saved_arrays
 
@@ -19,22 +19,22 @@ def _steps(workdir):
 
 def test_checkpoint_every_n_epochs_keeps_every_epochs_record(small_config, small_splits, tmp_path):
   small_config.optim.num_epochs, small_config.run.save_images = 3, False
-  _, every = train.train_and_evaluate(small_config, tmp_path / "every", small_splits)
+  _, every = training.train_and_evaluate(small_config, tmp_path / "every", small_splits)
   small_config.run.checkpoint_every_epochs, small_config.run.keep_checkpoints = 2, 5
-  _, sparse = train.train_and_evaluate(small_config, tmp_path / "sparse", small_splits)
+  _, sparse = training.train_and_evaluate(small_config, tmp_path / "sparse", small_splits)
   assert _steps(tmp_path / "sparse") == [2, 3]  # Every 2nd epoch, and the last.
   assert [r["test_loss"] for r in sparse] == [r["test_loss"] for r in every]
   assert_trees_equal_bitwise(saved_arrays(tmp_path / "sparse"), saved_arrays(tmp_path / "every"))
   small_config.optim.num_epochs = 4  # Resumes from epoch 3 (the last, always saved).
-  _, more = train.train_and_evaluate(small_config, tmp_path / "sparse", small_splits)
+  _, more = training.train_and_evaluate(small_config, tmp_path / "sparse", small_splits)
   assert [r["epoch"] for r in more] == [1, 2, 3, 4] and _steps(tmp_path / "sparse") == [2, 3, 4]
 
 
 def test_asynchronous_checkpoints_are_the_synchronous_ones(small_config, small_splits, tmp_path):
   small_config.run.save_images = False
-  _, sync = train.train_and_evaluate(small_config, tmp_path / "sync", small_splits)
+  _, sync = training.train_and_evaluate(small_config, tmp_path / "sync", small_splits)
   small_config.run.async_checkpoints = True
-  _, background = train.train_and_evaluate(small_config, tmp_path / "async", small_splits)
+  _, background = training.train_and_evaluate(small_config, tmp_path / "async", small_splits)
   assert [r["test_loss"] for r in background] == [r["test_loss"] for r in sync]
   assert _steps(tmp_path / "async") == [1, 2]
   for epoch in ("1", "2"):
@@ -48,10 +48,10 @@ def test_checkpoint_cadence_by_time_and_on_a_stop():
                                "run": {"checkpoint_every_epochs": 0, "checkpoint_every_seconds": 60}})
   import time
   now = time.monotonic()
-  assert not train.checkpoint_due(settings, 3, now, stopping=False)
-  assert train.checkpoint_due(settings, 3, now - 61, stopping=False)  # A minute passed.
-  assert train.checkpoint_due(settings, 3, now, stopping=True)  # A signal: save first.
-  assert train.checkpoint_due(settings, 10, now, stopping=False)  # The last epoch.
+  assert not training.checkpoint_due(settings, 3, now, stopping=False)
+  assert training.checkpoint_due(settings, 3, now - 61, stopping=False)  # A minute passed.
+  assert training.checkpoint_due(settings, 3, now, stopping=True)  # A signal: save first.
+  assert training.checkpoint_due(settings, 10, now, stopping=False)  # The last epoch.
 
 
 @pytest.mark.parametrize("key, value, expected", [
@@ -80,14 +80,14 @@ def test_per_device_batch_on_four_devices_and_the_model_axis_over_a_divisor(tmp_
       import json, tempfile
       import jax, numpy as np
       from conftest import synthetic_split
-      from vae_jax import parallel, train
+      from vae_jax import parallel, training
       from vae_jax.configs import default
       splits = {"train": synthetic_split(300, 0), "test": synthetic_split(64, 1)}
       config = default.get_config()
       config.optim.num_epochs, config.run.progress, config.run.save_images = 1, False, False
       config.run.per_device_batch_size = 32
       workdir = tempfile.mkdtemp() + "/run"
-      state, records = train.train_and_evaluate(config, workdir, splits)
+      state, records = training.train_and_evaluate(config, workdir, splits)
       saved = json.load(open(workdir + "/config.json"))
       tree = {"a": jax.numpy.zeros((6, 2))}
       print(json.dumps({"batch": saved["optim"]["batch_size"], "steps": records[-1]["steps"],

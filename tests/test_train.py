@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import group as group_lib, losses, objectives, step, train, workdir
+from vae_jax import group as group_lib, losses, objectives, step, training, workdir
 from vae_jax.registry import ConfigError
 from vae_jax.epoch import Programs
 
@@ -130,7 +130,7 @@ def test_evaluate_matches_an_independent_per_example_computation(small_config, s
 
 
 def test_train_and_evaluate_writes_reference_outputs(small_config, small_splits, tmp_path, capsys):
-  state, records = train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
+  state, records = training.train_and_evaluate(small_config, tmp_path / "run", small_splits)
   lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert lines == records and [r["epoch"] for r in lines] == [1, 2]
   for key in ("train_loss", "test_loss", "test_bce", "test_kl", "train_seconds", "compile_seconds"):
@@ -153,7 +153,7 @@ def test_train_and_evaluate_writes_reference_outputs(small_config, small_splits,
 def test_workdir_with_an_earlier_run_is_refused_untouched(small_config, small_splits, tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
   with pytest.raises(workdir.WorkdirError, match="holds a run \\(metrics.jsonl\\) with no checkpoint"):
-    train.train_and_evaluate(small_config, tmp_path, small_splits)
+    training.train_and_evaluate(small_config, tmp_path, small_splits)
   assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
@@ -173,14 +173,14 @@ def test_invalid_config_values_are_refused_before_writing(small_config, small_sp
   section, name = key.split(".")
   small_config[section][name] = value
   with pytest.raises(ConfigError, match=message):
-    train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
+    training.train_and_evaluate(small_config, tmp_path / "run", small_splits)
   assert not (tmp_path / "run").exists()
 
 
 def test_batch_larger_than_the_data_is_refused_before_writing(small_config, idx_dir, tmp_path):
   small_config.data.source, small_config.data.dir, small_config.optim.batch_size = "idx", str(idx_dir), 301
   with pytest.raises(ConfigError, match="batch_size=301: larger than the training set \\(300"):
-    train.train_and_evaluate(small_config, tmp_path / "run")
+    training.train_and_evaluate(small_config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
 
 
@@ -202,7 +202,7 @@ def read_events(directory):
 
 def test_tensorboard_gets_scalars_and_grids_per_epoch(small_config, small_splits, tmp_path):
   pytest.importorskip("tensorboardX")
-  _, records = train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
+  _, records = training.train_and_evaluate(small_config, tmp_path / "run", small_splits)
   events = read_events(tmp_path / "run" / "tensorboard")
   scalars = {(tag, step): value for tag, step, value in events if not isinstance(value, bytes)}
   for r in records:

@@ -8,7 +8,7 @@ from scipy import integrate, special, stats
 
 from conftest import make_model
 from vae_jax.registry import ConfigError
-from vae_jax import losses, objectives, train
+from vae_jax import losses, objectives, training
 
 
 @pytest.mark.parametrize("lam", [0.01, 0.2, 0.45, 0.495, 0.5, 0.503, 0.7, 0.99])
@@ -121,7 +121,7 @@ def test_learned_sigma_and_depth_add_parameters():
 ])
 def test_each_variant_trains_end_to_end(small_config, small_splits, tmp_path, values):
   small_config.update_from_flattened_dict({"optim.num_epochs": 1, "run.save_images": False, **values})
-  state, records = train.train_and_evaluate(small_config, tmp_path / "run", small_splits)
+  state, records = training.train_and_evaluate(small_config, tmp_path / "run", small_splits)
   assert all(np.isfinite(records[0][k]) for k in ("train_loss", "test_loss", "test_bce"))
   if values.get("objective.name") == "ae":
     assert "test_kl" not in records[0]

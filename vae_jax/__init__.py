@@ -26,9 +26,9 @@ __version__ = "0.2.0"
 _API = {
     "get_config": ("vae_jax.config", "default_sections"),
     "parse_config": ("vae_jax.config", "parse"),
-    "train": ("vae_jax.train", "train_and_evaluate"),
-    "train_models": ("vae_jax.train", "train_models"),
-    "load_run": ("vae_jax.train", "restore_run"),
+    "train": ("vae_jax.training", "train_and_evaluate"),
+    "train_models": ("vae_jax.training", "train_models"),
+    "load_run": ("vae_jax.training", "restore_run"),
     "load_data": ("vae_jax.data", "load_data"),
     "encode": ("vae_jax.api", "encode"),
     "decode": ("vae_jax.api", "decode"),

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   # Imports jax: after the arguments are known to be good.
   from vae_jax import (checkpoint, data, distributed, evaluate, inference, interrupt, parallel, sweep,
-                       train, workdir)
+                       training, workdir)
   from vae_jax.registry import ConfigError
   previous_handlers = interrupt.install()
   try:
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     parallel.configure_compilation_cache()
     if command == "train":
-      _, records = train.train_and_evaluate(config, f.workdir)
+      _, records = training.train_and_evaluate(config, f.workdir)
       if distributed.is_primary():
         print()
         print(workdir.format_table(records))

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, objectives, parallel, train
+from vae_jax import checkpoint, config as config_lib, data, objectives, parallel, training
 from vae_jax.step import to_float
 
 BINARIZE_SEED = 0  # The test set's one binarization (standard protocol: fixed, shared by all runs).
@@ -191,7 +191,7 @@ def evaluate_run(workdir: str | Path, which: str = "latest", num_samples: int = 
   (config.binarize=False) is evaluated all the same, with a warning: its number is not the
   protocol's.
   """
-  config, state, _, meta = train.restore_run(workdir, which)
+  config, state, _, meta = training.restore_run(workdir, which)
   if config.objective.name == "ae":
     raise ValueError(f"workdir {workdir}: objective 'ae': a deterministic autoencoder has no "
                      "q(z|x) or p(z), so no importance-weighted likelihood")

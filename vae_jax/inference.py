@@ -1,7 +1,7 @@
 """Using a trained run: sample, reconstruct, encode and evaluate from its checkpoints.
 
 Each function restores one checkpoint ('latest', 'best' or an epoch number) of a work
-directory written by ``train.train_and_evaluate``, compiles only the function it needs and
+directory written by ``training.train_and_evaluate``, compiles only the function it needs and
 writes nothing but its own output file.
 """
 
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, images, objectives, parallel, step, train
+from vae_jax import checkpoint, config as config_lib, data, images, objectives, parallel, step, training
 from vae_jax.evaluate import collapse_warning, decode_all, encode_all, latent_diagnostics
 
 
@@ -44,7 +44,7 @@ def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") ->
   out = _check_out(out, ".png")
   if num < 1:
     raise ValueError(f"--num {num}: expected >= 1")
-  config, state, _, meta = train.restore_run(workdir, which)
+  config, state, _, meta = training.restore_run(workdir, which)
   pixels = num * np.prod(meta["data"]["train"]["image_shape"])
   parallel.check_fits(int(pixels) * 4 * 2, f"--num {num} (images of float32 and the grid)")
   z_NxL = jax.random.normal(jax.random.key(seed), (num, config.model.latent_dim))
@@ -55,7 +55,7 @@ def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") ->
 def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "latest") -> Path:
   """The split's first num images (rows of 8) over their reconstructions at z = mu, as a PNG."""
   out = _check_out(out, ".png")
-  config, state, _, meta = train.restore_run(workdir, which)
+  config, state, _, meta = training.restore_run(workdir, which)
   x_u8, _ = _load_split(config, split)
   if not 1 <= num <= len(x_u8):
     raise ValueError(f"--num {num}: expected 1 to {len(x_u8)} (the {split} split's size)")
@@ -71,7 +71,7 @@ def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "l
 def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
   """Writes mu (NxL), logvar (NxL) and labels (N) of every example of the split to an .npz."""
   out = _check_out(out, ".npz")
-  config, state, _, _ = train.restore_run(workdir, which)
+  config, state, _, _ = training.restore_run(workdir, which)
   x_u8, labels = _load_split(config, split)
   x_NxD = step.to_float(jnp.asarray(x_u8))
   mu, logvar = encode_all(state.params, state.apply_fn, x_NxD)
@@ -91,7 +91,7 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   Uses the key training used after that epoch, so on the test split the loss equals the
   one recorded in metrics.jsonl (when the data are the same).
   """
-  config, state, keys, meta = train.restore_run(workdir, which)
+  config, state, keys, meta = training.restore_run(workdir, which)
   x_u8, labels = _load_split(config, split)
   epoch = meta["epoch"]
   settings = config_lib.parse(config)

@@ -8,7 +8,7 @@ A study is a Python file whose ``get_config()`` returns a ConfigDict (``make_stu
 - ``x_axis`` (optional): the axis plotted along x (default: the first).
 Settings that are traced (``group.batched_settings``: the seed, the learning rate, the
 objective's numeric settings) vary inside one compiled program; the others form groups,
-each compiled once. Every group trains through ``train.train_models``, as a single run does.
+each compiled once. Every group trains through ``training.train_models``, as a single run does.
 Outputs in the work directory:
 - ``runs/<setting>/seed<k>/``: every run's metrics.jsonl (and TensorBoard scalars);
 - ``results.csv``: one row per run (axes, seed, every final metric of the objective);
@@ -33,7 +33,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, objectives, train, workdir as workdir_lib
+from vae_jax import checkpoint, config as config_lib, data, objectives, training, workdir as workdir_lib
 from vae_jax.group import batched_settings
 
 
@@ -192,7 +192,7 @@ def run_group(study, workdir: Path, i: int, shape: dict, members: list, splits, 
     run_dir.mkdir(parents=True, exist_ok=True)
   log(f"group {i} ({setting_name(shape)}): {len(members)} models in one program ...")
   group_dir = workdir / "groups" / name  # Per-epoch checkpoints while the group trains.
-  _, records = train.train_models(config, splits, overrides, group_dir, run_dirs, log=log)
+  _, records = training.train_models(config, splits, overrides, group_dir, run_dirs, log=log)
   rows = [{**setting, "seed": seed, **{m: model_records[-1][m] for m in
                                        workdir_lib.metric_keys(model_records)}}
           for (setting, seed), model_records in zip(members, records)]

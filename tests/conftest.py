@@ -1,10 +1,15 @@
 """Shared fixtures: small synthetic MNIST-shaped data, so no test needs the full set."""
 
+import contextlib
 import gzip
+import io
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -13,6 +18,23 @@ import pytest
 # on localhost), and no process grabs an accelerator's memory; subprocesses inherit both.
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+
+# One persistent compilation cache for the whole test run, in-process and in every subprocess
+# (set before jax is imported, so both read it): the suite compiles the same small programs in
+# dozens of processes, and a cached CPU executable is the very one a fresh compile gives, so no
+# number moves. Thresholds at zero: CPU programs compile fast and small, and would be skipped.
+# A per-run directory (removed at the end), so no stale entry can outlive a change; a process
+# that imports this file under a test run (a subprocess's `from conftest import ...`) keeps it.
+OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if OWN_COMPILATION_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vae_jax_tests_xla_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if OWN_COMPILATION_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None, compress: bool = False) -> Path:
@@ -80,9 +102,29 @@ def tree_bytes(directory: Path) -> dict[str, bytes]:
 
 
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-  """``python -m vae_jax ARGS`` in a fresh process."""
+  """``python -m vae_jax ARGS`` in a fresh process: for what only a process shows (a kill, a
+  signal, two processes at once, the exit of the interpreter itself)."""
   return subprocess.run([sys.executable, "-m", "vae_jax", *map(str, args)], capture_output=True,
                         text=True, timeout=600, cwd=cwd)
+
+
+class CliResult(NamedTuple):
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+def cli(*args) -> CliResult:
+  """``python -m vae_jax ARGS`` through the same entry point in this process (no interpreter to
+  start, no jax to import, the programs compiled once): for outputs, files and one-line errors."""
+  from vae_jax import __main__ as cli_module
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      status = cli_module.main([str(a) for a in args])
+    except SystemExit as e:  # Whatever the entry point would exit with.
+      status = e.code if isinstance(e.code, int) else 1
+  return CliResult(status, out.getvalue(), err.getvalue())
 
 
 def train_args(workdir, idx_dir, *extra) -> list[str]:
@@ -96,7 +138,7 @@ def train_args(workdir, idx_dir, *extra) -> list[str]:
 def trained_run(tmp_path_factory, session_idx_dir):
   """Workdir of a finished 2-epoch CLI run on the small IDX data (read only)."""
   workdir = tmp_path_factory.mktemp("trained") / "run"
-  result = run_cli(*train_args(workdir, session_idx_dir))
+  result = cli(*train_args(workdir, session_idx_dir))
   assert result.returncode == 0, result.stderr
   return workdir
 

@@ -2,7 +2,8 @@
 offline from IDX files, colour images from 4-dimensional IDX files, bad datasets refused.
 
 The Fashion-MNIST tests read the real files (Debian's dataset-fashion-mnist, which
-.ci/setup installs); under CI=true a missing file is a failure, not a skip.
+.ci/setup installs); under CI=true a missing file is a failure, not a skip. The CLI runs in
+this process (conftest.cli) except where a build is killed.
 """
 
 import io
@@ -14,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import run_cli, synthetic_split, write_idx_dir
+from conftest import cli, synthetic_split, write_idx_dir
 
 from vae_jax import data
 
@@ -49,7 +50,7 @@ def test_missing_fashion_mnist_says_how_to_get_it(monkeypatch, tmp_path):
 
 
 def test_train_on_fashion_mnist_by_name_from_the_cli(fashion_dir, tmp_path):
-  result = run_cli("train", f"--workdir={tmp_path / 'run'}", "--config.data.name=fashion_mnist",
+  result = cli("train", f"--workdir={tmp_path / 'run'}", "--config.data.name=fashion_mnist",
                    "--config.data.train_examples=512", "--config.data.test_examples=128",
                    "--config.optim.num_epochs=1", "--config.run.progress=False")
   assert result.returncode == 0, result.stderr
@@ -59,7 +60,7 @@ def test_train_on_fashion_mnist_by_name_from_the_cli(fashion_dir, tmp_path):
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_prepared_tfds_gives_the_idx_arrays_image_for_image(name, fashion_dir, tmp_path):
   pytest.importorskip("tensorflow_datasets")
-  result = run_cli("prepare", f"--dataset={name}", f"--tfds_dir={tmp_path}")
+  result = cli("prepare", f"--dataset={name}", f"--tfds_dir={tmp_path}")
   assert result.returncode == 0, result.stderr
   assert f"--config.data.source=tfds --config.data.name={name}" in result.stdout
   for split in ("train", "test"):
@@ -98,7 +99,7 @@ prepare.prepare("mnist", {str(tmp_path / 'tfds')!r}, {str(idx_dir)!r})
   assert list((tmp_path / "tfds" / "mnist").glob("incomplete.*"))  # Killed mid-build.
   with pytest.raises(data.DataError, match="TFDS dataset 'mnist' is not prepared"):
     data.load_split("tfds", "train", str(tmp_path / "tfds"), "mnist")
-  result = run_cli("prepare", "--dataset=mnist", f"--from={idx_dir}", f"--tfds_dir={tmp_path / 'tfds'}")
+  result = cli("prepare", "--dataset=mnist", f"--from={idx_dir}", f"--tfds_dir={tmp_path / 'tfds'}")
   assert result.returncode == 0, result.stderr
   for split in ("train", "test"):
     images, labels = data.load_split("tfds", split, str(tmp_path / "tfds"), "mnist")
@@ -113,7 +114,7 @@ prepare.prepare("mnist", {str(tmp_path / 'tfds')!r}, {str(idx_dir)!r})
 def test_a_bad_tfds_dataset_is_one_line_before_anything_is_written(name, message, tmp_path):
   pytest.importorskip("tensorflow_datasets")
   workdir = tmp_path / "run"
-  result = run_cli("train", f"--workdir={workdir}", "--config.data.source=tfds",
+  result = cli("train", f"--workdir={workdir}", "--config.data.source=tfds",
                    f"--config.data.name={name}", f"--config.data.dir={tmp_path / 'tfds'}")
   assert result.returncode == 2
   assert result.stderr.startswith("vae_jax: error: ") and message in result.stderr
@@ -121,10 +122,10 @@ def test_a_bad_tfds_dataset_is_one_line_before_anything_is_written(name, message
 
 
 def test_prepare_refuses_what_it_cannot_build_offline(tmp_path):
-  result = run_cli("prepare", "--dataset=cifar10", f"--tfds_dir={tmp_path}")
+  result = cli("prepare", "--dataset=cifar10", f"--tfds_dir={tmp_path}")
   assert result.returncode == 2
   assert "built here from IDX files only for mnist, fashion_mnist; pass --download" in result.stderr
-  result = run_cli("prepare", "--dataset=fashion_mnist", f"--from={tmp_path}", f"--tfds_dir={tmp_path}")
+  result = cli("prepare", "--dataset=fashion_mnist", f"--from={tmp_path}", f"--tfds_dir={tmp_path}")
   assert result.returncode == 2 and "missing t10k-images-idx3-ubyte[.gz]" in result.stderr
 
 
@@ -137,7 +138,7 @@ def test_colour_idx_files_train_the_conv_model_with_colour_images(tmp_path):
   x, _ = data.load_split("idx", "train", str(idx_dir))
   np.testing.assert_array_equal(x, splits["train"][0])  # Stored with 4 dimensions, read back.
   workdir = tmp_path / "run"
-  result = run_cli("train", f"--workdir={workdir}", "--config.data.source=idx",
+  result = cli("train", f"--workdir={workdir}", "--config.data.source=idx",
                    f"--config.data.dir={idx_dir}", "--config.model.name=conv",
                    "--config.optim.batch_size=32", "--config.optim.num_epochs=1",
                    "--config.run.progress=False")
@@ -163,7 +164,7 @@ def test_studies_and_experiments_take_the_dataset(fashion_dir, tmp_path):
       "  return sweep.make_study(name='tiny', question='?', axes={'objective.beta': [1.0, 2.0]},\n"
       "                          seeds=1, base={'optim.num_epochs': 1, 'data.train_examples': 256,\n"
       "                                         'data.test_examples': 64})\n")
-  result = run_cli("sweep", f"--config={study}", f"--workdir={tmp_path / 'sweep'}",
+  result = cli("sweep", f"--config={study}", f"--workdir={tmp_path / 'sweep'}",
                    "--dataset=fashion_mnist")
   assert result.returncode == 0, result.stderr
   import json

@@ -12,7 +12,7 @@ from scipy import special, stats
 
 from vae_jax import evaluate, losses, objectives
 
-from conftest import make_model, run_cli
+from conftest import cli, make_model
 
 D, L = 12, 3  # A small model: fast, and the estimator's statistics show within seconds.
 
@@ -178,7 +178,7 @@ def test_latent_diagnostics_active_units_and_kl_per_dim():
 
 
 def test_likelihood_command_reports_nll_elbo_gap_and_warns(trained_run):
-  result = run_cli("likelihood", f"--workdir={trained_run}", "--num_samples=20", "--num=30")
+  result = cli("likelihood", f"--workdir={trained_run}", "--num_samples=20", "--num=30")
   assert result.returncode == 0, result.stderr
   report = json.loads(result.stdout)
   assert report["examples"] == 30 and report["num_samples"] == 20

@@ -1,6 +1,7 @@
 """Using a trained run from the command line, and bad input as a new user would try it.
 
-Every failure is one line on stderr, a non-zero exit, and no change to existing files.
+Every failure is one line on stderr, a non-zero exit, and no change to existing files. The
+CLI's entry point runs in this process (conftest.cli): the files and lines are what matter.
 """
 
 import json
@@ -11,14 +12,14 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-from conftest import run_cli, train_args, tree_bytes, write_idx
+from conftest import cli, train_args, tree_bytes, write_idx
 from PIL import Image
 
 from vae_jax import inference, training
 
 
 def test_evaluate_reproduces_the_recorded_test_loss(trained_run):
-  result = run_cli("evaluate", f"--workdir={trained_run}")
+  result = cli("evaluate", f"--workdir={trained_run}")
   assert result.returncode == 0, result.stderr
   out = json.loads(result.stdout.strip().splitlines()[-1])
   recorded = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
@@ -34,7 +35,7 @@ def test_evaluate_reproduces_the_recorded_test_loss(trained_run):
 
 def test_encode_writes_means_logvars_and_labels(trained_run, small_splits, tmp_path):
   out = tmp_path / "latents.npz"
-  result = run_cli("encode", f"--workdir={trained_run}", "--split=test", f"--out={out}")
+  result = cli("encode", f"--workdir={trained_run}", "--split=test", f"--out={out}")
   assert result.returncode == 0, result.stderr
   latents = np.load(out)
   images, labels = small_splits["test"]
@@ -53,7 +54,7 @@ def test_encode_writes_means_logvars_and_labels(trained_run, small_splits, tmp_p
 
 def test_sample_writes_a_grid_determined_by_the_seed(trained_run, tmp_path):
   out = tmp_path / "cli.png"
-  result = run_cli("sample", f"--workdir={trained_run}", f"--out={out}")
+  result = cli("sample", f"--workdir={trained_run}", f"--out={out}")
   assert result.returncode == 0, result.stderr
   assert Image.open(out).size == (242, 242)  # 8 x 8 tiles of 28 + 2 padding.
   paths = {name: inference.sample(trained_run, tmp_path / f"{name}.png", num=16, seed=seed)
@@ -65,7 +66,7 @@ def test_sample_writes_a_grid_determined_by_the_seed(trained_run, tmp_path):
 
 def test_reconstruct_shows_originals_over_reconstructions(trained_run, small_splits, tmp_path):
   out = tmp_path / "recon.png"
-  result = run_cli("reconstruct", f"--workdir={trained_run}", "--num=8", f"--out={out}",
+  result = cli("reconstruct", f"--workdir={trained_run}", "--num=8", f"--out={out}",
                    "--checkpoint=best")
   assert result.returncode == 0, result.stderr
   grid = np.asarray(Image.open(out).convert("L"))
@@ -89,12 +90,12 @@ def one_line_failure(result, status=2):
     ("reconstruct", ["--out=r.png", "--num=0"], "--num 0: expected 1 to 100"),
 ])
 def test_bad_use_arguments_are_one_line(trained_run, command, args, message):
-  assert message in one_line_failure(run_cli(command, f"--workdir={trained_run}", *args))
+  assert message in one_line_failure(cli(command, f"--workdir={trained_run}", *args))
 
 
 def test_workdir_without_checkpoints_is_refused(tmp_path):
-  assert "no checkpoint in" in one_line_failure(run_cli("evaluate", f"--workdir={tmp_path}"))
-  assert "not a directory" in one_line_failure(run_cli("evaluate", f"--workdir={tmp_path / 'no'}"))
+  assert "no checkpoint in" in one_line_failure(cli("evaluate", f"--workdir={tmp_path}"))
+  assert "not a directory" in one_line_failure(cli("evaluate", f"--workdir={tmp_path / 'no'}"))
 
 
 @pytest.mark.parametrize("command", ["evaluate", "train"])
@@ -108,7 +109,7 @@ def test_corrupted_checkpoint_is_one_line_and_changes_nothing(trained_run, sessi
   before = tree_bytes(workdir)
   args = train_args(workdir, session_idx_dir, "--config.optim.num_epochs=3") if command == "train" else [
       command, f"--workdir={workdir}"]
-  line = one_line_failure(run_cli(*args))
+  line = one_line_failure(cli(*args))
   assert "checkpoints/2: file state/d/" in line and "truncated or corrupted" in line
   assert tree_bytes(workdir) == before
 
@@ -131,7 +132,7 @@ def test_read_only_workdir_is_refused_untouched(trained_run, session_idx_dir, tm
       pytest.skip("root without chattr support: no way to make a read-only directory here")
     workdir.chmod(0o555)
   try:
-    line = one_line_failure(run_cli(*train_args(workdir, session_idx_dir, "--config.optim.num_epochs=3")))
+    line = one_line_failure(cli(*train_args(workdir, session_idx_dir, "--config.optim.num_epochs=3")))
   finally:
     _immutable(workdir, False)
     workdir.chmod(0o755)
@@ -153,13 +154,13 @@ def test_damaged_data_directory_is_one_line(idx_dir, small_splits, tmp_path, dam
   else:
     write_idx(labels, small_splits["test"][0], compress=True)  # Images where labels belong.
   before = tree_bytes(idx_dir)
-  line = one_line_failure(run_cli(*train_args(tmp_path / "run", idx_dir)))
+  line = one_line_failure(cli(*train_args(tmp_path / "run", idx_dir)))
   assert message in line
   assert not (tmp_path / "run").exists() and tree_bytes(idx_dir) == before
 
 
 def test_nan_is_one_line_with_exit_1(session_idx_dir, tmp_path):
-  line = one_line_failure(run_cli(*train_args(tmp_path / "run", session_idx_dir,
+  line = one_line_failure(cli(*train_args(tmp_path / "run", session_idx_dir,
                                               "--config.optim.learning_rate=1e30")), status=1)
   assert "epoch 1, step" in line and "last good checkpoint: none yet" in line
   assert "--config.run.debug_nans=True" in line

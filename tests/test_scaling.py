@@ -114,18 +114,21 @@ def test_a_cluster_jax_knows_gets_the_no_argument_initialize(monkeypatch):
 
 
 def test_an_accelerator_run_caches_its_executables_for_resume(monkeypatch, tmp_path):
-  assert parallel.configure_compilation_cache({}) is None  # The CPU: nothing cached.
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert parallel.configure_compilation_cache({"VAE_JAX_COMPILATION_CACHE": "off"}) is None
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  suite_cache = {name: getattr(jax.config, name) for name in names}  # conftest's: restored below.
+  jax.config.update("jax_compilation_cache_dir", None)
   try:
+    assert parallel.configure_compilation_cache({}) is None  # The CPU: nothing cached.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert parallel.configure_compilation_cache({"VAE_JAX_COMPILATION_CACHE": "off"}) is None
     where = parallel.configure_compilation_cache({"VAE_JAX_COMPILATION_CACHE": str(tmp_path)})
     assert where == str(tmp_path) == jax.config.jax_compilation_cache_dir
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
     assert parallel.describe_backend("highest")["compilation_cache"] == str(tmp_path)
   finally:
-    jax.config.update("jax_compilation_cache_dir", None)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    for name, value in suite_cache.items():
+      jax.config.update(name, value)
 
 
 def test_workdir_paths_go_through_epath(tmp_path):

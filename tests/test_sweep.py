@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import cli
 
 from vae_jax import sweep
 
@@ -103,5 +103,5 @@ def test_tiny_sweep_writes_runs_table_plots_and_resumes(tmp_path, small_splits):
 
 
 def test_sweep_command_refuses_a_config_without_axes(tmp_path):
-  result = run_cli("sweep", f"--workdir={tmp_path / 's'}")
+  result = cli("sweep", f"--workdir={tmp_path / 's'}")
   assert result.returncode == 2 and "default.py: missing key 'name'" in result.stderr

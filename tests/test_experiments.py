@@ -1,14 +1,19 @@
 """The experiments are a package: each module starts, parses its flags and documents itself.
 
 Their full runs need the whole of MNIST and minutes each (README, Results); here each is
-started with --help as ``python -m experiments.<name>``, which imports jax and vae_jax.
+started with --help as ``python -m experiments.<name>`` does it (runpy, in this process: the
+module runs as __main__, imports jax and vae_jax, parses its flags and exits).
 """
 
+import contextlib
+import io
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import CliResult
 
 ROOT = Path(__file__).parent.parent
 
@@ -18,9 +23,24 @@ def run_module(name: str, *args: str) -> subprocess.CompletedProcess:
                         text=True, timeout=600, cwd=ROOT)
 
 
+def run_module_here(name: str, *args: str) -> CliResult:
+  """``python -m experiments.NAME ARGS`` in this process: (exit status, stdout, stderr)."""
+  out, err, argv = io.StringIO(), io.StringIO(), sys.argv
+  sys.argv = [f"experiments/{name}.py", *args]
+  status = 0
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      runpy.run_module(f"experiments.{name}", run_name="__main__", alter_sys=True)
+  except SystemExit as e:
+    status = e.code if isinstance(e.code, int) else 1
+  finally:
+    sys.argv = argv
+  return CliResult(status, out.getvalue(), err.getvalue())
+
+
 @pytest.mark.parametrize("script", ["likelihood", "dimensionality", "denoising", "anomaly", "generation", "fashion"])
 def test_application_script_starts_and_documents_its_command(script):
-  result = run_module(script, "--help")
+  result = run_module_here(script, "--help")
   assert result.returncode == 0, result.stderr
   assert "--workdir" in result.stdout and "--epochs" in result.stdout
   doc = (ROOT / "experiments" / f"{script}.py").read_text().split('"""')[1]

@@ -52,19 +52,22 @@ def test_epoch_sees_every_example_once_including_the_partial_batch(small_config,
 
 def test_scanned_epoch_equals_python_loop_of_train_steps(small_config, small_splits):
   programs, states, keys = _programs(small_config, small_splits)
-  state0, keys0 = group_lib.unstack(states), group_lib.unstack(keys)
-  scanned, sums = programs.train_epoch(states, keys, 1)
-
-  # The same epoch written out by hand: permutation, three batches (the last of 44), steps.
-  perm = np.asarray(jax.random.permutation(jax.random.fold_in(keys0["shuffle"], 1), 300))
+  state, keys0 = group_lib.unstack(states), group_lib.unstack(keys)
   one_step = jax.jit(_step_fn(small_config))
-  state, total, x = state0, 0.0, jnp.asarray(small_splits["train"][0])
-  for idx in (perm[:128], perm[128:256], perm[256:]):
-    state, metrics = one_step(state, x[idx], keys0["noise"], _hparams())
-    total += float(metrics["loss"])
-  assert int(state.step) == int(scanned.step[0]) == 3
-  chex.assert_trees_all_close(group_lib.unstack(scanned.params), state.params, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(float(sums["loss"][0]), total, rtol=1e-5)
+  x = jnp.asarray(small_splits["train"][0])
+  scanned = states
+  for epoch in (1, 2):  # Epoch 2 too: each epoch shuffles with its own fold_in(shuffle, epoch).
+    scanned, sums = programs.train_epoch(scanned, keys, epoch)
+    # The same epoch written out by hand: permutation, three batches (the last of 44), steps.
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(keys0["shuffle"], epoch), 300))
+    total = 0.0
+    for idx in (perm[:128], perm[128:256], perm[256:]):
+      state, metrics = one_step(state, x[idx], keys0["noise"], _hparams())
+      total += float(metrics["loss"])
+    assert int(state.step) == int(scanned.step[0]) == 3 * epoch
+    chex.assert_trees_all_close(group_lib.unstack(scanned.params), state.params, rtol=1e-5,
+                                atol=1e-6)
+    np.testing.assert_allclose(float(sums["loss"][0]), total, rtol=1e-5)
 
 
 def test_an_epoch_in_chunks_is_bit_identical_to_one_program(small_config, small_splits):

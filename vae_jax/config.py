@@ -239,8 +239,8 @@ def with_kernels(flat: dict[str, Any]) -> dict[str, Any]:
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """'key: saved -> current' for each dotted key that differs and changes the numbers."""
-  current = flatten(current)
-  saved = {**{k: v for k, v in ADDED.items() if k in current}, **flatten(saved)}
+  current = with_kernels(flatten(current))  # 'auto' kernels compare as the path they resolve to.
+  saved = with_kernels({**{k: v for k, v in ADDED.items() if k in current}, **flatten(saved)})
   missing = object()
   keys = sorted((saved.keys() | current.keys()) - set(RESUMABLE))
   return [f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}".replace(

@@ -7,9 +7,10 @@ started backend does not run. Other kernels sum floats in another order: the pat
 recorded in the run's checkpoints and a run resumes only on the path it was saved with.
 
 'auto' chooses by the CPU: on the CPUs measured (experiments/cpu_kernels.py,
-docs/performance-cpu.md) XLA's own kernels gave the fastest whole compiled epoch even where
-XNNPACK or oneDNN win a matmul timed alone, so auto picks 'xla' there; XLA_FLAGS that already
-ask for a path are followed.
+docs/performance-cpu.md) XLA's own kernels had the smallest per-step sum of the three paths
+(and, on an idle Intel Xeon, the fastest whole epoch), so auto picks 'xla' there; XLA_FLAGS
+that already ask for a path are followed. On a machine shared by many processes XNNPACK's
+whole epoch at batch 20 was faster: set the path explicitly there.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from vae_jax.registry import ConfigError
 CHOICES = ("auto", "xla", "xnnpack", "onednn")
 FLAGS = {"xnnpack": "--xla_cpu_use_xnnpack=true",
          "onednn": "--xla_cpu_experimental_onednn_custom_call=true"}
-# Whole compiled epoch (reference and Burda cells) per CPU vendor, fastest path measured.
+# The path auto picks per CPU vendor: the smallest per-step matmul sum measured there.
 MEASURED = {"AuthenticAMD": "xla", "GenuineIntel": "xla"}
 
 
@@ -59,8 +60,8 @@ def resolve(setting: str, xla_flags: str | None = None, info: dict | None = None
   info = cpu_info() if info is None else info
   cpu = info["model"] or "this CPU"
   if info["vendor"] in MEASURED:
-    return MEASURED[info["vendor"]], (f"auto: {cpu} ({info['vendor']}); XLA's own kernels gave the "
-                                      "fastest whole epoch measured on this vendor's CPUs")
+    return MEASURED[info["vendor"]], (f"auto: {cpu} ({info['vendor']}); the fastest XLA path per "
+                                      "matmul on this vendor's CPUs measured, docs/performance-cpu.md")
   return "xla", f"auto: {cpu} not measured; XLA's own kernels (experiments/cpu_kernels.py measures)"
 
 

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
       return 0
     if command in ("train", "sweep"):  # XLA_FLAGS for the CPU's kernels, before the backend starts.
       from vae_jax import config as config_lib, cpu_kernels
-      run = (config_lib.flatten(config.base) if command == "sweep" else config_lib.flatten(config))
+      run = config_lib.flatten(config.get("base") or {} if command == "sweep" else config)
       cpu_kernels.configure(run.get("run.cpu_kernels", "auto"))
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     parallel.configure_compilation_cache()

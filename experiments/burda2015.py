@@ -12,7 +12,10 @@ columns. Each cell is a resumable run (``<workdir>/<cell>/``) of vae_jax/configs
 trained stage by stage: after stage i (epoch (3**(i+1) - 1) / 2) its test NLL is estimated on
 the first --stage-examples test images (``stage<i>_nll_<K>_<N>.json``), and after the last
 stage on --test-examples images (0: all 10,000), K = --num-samples (5000) importance samples,
-the test set binarized once with key(0). A killed run continues with the same command.
+the test set binarized once with key(0). A killed run continues with the same command. ``--keep-in DIR`` (a directory in the repo)
+survives a new machine: after each stage the run's stage-end checkpoint, metrics and NLL
+estimates are copied to DIR/<cell>/ (replacing the stage before's), and a workdir without
+checkpoints starts from what DIR holds, so the same command continues from a fresh clone.
 Writes burda2015.md / burda2015.json in the workdir: the paper's NLL beside ours, the gap,
 the schedule, wall time and active units per stochastic layer.
 
@@ -25,11 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 from experiments import common, machine as machine_lib
-from vae_jax import config as config_lib, data, training
+from vae_jax import checkpoint, config as config_lib, data, training
 from vae_jax.configs import iwae_1layer, iwae_2layer
 
 # Burda et al. (2015), Table 1, MNIST test NLL (nats), 3,280 epochs: (layers, objective, k).
@@ -74,10 +78,37 @@ def estimate(run_dir: Path, epoch: int, num_samples: int, examples: int) -> dict
                            num_samples, examples, which=str(epoch))
 
 
+def restore_kept(keep_dir: Path, run_dir: Path) -> None:
+  """A run directory without checkpoints starts from the one kept in keep_dir (a fresh clone)."""
+  kept = keep_dir / run_dir.name
+  if (kept / checkpoint.SUBDIR).is_dir() and not checkpoint.has_checkpoints(run_dir):
+    print(f"  {run_dir.name}: starting from the checkpoint kept in {kept}", flush=True)
+    shutil.copytree(kept, run_dir, dirs_exist_ok=True)
+
+
+def keep_stage(run_dir: Path, keep_dir: Path, epoch: int) -> None:
+  """Copies the checkpoint of epoch (a stage's end), metrics.jsonl, config.json and the NLL
+  estimates to keep_dir/<cell>/, replacing what was kept before (written whole, then renamed)."""
+  source = run_dir / checkpoint.SUBDIR / str(epoch)
+  if not source.is_dir():  # A later epoch's checkpoints replaced it: the kept one stays.
+    return
+  dest = keep_dir / run_dir.name
+  tmp = dest.with_name(dest.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(source, tmp / checkpoint.SUBDIR / str(epoch))
+  for path in [run_dir / "metrics.jsonl", run_dir / "config.json", *run_dir.glob("epoch*_nll_*.json")]:
+    if path.exists():
+      shutil.copy2(path, tmp / path.name)
+  shutil.rmtree(dest, ignore_errors=True)
+  tmp.rename(dest)
+
+
 def run_cell(args, cell, splits, stage: int) -> dict:
   """Trains a cell to the end of stage (resuming) and estimates its NLL there: on the first
   --stage-examples test images after every stage, and on --test-examples after the last."""
   run_dir = args.workdir / cell_name(cell)
+  if args.keep_in:
+    restore_kept(args.keep_in, run_dir)
   config = cell_config(cell, args)
   config.optim.num_epochs = stage_end(stage)  # Resumable: the schedule follows the step.
   _, records = training.train_and_evaluate(config, run_dir, splits)
@@ -87,6 +118,8 @@ def run_cell(args, cell, splits, stage: int) -> dict:
     print(f"  {cell_name(cell)} stage {stage} (epoch {stage_end(stage)}): test NLL "
           f"{out['test_nll']:.2f} on {out['examples']} images, train "
           f"{sum(r['train_seconds'] for r in records):.0f} s", flush=True)
+  if args.keep_in:
+    keep_stage(run_dir, args.keep_in, stage_end(stage))
   return out
 
 
@@ -196,6 +229,8 @@ def main() -> int:
   parser.add_argument("--test-examples", type=int, default=0, help="final NLL's test images (0: all)")
   parser.add_argument("--stage-examples", type=int, default=1000, help="earlier stages' test images")
   parser.add_argument("--train-examples", type=int, default=0, help="0: the whole training split")
+  parser.add_argument("--keep-in", type=Path, default=None,
+                      help="keep each stage's checkpoint here (in the repo), start from it on a new machine")
   parser.add_argument("--time", action="store_true", help="measure s/epoch of each cell instead")
   parser.add_argument("--report", action="store_true",
                       help="write the table from the estimates already made; train nothing")

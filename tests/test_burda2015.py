@@ -4,6 +4,7 @@ float64 numpy computations; the estimator's bound on a trained model; the table'
 
 import argparse
 import json
+import shutil
 import sys
 
 import chex
@@ -212,7 +213,7 @@ def test_table_script_trains_evaluates_and_reuses_its_cells(tmp_path, monkeypatc
   from experiments import burda2015
   argv = ["burda2015", "--workdir", str(tmp_path), "--stages", "2", "--cells", "2:iwae:5",
           "--train-examples", "60", "--num-samples", "20", "--test-examples", "20",
-          "--stage-examples", "20"]
+          "--stage-examples", "20", "--keep-in", str(tmp_path / "kept")]
   monkeypatch.setattr(sys, "argv", argv)
   assert burda2015.main() == 0
   results = json.loads((tmp_path / "burda2015.json").read_text())
@@ -223,6 +224,14 @@ def test_table_script_trains_evaluates_and_reuses_its_cells(tmp_path, monkeypatc
   metrics = (tmp_path / "2layer_iwae_k5" / "metrics.jsonl").read_text()
   assert [json.loads(line)["epoch"] for line in metrics.splitlines()] == [1, 2, 3, 4]
   assert burda2015.main() == 0  # Again: every stage found trained and estimated.
+  assert (tmp_path / "2layer_iwae_k5" / "metrics.jsonl").read_text() == metrics  # Nothing retrained.
+  assert json.loads((tmp_path / "burda2015.json").read_text())["cells"] == results["cells"]
+  # The last stage's checkpoint and estimates are kept; a new machine's workdir starts from them.
+  kept = tmp_path / "kept" / "2layer_iwae_k5"
+  assert [p.name for p in (kept / "checkpoints").iterdir()] == ["4"]
+  assert (kept / "epoch4_nll_20_20.json").exists() and (kept / "metrics.jsonl").read_text() == metrics
+  shutil.rmtree(tmp_path / "2layer_iwae_k5")
+  assert burda2015.main() == 0
   assert (tmp_path / "2layer_iwae_k5" / "metrics.jsonl").read_text() == metrics  # Nothing retrained.
   assert json.loads((tmp_path / "burda2015.json").read_text())["cells"] == results["cells"]
 

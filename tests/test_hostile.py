@@ -140,6 +140,7 @@ CONFIG_CASES = {
     "keep no checkpoint": (["--config.run.keep_checkpoints=0"], "config.run.keep_checkpoints=0"),
     "zero progress chunks": (["--config.run.progress_chunks=0"], "config.run.progress_chunks=0"),
     "unknown matmul precision": (["--config.run.matmul_precision=fast"], "config.run.matmul_precision='fast'"),
+    "unknown cpu kernels": (["--config.run.cpu_kernels=mkl"], "config.run.cpu_kernels='mkl'"),
     "unknown source": (["--config.data.source=web"], "config.data.source='web'"),
     "negative example count": (["--config.data.train_examples=-1"], "config.data.train_examples=-1"),
     "a model that cannot fit in memory": (["--config.model.latent_dim=1000000000"], "GiB, more than"),

@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
       print(f"Prepared {f.dataset} in {where}; train on it with --config.data.source=tfds "
             f"--config.data.name={f.dataset} --config.data.dir={tfds_dir}")
       return 0
+    if command in ("train", "sweep"):  # XLA_FLAGS for the CPU's kernels, before the backend starts.
+      from vae_jax import config as config_lib, cpu_kernels
+      run = config_lib.flatten(config.get("base") or {} if command == "sweep" else config)
+      cpu_kernels.configure(run.get("run.cpu_kernels", "auto"))
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     parallel.configure_compilation_cache()
     if command == "train":

@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from vae_jax import cpu_kernels
 from vae_jax.registry import ConfigError, check_type
 
 SOURCES = ("bundled", "idx", "tfds")
@@ -25,7 +26,7 @@ LR_SCHEDULES = ("constant", "staged")
 # that lacks one still matches, and a sweep's group hash leaves them out at that value.
 ADDED = {"optim.lr_schedule": "constant", "optim.lr_stage_growth": 3,
          "optim.lr_stage_decay": 10 ** (-1 / 7), "model.activation": "relu",
-         "model.std_head": "logvar", "model.output_bias": "init"}
+         "model.std_head": "logvar", "model.output_bias": "init", "run.cpu_kernels": "xla"}
 
 
 def _section(cls, config_section, name: str):
@@ -130,6 +131,9 @@ class Run:
   # tests, evaluation); 'default' lets a GPU use TF32 and a TPU one bfloat16 pass. It changes
   # the numbers on those devices, so a run resumes only with the precision it was saved with.
   matmul_precision: str = "highest"
+  # The CPU's matmul kernels (vae_jax/cpu_kernels.py): 'auto', 'xla', 'xnnpack', 'onednn'. A
+  # checkpoint records the path 'auto' resolved to; a run resumes only on that path.
+  cpu_kernels: str = "auto"
   # A checkpoint after every N-th epoch (0: not by count), and after any epoch that ends S
   # seconds or more after the last one (0: not by time); always after the last epoch and
   # before a stop asked for by a signal. async_checkpoints: written by a background thread
@@ -146,6 +150,8 @@ class Run:
              "an integer >= 1")
     _require(self.matmul_precision in PRECISIONS, "run.matmul_precision", self.matmul_precision,
              f"one of {', '.join(PRECISIONS)}")
+    _require(self.cpu_kernels in cpu_kernels.CHOICES, "run.cpu_kernels", self.cpu_kernels,
+             f"one of {', '.join(cpu_kernels.CHOICES)}")
     _require(1 <= self.progress_chunks < 2**31, "run.progress_chunks", self.progress_chunks,
              "an integer in [1, 2**31)")
     _require(0 <= self.num_devices < 2**31, "run.num_devices", self.num_devices, "0 (all) or a count")
@@ -161,7 +167,8 @@ class Run:
 
 # Keys that may change when a run resumes: they do not change its numbers.
 RESUMABLE = ("optim.num_epochs", "data.dir",
-             *(f"run.{f.name}" for f in dataclasses.fields(Run) if f.name != "matmul_precision"))
+             *(f"run.{f.name}" for f in dataclasses.fields(Run)
+               if f.name not in ("matmul_precision", "cpu_kernels")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,10 +229,18 @@ def effective(config) -> dict[str, Any]:
   return flat
 
 
+def with_kernels(flat: dict[str, Any]) -> dict[str, Any]:
+  """The dotted keys with run.cpu_kernels as the path it resolves to here ('auto' -> 'xla'...):
+  what a checkpoint records and a resume or a sweep group compares."""
+  if "run.cpu_kernels" not in flat:
+    return flat
+  return {**flat, "run.cpu_kernels": cpu_kernels.resolve(flat["run.cpu_kernels"])[0]}
+
+
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """'key: saved -> current' for each dotted key that differs and changes the numbers."""
-  current = flatten(current)
-  saved = {**{k: v for k, v in ADDED.items() if k in current}, **flatten(saved)}
+  current = with_kernels(flatten(current))  # 'auto' kernels compare as the path they resolve to.
+  saved = with_kernels({**{k: v for k, v in ADDED.items() if k in current}, **flatten(saved)})
   missing = object()
   keys = sorted((saved.keys() | current.keys()) - set(RESUMABLE))
   return [f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}".replace(

@@ -118,7 +118,7 @@ def groups(study) -> list[tuple[dict[str, Any], list[tuple[dict[str, Any], int]]
 
 def group_hash(study, shape: dict[str, Any], members) -> str:
   """A name for a group from everything that decides its numbers (not its position)."""
-  config = {k: v for k, v in config_lib.effective(setting_config(study, shape)).items()
+  config = {k: v for k, v in config_lib.with_kernels(config_lib.effective(setting_config(study, shape))).items()
             if k not in config_lib.RESUMABLE  # What does not change the numbers does not count,
             and not (k in config_lib.ADDED and v == config_lib.ADDED[k])}  # nor a later key's old value.
   spec = {"config": config, "models": [[setting, seed] for setting, seed in members]}

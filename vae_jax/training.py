@@ -18,8 +18,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from vae_jax import (__version__, checkpoint, config as config_lib, data, distributed, images,
-                     interrupt,
+from vae_jax import (__version__, checkpoint, config as config_lib, cpu_kernels, data, distributed,
+                     images, interrupt,
                      summaries, workdir as workdir_lib)
 from vae_jax import group as group_lib
 from vae_jax.epoch import Programs
@@ -61,14 +61,19 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   settings, num_models = group.settings, group.num_models
   primary = distributed.is_primary()
   fingerprint = checkpoint.data_fingerprint(splits)
+  kernels, why = cpu_kernels.configure(settings.run.cpu_kernels)  # Before the backend starts.
   backend = describe_backend(settings.run.matmul_precision)
-  meta_base = {"config": config_lib.effective(config), "models": group.overrides,
+  # The checkpoint records the kernel path, not 'auto': a resume compares what computed.
+  meta_base = {"config": {**config_lib.effective(config), "run.cpu_kernels": kernels},
+               "models": group.overrides,
                "data": fingerprint, "versions": {"jax": jax.__version__, "vae_jax": __version__},
                "backend": backend}
   if primary:
     log(f"Backend: {backend['backend']} ({backend['device_kind']} x {backend['devices']}), jax "
         f"{backend['jax']}, matmul precision {backend['matmul_precision']}"
         + (f", XLA_FLAGS={backend['xla_flags']}" if backend["xla_flags"] else ""))
+    if backend["backend"] == "cpu":
+      log(f"CPU kernels: {kernels} ({why})")
   # 1. Fresh states and keys from the seeds: where a new run starts, and the layout a
   #    checkpoint is restored into.
   states, keys = group_lib.create_states(group)

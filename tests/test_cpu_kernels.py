@@ -1,0 +1,95 @@
+"""config.run.cpu_kernels: resolved before the backend starts, recorded, checked on resume."""
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from vae_jax import checkpoint, config as config_lib, cpu_kernels, training
+from vae_jax.registry import ConfigError
+
+AMD = {"vendor": "AuthenticAMD", "model": "AMD EPYC", "flags": "avx2 avx512f"}
+
+
+def one_epoch_config(**run):
+  from vae_jax.configs import default
+  config = default.get_config()
+  config.optim.num_epochs = 1
+  config.run.update(progress=False, save_images=False, tensorboard=False, **run)
+  return config
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory, small_splits):
+  """(workdir, log lines) of a 1-epoch run with run.cpu_kernels = 'auto' (the default)."""
+  workdir, out = tmp_path_factory.mktemp("kernels") / "run", io.StringIO()
+  with contextlib.redirect_stdout(out):
+    training.train_and_evaluate(one_epoch_config(), workdir, small_splits)
+  return workdir, out.getvalue().splitlines()
+
+
+def test_auto_says_what_it_chose_at_start_up(auto_run):
+  _, lines = auto_run
+  chosen, why = cpu_kernels.resolve("auto")
+  (line,) = [l for l in lines if l.startswith("CPU kernels:")]
+  assert line == f"CPU kernels: {chosen} ({why})" and why.startswith("auto:")
+
+
+def test_auto_chooses_by_cpu_and_follows_xla_flags():
+  assert cpu_kernels.resolve("auto", "", AMD) == ("xla", cpu_kernels.resolve("auto", "", AMD)[1])
+  assert "AMD EPYC" in cpu_kernels.resolve("auto", "", AMD)[1]
+  unknown = {"vendor": "SomeVendor", "model": "X1", "flags": ""}
+  assert cpu_kernels.resolve("auto", "", unknown)[0] == "xla"
+  assert "not measured" in cpu_kernels.resolve("auto", "", unknown)[1]
+  assert cpu_kernels.resolve("auto", "--xla_cpu_use_xnnpack=true", AMD)[0] == "xnnpack"
+  assert cpu_kernels.resolve("onednn", "", AMD)[0] == "onednn"
+
+
+def test_the_resolved_path_is_recorded_in_the_checkpoint(auto_run):
+  workdir, _ = auto_run
+  _, _, _, meta = training.restore_run(workdir)
+  assert meta["config"]["run.cpu_kernels"] == cpu_kernels.resolve("auto")[0]
+  # config.json keeps what the user asked for.
+  assert json.loads((workdir / "config.json").read_text())["run"]["cpu_kernels"] == "auto"
+
+
+def test_resume_on_other_kernels_is_refused_in_one_line(auto_run, tmp_path, small_splits, monkeypatch):
+  import shutil
+  workdir = tmp_path / "run"
+  shutil.copytree(auto_run[0], workdir)
+  # The flag in XLA_FLAGS as a process started with it would have it (this backend is running).
+  monkeypatch.setenv("XLA_FLAGS", cpu_kernels.FLAGS["xnnpack"])
+  config = one_epoch_config(cpu_kernels="xnnpack")
+  config.optim.num_epochs = 2
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    training.train_and_evaluate(config, workdir, small_splits)
+  assert "\n" not in str(e.value) and "run.cpu_kernels: 'xla' -> 'xnnpack'" in str(e.value)
+
+
+def test_runs_saved_before_the_setting_resume_on_xla_only():
+  assert config_lib.differences({}, {"run.cpu_kernels": "xla"}) == []
+  assert config_lib.differences({}, {"run.cpu_kernels": "onednn"}) == [
+      "run.cpu_kernels: 'xla' -> 'onednn'"]
+
+
+def test_configure_sets_the_flag_before_the_backend_starts(monkeypatch):
+  monkeypatch.setattr(cpu_kernels, "backend_started", lambda: False)
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  assert cpu_kernels.configure("onednn", env)[0] == "onednn"
+  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
+                                      cpu_kernels.FLAGS["onednn"]]
+
+
+def test_configure_refuses_kernels_the_started_backend_does_not_run(monkeypatch):
+  monkeypatch.setattr(cpu_kernels, "backend_started", lambda: True)
+  with pytest.raises(ConfigError, match=r"config.run.cpu_kernels='xnnpack' .* already started"):
+    cpu_kernels.configure("xnnpack", {})
+  with pytest.raises(ConfigError, match=r"XLA_FLAGS=.* asks for onednn"):
+    cpu_kernels.configure("xla", {"XLA_FLAGS": cpu_kernels.FLAGS["onednn"]})
+
+
+def test_unknown_kernels_are_refused():
+  config = one_epoch_config(cpu_kernels="mkl")
+  with pytest.raises(ConfigError, match="config.run.cpu_kernels='mkl': expected one of auto, xla"):
+    config_lib.parse(config)

@@ -17,7 +17,8 @@ protocol (dynamically binarized training, Bernoulli decoder, test binarized once
 
 Outputs in --workdir: anomaly.md (per-class table, mean +- std over seeds, seconds per row),
 anomaly.json, anomaly.png (AUROC heat map); per class class_<c>/vae.json and baselines.json
-(AUROCs and seconds: a rerun resumes there) and the trained runs.
+(AUROCs and seconds: a rerun resumes there) and the trained runs; with --baselines-only,
+baselines.md / .json / .png instead.
 """
 
 from __future__ import annotations
@@ -68,20 +69,22 @@ def vae_result(args, c: int, held_in, x_test, anomalous, likelihood) -> dict:
   overrides = {"data.binarize": args.binarize, "objective.likelihood": likelihood.likelihood,
                "objective.gaussian_sigma": likelihood.gaussian_sigma}
   states, train_s = train_group(args, args.workdir / f"class_{c}", held_in, overrides)
-  background_train = anomaly.perturb(held_in["train"][0], jax.random.fold_in(
-      jax.random.key(BACKGROUND_SEED), c), args.background_rate)
-  backgrounds, background_s = train_group(
-      args, args.workdir / f"class_{c}_background",
-      {**held_in, "train": (background_train, held_in["train"][1])}, overrides)
+  backgrounds, background_s = None, 0.0
+  if "likelihood_ratio" in args.scores:
+    background_train = anomaly.perturb(held_in["train"][0], jax.random.fold_in(
+        jax.random.key(BACKGROUND_SEED), c), args.background_rate)
+    backgrounds, background_s = train_group(
+        args, args.workdir / f"class_{c}_background",
+        {**held_in, "train": (background_train, held_in["train"][1])}, overrides)
   x_train = held_in["train"][0].astype(np.float32) / 255
   out = {"auroc": {}, "seconds": {}, "train_seconds": train_s, "background_seconds": background_s}
   if likelihood.learned_sigma:  # How far the per-pixel sigma (initially 1) has moved.
     out["sigma_mean"] = [float(np.exp(s.params["log_sigma"]).mean()) for s in states]
-  for k, (state, background) in enumerate(zip(states, backgrounds)):
+  for k, (state, background) in enumerate(zip(states, backgrounds or [None] * len(states))):
     scoring = anomaly.Scoring(state, x_test, x_train, likelihood,
                               jax.random.fold_in(jax.random.key(args.seed + k), c),
                               args.num_samples, background)
-    for name in anomaly.SCORES:
+    for name in args.scores:
       score, seconds = anomaly.timed_score(scoring, name)
       seconds += train_s + (background_s if name == "likelihood_ratio" else 0.0)
       out["auroc"].setdefault(name, []).append(float(roc_auc_score(anomalous, score)))
@@ -113,19 +116,23 @@ def cached(path: Path, compute) -> dict:
 
 def summarize(per_class: dict[int, dict]) -> dict[str, dict]:
   """Per method: AUROC mean and sd over seeds per class, the mean over classes (its sd over
-  seeds of the per-seed class means), and mean seconds per model."""
-  methods = list(next(iter(per_class.values()))["auroc"])
+  seeds of the per-seed class means), and mean seconds per model.
+  A method measured on some classes only (--scores) has NaN for the others and its means
+  over the classes it has (``classes``: how many)."""
+  methods = list(dict.fromkeys(m for r in per_class.values() for m in r["auroc"]))
   out = {}
   for name in methods:
-    auroc_CxS = np.array([per_class[c]["auroc"][name] for c in sorted(per_class)])
+    have = [c for c in sorted(per_class) if name in per_class[c]["auroc"]]
+    auroc_CxS = np.array([per_class[c]["auroc"][name] for c in have])
     per_seed = auroc_CxS.mean(0)
-    out[name] = {"class_mean": auroc_CxS.mean(1).tolist(),
-                 "class_sd": (auroc_CxS.std(1, ddof=1) if auroc_CxS.shape[1] > 1
-                              else np.zeros(len(auroc_CxS))).tolist(),
-                 "mean": float(per_seed.mean()),
+    class_mean = dict(zip(have, auroc_CxS.mean(1)))
+    class_sd = dict(zip(have, auroc_CxS.std(1, ddof=1) if auroc_CxS.shape[1] > 1
+                        else np.zeros(len(have))))
+    out[name] = {"class_mean": [float(class_mean.get(c, np.nan)) for c in sorted(per_class)],
+                 "class_sd": [float(class_sd.get(c, np.nan)) for c in sorted(per_class)],
+                 "classes": len(have), "mean": float(per_seed.mean()),
                  "sd": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0,
-                 "seconds": float(np.mean([np.mean(per_class[c]["seconds"][name])
-                                           for c in per_class]))}
+                 "seconds": float(np.mean([np.mean(per_class[c]["seconds"][name]) for c in have]))}
   return out
 
 
@@ -145,12 +152,15 @@ LABELS = {"neg_elbo": "VAE -ELBO", "neg_log_px": "VAE -log p(x) (IWAE)",
 
 
 def table(summary: dict[str, dict], classes: list[int], names: list[str]) -> str:
-  best = max(summary, key=lambda m: summary[m]["mean"])
+  complete = [m for m in summary if summary[m]["classes"] == len(classes)]
+  best = max(complete, key=lambda m: summary[m]["mean"], default=None)
   rows = []
   for name, s in summary.items():
-    cells = [f"{m:.3f} ± {sd:.3f}" if sd else f"{m:.3f}"
+    cells = ["—" if np.isnan(m) else f"{m:.3f} ± {sd:.3f}" if sd else f"{m:.3f}"
              for m, sd in zip(s["class_mean"], s["class_sd"])]
     mean = f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] else f"{s['mean']:.3f}"
+    if s["classes"] < len(classes):
+      mean += f" ({s['classes']} classes)"
     label = LABELS.get(name, name)
     rows.append([f"**{label}**" if name == best else label, *cells, mean,
                  f"{s['seconds']:.0f}"])
@@ -165,7 +175,7 @@ def plot(path: Path, summary: dict[str, dict], classes: list[int], names: list[s
   fig, ax = plt.subplots(figsize=(1.0 * len(classes) + 4, 0.42 * len(methods) + 1.4))
   ax.imshow(grid, cmap="RdYlGn", vmin=0.3, vmax=1.0, aspect="auto")
   for (i, j), value in np.ndenumerate(grid):
-    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.text(j, i, "—" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8)
   ax.set_xticks(range(len(classes) + 1), [f"{c} {names[c]}".strip() for c in classes] + ["mean"],
                 rotation=30, ha="right", fontsize=8)
   ax.set_yticks(range(len(methods)), [LABELS.get(m, m) for m in methods], fontsize=8)
@@ -186,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--background-rate", type=float, default=0.2,
                       help="fraction of pixels replaced by uniform noise for the background model")
   parser.add_argument("--binarize", action="store_true", help="the binarized protocol")
+  parser.add_argument("--scores", nargs="+", default=list(anomaly.SCORES), choices=list(anomaly.SCORES),
+                      help="the scores computed (likelihood_ratio: also trains background models)")
   parser.add_argument("--no-baselines", action="store_true")
   parser.add_argument("--baselines-only", action="store_true",
                       help="only the classical baselines' class_<c>/baselines.json (a second process)")
@@ -204,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                "test": (x_test_u8[y_test == c], y_test[y_test == c])}
     anomalous = y_test != c
     if args.baselines_only:
-      cached(args.workdir / f"class_{c}" / "baselines.json",
-             lambda: baseline_result(held_in, x_test, anomalous))
+      per_class[c] = cached(args.workdir / f"class_{c}" / "baselines.json",
+                            lambda: baseline_result(held_in, x_test, anomalous))
       continue
     result = vae = cached(args.workdir / f"class_{c}" / "vae.json",
                           lambda: vae_result(args, c, held_in, x_test, anomalous, likelihood))
@@ -217,13 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     per_class[c] = {**result, "sigma_mean": vae.get("sigma_mean", [])}
     print(f"  class {c}: " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in result["auroc"].items()),
           flush=True)
-  if args.baselines_only:
-    return 0
   summary = summarize(per_class)
+  name = "baselines" if args.baselines_only else "anomaly"
   names = CLASS_NAMES.get(args.dataset, [""] * 10)
   inputs = "binarized" if args.binarize else f"gray-level, {likelihood.likelihood} likelihood"
   title = (f"{args.dataset}: AUROC, one class normal ({inputs}), mean over {args.seeds} seeds")
-  plot(args.workdir / "anomaly.png", summary, args.classes, names, title)
+  plot(args.workdir / f"{name}.png", summary, args.classes, names, title)
   text = "\n".join([
       f"Dataset {args.dataset}, {inputs}; per normal class {args.seeds} VAEs (seeds "
       f"{args.seed}..{args.seed + args.seeds - 1}) trained {args.epochs} epochs on its training "
@@ -233,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
       "(VAE rows: its training, and the background's for the ratio, plus the score's own "
       "work; baselines: fit + score; wall clock on a shared, loaded machine)." + sigma_note(per_class),
       "", table(summary, args.classes, names)])
-  common.write_report(args.workdir, "anomaly", f"One-class anomaly detection: {args.dataset}", text,
+  common.write_report(args.workdir, name, f"One-class anomaly detection: {args.dataset}", text,
                       {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
                        "per_class": {str(c): r for c, r in per_class.items()}})
   return 0

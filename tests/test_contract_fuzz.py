@@ -218,3 +218,41 @@ def test_prepare_refuses_a_hostile_idx_directory(path, dataset):
     run_contract(["prepare", f"--dataset={dataset}", f"--from={path[1](root)}",
                   f"--tfds_dir={root / 'tfds'}"], root)
     assert not (root / "tfds").exists()
+
+
+# ---- the examples that leaked before (issue 26), each as the contract says ----
+
+EXAMPLES = {
+    "a data directory name over the limit": (
+        lambda root, run: train(root / "run", "x" * 300), "--config.data.dir xxx", "ENAMETOOLONG"),
+    "an --out name over the limit": (
+        lambda root, run: ["sample", f"--workdir={run}", f"--out={root / ('x' * 300)}.png"], "--out ",
+        "ENAMETOOLONG"),
+    "a seed past 64 bits": (
+        lambda root, run: ["sample", f"--workdir={run}", f"--out={root / 's.png'}", f"--seed={2**70}"],
+        f"--seed={2**70}: expected an integer in [0, 2**32)", ""),
+    "a config file returning a number, with an override": (
+        lambda root, run: ["train", f"--workdir={root / 'run'}", f"--config={number_config(root)}",
+                           "--config.seed=2"],
+        "get_config() returned a int, expected an ml_collections.ConfigDict", ""),
+}
+
+
+def number_config(root: Path) -> Path:
+  (root / "c.py").write_text("def get_config():\n  return 3\n")
+  return root / "c.py"
+
+
+@pytest.mark.parametrize("case", EXAMPLES)
+def test_each_example_that_leaked_is_one_line_naming_the_flag(case, trained_run):
+  make, expected, errno_name = EXAMPLES[case]
+  directory, root = sandbox()
+  with directory:
+    argv = [str(a) for a in make(root, trained_run)]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+      status = cli.main(argv)
+    lines = err.getvalue().strip().splitlines()
+    assert status == 2 and len(lines) == 1 and expected in lines[0] and errno_name in lines[0], lines
+    assert set(os.listdir(root)) <= {"users", "c.py"}  # Nothing created.
+    assert not (root / "run").exists()

@@ -17,7 +17,8 @@ environment variables). ``train`` on a DIR that holds checkpoints resumes from t
 ``--checkpoint`` (latest, best or an epoch number). ``--config`` names a config file
 (default: vae_jax/configs/default.py, the reference); any key can be overridden in the
 ml_collections style, e.g. ``--config.optim.num_epochs=3`` or ``--config.model.name=conv``. Bad input (unknown key, wrong type,
-invalid value, unusable data, workdir or checkpoint) is one line on stderr and exit status
+invalid value, unusable data, workdir or checkpoint; an OS error such as a full disk, a name
+too long or no permission, naming the path and what to do) is one line on stderr and exit status
 2; a non-finite loss is one line and exit status 1. SIGINT or SIGTERM stops at the next safe
 point with one line saying what was kept (exit status 128 + the signal); the same command
 continues. One process writes a workdir at a time (a lock); a second is refused, naming the first.

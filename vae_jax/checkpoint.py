@@ -301,8 +301,8 @@ def write_text_atomic(path: Path, text: str) -> None:
                    "w", encoding="utf-8") as f:
       f.write(text)
     os.replace(tmp, path)
-  except OSError as e:  # A write's error (a full disk) names no file: name this one.
-    raise e if e.filename else OSError(e.errno, e.strerror, str(path)) from None
+  except OSError as e:  # Named by the file (a write's error names no file; the rename's, two).
+    raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _one_line(e: Exception) -> str:

@@ -42,8 +42,8 @@ def save_png(path: str | os.PathLike, grid_u8: np.ndarray) -> None:
                    "wb") as f:
       Image.fromarray(grid_u8, mode="L" if grid_u8.ndim == 2 else "RGB").save(f, format="PNG")
     os.replace(tmp, path)
-  except OSError as e:  # A write's error (a full disk) names no file: name the image.
-    raise e if e.filename else OSError(e.errno, e.strerror, path) from None
+  except OSError as e:  # Named by the image (a write's error names no file; the rename's, two).
+    raise OSError(e.errno, e.strerror, path) from None
   finally:
     if os.path.isfile(tmp) and not os.path.islink(tmp):
       os.unlink(tmp)  # Left only by a failed write.

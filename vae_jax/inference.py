@@ -87,6 +87,8 @@ def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
                    "wb") as f:
       np.savez(f, mu=mu, logvar=logvar, labels=labels)
     tmp.replace(out)
+  except OSError as e:  # Named by --out, not by its temporary file.
+    raise OSError(e.errno, e.strerror, str(out)) from None
   finally:
     if tmp.is_file() and not tmp.is_symlink():
       tmp.unlink()  # Gone after the rename; removed if the write failed.

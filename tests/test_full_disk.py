@@ -3,6 +3,7 @@
 line, and the same command then resumes and ends with the metrics of a run never disturbed."""
 
 import errno
+import io
 import json
 import os
 
@@ -44,11 +45,10 @@ def test_a_full_disk_in_orbaxs_writer_thread_is_one_line_and_the_run_resumes(
   status, lines = run_main(capsys, train_args(workdir, session_idx_dir, "--config.run.async_checkpoints=True"))
   assert status == 2 and len(lines) == 1, lines
   assert lines[0].startswith("vae_jax: error: checkpoint ") and "(ENOSPC)" in lines[0], lines[0]
-  assert [r["epoch"] for r in metrics(workdir)] == [1]
   monkeypatch.setattr(async_path, "write_text", write_text)  # Space freed: the same command.
   status, lines = run_main(capsys, train_args(workdir, session_idx_dir, "--config.run.async_checkpoints=True"))
   assert status == 0 and lines == [], lines
-  assert metrics(workdir) == metrics(trained_run)
+  assert metrics(workdir) == metrics(trained_run)  # As a run never disturbed: no epoch lost or repeated.
 
 
 def test_a_full_disk_while_writing_an_image_is_one_line_naming_it_and_the_run_resumes(
@@ -59,9 +59,10 @@ def test_a_full_disk_while_writing_an_image_is_one_line_naming_it_and_the_run_re
   calls = []
 
   def fails_at_epoch_2(image, fp, filename, *a, **k):
-    calls.append(1)
-    if len(calls) == 3:  # Epoch 2's first image (two per epoch).
-      no_space()
+    if not isinstance(fp, io.BytesIO):  # A file (TensorBoard encodes its grids in memory).
+      calls.append(1)
+      if len(calls) == 3:  # Epoch 2's first image (two per epoch).
+        no_space()
     return save(image, fp, filename, *a, **k)
 
   monkeypatch.setitem(PIL.Image.SAVE, "PNG", fails_at_epoch_2)

@@ -17,7 +17,8 @@ environment variables). ``train`` on a DIR that holds checkpoints resumes from t
 ``--checkpoint`` (latest, best or an epoch number). ``--config`` names a config file
 (default: vae_jax/configs/default.py, the reference); any key can be overridden in the
 ml_collections style, e.g. ``--config.optim.num_epochs=3`` or ``--config.model.name=conv``. Bad input (unknown key, wrong type,
-invalid value, unusable data, workdir or checkpoint) is one line on stderr and exit status
+invalid value, unusable data, workdir or checkpoint; an OS error such as a full disk, a name
+too long or no permission, naming the path and what to do) is one line on stderr and exit status
 2; a non-finite loss is one line and exit status 1. SIGINT or SIGTERM stops at the next safe
 point with one line saying what was kept (exit status 128 + the signal); the same command
 continues. One process writes a workdir at a time (a lock); a second is refused, naming the first.
@@ -25,11 +26,15 @@ continues. One process writes a workdir at a time (a lock); a second is refused,
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import json
 import logging as py_logging
 import os
 import re
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -104,11 +109,16 @@ def define_flags() -> flags.FlagValues:
   return fv
 
 
+def config_file_of(argv: list[str]) -> str:
+  """The --config argument (default: the reference's config file)."""
+  return next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
+               if a == "--config" and i + 1 < len(argv) or a.startswith("--config=")),
+              str(DEFAULT_CONFIG))
+
+
 def parse(argv: list[str]):
   """(command, flags, config) or an int: the exit status after one error line."""
-  config_file = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
-                      if a == "--config" and i + 1 < len(argv) or a.startswith("--config=")),
-                     str(DEFAULT_CONFIG))
+  config_file = config_file_of(argv)
   path = config_file  # 'file.py:ARG' passes ARG to get_config (ml_collections' config_flags).
   if not Path(path).is_file() and ":" in path and Path(path.rsplit(":", 1)[0]).is_file():
     path = path.rsplit(":", 1)[0]
@@ -123,14 +133,14 @@ def parse(argv: list[str]):
   except flags.Error as e:
     cause = e.__cause__ or e.__context__
     if isinstance(cause, (AttributeError, KeyError)) and "config" in str(e).split(":")[0]:
-      return _unknown_key(cause, config_file)
+      return _unknown_key(cause, config_file, argv)
     if cause is not None and "Error whilst parsing config file" in str(e):  # get_config raised:
       raised = [line.strip() for line in str(cause).splitlines()  # its traceback's last line.
                 if re.match(r"\s*\w+(Error|Exception): ", line)]
       return _fail(f"--config {config_file}: cannot be loaded ({raised[-1] if raised else cause})")
     return _fail(str(e).splitlines()[0])
   except (AttributeError, KeyError) as e:
-    return _unknown_key(e, config_file)
+    return _unknown_key(e, config_file, argv)
   except Exception as e:  # A config file is user code: whatever it raises is one line.
     return _fail(f"--config {config_file}: cannot be loaded ({type(e).__name__}: {e})")
   finally:
@@ -149,18 +159,47 @@ def parse(argv: list[str]):
     return _fail("--workdir is required")
   if command in ("sample", "reconstruct", "encode") and not fv.out:
     return _fail(f"{command}: --out is required")
-  for name, low in (("num", 0), ("num_samples", 1)):
-    if fv[name].value is not None and fv[name].value < low:
-      return _fail(f"--{name}={fv[name].value}: expected an integer >= {low}")
+  for name, (low, high, what) in INTEGER_FLAGS.items():
+    value = fv[name].value
+    if value is not None and not low <= value < high:
+      return _fail(f"--{name}={value}: expected an integer {what}")
   return command, fv, config
 
 
-def _unknown_key(e: Exception, config_file: str | None) -> int:
+# Each integer flag's range [low, high): past it, a number cannot be what the flag means (a
+# key has 32 bits; counts and indices must fit C's int64 and int32).
+INTEGER_FLAGS = {"num": (0, 2**63, ">= 0"), "num_samples": (1, 2**63, ">= 1"),
+                 "seed": (0, 2**32, "in [0, 2**32) (the key's 32 bits)"),
+                 "num_processes": (1, 2**31, "in [1, 2**31)"),
+                 "process_id": (0, 2**31, "in [0, 2**31)")}
+
+
+def _unknown_key(e: Exception, config_file: str | None, argv: list[str]) -> int:
   text = str(e).strip("\"'")
   if "get_config" in text:
     return _fail(f"--config {config_file}: defines no get_config() (expected a function returning "
                  "an ml_collections.ConfigDict)")
+  loaded = _config_without_overrides(argv)  # An override fails on a non-ConfigDict too.
+  if loaded is not None and not isinstance(loaded, ml_collections.ConfigDict):
+    return _fail(f"--config {config_file}: get_config() returned a {type(loaded).__name__}, "
+                 "expected an ml_collections.ConfigDict")
   return _fail(f"unknown config key {text!r}; known keys: {', '.join(_config_keys())}")
+
+
+def _config_without_overrides(argv: list[str]):
+  """What the config file's get_config() returns, no --config.* applied (None: it fails)."""
+  tokens = [a for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")
+            or i and argv[i - 1] == "--config"]
+  saved_argv, sys.argv = sys.argv, ["vae_jax", *tokens]
+  sys.modules.pop("config_config", None)
+  try:
+    fv = define_flags()
+    fv(["vae_jax", *tokens])
+    return fv["config"].value
+  except Exception:  # User code: its own error is not the one being reported.
+    return None
+  finally:
+    sys.argv = saved_argv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
   if any(a in ("--help", "-h", "--helpfull", "help") for a in argv):
     print(usage(next((a for a in argv if a in COMMANDS), None)))
     return 0
-  parsed = parse(argv)
+  try:
+    parsed = parse(argv)
+  except OSError as e:  # A --config path the OS refuses (too long, a link loop).
+    return _fail(describe_os_error(e, {"config": config_file_of(argv)}))
   if isinstance(parsed, int):
     return parsed
   command, f, config = parsed
@@ -179,10 +221,30 @@ def main(argv: list[str] | None = None) -> int:
   logging.set_verbosity(logging.FATAL)  # Orbax logs what our errors already say.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   # Imports jax: after the arguments are known to be good.
+  from vae_jax import interrupt
+  previous_handlers = interrupt.install()
+  background: list[BaseException] = []  # Errors of other threads while the command runs.
+  try:
+    with collected_in(background):
+      try:  # The OS's limits and C's, for every command: one line.
+        status = run(command, f, config)
+      except OSError as e:
+        status = _fail(describe_os_error(e, path_flags(f, config)))
+      except OverflowError as e:
+        status = _fail(f"a number is out of range ({e}); use a smaller value")
+  finally:
+    interrupt.restore(previous_handlers)
+  if status == 0:  # A failure's line says what failed; after a success, they are news.
+    for text in dict.fromkeys(" ".join(str(e).split()) or type(e).__name__ for e in background):
+      print(f"vae_jax: warning: a background thread failed: {text}", file=sys.stderr)
+  return status
+
+
+def run(command: str, f, config) -> int:
+  """Runs one parsed command; its errors of input (and the OS's, in main) are one line."""
   from vae_jax import (checkpoint, data, distributed, evaluate, inference, interrupt, parallel, sweep,
                        training, workdir)
   from vae_jax.registry import ConfigError
-  previous_handlers = interrupt.install()
   try:
     if command == "prepare":
       from vae_jax import prepare
@@ -240,9 +302,54 @@ def main(argv: list[str] | None = None) -> int:
     return _fail(str(e), status=1)
   except interrupt.Interrupted as e:
     return _fail(*interrupt.describe(e))
-  finally:
-    interrupt.restore(previous_handlers)
   return 0
+
+
+@contextlib.contextmanager
+def collected_in(errors: list):
+  """Errors raised in other threads while the body runs (orbax's writers, tensorstore's
+  callbacks after a failed save) go to ``errors``, not to stderr as tracebacks."""
+  previous = threading.excepthook, sys.unraisablehook
+  threading.excepthook = lambda args: errors.append(args.exc_value)
+  sys.unraisablehook = lambda unraisable: errors.append(unraisable.exc_value)
+  try:
+    yield errors
+  finally:
+    gc.collect()  # What a failed save left (futures on a closed loop) is finalized here.
+    threading.excepthook, sys.unraisablehook = previous
+
+
+# What to do about an OS error, by errno: the line names the path (and its flag) and this.
+OS_ADVICE = {
+    errno.ENOSPC: "free space on that file system, then run the same command again (a run "
+                  "resumes from its last checkpoint)",
+    errno.EDQUOT: "free space within your quota, then run the same command again",
+    errno.EACCES: "choose a path you may write, or change its permissions",
+    errno.EPERM: "choose a path you may write, or change its permissions",
+    errno.EROFS: "choose a path on a writable file system",
+    errno.ENAMETOOLONG: "choose a shorter name (the file system allows 255 bytes per name)",
+    errno.ELOOP: "a symbolic link loops or is too deep: fix it, or choose another path",
+    errno.ENOENT: "check the path: a directory on the way does not exist",
+    errno.ENOTDIR: "check the path: a file stands where a directory is expected",
+    errno.EISDIR: "a directory stands where a file is expected: choose another path",
+}
+
+
+def path_flags(f, config) -> dict[str, str]:
+  """The command's path arguments by flag name (to say which flag an OS error's path is in)."""
+  paths = {name: f[name].value for name in ("workdir", "out", "from", "tfds_dir")}
+  data_dir = config.get("data", {}).get("dir") if isinstance(config, ml_collections.ConfigDict) else None
+  return {**paths, "config.data.dir": data_dir}
+
+
+def describe_os_error(e: OSError, flags_: dict[str, str | None]) -> str:
+  """One line: the flag and path the OS refused, what it said and what to do."""
+  where = os.fsdecode(e.filename) if e.filename is not None else None
+  flag = next((name for name, value in flags_.items() if value and where and (
+      os.path.abspath(where) + "/").startswith(os.path.abspath(value) + "/")), None)
+  reason = f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})"
+  advice = OS_ADVICE.get(e.errno, "check the path and the file system")
+  return f"{f'--{flag} ' if flag else ''}{where or 'a file'}: {reason}; {advice}"
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ thread when asked, so the device goes on training while the files are written.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import os
+import re
 from etils import epath
 from typing import Any
 
@@ -164,14 +166,34 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, An
   test_loss: what 'best' ranks checkpoints by (the mean over the models).
   """
   meta = {**meta, "epoch": epoch, "state_sha256": tree_sha256(state_tree)}
-  mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
-                                           meta=ocp.args.JsonSave(meta)),
-            metrics={"test_loss": test_loss}, force=True)
-  mngr.wait_until_finished()
   where = checkpoint_dir(mngr, epoch)
-  write_text_atomic(where / MANIFEST, "".join(
-      f"{digest}  {name}\n" for name, digest in _file_digests(where).items()))
+  try:
+    mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
+                                             meta=ocp.args.JsonSave(meta)),
+              metrics={"test_loss": test_loss}, force=True)
+    mngr.wait_until_finished()
+    write_text_atomic(where / MANIFEST, "".join(
+        f"{digest}  {name}\n" for name, digest in _file_digests(where).items()))
+  except Exception as e:  # Orbax and tensorstore raise many types, from their own threads.
+    raise CheckpointError(f"checkpoint {where}: cannot be written ({os_reason(e)}); the "
+                          "checkpoints saved before it are kept: free space (or fix the "
+                          "permissions), then run the same command to resume from them") from None
   return where
+
+
+def os_reason(e: BaseException) -> str:
+  """What the OS said, when an OS error is behind e (an OSError in its chain, or tensorstore's
+  os_error_code): 'No space left on device (ENOSPC)'; otherwise e in one line."""
+  seen = e
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno:
+      return f"{os.strerror(seen.errno)} ({errno.errorcode.get(seen.errno, seen.errno)})"
+    code = re.search(r"os_error_code='?(\d+)", str(seen))
+    if code:
+      number = int(code.group(1))
+      return f"{os.strerror(number)} ({errno.errorcode.get(number, number)})"
+    seen = seen.__cause__ or seen.__context__
+  return _one_line(e)
 
 
 def _file_digests(directory: Path) -> dict[str, str]:
@@ -273,8 +295,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.write_text(text)
     return
   tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  # O_NOFOLLOW: a link put at the temporary name is an error, never written through.
+  try:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
+                   "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:  # Named by the file (a write's error names no file; the rename's, two).
+    raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _one_line(e: Exception) -> str:

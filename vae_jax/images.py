@@ -30,5 +30,20 @@ def image_grid(images_NxHxWxC: np.ndarray, nrow: int = 8, padding: int = 2) -> n
 
 
 def save_png(path: str | os.PathLike, grid_u8: np.ndarray) -> None:
-  """A gray (H x W) or colour (H x W x 3) uint8 grid as a PNG."""
-  Image.fromarray(grid_u8, mode="L" if grid_u8.ndim == 2 else "RGB").save(path)
+  """A gray (H x W) or colour (H x W x 3) uint8 grid as a PNG.
+
+  Written to ``.<name>.tmp`` (never through a link there) and renamed: a failed write (a full
+  disk) leaves no partial PNG, and the file replaced is the old one or the new, whole.
+  """
+  path = os.fspath(path)
+  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+  try:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
+                   "wb") as f:
+      Image.fromarray(grid_u8, mode="L" if grid_u8.ndim == 2 else "RGB").save(f, format="PNG")
+    os.replace(tmp, path)
+  except OSError as e:  # Named by the image (a write's error names no file; the rename's, two).
+    raise OSError(e.errno, e.strerror, path) from None
+  finally:
+    if os.path.isfile(tmp) and not os.path.islink(tmp):
+      os.unlink(tmp)  # Left only by a failed write.

@@ -7,6 +7,7 @@ writes nothing but its own output file.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,11 @@ def _check_out(out: str | Path, suffix: str) -> Path:
   out = Path(out)
   if out.suffix != suffix:
     raise ValueError(f"--out {out}: expected a {suffix} file name")
+  if out.is_symlink():  # Dangling or not: never written through.
+    raise ValueError(f"--out {out}: is a symbolic link; vae_jax writes only a file it creates or "
+                     "replaces: name the file itself")
+  if out.exists() and not out.is_dir() and not out.is_file():
+    raise ValueError(f"--out {out}: exists and is not a regular file; choose another name")
   if out.is_dir():
     raise ValueError(f"--out {out}: is a directory; expected a {suffix} file name")
   if not out.parent.is_dir():
@@ -76,11 +82,16 @@ def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
   x_NxD = step.to_float(jnp.asarray(x_u8))
   mu, logvar = encode_all(state.params, state.apply_fn, x_NxD)
   tmp = out.with_name(f".{out.stem}.tmp.npz")
-  try:
-    np.savez(tmp, mu=mu, logvar=logvar, labels=labels)
+  try:  # O_NOFOLLOW: a link at the temporary name is an error, never written through.
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
+                   "wb") as f:
+      np.savez(f, mu=mu, logvar=logvar, labels=labels)
     tmp.replace(out)
+  except OSError as e:  # Named by --out, not by its temporary file.
+    raise OSError(e.errno, e.strerror, str(out)) from None
   finally:
-    tmp.unlink(missing_ok=True)  # Gone after the rename; removed if the write failed.
+    if tmp.is_file() and not tmp.is_symlink():
+      tmp.unlink()  # Gone after the rename; removed if the write failed.
   return out
 
 

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from vae_jax import checkpoint, config as config_lib, data, objectives, training, workdir as workdir_lib
+from vae_jax import group as group_lib
 from vae_jax.group import batched_settings
 
 
@@ -168,13 +169,55 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
   workdir = workdir_lib.check_directory(workdir, "sweep workdir")
   study_groups = groups(study)
   splits = splits or data.load_data(config_lib.parse(setting_config(study, {})).data)
+  for shape, members in study_groups:  # Every check that needs the data, before any write.
+    try:
+      group_lib.make_group(setting_config(study, shape), splits, group_overrides(study, shape, members))
+    except config_lib.ConfigError as e:
+      raise StudyError(f"study {study.name!r}: setting {setting_name(shape)}: {e}") from None
   with workdir_lib.locked(workdir, "sweep workdir"):  # One sweep writes a directory at a time.
+    check_outputs(study, workdir, study_groups)
     (workdir / "groups").mkdir(exist_ok=True)
     rows = []
     for i, (shape, members) in enumerate(study_groups):
       rows += run_group(study, workdir, i, shape, members, splits, log)
     write_outputs(workdir, study, axes, rows)
   return rows
+
+
+def group_overrides(study, shape: dict, members: list) -> list[dict[str, Any]]:
+  """Each member's per-model settings: its seed and the axes traced inside the group's program."""
+  batched = [k for k in study.axes if k not in shape]
+  return [{"seed": seed, **{k: setting[k] for k in batched}} for setting, seed in members]
+
+
+def run_directories(workdir: Path, members: list) -> list[Path]:
+  return [workdir / "runs" / setting_name(setting) / f"seed{seed}" for setting, seed in members]
+
+
+# What a sweep writes at the top of its directory; the directory is a sweep's when it holds
+# groups/ (a regular directory): only then are these replaced.
+SWEEP_OUTPUTS = {"results.csv": "file", "summary.md": "file", "test_loss.png": "file",
+                 "rate_distortion.png": "file", "groups": "directory", "runs": "directory"}
+
+
+def check_outputs(study, workdir: Path, study_groups) -> None:
+  """Refuses (WorkdirError, nothing written) anything in the way of the sweep's outputs: in its
+  directory, on the way to each run directory and in each (workdir.check_outputs' rule)."""
+  groups_dir = workdir / "groups"
+  workdir_lib.check_outputs(workdir, SWEEP_OUTPUTS.get,
+                            groups_dir.is_dir() and not workdir_lib.is_link(groups_dir), "sweep workdir",
+                            "this directory is not a sweep's (no groups/ of one)")
+  for shape, members in study_groups:
+    run = config_lib.parse(setting_config(study, shape))
+    output = lambda name: workdir_lib.run_output(name, run.optim.num_epochs, run.run.save_images,
+                                                 run.run.tensorboard)
+    for run_dir in run_directories(workdir, members):
+      for parent in (run_dir.parent, run_dir):  # runs/<setting>/ and runs/<setting>/seed<k>/
+        if workdir_lib.is_link(parent) or parent.exists() and not parent.is_dir():
+          raise workdir_lib.WorkdirError(
+              f"sweep workdir {workdir}: {parent.relative_to(workdir)} is not a directory (a sweep "
+              "writes one there); move it away, or choose another --workdir")
+      workdir_lib.check_outputs(run_dir, output, workdir_lib.is_run(run_dir), "sweep run")
 
 
 def run_group(study, workdir: Path, i: int, shape: dict, members: list, splits, log) -> list[dict]:
@@ -185,9 +228,8 @@ def run_group(study, workdir: Path, i: int, shape: dict, members: list, splits, 
     log(f"group {i} ({setting_name(shape)}): done earlier ({done.name}), skipped")
     return json.loads(done.read_text())["rows"]
   config = setting_config(study, shape)
-  batched = [k for k in study.axes if k not in shape]
-  overrides = [{"seed": seed, **{k: setting[k] for k in batched}} for setting, seed in members]
-  run_dirs = [workdir / "runs" / setting_name(setting) / f"seed{seed}" for setting, seed in members]
+  overrides = group_overrides(study, shape, members)
+  run_dirs = run_directories(workdir, members)
   for run_dir in run_dirs:
     run_dir.mkdir(parents=True, exist_ok=True)
   log(f"group {i} ({setting_name(shape)}): {len(members)} models in one program ...")

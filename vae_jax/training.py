@@ -313,7 +313,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   primary = distributed.is_primary()
   with workdir_lib.locked(workdir) if primary else contextlib.nullcontext():
     if primary:
-      workdir_lib.prepare_workdir(workdir, restart=settings.run.restart)
+      workdir_lib.prepare_workdir(workdir, restart=settings.run.restart,
+                                  num_epochs=settings.optim.num_epochs,
+                                  images=settings.run.save_images, tensorboard=settings.run.tensorboard)
     distributed.barrier("prepare_workdir")
     states, records = train_models(config, splits, None, workdir, [workdir], group=group)
   return group_lib.unstack(states), records[0]

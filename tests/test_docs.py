@@ -44,9 +44,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = ("bash", "sh", "shell", "console")
 EXPECTED_COUNTS = {"run": 16, "not_run": 27}
-# Pages other branches add (issue-22 docs split): linked from docs/index.md before they are
-# merged. After the merge, empty this set; the link test then checks them like any other.
-NOT_YET_MERGED = {"docs/anomaly.md", "docs/performance-cpu.md", "docs/workdir-contract.md"}
 SMALL = {"--config.optim.num_epochs": 3, "--num_samples": 20}  # Flag -> the largest value run.
 
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
@@ -274,8 +271,6 @@ def test_relative_links_point_to_files_and_headings_that_exist():
       path, _, anchor = target.partition("#")
       file = (page.parent / path).resolve() if path else page
       where = f"{rel(page)}:{line}: {target}"
-      if file.is_relative_to(ROOT) and str(file.relative_to(ROOT)) in NOT_YET_MERGED:
-        continue
       assert file.exists(), f"{where}: no such file"
       if anchor:
         assert file.suffix == ".md" and anchor in anchors(file), f"{where}: no such heading"

@@ -6,6 +6,8 @@ A study is a Python file whose ``get_config()`` returns a ConfigDict (``make_stu
 - ``axes``: {dotted config key: [values]}: the full grid of settings is run;
 - ``seeds``: how many seeds per setting (seeds 1..S);
 - ``x_axis`` (optional): the axis plotted along x (default: the first).
+A model or objective of your own: name its module in ``base['plugins']`` (or pass
+``--plugin=MODULE``); every run records it.
 Settings that are traced (``group.batched_settings``: the seed, the learning rate, the
 objective's numeric settings) vary inside one compiled program; the others form groups,
 each compiled once. Every group trains through ``training.train_models``, as a single run does.
@@ -33,7 +35,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, objectives, training, workdir as workdir_lib
+from vae_jax import (checkpoint, config as config_lib, data, objectives, plugins, training,
+                     workdir as workdir_lib)
 from vae_jax.group import batched_settings
 
 
@@ -70,7 +73,11 @@ def check_study(study: ml_collections.ConfigDict, path: str | Path) -> ml_collec
     if key not in study:
       raise StudyError(f"study config {path}: missing key {key!r} (expected name, question, "
                        "base, axes, seeds)")
-  known = set(config_lib.flatten(config_lib.default_sections()))
+  try:
+    plugins.load(study.base.get("plugins", ()), f"study config {path}: base plugins")
+  except config_lib.ConfigError as e:
+    raise StudyError(str(e)) from None
+  known = set(config_lib.known_keys())
   for key in (*study.axes, *study.base):
     if key not in known:
       raise StudyError(f"study config {path}: unknown axis or key {key!r}; known config keys: "

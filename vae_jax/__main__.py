@@ -226,14 +226,18 @@ def with_entry_overrides(config, overrides, plugins: list[str], config_file: str
         registry.check_key(entry, key, None, shown=value)
   if "plugins" in values or plugins:
     values["plugins"] = tuple(dict.fromkeys([*values.get("plugins", ()), *plugins]))
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(values), flag_values=fv,
-                                  lock_config=True)
+  args = ["vae_jax", *(f"--config.{section}.{key}={value}" for section, key, value in overrides
+                       if key != "name")]
+  saved_argv, sys.argv = sys.argv, args  # config_flags reads sys.argv.
   try:
-    fv(["vae_jax", *(f"--config.{section}.{key}={value}" for section, key, value in overrides
-                     if key != "name")])
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(values), flag_values=fv,
+                                    lock_config=True)
+    fv(args)
   except flags.Error as e:
     return _fail(str(e).splitlines()[0])
+  finally:
+    sys.argv = saved_argv
   return fv["config"].value
 
 

@@ -55,10 +55,10 @@ class Registry:
     definition registers again: its module imported a second time, or reloaded)."""
     origin = target if origin is None else origin
     if not isinstance(name, str) or not name.isidentifier():
-      raise ValueError(f"{self.kind} name {name!r}: expected an identifier (letters, digits, _)")
+      raise ConfigError(f"{self.kind} name {name!r}: expected an identifier (letters, digits, _)")
     old = self.entries.get(name)
     if old is not None and not replace and _origin(old.origin) != _origin(origin):
-      raise ValueError(f"{self.kind} {name!r} is already registered (by {old.module or 'a script'}); "
+      raise ConfigError(f"{self.kind} {name!r} is already registered (by {old.module or 'a script'}); "
                        f"choose another name, or pass replace=True to replace it")
     self.entries[name] = Entry(name, target, dict(settings), home_module(origin), origin)
     return self.entries[name]
@@ -97,6 +97,9 @@ class Registry:
       raise ConfigError(f"{where}={shown or repr(value)}: does not apply to {self.kind} "
                         f"{entry.name!r} (its settings: {mine}; {key} is a setting of "
                         f"{', '.join(sorted(owners))})")
+    if shown is not None:  # From the command line: named as the other unknown flags are.
+      raise ConfigError(f"unknown config key {key!r}: {where} is not a setting of {self.kind} "
+                        f"{entry.name!r} (its settings: {mine})")
     raise ConfigError(f"{where}: unknown key; {self.kind} {entry.name!r} settings: {mine}")
 
   def resolve(self, section: dict[str, Any]) -> tuple[Entry, dict[str, Any]]:

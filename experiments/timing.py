@@ -18,10 +18,10 @@ from vae_jax.epoch import Programs
 
 
 def epoch_matmul_flops(config, num_examples: int, input_dim: int = 784) -> float:
-  """Matmul FLOPs of one training epoch (2 per multiply-add)."""
-  layers = [(input_dim, config.model.hidden_dim), (config.model.hidden_dim, config.model.latent_dim),
-            (config.model.hidden_dim, config.model.latent_dim), (config.model.latent_dim, config.model.hidden_dim),
-            (config.model.hidden_dim, input_dim)]
+  """Matmul FLOPs of one training epoch of the mlp (2 per multiply-add)."""
+  model = config_lib.parse(config).model[1]  # The settings of the chosen model, defaults filled.
+  hidden, latent = model["hidden_dim"], model["latent_dim"]
+  layers = [(input_dim, hidden), (hidden, latent), (hidden, latent), (latent, hidden), (hidden, input_dim)]
   macs = 0
   for i, (fan_in, fan_out) in enumerate(layers):
     passes = 2 if i == 0 else 3  # forward, weight grad, input grad (not for the data)

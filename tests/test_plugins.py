@@ -167,3 +167,25 @@ def test_an_objective_with_bad_metrics_is_one_line_at_first_trace(metrics, messa
     assert not (tmp_path / "run").exists()  # Refused before anything is written.
   finally:
     objectives.REGISTRY.entries.pop("bad_test")
+
+
+def test_custom_objective_honours_the_configured_likelihood():
+  """experiments/custom_objective.py's -log p(x|z) is the configured one (Gaussian here),
+  checked against the density written out in numpy."""
+  import experiments.custom_objective as custom
+  try:
+    config = vae_jax.get_config(objective="mmd_vae")
+    config.objective.update(likelihood="gaussian", gaussian_sigma=0.1)
+    config.model.latent_dim = 2
+    state, _ = vae_jax.create_state(config, (4, 4, 1), num_train_examples=8)
+    x = np.random.RandomState(0).rand(3, 4, 4, 1).astype(np.float32)
+    key = jax.random.key(3)
+    _, metrics = custom.mmd_vae(state.params, state.apply_fn, x, key,
+                                custom.MmdHparams(likelihood="gaussian", gaussian_sigma=0.1))
+    logits, _, _ = state.apply_fn({"params": state.params}, x, key)  # The same z.
+    mean = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
+    nll = np.sum(0.5 * ((x - mean) / 0.1) ** 2 + np.log(0.1) + 0.5 * np.log(2 * np.pi))
+    np.testing.assert_allclose(float(metrics["bce"]), nll, rtol=1e-5)
+  finally:
+    objectives.REGISTRY.entries.pop("mmd_vae", None)
+    sys.modules.pop("experiments.custom_objective", None)

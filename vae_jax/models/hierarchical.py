@@ -5,7 +5,7 @@
 Every conditional is an MLP block of ``num_hidden_layers`` layers (``activation``): x <-> h1
 blocks have ``hidden_dim`` units, h1 <-> h2 blocks ``hidden_dim_2``; h1 has ``latent_dim_1``
 units, h2 ``latent_dim`` (the prior's, so ``sample`` draws latent_dim numbers). The paper's
-sizes (vae_jax/configs/burda2015.py): 784-200-200-100, 100-100-100-50, tanh, sigma = exp.
+sizes (vae_jax/configs/iwae_2layer.py): 784-200-200-100, 100-100-100-50, tanh, sigma = exp.
 
 The importance weight is p(x|h1) p(h1|h2) p(h2) / (q(h1|x) q(h2|h1)) with h1, h2 drawn in
 turn; ``encode`` gives the posterior's units [h1, h2] along the deterministic path (h2's

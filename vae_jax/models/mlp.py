@@ -3,7 +3,7 @@
 Its settings also give the one-stochastic-layer network of Burda et al. (2015): two tanh
 layers of 200, 50 latents whose standard deviation is exp of the head's output
 (``std_head='log_std'``), the output bias at the logit of the data's mean pixel
-(vae_jax/configs/burda2015.py).
+(vae_jax/configs/iwae_1layer.py).
 
 The decoder returns logits: the loss uses the stable logits form of BCE and images apply
 the sigmoid, which is the same model as the reference's sigmoid output layer. Images are

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from experiments import common, machine as machine_lib
-from vae_jax import config as config_lib, data, training
+from vae_jax import data, training
 from vae_jax.configs import iwae_1layer, iwae_2layer
 
 # Burda et al. (2015), Table 1, MNIST test NLL (nats), 3,280 epochs: (layers, objective, k).
@@ -208,7 +208,7 @@ def main() -> int:
     report(args, collect(args, [parse_cell(c) for c in CELLS]))
     return 0
   print(f"Machine: {machine_lib.machine_line()}", flush=True)
-  splits = data.load_data(config_lib.parse(cell_config(cells[0], args)).data)
+  splits = data.load_data(cell_config(cells[0], args))
   if args.time:
     time_cells(args, cells, splits)
     return 0

@@ -46,7 +46,7 @@ def prepare(args):
     suffix = "" if args.dataset == "mnist" else f"_{args.dataset}"
     args.workdir = Path("runs") / f"{args.name}{suffix}"
   args.workdir.mkdir(parents=True, exist_ok=True)
-  return vae_jax.load_data(vae_jax.parse_config(config_with({})).data)
+  return vae_jax.load_data(config_with({}))
 
 
 def pyplot():

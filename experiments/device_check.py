@@ -97,7 +97,7 @@ def reference_epoch(sizes) -> dict:
   with jax.default_matmul_precision("highest"):
     loop = timing.time_loop(config, sizes["epochs"])
   loop_s = float(np.median(loop["epoch_seconds"][1:]))
-  steps = -(-len(data.load_data(config_lib.parse(config).data)["train"][0]) // config.optim.batch_size)
+  steps = -(-len(data.load_data(config)["train"][0]) // config.optim.batch_size)
   rows["loop_of_jitted_steps"] = {"epoch_s": loop_s, "us_per_step": loop_s / steps * 1e6,
                                   "compile_s": loop["compile_seconds"],
                                   "train_loss": loop["train_loss"][-1]}
@@ -157,7 +157,7 @@ def end_to_end(sizes) -> dict:
 def iwae(sizes) -> dict:
   num_samples, num_images, batches = sizes["iwae"]
   config = _config(sizes)
-  splits = data.load_data(config_lib.parse(config).data)
+  splits = data.load_data(config)
   group = group_lib.make_group(config, splits)
   states, _ = group_lib.create_states(group)
   params = group_lib.unstack(states).params

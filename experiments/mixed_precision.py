@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from vae_jax import config as config_lib, data, training
+from vae_jax import data, training
 from vae_jax.configs import default
 
 DTYPES = ("float32", "bfloat16")
@@ -45,7 +45,7 @@ def main() -> int:
   args = parser.parse_args()
   if args.seeds < 1 or args.epochs < 2:
     parser.error("--seeds must be >= 1 and --epochs >= 2")
-  splits = data.load_data(config_lib.parse(default.get_config()).data)
+  splits = data.load_data(default.get_config())
   results = {dtype: [] for dtype in DTYPES}
   with tempfile.TemporaryDirectory() as tmp:
     for seed in range(1, args.seeds + 1):

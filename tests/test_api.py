@@ -6,7 +6,6 @@ import pkgutil
 
 import jax
 import numpy as np
-import pytest
 from flax import struct
 
 import vae_jax

@@ -174,7 +174,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
   axes = list(study.axes)
   workdir = workdir_lib.check_directory(workdir, "sweep workdir")
   study_groups = groups(study)
-  splits = splits or data.load_data(config_lib.parse(setting_config(study, {})).data)
+  splits = splits or data.load_data(setting_config(study, {}))
   with workdir_lib.locked(workdir, "sweep workdir"):  # One sweep writes a directory at a time.
     (workdir / "groups").mkdir(exist_ok=True)
     rows = []

@@ -2,6 +2,7 @@
 train, are killed and resumed, swept, then evaluated, sampled and reopened from fresh
 processes (the run recorded the module). Registration mistakes are refused at once."""
 
+import importlib
 import json
 import shutil
 import sys
@@ -39,7 +40,7 @@ def plugin_dir(tmp_path, monkeypatch):
 
 
 def test_a_plugin_run_trains_resumes_sweeps_and_reopens_from_fresh_processes(plugin_dir, tmp_path,
-                                                                              session_idx_dir):
+                                                                              session_idx_dir, capsys):
   workdir = tmp_path / "run"
   kill_at("after_checkpoint_1", workdir, session_idx_dir, *PLUGIN_ARGS)  # SIGKILLed after epoch 1.
   resumed = run_cli(*train_args(workdir, session_idx_dir, *PLUGIN_ARGS))  # The same command.
@@ -83,10 +84,10 @@ def test_a_plugin_run_trains_resumes_sweeps_and_reopens_from_fresh_processes(plu
   # The plugin gone: one line naming it and the run; the resume writes nothing.
   before = tree_bytes(workdir)
   (plugin_dir / "my_ideas.py").unlink()
-  again = run_cli(*train_args(workdir, session_idx_dir, "--config.optim.num_epochs=3",
-                              *PLUGIN_ARGS[1:]))
-  assert again.returncode == 2
-  assert again.stderr.strip().splitlines() == [
+  sys.modules.pop("my_ideas", None)
+  importlib.invalidate_caches()
+  status = cli.main(train_args(workdir, session_idx_dir, "--config.optim.num_epochs=3", *PLUGIN_ARGS[1:]))
+  assert status == 2 and capsys.readouterr().err.strip().splitlines() == [
       f"vae_jax: error: plugin 'my_ideas' (recorded by run {workdir}): cannot be imported "
       "(ModuleNotFoundError: No module named 'my_ideas'); put its package on PYTHONPATH or install it"]
   assert tree_bytes(workdir) == before
@@ -108,6 +109,9 @@ def test_each_entry_owns_its_settings_from_the_command_line(plugin_dir, capsys):
       "hvae2, mlp)")
   assert "unknown config key 'bogus': config.objective.bogus is not a setting of objective 'cyclical'" in _parse_error(
       capsys, *PLUGIN_ARGS, "--config.objective.bogus=1")
+  _, _, config = cli.parse(["train", "--workdir=/nonexistent/w", "--config.plugins=('my_ideas',)",
+                            *PLUGIN_ARGS[1:]])  # The config's plugins, instead of --plugin.
+  assert vae_jax.parse_config(config).model[1]["hidden_dim"] == 32
   # The same keys for the built-in entries keep their own defaults.
   _, _, config = cli.parse(["train", "--workdir=/nonexistent/w", "--plugin=my_ideas"])
   settings = vae_jax.parse_config(config)
@@ -189,3 +193,24 @@ def test_custom_objective_honours_the_configured_likelihood():
   finally:
     objectives.REGISTRY.entries.pop("mmd_vae", None)
     sys.modules.pop("experiments.custom_objective", None)
+
+
+def test_an_installed_packages_entry_point_registers_its_entries(tmp_path, monkeypatch):
+  """A package installed with an entry point in the group 'vae_jax.plugins' needs no
+  --plugin: reading a config imports it."""
+  from vae_jax import plugins
+  (tmp_path / "ep_ideas.py").write_text(
+      "import vae_jax\nfrom vae_jax.models import mlp\n\n"
+      "@vae_jax.register_model('ep_test')\nclass Wide(mlp.MLP):\n  hidden_dim: int = 8\n")
+  info = tmp_path / "ep_ideas-0.1.dist-info"
+  info.mkdir()
+  (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-ideas\nVersion: 0.1\n")
+  (info / "entry_points.txt").write_text("[vae_jax.plugins]\nideas = ep_ideas\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.setattr(plugins, "_installed_loaded", False)
+  try:
+    settings = vae_jax.parse_config({"model": {"name": "ep_test"}})
+    assert settings.model[1]["hidden_dim"] == 8 and settings.plugins == ("ep_ideas",)
+  finally:
+    models.REGISTRY.entries.pop("ep_test", None)
+    sys.modules.pop("ep_ideas", None)

@@ -166,6 +166,7 @@ def parse(argv: list[str]):
     recorded = plugins.recorded(fv.workdir)
     plugins.load(recorded, f"recorded by run {fv.workdir}")
     if command == "train":
+      plugins.load(config.get("plugins", ()), "config.plugins")
       config = with_entry_overrides(config, entry_overrides, [*fv.plugin, *recorded], config_file)
       if isinstance(config, int):
         return config

@@ -52,10 +52,13 @@ def load_installed() -> None:
 def recorded(workdir) -> list[str]:
   """The plugins recorded in a workdir: its config.json's, or a sweep's runs' (none: [])."""
   workdir = Path(workdir)
-  if not workdir.is_dir():
+  try:
+    if not workdir.is_dir():
+      return []
+    files = [workdir / "config.json"] if (workdir / "config.json").is_file() else sorted(
+        workdir.glob("runs/*/*/config.json"))
+  except OSError:  # An unusable name: the command's own checks report it.
     return []
-  files = [workdir / "config.json"] if (workdir / "config.json").is_file() else sorted(
-      workdir.glob("runs/*/*/config.json"))
   names = []
   for path in files:
     try:

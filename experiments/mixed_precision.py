@@ -22,7 +22,8 @@ import tempfile
 
 import numpy as np
 
-from vae_jax import data, training
+import vae_jax
+from vae_jax import data
 from vae_jax.configs import default
 
 DTYPES = ("float32", "bfloat16")
@@ -32,7 +33,7 @@ def run(dtype: str, seed: int, epochs: int, splits, workdir: str) -> dict:
   config = default.get_config()
   config.seed, config.optim.num_epochs, config.model.compute_dtype = seed, epochs, dtype
   config.run.progress, config.run.save_images = False, False
-  _, records = training.train_and_evaluate(config, workdir, splits)
+  _, records = vae_jax.train(config, workdir, splits)
   return {"test_loss": records[-1]["test_loss"], "test_loss_mean_z": records[-1]["test_loss_mean_z"],
           "seconds_per_epoch": statistics.median(r["train_seconds"] for r in records[1:])}
 

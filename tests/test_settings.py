@@ -28,3 +28,22 @@ def test_a_config_saved_with_every_entrys_settings_and_no_plugins_still_matches(
   assert settings.model[0].name == "mlp" and "channels" not in settings.model[1]
   assert config_lib.effective(config) == current
   assert config_lib.differences(config_lib.effective(saved), current) == []
+
+
+def test_recipes_and_a_switch_of_model_from_the_command_line_still_parse():
+  from vae_jax import __main__ as cli
+  cases = {
+      ("--config=vae_jax/configs/iwae_2layer.py:iwae,5",): ("hvae2", "iwae", "latent_dim_1", 100),
+      ("--config=vae_jax/configs/iwae_1layer.py:vae,5", "--config.model.hidden_dim=300"):
+          ("mlp", "vae_k", "hidden_dim", 300),
+      ("--config=vae_jax/configs/conv.py", "--config.model.channels=(8,16)"):
+          ("conv", "elbo", "channels", (8, 16)),
+      ("--config.model.name=conv", "--config.model.channels", "(4,8)"): ("conv", "elbo", "channels", (4, 8)),
+  }
+  for args, (model, objective, key, value) in cases.items():
+    parsed = cli.parse(["train", "--workdir=/nonexistent/w", *(a.replace("vae_jax/", f"{ROOT}/vae_jax/")
+                                                              for a in args)])
+    assert not isinstance(parsed, int), args
+    settings = config_lib.parse(parsed[2])
+    assert (settings.model[0].name, settings.objective[0].name) == (model, objective)
+    assert settings.model[1][key] == value, args

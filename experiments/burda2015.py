@@ -33,7 +33,8 @@ import tempfile
 from pathlib import Path
 
 from experiments import common, machine as machine_lib
-from vae_jax import checkpoint, config as config_lib, data, training
+import vae_jax
+from vae_jax import checkpoint, data
 from vae_jax.configs import iwae_1layer, iwae_2layer
 
 # Burda et al. (2015), Table 1, MNIST test NLL (nats), 3,280 epochs: (layers, objective, k).
@@ -111,7 +112,7 @@ def run_cell(args, cell, splits, stage: int) -> dict:
     restore_kept(args.keep_in, run_dir)
   config = cell_config(cell, args)
   config.optim.num_epochs = stage_end(stage)  # Resumable: the schedule follows the step.
-  _, records = training.train_and_evaluate(config, run_dir, splits)
+  _, records = vae_jax.train(config, run_dir, splits)
   sizes = [args.stage_examples] + ([args.test_examples] if stage == args.stages - 1 else [])
   for examples in dict.fromkeys(sizes):
     out = estimate(run_dir, stage_end(stage), args.num_samples, examples)
@@ -205,7 +206,7 @@ def time_cells(args, cells, splits) -> None:
     config = cell_config(cell, args)
     config.optim.num_epochs = 2
     with tempfile.TemporaryDirectory() as tmp:
-      _, records = training.train_and_evaluate(config, tmp, part)
+      _, records = vae_jax.train(config, tmp, part)
     per_epoch = records[1]["train_seconds"] * len(splits["train"][0]) / slice_n
     results[cell_name(cell)] = {"seconds_per_epoch": per_epoch, "full_hours": per_epoch * 3280 / 3600,
                                 "hours_at_stages": per_epoch * stage_end(args.stages - 1) / 3600}
@@ -243,7 +244,7 @@ def main() -> int:
     report(args, collect(args, [parse_cell(c) for c in CELLS]))
     return 0
   print(f"Machine: {machine_lib.machine_line()}", flush=True)
-  splits = data.load_data(config_lib.parse(cell_config(cells[0], args)).data)
+  splits = data.load_data(cell_config(cells[0], args))
   if args.time:
     time_cells(args, cells, splits)
     return 0

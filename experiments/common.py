@@ -13,8 +13,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+import vae_jax
 from experiments import machine as machine_lib
-from vae_jax import api, config as config_lib, data, evaluate, training
+from vae_jax import api, config as config_lib, evaluate
 
 
 # The data section every run of this process trains on (set by prepare from --dataset).
@@ -45,7 +46,7 @@ def prepare(args):
     suffix = "" if args.dataset == "mnist" else f"_{args.dataset}"
     args.workdir = Path("runs") / f"{args.name}{suffix}"
   args.workdir.mkdir(parents=True, exist_ok=True)
-  return data.load_data(config_lib.parse(config_with({})).data)
+  return vae_jax.load_data(config_with({}))
 
 
 def pyplot():
@@ -78,7 +79,7 @@ def train_model(workdir: Path, splits, overrides: dict[str, Any]):
   """
   config = config_with(overrides)
   start = time.perf_counter()
-  state, records = training.train_and_evaluate(config, workdir, splits)
+  state, records = vae_jax.train(config, workdir, splits)
   seconds = time.perf_counter() - start
   print(f"  {workdir.name}: {config.optim.num_epochs} epochs, test loss {records[-1]['test_loss']:.2f} "
         f"({seconds:.0f} s)", flush=True)

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from experiments import machine as machine_lib, pytorch_reference
 
-from vae_jax import data, training
+import vae_jax
+from vae_jax import data
 from vae_jax.configs import default
 
 IMPLEMENTATIONS = ("jax", "torch_reference", "torch_preloaded")
@@ -41,7 +42,7 @@ def run_jax(seed: int, epochs: int, splits, workdir: Path) -> list[dict]:
   config = default.get_config()
   config.seed, config.optim.num_epochs = seed, epochs
   config.run.progress, config.run.save_images = False, False
-  _, records = training.train_and_evaluate(config, workdir, splits)
+  _, records = vae_jax.train(config, workdir, splits)
   return [{k: r[k] for k in ("epoch", "train_loss", "test_loss", "train_seconds")} for r in records]
 
 

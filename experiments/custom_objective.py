@@ -26,7 +26,6 @@ import jax.numpy as jnp
 from flax import struct
 
 import vae_jax
-from vae_jax import losses
 
 
 @struct.dataclass
@@ -45,15 +44,16 @@ def mmd_squared(a_BxL, b_BxL):
 
 @vae_jax.register_objective("mmd_vae", MmdHparams)
 def mmd_vae(params, apply_fn, x, key, hparams: MmdHparams):
-  """rec + mmd_weight * B * MMD^2(z, z_prior): batch sums; metrics loss, bce, kl, mmd."""
+  """rec + mmd_weight * B * MMD^2(z, z_prior): batch sums; metrics loss, bce (-log p(x|z)
+  under config.objective.likelihood), kl, mmd."""
   key = jax.random.key(0) if key is None else key  # z = mu still needs prior draws.
   logits, mu_BxL, logvar_BxL = apply_fn({"params": params}, x, key)
   z_BxL = mu_BxL + jnp.exp(0.5 * logvar_BxL) * jax.random.normal(key, mu_BxL.shape)  # As decoded.
   prior_BxL = jax.random.normal(jax.random.fold_in(key, 3), mu_BxL.shape)
-  rec = jnp.sum(losses.bce_per_example(logits, x))
+  rec = jnp.sum(vae_jax.nll_fn(params, hparams)(logits, x))  # The configured likelihood.
   mmd = x.shape[0] * mmd_squared(z_BxL, prior_BxL)
   loss = rec + hparams.mmd_weight * mmd
-  return loss, {"loss": loss, "bce": rec, "kl": jnp.sum(losses.kl_per_example(mu_BxL, logvar_BxL)),
+  return loss, {"loss": loss, "bce": rec, "kl": jnp.sum(vae_jax.kl_per_example(mu_BxL, logvar_BxL)),
                 "mmd": mmd}
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import timing
+import vae_jax
 from vae_jax import config as config_lib, data, evaluate, group as group_lib
 from vae_jax.configs import default
 
@@ -97,7 +98,7 @@ def reference_epoch(sizes) -> dict:
   with jax.default_matmul_precision("highest"):
     loop = timing.time_loop(config, sizes["epochs"])
   loop_s = float(np.median(loop["epoch_seconds"][1:]))
-  steps = -(-len(data.load_data(config_lib.parse(config).data)["train"][0]) // config.optim.batch_size)
+  steps = -(-len(data.load_data(config)["train"][0]) // config.optim.batch_size)
   rows["loop_of_jitted_steps"] = {"epoch_s": loop_s, "us_per_step": loop_s / steps * 1e6,
                                   "compile_s": loop["compile_seconds"],
                                   "train_loss": loop["train_loss"][-1]}
@@ -136,16 +137,15 @@ def vmapped_models(sizes) -> dict:
 
 
 def end_to_end(sizes) -> dict:
-  from vae_jax import training
   rows = {}
   with tempfile.TemporaryDirectory() as workdir:  # Warms up what a first run loads once.
-    training.train_and_evaluate(_config(sizes, **{"optim.num_epochs": 1}), workdir)
+    vae_jax.train(_config(sizes, **{"optim.num_epochs": 1}), workdir)
   for name, background in (("checkpoints_sync", False), ("checkpoints_async", True)):
     config = _config(sizes, **{"optim.num_epochs": sizes["train_epochs"], "run.save_images": True,
                                "run.tensorboard": True, "run.async_checkpoints": background})
     with tempfile.TemporaryDirectory() as workdir:
       t0 = time.perf_counter()
-      _, records = training.train_and_evaluate(config, workdir)
+      _, records = vae_jax.train(config, workdir)
       wall = time.perf_counter() - t0
     compile_s = records[0]["compile_seconds"]
     train_s = sum(r["train_seconds"] for r in records)
@@ -157,7 +157,7 @@ def end_to_end(sizes) -> dict:
 def iwae(sizes) -> dict:
   num_samples, num_images, batches = sizes["iwae"]
   config = _config(sizes)
-  splits = data.load_data(config_lib.parse(config).data)
+  splits = data.load_data(config)
   group = group_lib.make_group(config, splits)
   states, _ = group_lib.create_states(group)
   params = group_lib.unstack(states).params
@@ -191,8 +191,8 @@ def determinism(sizes) -> dict:
       result = subprocess.run(args, capture_output=True, text=True, timeout=600)
       if result.returncode:
         raise RuntimeError(f"train exited {result.returncode}: {result.stderr[-500:]}")
-      from vae_jax import checkpoint, training
-      _, state, keys, _ = training.restore_run(Path(workdir) / "run")
+      from vae_jax import checkpoint
+      _, state, keys, _ = vae_jax.load_run(Path(workdir) / "run")
       digests.append(checkpoint.tree_sha256(group_lib.state_tree(state, keys)))
   return {"sha256": digests, "equal": digests[0] == digests[1]}
 

@@ -22,7 +22,8 @@ import tempfile
 
 import numpy as np
 
-from vae_jax import config as config_lib, data, training
+import vae_jax
+from vae_jax import data
 from vae_jax.configs import default
 
 DTYPES = ("float32", "bfloat16")
@@ -32,7 +33,7 @@ def run(dtype: str, seed: int, epochs: int, splits, workdir: str) -> dict:
   config = default.get_config()
   config.seed, config.optim.num_epochs, config.model.compute_dtype = seed, epochs, dtype
   config.run.progress, config.run.save_images = False, False
-  _, records = training.train_and_evaluate(config, workdir, splits)
+  _, records = vae_jax.train(config, workdir, splits)
   return {"test_loss": records[-1]["test_loss"], "test_loss_mean_z": records[-1]["test_loss_mean_z"],
           "seconds_per_epoch": statistics.median(r["train_seconds"] for r in records[1:])}
 
@@ -45,7 +46,7 @@ def main() -> int:
   args = parser.parse_args()
   if args.seeds < 1 or args.epochs < 2:
     parser.error("--seeds must be >= 1 and --epochs >= 2")
-  splits = data.load_data(config_lib.parse(default.get_config()).data)
+  splits = data.load_data(default.get_config())
   results = {dtype: [] for dtype in DTYPES}
   with tempfile.TemporaryDirectory() as tmp:
     for seed in range(1, args.seeds + 1):

@@ -18,10 +18,10 @@ from vae_jax.epoch import Programs
 
 
 def epoch_matmul_flops(config, num_examples: int, input_dim: int = 784) -> float:
-  """Matmul FLOPs of one training epoch (2 per multiply-add)."""
-  layers = [(input_dim, config.model.hidden_dim), (config.model.hidden_dim, config.model.latent_dim),
-            (config.model.hidden_dim, config.model.latent_dim), (config.model.latent_dim, config.model.hidden_dim),
-            (config.model.hidden_dim, input_dim)]
+  """Matmul FLOPs of one training epoch of the mlp (2 per multiply-add)."""
+  model = config_lib.parse(config).model[1]  # The settings of the chosen model, defaults filled.
+  hidden, latent = model["hidden_dim"], model["latent_dim"]
+  layers = [(input_dim, hidden), (hidden, latent), (hidden, latent), (latent, hidden), (hidden, input_dim)]
   macs = 0
   for i, (fan_in, fan_out) in enumerate(layers):
     passes = 2 if i == 0 else 3  # forward, weight grad, input grad (not for the data)
@@ -64,7 +64,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
 def reference_programs(config, num_devices: int = 1, chunks: int = 1):
   """(programs, states, keys, compile seconds): the config's compiled epoch, in ``chunks``
   chunks, of one model, with the config's data on the device(s)."""
-  splits = data.load_data(config_lib.parse(config).data)
+  splits = data.load_data(config)
   group = group_lib.make_group(config, splits)
   mesh = parallel.make_mesh(num_devices)
   states, keys = parallel.replicate(group_lib.create_states(group), mesh)
@@ -147,7 +147,7 @@ def time_loop(config, num_epochs: int) -> dict:
 
 def time_torch(data_path: str, num_epochs: int) -> dict:
   from experiments import pytorch_reference  # Imports torch.
-  splits = data.load_data(config_lib.parse(default.get_config()).data)
+  splits = data.load_data(default.get_config())
   records = pytorch_reference.train(splits["train"][0], splits["test"][0], data_path=data_path,
                                     epochs=num_epochs, log=lambda *_: None)
   return {"epoch_seconds": [r["train_seconds"] for r in records], "compile_seconds": None,
@@ -172,7 +172,7 @@ def time_models(counts: list[int], num_epochs: int, strategies=("loop", "map", "
   """
   base_config = base_config or default.get_config()
   config = ml_collections.ConfigDict(base_config.to_dict())
-  splits = data.load_data(config_lib.parse(config).data)
+  splits = data.load_data(config)
   x_train, x_test = jax.device_put((splits["train"][0], splits["test"][0]))
   in_program, peak_bytes = {}, {}
   for strategy in strategies:

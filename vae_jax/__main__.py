@@ -1,6 +1,6 @@
 """Command line: train a VAE, then use its checkpoints.
 
-  python -m vae_jax train --workdir DIR [--config FILE] [--config.SECTION.KEY=VALUE ...]
+  python -m vae_jax train --workdir DIR [--config FILE] [--config.SECTION.KEY=VALUE ...] [--plugin MODULE]
   python -m vae_jax sample --workdir DIR [--num 64] [--seed 0] --out samples.png
   python -m vae_jax reconstruct --workdir DIR [--split test] [--num 8] --out recon.png
   python -m vae_jax encode --workdir DIR [--split test] --out latents.npz
@@ -13,10 +13,14 @@
 Several processes (hosts) train one run when each is started with the same command plus
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or the JAX_*
 environment variables). ``train`` on a DIR that holds checkpoints resumes from the latest (same config required;
-``--config.restart=True`` moves the old run aside). The other commands load
+``--config.run.restart=True`` moves the old run aside). The other commands load
 ``--checkpoint`` (latest, best or an epoch number). ``--config`` names a config file
 (default: vae_jax/configs/default.py, the reference); any key can be overridden in the
-ml_collections style, e.g. ``--config.optim.num_epochs=3`` or ``--config.model.name=conv``. Bad input (unknown key, wrong type,
+ml_collections style, e.g. ``--config.optim.num_epochs=3`` or ``--config.model.name=conv
+--config.model.channels=(16,32)`` (a model's or objective's settings are its own, with its
+defaults). ``--plugin=MODULE`` (repeatable) imports a module that registers models or
+objectives of your own; the run records it, so every later command on DIR imports it again
+(as do installed packages' ``vae_jax.plugins`` entry points). Bad input (unknown key, wrong type,
 invalid value, unusable data, workdir or checkpoint; an OS error such as a full disk, a name
 too long or no permission, naming the path and what to do) is one line on stderr and exit status
 2; a non-finite loss is one line and exit status 1. SIGINT or SIGTERM stops at the next safe
@@ -66,7 +70,7 @@ def usage(command: str | None) -> str:
 
 def _config_keys() -> list[str]:
   from vae_jax import config as config_lib
-  return sorted(config_lib.flatten(config_lib.default_sections()))
+  return config_lib.known_keys()
 
 
 def _fail(message: str, status: int = 2) -> int:
@@ -83,6 +87,8 @@ def define_flags() -> flags.FlagValues:
   config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config file.", flag_values=fv,
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory of the run.", flag_values=fv)
+  flags.DEFINE_multi_string("plugin", [], "Module to import first (registers models or objectives "
+                            "of your own; recorded by the run). Repeatable.", flag_values=fv)
   flags.DEFINE_string("checkpoint", "latest", "latest, best or an epoch number.", flag_values=fv)
   flags.DEFINE_string("out", None, "Output file (sample, reconstruct: .png; encode: .npz).",
                       flag_values=fv)
@@ -124,6 +130,9 @@ def parse(argv: list[str]):
     path = path.rsplit(":", 1)[0]
   if not Path(path).is_file():
     return _fail(f"--config {config_file}: not a file (expected a Python file defining get_config())")
+  argv, entry_overrides = split_entry_overrides(argv)
+  if isinstance(argv, int):
+    return argv
   saved_argv, sys.argv = sys.argv, ["vae_jax", *argv]  # config_flags reads sys.argv.
   sys.modules.pop("config_config", None)  # config_flags' module of an earlier file (in-process).
   try:
@@ -157,6 +166,25 @@ def parse(argv: list[str]):
     return command, fv, config
   if not fv.workdir:
     return _fail("--workdir is required")
+  if entry_overrides and command != "train":
+    return _fail(f"{command}: takes no --config.model.* or --config.objective.* overrides (the run "
+                 "recorded its settings)")
+  from vae_jax import plugins  # Imports jax: after the arguments are known to be good.
+  from vae_jax.registry import ConfigError
+  try:
+    plugins.load(fv.plugin, "--plugin")
+    recorded = plugins.recorded(fv.workdir)
+    plugins.load(recorded, f"recorded by run {fv.workdir}")
+    if command == "train":
+      plugins.load(config.get("plugins", ()), "config.plugins")
+      config = with_entry_overrides(config, entry_overrides, [*fv.plugin, *recorded], config_file)
+      if isinstance(config, int):
+        return config
+    elif command == "sweep" and fv.plugin:  # The study's runs record them.
+      with config.unlocked():
+        config.base["plugins"] = tuple(dict.fromkeys([*config.base.get("plugins", ()), *fv.plugin]))
+  except ConfigError as e:
+    return _fail(str(e))
   if command in ("sample", "reconstruct", "encode") and not fv.out:
     return _fail(f"{command}: --out is required")
   for name, (low, high, what) in INTEGER_FLAGS.items():
@@ -172,6 +200,65 @@ INTEGER_FLAGS = {"num": (0, 2**63, ">= 0"), "num_samples": (1, 2**63, ">= 1"),
                  "seed": (0, 2**32, "in [0, 2**32) (the key's 32 bits)"),
                  "num_processes": (1, 2**31, "in [1, 2**31)"),
                  "process_id": (0, 2**31, "in [0, 2**31)")}
+
+
+ENTRY_OVERRIDE = re.compile(r"--config\.(model|objective)\.(\w+)(?:=(.*))?$", re.S)
+
+
+def split_entry_overrides(argv: list[str]):
+  """(other arguments, [(section, key, value text)]) for --config.model.* and
+  --config.objective.*: they are applied once the chosen entry is known, to its settings."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    match = ENTRY_OVERRIDE.match(argv[i])
+    if match is None:
+      rest.append(argv[i])
+    elif match.group(3) is not None:
+      overrides.append((match.group(1), match.group(2), match.group(3)))
+    elif i + 1 < len(argv):
+      overrides.append((match.group(1), match.group(2), argv[i + 1]))
+      i += 1
+    else:
+      return _fail(f"{argv[i]}: expected a value ({argv[i]}=VALUE)"), []
+    i += 1
+  return rest, overrides
+
+
+def with_entry_overrides(config, overrides, plugins: list[str], config_file: str):
+  """The config with its model and objective sections for the chosen entries (the last
+  --config.<section>.name, else the file's, else the default), the overrides checked against
+  that entry's settings and parsed as their types, and config.plugins extended (recorded)."""
+  from vae_jax import models, objectives
+  values = config.to_dict()
+  unknown = [k for k in ("model", "objective") if not isinstance(values.get(k, {}), dict)]
+  if unknown:
+    return _fail(f"--config {config_file}: config.{unknown[0]} is not a section")
+  entries = {}
+  for kind, registry in (("model", models.REGISTRY), ("objective", objectives.REGISTRY)):
+    given = dict(values.get(kind, {}))
+    names = [value for section, key, value in overrides if section == kind and key == "name"]
+    entry = registry.get(names[-1] if names else given.get("name", registry.default))
+    entries[kind] = entry
+    values[kind] = {**entry.settings, **{k: v for k, v in given.items() if k != "name"},
+                    "name": entry.name}
+    for section, key, value in overrides:
+      if section == kind and key != "name":
+        registry.check_key(entry, key, None, shown=value)
+  if "plugins" in values or plugins:
+    values["plugins"] = tuple(dict.fromkeys([*values.get("plugins", ()), *plugins]))
+  args = ["vae_jax", *(f"--config.{section}.{key}={value}" for section, key, value in overrides
+                       if key != "name")]
+  saved_argv, sys.argv = sys.argv, args  # config_flags reads sys.argv.
+  try:
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(values), flag_values=fv,
+                                    lock_config=True)
+    fv(args)
+  except flags.Error as e:
+    return _fail(str(e).splitlines()[0])
+  finally:
+    sys.argv = saved_argv
+  return fv["config"].value
 
 
 def _unknown_key(e: Exception, config_file: str | None, argv: list[str]) -> int:

@@ -2,9 +2,12 @@
 
 ``config.seed``; ``config.data``, ``config.optim``, ``config.run`` become the frozen
 dataclasses below (an unknown key or a bad value is one ConfigError naming it);
-``config.model`` and ``config.objective`` are resolved by their registries (vae_jax.models,
-vae_jax.objectives), whose entries declare their own settings. ``parse`` does all of it, so
-a config is refused before anything is read or written.
+``config.model`` and ``config.objective`` hold ``name`` and the settings given for that
+entry: their registries (vae_jax.models, vae_jax.objectives) fill the rest from the entry's
+own defaults. ``config.plugins``: modules to import before the config is read (where
+models and objectives of your own are registered); a run records them, with the modules of
+its model and objective, so every later command imports them again. ``parse`` does all of
+it once, so a config is refused before anything is read or written.
 """
 
 from __future__ import annotations
@@ -166,37 +169,54 @@ class Run:
 
 
 # Keys that may change when a run resumes: they do not change its numbers.
-RESUMABLE = ("optim.num_epochs", "data.dir",
+RESUMABLE = ("optim.num_epochs", "data.dir", "plugins",
              *(f"run.{f.name}" for f in dataclasses.fields(Run)
                if f.name not in ("matmul_precision", "cpu_kernels")))
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """A parsed config: every section checked. model / objective: (registry entry, settings)."""
+  """A parsed config: every section checked. model / objective: (registry entry, settings);
+  plugins: the modules the run imports (recorded); flat: the dotted keys that decide the
+  run, as a checkpoint records them (``effective``)."""
   seed: int
   data: Data
   optim: Optim
   run: Run
   model: tuple[Any, dict[str, Any]]
   objective: tuple[Any, dict[str, Any]]
+  plugins: tuple[str, ...] = ()
+  flat: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+
+SECTIONS = ("seed", "plugins", "data", "optim", "run", "model", "objective")
+
+
+def _plugins(config: dict) -> tuple[str, ...]:
+  value = config.get("plugins", ())
+  if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+      isinstance(v, str) and v for v in value):
+    raise ConfigError(f"config.plugins={value!r}: expected a tuple of module names, e.g. "
+                      "('my_pkg.ideas',)")
+  return tuple(value)
 
 
 def parse(config: ml_collections.ConfigDict | dict) -> Settings:
   """Checks every section; ConfigError names the first bad key."""
-  from vae_jax import models, objectives  # They import jax; config files need not.
+  from vae_jax import models, objectives, plugins  # They import jax; config files need not.
   config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  known = ("seed", "data", "optim", "run", "model", "objective")
   for key in config:
-    if key not in known:
-      raise ConfigError(f"config.{key}: unknown key; the config's sections: {', '.join(known)}")
+    if key not in SECTIONS:
+      raise ConfigError(f"config.{key}: unknown key; the config's sections: {', '.join(SECTIONS)}")
   seed = check_type("config.seed", config.get("seed", 1), 1)
   _require(0 <= seed < 2**31, "seed", seed, "an integer in [0, 2**31)")
+  plugins.load(_plugins(config), "config.plugins")
+  model, objective = (models.REGISTRY.resolve(config.get("model", {})),
+                      objectives.REGISTRY.resolve(config.get("objective", {})))
   settings = Settings(seed, _section(Data, config.get("data", {}), "data"),
                       _section(Optim, config.get("optim", {}), "optim"),
-                      _section(Run, config.get("run", {}), "run"),
-                      models.REGISTRY.resolve(config.get("model", {})),
-                      objectives.REGISTRY.resolve(config.get("objective", {})))
+                      _section(Run, config.get("run", {}), "run"), model, objective,
+                      recorded_plugins(config, model[0], objective[0]), effective(config))
   model = settings.model[0]
   objectives.check_model(settings.objective[0].target, model.name, model.target.standard_prior)
   return settings
@@ -215,17 +235,33 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def recorded_plugins(config: dict, *entries) -> tuple[str, ...]:
+  """config.plugins and the modules that define the entries (outside vae_jax), in order."""
+  names = [*_plugins(config), *(e.module for e in entries if e.module)]
+  return tuple(n for n in dict.fromkeys(names) if n != "vae_jax" and not n.startswith("vae_jax."))
+
+
 def effective(config) -> dict[str, Any]:
-  """The dotted keys that decide a run: every section, but of config.model and
-  config.objective only the name and the chosen entry's settings (the other entries'
-  defaults may change without touching this run)."""
+  """The dotted keys that decide a run, as a checkpoint records them: every section, of
+  config.model and config.objective the name and every setting of the chosen entry (the
+  given value, else the entry's default: another entry's defaults may change without
+  touching this run), and ``plugins`` (config.plugins and the modules of the chosen entries).
+  Values stay as given (a sweep's group hash is computed from them)."""
   from vae_jax import models, objectives
-  flat = flatten(config)
+  if not isinstance(config, ml_collections.ConfigDict) and any("." in k for k in config):
+    config = from_flat(config)  # Dotted keys, as a checkpoint saved them.
+  config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  flat = flatten({k: v for k, v in config.items() if k not in ("model", "objective", "plugins")})
+  used = []
   for kind, registry in (("model", models.REGISTRY), ("objective", objectives.REGISTRY)):
-    name = flat.get(f"{kind}.name", registry.default)
-    used = registry.entries[name].settings if name in registry.entries else {}
-    flat = {k: v for k, v in flat.items()
-            if not k.startswith(f"{kind}.") or k == f"{kind}.name" or k.split(".", 1)[1] in used}
+    section = dict(config.get(kind, {}))
+    name = section.get("name", registry.default)
+    entry = registry.entries.get(name)
+    settings = entry.settings if entry is not None else {k: v for k, v in section.items() if k != "name"}
+    used += [entry] if entry is not None else []
+    flat[f"{kind}.name"] = name
+    flat.update(flatten({k: section.get(k, d) for k, d in settings.items()}, f"{kind}."))
+  flat["plugins"] = list(recorded_plugins(config, *used))
   return flat
 
 
@@ -247,28 +283,52 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
       repr(missing), "(absent)") for k in keys if saved.get(k, missing) != current.get(k, missing)]
 
 
-def default_sections() -> ml_collections.ConfigDict:
-  """seed and every section at its defaults: the registries' union for model and objective."""
+def default_sections(model: str | None = None, objective: str | None = None
+                     ) -> ml_collections.ConfigDict:
+  """seed and every section at its defaults; config.model and config.objective hold the
+  entry's name only (model / objective: another entry than mlp / elbo); ``parse`` fills
+  their settings from that entry's defaults (``filled`` shows them)."""
   from vae_jax import models, objectives
   return ml_collections.ConfigDict({
-      "seed": 1,
+      "seed": 1, "plugins": (),
       "data": dataclasses.asdict(Data()), "optim": dataclasses.asdict(Optim()),
       "run": dataclasses.asdict(Run()),
-      "model": models.REGISTRY.section(), "objective": objectives.REGISTRY.section()})
+      "model": {"name": models.REGISTRY.get(model or models.REGISTRY.default).name},
+      "objective": {"name": objectives.REGISTRY.get(objective or objectives.REGISTRY.default).name}})
+
+
+def filled(config) -> ml_collections.ConfigDict:
+  """The config with the chosen model's and objective's settings written out (config.json)."""
+  return from_flat(effective(config))
 
 
 def from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The default config with dotted keys set (as saved in config.json or a checkpoint)."""
+  """The default config with dotted keys set (as saved in config.json or a checkpoint).
+
+  Keys of config.model and config.objective are kept as given: ``parse`` checks them against
+  the chosen entry."""
   config = default_sections()
   for key, value in flat.items():
     section, _, name = key.rpartition(".")
-    target = config[section] if section else config
+    if section in ("model", "objective"):
+      config[section][name] = tuple(value) if isinstance(value, list) else value
+      continue
+    target = config[section] if section in config and section else config
     if name in target and isinstance(target[name], tuple) and isinstance(value, list):
       value = tuple(value)
-    if name not in target:
+    if name not in target or (section and section not in config):
       raise ConfigError(f"config.{key}: unknown key (saved by another version of vae_jax?)")
     try:
       target[name] = value
     except (TypeError, ValueError):
       raise ConfigError(f"config.{key}={value!r}: expected a {type(target[name]).__name__}") from None
   return config
+
+
+def known_keys() -> list[str]:
+  """Every dotted config key: the sections' and every registered entry's settings."""
+  from vae_jax import models, objectives
+  keys = [k for k in flatten(default_sections())]
+  for kind, registry in (("model", models.REGISTRY), ("objective", objectives.REGISTRY)):
+    keys += [f"{kind}.{k}" for k in registry.keys()]
+  return sorted(set(keys))

@@ -262,7 +262,12 @@ def load_split(source: str, split: str, data_dir: str = "", tfds_name: str = "mn
 
 
 def load_data(data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Train and test splits of a config.Data section, cut to *_examples if set."""
+  """{'train': (x_NxHxWxC uint8, labels_N), 'test': ...} of a config's data section, cut
+  to *_examples if set. data: a parsed config.Data, or a whole config (parsed
+  config.Settings, ConfigDict or dict: parsed here)."""
+  if not hasattr(data, "train_examples"):  # A whole config.
+    from vae_jax import config as config_lib
+    data = (data if isinstance(data, config_lib.Settings) else config_lib.parse(data)).data
   splits = {}
   for split, limit in (("train", data.train_examples), ("test", data.test_examples)):
     x, y = load_split(data.source, split, data.dir, data.name, data.download, limit)

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, objectives, parallel, training
+from vae_jax import checkpoint, data, objectives, parallel
+from vae_jax.runs import open_run  # Restoring needs the checkpoint code, not the training loop.
 from vae_jax.step import to_float
 
 BINARIZE_SEED = 0  # The test set's one binarization (standard protocol: fixed, shared by all runs).
@@ -191,22 +192,25 @@ def evaluate_run(workdir: str | Path, which: str = "latest", num_samples: int = 
   (config.binarize=False) is evaluated all the same, with a warning: its number is not the
   protocol's.
   """
-  config, state, _, meta = training.restore_run(workdir, which)
-  if config.objective.name == "ae":
+  run = open_run(workdir, which)
+  state, meta, settings = run.state, run.meta, run.settings
+  objective, objective_settings = settings.objective
+  if objective.name == "ae":
     raise ValueError(f"workdir {workdir}: objective 'ae': a deterministic autoencoder has no "
                      "q(z|x) or p(z), so no importance-weighted likelihood")
-  if config.objective.likelihood != "bernoulli":
-    raise ValueError(f"workdir {workdir}: likelihood {config.objective.likelihood!r}; the test NLL "
+  likelihood = objective_settings.get("likelihood", "bernoulli")
+  if likelihood != "bernoulli":
+    raise ValueError(f"workdir {workdir}: likelihood {likelihood!r}; the test NLL "
                      "protocol needs the Bernoulli decoder of binarized MNIST")
-  x_u8, _ = data.load_data(config_lib.parse(config).data)["test"]
+  x_u8, _ = data.load_data(settings.data)["test"]
   x_u8 = x_u8[:num_examples or None]
   x_NxD = binarize(x_u8, jax.random.key(BINARIZE_SEED))
-  with jax.default_matmul_precision(config.run.matmul_precision):  # As the run trained.
+  with jax.default_matmul_precision(settings.run.matmul_precision):  # As the run trained.
     estimates = iwae_log_likelihood(state.params, state.apply_fn, x_NxD, jax.random.key(seed),
                                     num_samples, sample_chunk=sample_chunk)
     diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
   notes = [w for w in [collapse_warning(diagnostics)] if w]
-  if not config.data.binarize:
+  if not settings.data.binarize:
     notes.append("trained on continuous pixels (config.data.binarize=False): the standard protocol "
                  "trains on dynamically binarized data, so this NLL is not comparable with "
                  "published figures")

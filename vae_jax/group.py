@@ -56,6 +56,7 @@ class Group:
   image_shape: tuple[int, ...]
   num_train: int
   mean_image: np.ndarray  # The training set's mean pixel in [0, 1] (data-dependent inits).
+  mesh: Any = None  # The data-parallel mesh of a single run (None: one device, or K > 1).
 
   @property
   def num_models(self) -> int:
@@ -74,9 +75,37 @@ class Group:
     return ", ".join(f"{key}={value}" for key, value in self.overrides[k].items()) or "the config"
 
 
+def as_settings(config) -> config_lib.Settings:
+  """A parsed config: config itself when it is one (parse once, pass down), else parsed."""
+  return config if isinstance(config, config_lib.Settings) else config_lib.parse(config)
+
+
 def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) -> Group:
-  """The group for a config, its data and per-model overrides ([{}] : one model)."""
-  settings = config_lib.parse(config)
+  """The group for a config (ConfigDict or parsed Settings), its data and per-model
+  overrides ([{}] : one model), with the devices it will use: every check that needs the
+  data, before anything is written."""
+  settings = as_settings(config)
+  x_train, x_test = splits["train"][0], splits["test"][0]
+  for name, x in (("train", x_train), ("test", x_test)):
+    if len(x) == 0:
+      raise ConfigError(f"data: the {name} split has no images")
+  if settings.optim.batch_size > len(x_train):
+    raise ConfigError(f"config.optim.batch_size={settings.optim.batch_size}: larger than the "
+                      f"training set ({len(x_train)} examples)")
+  group = build_group(settings, tuple(x_train.shape[1:]), len(x_train),
+                      np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32) / 255,
+                      overrides, int(x_train.nbytes) + int(x_test.nbytes))
+  group.mesh = check_devices(settings, group.num_models)
+  return group
+
+
+def build_group(settings: config_lib.Settings, image_shape: tuple[int, ...], num_train: int,
+                mean_image: np.ndarray | None = None, overrides: list[dict[str, Any]] | None = None,
+                data_bytes: int = 0) -> Group:
+  """The group from the data's shape alone (no images: what restoring a checkpoint needs).
+
+  mean_image: the training set's mean pixel (None: 0.5 everywhere; only data-dependent inits
+  read it, and a restored state replaces what they set)."""
   overrides = [dict(o) for o in (overrides or [{}])]
   entry, obj_settings = settings.objective
   allowed = batched_settings(entry.target)
@@ -85,16 +114,7 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
       if key not in allowed:
         raise ConfigError(f"per-model setting {key!r}: models trained in one program may differ "
                           f"only in {', '.join(allowed)}; other settings need a group of their own")
-  x_train, x_test = splits["train"][0], splits["test"][0]
-  for name, x in (("train", x_train), ("test", x_test)):
-    if len(x) == 0:
-      raise ConfigError(f"data: the {name} split has no images")
-  if settings.optim.batch_size > len(x_train):
-    raise ConfigError(f"config.optim.batch_size={settings.optim.batch_size}: larger than the "
-                      f"training set ({len(x_train)} examples)")
-  num_train = len(x_train)
-  context = dict(num_train_examples=num_train,
-                 steps_per_epoch=-(-num_train // settings.optim.batch_size))
+  context = run_context(settings, num_train)
   hparams, eval_hparams = [], []
   model_cls = settings.model[0].target
   for o in overrides:
@@ -103,24 +123,60 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
     hparams.append(objectives.make_hparams(mine, **context))
     eval_objective, eval_hp = objectives.evaluation(mine, model_cls.standard_prior, **context)
     eval_hparams.append(eval_hp)
-  image_shape = tuple(x_train.shape[1:])
+  image_shape = tuple(image_shape)
   model = models.build(settings.model, image_shape, getattr(hparams[0], "learned_sigma", False))
   steps = settings.optim.num_epochs * context["steps_per_epoch"]
   if steps >= 2**31:
     raise ConfigError(f"config.optim.num_epochs={settings.optim.num_epochs}: {steps:,} steps "
                       "overflow the int32 step counter (at most 2**31 - 1)")
-  parallel.check_fits(estimated_bytes(model, len(overrides), settings.optim, x_train, x_test),
+  parallel.check_fits(estimated_bytes(model, len(overrides), settings.optim, data_bytes),
                       f"the run ({len(overrides)} model(s) of {settings.model[0].name!r})")
+  check_objective(entry.target, model, hparams[0])
+  if mean_image is None:
+    mean_image = np.full(image_shape, 0.5, np.float32)
   return Group(settings, overrides, model, entry.target, _stack(hparams), eval_objective,
                _stack(eval_hparams),
                np.asarray([o.get("seed", settings.seed) for o in overrides], np.int32),
                np.asarray([o.get("optim.learning_rate", settings.optim.learning_rate)
-                           for o in overrides], np.float32), image_shape, num_train,
-               np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32) / 255)
+                           for o in overrides], np.float32), image_shape, num_train, mean_image)
 
 
-def estimated_bytes(model: models.VAE, num_models: int, optim: config_lib.Optim, x_train,
-                    x_test) -> int:
+def run_context(settings: config_lib.Settings, num_train: int) -> dict[str, int]:
+  """What a run fills into an objective's Hparams (objectives.CONTEXT): num_train_examples
+  (the training split's size) and steps_per_epoch (ceil(num_train / optim.batch_size))."""
+  return dict(num_train_examples=num_train,
+              steps_per_epoch=-(-num_train // settings.optim.batch_size))
+
+
+def check_objective(objective: objectives.Objective, model: models.VAE, hparams) -> None:
+  """Traces the objective once on one example (nothing runs): a bad metrics dict is one
+  ConfigError naming the objective before the run writes anything."""
+  x_1 = jnp.zeros((1, *model.image_shape), jnp.float32)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), x_1))["params"]
+  jax.eval_shape(lambda p, k: objective.fn(p, model.apply, x_1, k, hparams), params,
+                 jax.random.key(0))
+
+
+def check_devices(settings: config_lib.Settings, num_models: int):
+  """The data-parallel mesh of a single run (None: one device, or K > 1 models)."""
+  if num_models > 1:
+    if settings.run.per_device_batch_size:
+      raise ConfigError(
+          f"config.run.per_device_batch_size={settings.run.per_device_batch_size}: applies to a "
+          f"single run (data parallelism); these {num_models} models share the model axis, set "
+          "config.optim.batch_size")
+    return None
+  mesh = parallel.make_mesh(parallel.data_devices(settings.run.num_devices, settings.optim.batch_size,
+                                                  settings.run.per_device_batch_size))
+  if mesh is not None and settings.optim.batch_size % mesh.size:
+    raise ConfigError(
+        f"config.optim.batch_size={settings.optim.batch_size}: not divisible by the {mesh.size} "
+        "devices of the data axis (set config.run.num_devices or the batch size)")
+  return mesh
+
+
+def estimated_bytes(model: models.VAE, num_models: int, optim: config_lib.Optim,
+                    data_bytes: int = 0) -> int:
   """A lower bound of a run's memory: parameters with their gradients and Adam moments (4
   copies, float32) per model, a batch's activations (a few copies of the widest layer), and
   the data. Parameter shapes come from jax.eval_shape: nothing is allocated to count them."""
@@ -128,7 +184,7 @@ def estimated_bytes(model: models.VAE, num_models: int, optim: config_lib.Optim,
   params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
   widest = max([math.prod(model.image_shape), *(s.shape[-1] for s in jax.tree.leaves(shapes))])
   batch = max(optim.batch_size, optim.eval_batch_size) * widest * 4 * 8
-  return num_models * (16 * params + batch) + int(x_train.nbytes) + int(x_test.nbytes)
+  return num_models * (16 * params + batch) + data_bytes
 
 
 def stage_factor(optim: config_lib.Optim, epoch):

@@ -1,7 +1,7 @@
 """Using a trained run: sample, reconstruct, encode and evaluate from its checkpoints.
 
 Each function restores one checkpoint ('latest', 'best' or an epoch number) of a work
-directory written by ``training.train_and_evaluate``, compiles only the function it needs and
+directory written by ``vae_jax.train``, compiles only the function it needs and
 writes nothing but its own output file.
 """
 
@@ -15,14 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, images, objectives, parallel, step, training
+from vae_jax import checkpoint, data, images, objectives, parallel, step
 from vae_jax.evaluate import collapse_warning, decode_all, encode_all, latent_diagnostics
+from vae_jax.group import run_context
+from vae_jax.runs import open_run
 
 
-def _load_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_split(run, split: str) -> tuple[np.ndarray, np.ndarray]:
   if split not in ("train", "test"):
     raise ValueError(f"split {split!r}: expected 'train' or 'test'")
-  return data.load_data(config_lib.parse(config).data)[split]
+  return data.load_data(run.settings.data)[split]
 
 
 def _check_out(out: str | Path, suffix: str) -> Path:
@@ -50,19 +52,20 @@ def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") ->
   out = _check_out(out, ".png")
   if num < 1:
     raise ValueError(f"--num {num}: expected >= 1")
-  config, state, _, meta = training.restore_run(workdir, which)
-  pixels = num * np.prod(meta["data"]["train"]["image_shape"])
+  run = open_run(workdir, which)
+  pixels = num * np.prod(run.image_shape)
   parallel.check_fits(int(pixels) * 4 * 2, f"--num {num} (images of float32 and the grid)")
-  z_NxL = jax.random.normal(jax.random.key(seed), (num, config.model.latent_dim))
-  _save_grid(out, decode_all(state.params, state.apply_fn, z_NxL))
+  z_NxL = jax.random.normal(jax.random.key(seed), (num, run.state.apply_fn.__self__.latent_dim))
+  _save_grid(out, decode_all(run.state.params, run.state.apply_fn, z_NxL))
   return out
 
 
 def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "latest") -> Path:
   """The split's first num images (rows of 8) over their reconstructions at z = mu, as a PNG."""
   out = _check_out(out, ".png")
-  config, state, _, meta = training.restore_run(workdir, which)
-  x_u8, _ = _load_split(config, split)
+  run = open_run(workdir, which)
+  state = run.state
+  x_u8, _ = _load_split(run, split)
   if not 1 <= num <= len(x_u8):
     raise ValueError(f"--num {num}: expected 1 to {len(x_u8)} (the {split} split's size)")
   x_NxD = step.to_float(jnp.asarray(x_u8[:num]))
@@ -77,10 +80,10 @@ def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "l
 def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
   """Writes mu (NxL), logvar (NxL) and labels (N) of every example of the split to an .npz."""
   out = _check_out(out, ".npz")
-  config, state, _, _ = training.restore_run(workdir, which)
-  x_u8, labels = _load_split(config, split)
+  run = open_run(workdir, which)
+  x_u8, labels = _load_split(run, split)
   x_NxD = step.to_float(jnp.asarray(x_u8))
-  mu, logvar = encode_all(state.params, state.apply_fn, x_NxD)
+  mu, logvar = encode_all(run.state.params, run.state.apply_fn, x_NxD)
   tmp = out.with_name(f".{out.stem}.tmp.npz")
   try:  # O_NOFOLLOW: a link at the temporary name is an error, never written through.
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
@@ -102,13 +105,13 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   Uses the key training used after that epoch, so on the test split the loss equals the
   one recorded in metrics.jsonl (when the data are the same).
   """
-  config, state, keys, meta = training.restore_run(workdir, which)
-  x_u8, labels = _load_split(config, split)
+  run = open_run(workdir, which)
+  state, keys, meta, settings = run.state, run.keys, run.meta, run.settings
+  x_u8, labels = _load_split(run, split)
   epoch = meta["epoch"]
-  settings = config_lib.parse(config)
   eval_objective, hparams = objectives.evaluation(
       settings.objective, settings.model[0].target.standard_prior,
-      num_train_examples=meta["data"]["train"]["examples"], steps_per_epoch=-(-meta["data"]["train"]["examples"] // settings.optim.batch_size))
+      **run_context(settings, meta["data"]["train"]["examples"]))
   evaluate_fn = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))
   with jax.default_matmul_precision(settings.run.matmul_precision):  # As the run trained.
     sums = jax.device_get(evaluate_fn(
@@ -120,7 +123,7 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   same_data = meta["data"].get(split) == checkpoint.data_fingerprint({split: (x_u8, labels)})[split]
   if split == "test" and same_data:
     result["recorded_test_loss"] = meta["records"][-1]["test_loss"]
-  if config.objective.name != "ae":  # The autoencoder has no posterior to diagnose.
+  if settings.objective[0].name != "ae":  # The autoencoder has no posterior to diagnose.
     x_NxD = step.to_float(jnp.asarray(x_u8))
     diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
     result.update(active_units=diagnostics["active_units"],

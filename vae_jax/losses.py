@@ -55,7 +55,8 @@ def bce_per_example(logits_BxHxWxC, x_BxHxWxC, batch_ndim: int = 1):
 
 
 def kl_per_example(mu_BxL, logvar_BxL):
-  """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 sum (1 + logvar - mu^2 - exp(logvar))."""
+  """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 sum (1 + logvar - mu^2 - exp(logvar)): nats
+  per example (shape B), summed over the L latent dimensions."""
   return -0.5 * jnp.sum(1.0 + logvar_BxL - jnp.square(mu_BxL) - jnp.exp(logvar_BxL), axis=-1)
 
 
@@ -122,7 +123,8 @@ def free_bits_kl(mu_BxL, logvar_BxL, free_bits: float):
 
 
 def gaussian_log_density(z, mu, logvar):
-  """log N(z; mu, exp(logvar)) summed over the last axis."""
+  """log N(z; mu, exp(logvar)) summed over the last (latent) axis: nats, leading axes kept
+  (mu = logvar = 0: the standard normal prior log p(z))."""
   return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + jnp.square(z - mu) * jnp.exp(-logvar), -1)
 
 

@@ -8,7 +8,15 @@ over the batch's examples (nats); their keys are what every output shows (train_
 test_<key>), and ``loss`` is what is minimised. Registered with
 ``@register_objective(name, Hparams)``; the Hparams fields become ``config.objective``
 settings. Test metrics come from ``evaluate_with`` (default 'elbo': the ELBO under the same
-likelihood, beta 1, clean inputs) with ``Hparams.for_evaluation``. ``importance_weighted``
+likelihood, beta 1, clean inputs) with ``Hparams.for_evaluation``. Each objective owns its
+settings: another objective may have a field of the same name with another default.
+
+The run context: fields named in CONTEXT are not config settings; the run fills them into
+the Hparams when a field of that name exists (declare it ``static`` with any default):
+``num_train_examples`` (examples in the training split; beta_tcvae's N),
+``steps_per_epoch`` (ceil(num_train_examples / optim.batch_size): epochs of a schedule
+to steps, as ElboHparams.kl_warmup_epochs). ``at_step(step)`` receives the global step
+(0-based int32, traced). ``importance_weighted``
 objectives use only the model's ``importance_terms``, so they alone train a model whose
 prior is not N(0, I) (such a model is evaluated with its training objective).
 """
@@ -28,7 +36,7 @@ from vae_jax.registry import ConfigError, Registry
 
 REGISTRY = Registry("objective", default="elbo")
 CORRUPTIONS = ("none", "gaussian", "mask")
-# Fields the run fills in (from the data and the batch size), never the config.
+# Fields the run fills in (from the data and the batch size), never the config: see above.
 CONTEXT = ("num_train_examples", "steps_per_epoch")
 
 
@@ -39,7 +47,11 @@ def static(default):
 
 @struct.dataclass
 class Hparams:
-  """Base of every objective's settings; at_step and for_evaluation default to no change."""
+  """Base of every objective's settings: subclass it with ``@flax.struct.dataclass``; each
+  field with its default is a ``config.objective`` setting (``static`` ones shape the
+  program; the others are traced, so a sweep batches their values), except the run-context
+  fields (CONTEXT: num_train_examples, steps_per_epoch) that the run fills in.
+  at_step and for_evaluation default to no change; check() refuses bad values (ConfigError)."""
 
   def at_step(self, step):
     """The settings at a global step (schedules such as KL warm-up)."""
@@ -63,14 +75,49 @@ class Objective:
 
 
 def register_objective(name: str, hparams_cls: type = Hparams, evaluate_with: str | None = "elbo",
-                       importance_weighted: bool = False):
-  """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)."""
+                       importance_weighted: bool = False, replace: bool = False):
+  """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)
+  as ``config.objective.name=name``.
+
+  hparams_cls: a ``@flax.struct.dataclass`` subclass of Hparams (its fields are the
+  settings). evaluate_with: the objective of the test metric ('elbo'; None: this one, with
+  ``for_evaluation()``). importance_weighted: uses only the model's ``importance_terms``
+  (trains models whose prior is not N(0, I)). Refused at once: a name already taken (unless
+  replace=True), Hparams that are not a flax struct dataclass. At the first trace: metrics
+  without a scalar 'loss', or with a non-scalar value.
+  """
+  if not (isinstance(hparams_cls, type) and issubclass(hparams_cls, Hparams)
+          and hparams_cls.__dict__.get("_flax_dataclass", False)):
+    raise ConfigError(f"register_objective({name!r}): hparams {hparams_cls!r} must be a subclass of "
+                      "vae_jax.Hparams decorated with @flax.struct.dataclass (a plain class has no "
+                      "settings and is not traced)")
   def decorate(fn):
     settings = {f.name: f.default for f in dataclasses.fields(hparams_cls) if f.name not in CONTEXT}
-    REGISTRY.register(name, Objective(name, fn, hparams_cls, evaluate_with, importance_weighted),
-                      settings)
+    REGISTRY.register(name, Objective(name, checked(fn, name), hparams_cls, evaluate_with,
+                                      importance_weighted), settings, origin=fn, replace=replace)
     return fn
   return decorate
+
+
+def checked(fn: Callable, name: str) -> Callable:
+  """fn, refusing at trace time (ConfigError naming the objective) metrics that lack a
+  scalar 'loss' or hold a non-scalar value."""
+  @functools.wraps(fn)
+  def objective(*args, **kwargs):
+    out = fn(*args, **kwargs)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+      raise ConfigError(f"objective {name!r}: returned {type(out).__name__}; expected "
+                        "(loss, metrics dict)")
+    metrics = out[1]
+    if "loss" not in metrics:
+      raise ConfigError(f"objective {name!r}: its metrics {sorted(metrics)} lack 'loss' (the "
+                        "minimised value, a batch sum)")
+    for key, value in metrics.items():
+      if jnp.ndim(value) != 0:
+        raise ConfigError(f"objective {name!r}: metric {key!r} has shape {jnp.shape(value)}; "
+                          "expected a scalar (a sum over the batch's examples)")
+    return out
+  return objective
 
 
 def check_model(objective: Objective, model_name: str, standard_prior: bool) -> None:

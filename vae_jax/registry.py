@@ -1,14 +1,17 @@
-"""Name -> implementation tables for models and objectives; their config sections derive from them.
+"""Name -> implementation tables for models and objectives; each entry owns its settings.
 
 A registry entry declares its settings (key -> default). The config section of a registry
-(``config.model``, ``config.objective``) is ``name`` plus the union of every entry's
-settings, so ``--config.objective.tc_weight=2`` works from the command line; a key that
-the chosen entry does not use is refused when it differs from its default, never ignored.
+(``config.model``, ``config.objective``) holds ``name`` and the settings given for that
+entry; ``resolve`` fills the others from the entry's own defaults. Two entries may share a
+key with different defaults (a plugin's ``beta`` need not be the ELBO's). A key the chosen
+entry does not have is refused in one line, unless it is another entry's key left at that
+entry's default (a section filled for one entry, then switched by name).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 
@@ -21,6 +24,22 @@ class Entry:
   name: str
   target: Any  # The model class or the objective.
   settings: dict[str, Any]  # Config key -> default.
+  module: str | None = None  # Where it was defined (importable name; None: not importable).
+  origin: Any = dataclasses.field(default=None, compare=False, repr=False)  # What was decorated.
+
+
+def home_module(obj) -> str | None:
+  """The importable module that defines obj: its __module__, or for '__main__' the name it
+  was run under (python -m pkg.mod); None when it cannot be imported again."""
+  module = getattr(obj, "__module__", None)
+  if module == "__main__":
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name if spec is not None and spec.name != "__main__" else None
+  return module
+
+
+def _origin(obj) -> tuple:
+  return (home_module(obj), getattr(obj, "__qualname__", None))
 
 
 class Registry:
@@ -30,46 +49,66 @@ class Registry:
     self.kind, self.default = kind, default
     self.entries: dict[str, Entry] = {}
 
-  def register(self, name: str, target: Any, settings: dict[str, Any]) -> Entry:
-    """Adds (or replaces) an entry. A setting shared with another entry must share its default."""
-    for other in self.entries.values():
-      for key in settings.keys() & other.settings.keys():
-        if other.name != name and other.settings[key] != settings[key]:
-          raise ValueError(f"{self.kind} {name!r}: setting {key!r} defaults to {settings[key]!r} "
-                           f"but {self.kind} {other.name!r} defaults it to {other.settings[key]!r}; "
-                           "shared settings need one default (or use another name)")
-    self.entries[name] = Entry(name, target, dict(settings))
+  def register(self, name: str, target: Any, settings: dict[str, Any], origin: Any = None,
+               replace: bool = False) -> Entry:
+    """Adds an entry; a name already taken is refused unless replace=True (or the same
+    definition registers again: its module imported a second time, or reloaded)."""
+    origin = target if origin is None else origin
+    if not isinstance(name, str) or not name.isidentifier():
+      raise ConfigError(f"{self.kind} name {name!r}: expected an identifier (letters, digits, _)")
+    old = self.entries.get(name)
+    if old is not None and not replace and _origin(old.origin) != _origin(origin):
+      raise ConfigError(f"{self.kind} {name!r} is already registered (by {old.module or 'a script'}); "
+                       f"choose another name, or pass replace=True to replace it")
+    self.entries[name] = Entry(name, target, dict(settings), home_module(origin), origin)
     return self.entries[name]
 
-  def union(self) -> dict[str, Any]:
-    """Every setting of every entry with its default."""
-    out: dict[str, Any] = {}
+  def keys(self) -> dict[str, list[str]]:
+    """Every setting key -> the entries that have it."""
+    out: dict[str, list[str]] = {}
     for entry in self.entries.values():
-      out.update(entry.settings)
+      for key in entry.settings:
+        out.setdefault(key, []).append(entry.name)
     return out
 
-  def section(self) -> dict[str, Any]:
-    """The config section: the default name and every entry's settings."""
-    return {"name": self.default, **self.union()}
+  def section(self, name: str | None = None) -> dict[str, Any]:
+    """A config section filled for one entry (default: the registry's): name and its settings."""
+    entry = self.get(name or self.default)
+    return {"name": entry.name, **entry.settings}
 
   def get(self, name: str) -> Entry:
     if name not in self.entries:
       raise ConfigError(f"config.{self.kind}.name={name!r}: expected one of "
-                        f"{', '.join(sorted(self.entries))}")
+                        f"{', '.join(sorted(self.entries))} (an entry of your own: import the "
+                        "module that registers it with --plugin=MODULE or config.plugins)")
     return self.entries[name]
 
+  def check_key(self, entry: Entry, key: str, value: Any, shown: str | None = None) -> bool:
+    """Whether key belongs to entry; False for another entry's key left at its default;
+    ConfigError (one line) otherwise. shown: the value as the user wrote it."""
+    if key in entry.settings:
+      return True
+    where = f"config.{self.kind}.{key}"
+    owners = self.keys().get(key, [])
+    if any(self.entries[o].settings[key] == value for o in owners) and shown is None:
+      return False
+    mine = ", ".join(sorted(entry.settings)) or "none"
+    if owners:
+      raise ConfigError(f"{where}={shown or repr(value)}: does not apply to {self.kind} "
+                        f"{entry.name!r} (its settings: {mine}; {key} is a setting of "
+                        f"{', '.join(sorted(owners))})")
+    if shown is not None:  # From the command line: named as the other unknown flags are.
+      raise ConfigError(f"unknown config key {key!r}: {where} is not a setting of {self.kind} "
+                        f"{entry.name!r} (its settings: {mine})")
+    raise ConfigError(f"{where}: unknown key; {self.kind} {entry.name!r} settings: {mine}")
+
   def resolve(self, section: dict[str, Any]) -> tuple[Entry, dict[str, Any]]:
-    """(entry, its settings) from a config section; ConfigError names the first bad key."""
+    """(entry, its settings) from a config section, the entry's defaults filling what the
+    section leaves out; ConfigError names the first bad key."""
     section = dict(section)
     entry = self.get(section.pop("name", self.default))
-    union = self.union()
     for key, value in section.items():
-      where = f"config.{self.kind}.{key}"
-      if key not in union:
-        raise ConfigError(f"{where}: unknown key; {self.kind} settings: {', '.join(sorted(union))}")
-      if key not in entry.settings and value != union[key]:
-        raise ConfigError(f"{where}={value!r}: does not apply to {self.kind} {entry.name!r} "
-                          f"(its settings: {', '.join(sorted(entry.settings)) or 'none'})")
+      self.check_key(entry, key, value)
     return entry, {key: check_type(f"config.{self.kind}.{key}", section.get(key, default), default)
                    for key, default in entry.settings.items()}
 

@@ -6,6 +6,8 @@ A study is a Python file whose ``get_config()`` returns a ConfigDict (``make_stu
 - ``axes``: {dotted config key: [values]}: the full grid of settings is run;
 - ``seeds``: how many seeds per setting (seeds 1..S);
 - ``x_axis`` (optional): the axis plotted along x (default: the first).
+A model or objective of your own: name its module in ``base['plugins']`` (or pass
+``--plugin=MODULE``); every run records it.
 Settings that are traced (``group.batched_settings``: the seed, the learning rate, the
 objective's numeric settings) vary inside one compiled program; the others form groups,
 each compiled once. Every group trains through ``training.train_models``, as a single run does.
@@ -33,8 +35,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, data, objectives, training, workdir as workdir_lib
-from vae_jax import group as group_lib
+from vae_jax import (checkpoint, config as config_lib, data, group as group_lib, objectives, plugins,
+                     training, workdir as workdir_lib)
 from vae_jax.group import batched_settings
 
 
@@ -71,7 +73,11 @@ def check_study(study: ml_collections.ConfigDict, path: str | Path) -> ml_collec
     if key not in study:
       raise StudyError(f"study config {path}: missing key {key!r} (expected name, question, "
                        "base, axes, seeds)")
-  known = set(config_lib.flatten(config_lib.default_sections()))
+  try:
+    plugins.load(study.base.get("plugins", ()), f"study config {path}: base plugins")
+  except config_lib.ConfigError as e:
+    raise StudyError(str(e)) from None
+  known = set(config_lib.known_keys())
   for key in (*study.axes, *study.base):
     if key not in known:
       raise StudyError(f"study config {path}: unknown axis or key {key!r}; known config keys: "
@@ -168,7 +174,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
   axes = list(study.axes)
   workdir = workdir_lib.check_directory(workdir, "sweep workdir")
   study_groups = groups(study)
-  splits = splits or data.load_data(config_lib.parse(setting_config(study, {})).data)
+  splits = splits or data.load_data(setting_config(study, {}))
   for shape, members in study_groups:  # Every check that needs the data, before any write.
     try:
       group_lib.make_group(setting_config(study, shape), splits, group_overrides(study, shape, members))

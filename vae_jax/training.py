@@ -8,6 +8,7 @@ non-finite loss, checkpoint, then log and images, so a kill never loses a logged
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -19,12 +20,12 @@ import ml_collections
 import numpy as np
 
 from vae_jax import (__version__, checkpoint, config as config_lib, cpu_kernels, data, distributed,
-                     images, interrupt,
-                     summaries, workdir as workdir_lib)
+                     images, interrupt, summaries, workdir as workdir_lib)
 from vae_jax import group as group_lib
 from vae_jax.epoch import Programs
-from vae_jax.parallel import (data_devices, describe_backend, make_mesh, replicate, shard_models,
-                              shard_rows)
+from vae_jax.group import check_devices  # noqa: F401  (its home before group.py)
+from vae_jax.parallel import data_devices, describe_backend, replicate, shard_models, shard_rows
+from vae_jax.runs import restore_run  # noqa: F401  (its home before runs.py)
 
 
 COUNTS = ("examples", "first_nonfinite_step")  # Sums of train_step's that are not metrics.
@@ -54,8 +55,9 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
                  group: group_lib.Group | None = None):
   """Trains K = len(overrides) models in one program; returns (states, records per model).
 
-  ckpt_dir: where the stacked states are checkpointed after every epoch (and resumed from);
-  run_dirs[k]: model k's metrics.jsonl, images and TensorBoard (None: nothing written).
+  config: a ConfigDict or a parsed config.Settings; ckpt_dir: where the stacked states are
+  checkpointed after every epoch (and resumed from); run_dirs[k]: model k's metrics.jsonl,
+  images and TensorBoard (None: nothing written). group: made already (make_group).
   """
   group = group or group_lib.make_group(config, splits, overrides)  # Given: built (and checked) already.
   settings, num_models = group.settings, group.num_models
@@ -64,8 +66,7 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   kernels, why = cpu_kernels.configure(settings.run.cpu_kernels)  # Before the backend starts.
   backend = describe_backend(settings.run.matmul_precision)
   # The checkpoint records the kernel path, not 'auto': a resume compares what computed.
-  meta_base = {"config": {**config_lib.effective(config), "run.cpu_kernels": kernels},
-               "models": group.overrides,
+  meta_base = {"config": {**settings.flat, "run.cpu_kernels": kernels}, "models": group.overrides,
                "data": fingerprint, "versions": {"jax": jax.__version__, "vae_jax": __version__},
                "backend": backend}
   if primary:
@@ -90,7 +91,7 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
   if primary:
     for run_dir, model_records, overrides in zip(run_dirs, records, group.overrides):
       if run_dir is not None:
-        model_config = config_lib.from_flat({**config_lib.flatten(config), **overrides})
+        model_config = config_lib.from_flat({**settings.flat, **overrides})
         checkpoint.write_text_atomic(run_dir / "config.json", model_config.to_json(indent=2) + "\n")
         workdir_lib.write_metrics(run_dir, model_records)
   distributed.barrier("resume")
@@ -105,7 +106,7 @@ def train_models(config, splits, overrides: list[dict] | None, ckpt_dir: Path,
         f"config.optim.num_epochs={settings.optim.num_epochs}")
     if not missing_images:
       return states, records
-  mesh = check_devices(settings, num_models)
+  mesh = group.mesh
   # The train set split over the data axis (each device holds its rows); the test set whole.
   train_u8, test_u8 = shard_rows(splits["train"][0], mesh), replicate(splits["test"][0], mesh)
   states, keys = replicate((states, keys), mesh)
@@ -177,24 +178,6 @@ def checkpoint_due(settings: config_lib.Settings, epoch: int, last_saved: float,
   every, seconds = settings.run.checkpoint_every_epochs, settings.run.checkpoint_every_seconds
   return (epoch == settings.optim.num_epochs or stopping or bool(every and epoch % every == 0)
           or bool(seconds and time.monotonic() - last_saved >= seconds))
-
-
-def check_devices(settings: config_lib.Settings, num_models: int):
-  """The data-parallel mesh of a single run (None: one device, or K > 1 models)."""
-  if num_models > 1:
-    if settings.run.per_device_batch_size:
-      raise config_lib.ConfigError(
-          f"config.run.per_device_batch_size={settings.run.per_device_batch_size}: applies to a "
-          f"single run (data parallelism); these {num_models} models share the model axis, set "
-          "config.optim.batch_size")
-    return None
-  mesh = make_mesh(data_devices(settings.run.num_devices, settings.optim.batch_size,
-                                settings.run.per_device_batch_size))
-  if mesh is not None and settings.optim.batch_size % mesh.size:
-    raise config_lib.ConfigError(
-        f"config.optim.batch_size={settings.optim.batch_size}: not divisible by the {mesh.size} "
-        "devices of the data axis (set config.run.num_devices or the batch size)")
-  return mesh
 
 
 def write_epoch(run_dirs, writers, records, grids, epoch: int, log) -> None:
@@ -297,17 +280,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   Writes config.json, metrics.jsonl, checkpoints/ and the images to workdir. Returns the
   final state and the per-epoch records (those of metrics.jsonl). ``splits`` (optional)
-  replaces the configured data source: {'train': (x, y), 'test': (x, y)}.
+  replaces the configured data source: {'train': (x, y), 'test': (x, y)}. config: a
+  ConfigDict (its config.plugins are imported) or a parsed config.Settings.
   """
-  settings = config_lib.parse(config)
+  settings = group_lib.as_settings(config)  # The one parse, handed down.
   if settings.run.per_device_batch_size:  # The global batch, from the devices it will use.
-    config = config_lib.from_flat({**config_lib.flatten(config), "optim.batch_size": (
-        settings.run.per_device_batch_size * data_devices(
-            settings.run.num_devices, 0, settings.run.per_device_batch_size))})
-    settings = config_lib.parse(config)
+    batch_size = settings.run.per_device_batch_size * data_devices(
+        settings.run.num_devices, 0, settings.run.per_device_batch_size)
+    settings = dataclasses.replace(settings, optim=dataclasses.replace(
+        settings.optim, batch_size=batch_size), flat={**settings.flat, "optim.batch_size": batch_size})
   splits = splits or data.load_data(settings.data)
-  group = group_lib.make_group(config, splits)  # Every check that needs the data, before any write.
-  check_devices(settings, group.num_models)
+  group = group_lib.make_group(settings, splits)  # Every check that needs the data, before any write.
   workdir = workdir_lib.check_directory(workdir)
   # Process 0 alone locks, creates, checks and writes the workdir.
   primary = distributed.is_primary()
@@ -317,36 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                                   num_epochs=settings.optim.num_epochs,
                                   images=settings.run.save_images, tensorboard=settings.run.tensorboard)
     distributed.barrier("prepare_workdir")
-    states, records = train_models(config, splits, None, workdir, [workdir], group=group)
+    states, records = train_models(settings, splits, None, workdir, [workdir], group=group)
   return group_lib.unstack(states), records[0]
-
-
-def restore_run(workdir: str | Path, which: str = "latest"):
-  """(config, state, keys, meta) of model 0 of a trained run's checkpoint: 'latest', 'best' or an epoch.
-
-  Nothing is trained or written; the config is the one saved with the checkpoint.
-  """
-  workdir = checkpoint.Path(workdir)
-  if not workdir.is_dir():
-    raise workdir_lib.WorkdirError(f"workdir {workdir}: not a directory (expected one written by "
-                                   "`python -m vae_jax train`)")
-  if not checkpoint.has_checkpoints(workdir):
-    raise checkpoint.CheckpointError(f"workdir {workdir}: no checkpoint in {workdir / checkpoint.SUBDIR}"
-                                     " (expected one written by `python -m vae_jax train`)")
-  with checkpoint.manager(workdir, read_only=True) as mngr:
-    epoch = checkpoint.select(mngr, which)
-    meta = checkpoint.read_meta(mngr, epoch)
-    config = config_lib.from_flat(config_lib.effective(meta["config"]))
-    train = meta["data"]["train"]  # A zero-copy stand-in: the group needs only shape and count.
-    x_train = np.broadcast_to(np.zeros((1,) * (1 + len(train["image_shape"])), np.uint8),
-                              (train["examples"], *train["image_shape"]))
-    group = group_lib.make_group(config, {"train": (x_train, None), "test": (x_train, None)},
-                                 meta["models"][:1])
-    states, keys = group_lib.create_states(group)
-    tree = checkpoint.restore(mngr, epoch, group_lib.state_tree(states, keys), meta)
-  states, keys = group_lib.from_state_tree(states, tree)
-  meta = {**meta, "records": meta["model_records"][0]}
-  return config, group_lib.unstack(states), group_lib.unstack(keys), meta
 
 
 class ProgressBar:

@@ -9,9 +9,11 @@ Sections (vae_jax/config.py says what each key means): seed; data (source, name,
 train/test_examples, binarize); model (name: 'mlp', 'conv' or 'hvae2', and their settings);
 objective (name: 'elbo', 'vae_k', 'iwae', 'ae', 'beta_tcvae', and their settings); optim
 (Adam, batch, epochs, learning-rate schedule);
-run (devices, checkpoints, progress, images, TensorBoard). The model and objective sections
-list every registered entry's settings; a setting the chosen entry does not use must keep its
-default. A recipe builds on this one: ``config = default.get_config()``, then change what differs.
+run (devices, checkpoints, progress, images, TensorBoard); plugins (modules of your own that
+register models and objectives). The model and objective sections hold the entry's name and
+the settings you give; each entry fills the rest from its own defaults (two entries may
+share a key with different defaults), and a key the chosen entry does not have is refused.
+A recipe builds on this one: ``config = default.get_config()``, then change what differs.
 """
 
 import ml_collections

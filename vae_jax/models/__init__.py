@@ -118,14 +118,33 @@ def logit_bias(params, mean_image_HxWxC, clip: float = 1e-3):
   return {**params, "decoder": {**decoder, "logits": logits}}
 
 
-def register_model(name: str):
-  """Class decorator: registers a VAE subclass; its fields (but BUILT_FIELDS) are its settings."""
+def register_model(name: str, replace: bool = False):
+  """Class decorator: registers a VAE subclass as ``config.model.name=name``.
+
+  Its dataclass fields (but BUILT_FIELDS) are its settings, with their defaults: another
+  model may have a field of the same name with another default. A name already taken is
+  refused unless replace=True; a class that is not a VAE subclass is refused.
+  """
   def decorate(cls):
+    if not (isinstance(cls, type) and issubclass(cls, VAE)):
+      raise ConfigError(f"register_model({name!r}): {cls!r} is not a subclass of vae_jax.VAE")
     settings = {f.name: f.default for f in dataclasses.fields(cls)
                 if f.name not in BUILT_FIELDS and f.default is not dataclasses.MISSING}
-    REGISTRY.register(name, cls, settings)
+    REGISTRY.register(name, cls, settings, replace=replace)
     return cls
   return decorate
+
+
+def build_model(config, image_shape: tuple[int, ...] = (28, 28, 1)) -> VAE:
+  """The (unbound) VAE module a config describes, for images of image_shape (H, W, C).
+
+  ``config``: a ConfigDict, dict or parsed config.Settings. Initialize it with
+  ``module.init(key, x_1xHxWxC)``, or get a whole train state with vae_jax.create_state.
+  """
+  from vae_jax import config as config_lib, objectives
+  settings = config if isinstance(config, config_lib.Settings) else config_lib.parse(config)
+  hparams = objectives.make_hparams(settings.objective)
+  return build(settings.model, image_shape, getattr(hparams, "learned_sigma", False))
 
 
 def build(model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...],

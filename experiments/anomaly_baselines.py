@@ -12,12 +12,12 @@ more anomalous. Pixels in [0, 1]; every hyper-parameter fixed here (none tuned o
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
+from scipy.special import logsumexp
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
-from scipy.special import logsumexp
 from sklearn.svm import OneClassSVM
 
 BASELINES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {}

@@ -37,9 +37,16 @@ import sys
 import jax
 
 from experiments import machine as machine_lib
-from experiments.timing import (epoch_matmul_flops, matmul_peak_gflops, matmul_tflops, time_loop,
-                                time_models,
-                                time_scan, time_torch, time_train_command)
+from experiments.timing import (
+  epoch_matmul_flops,
+  matmul_peak_gflops,
+  matmul_tflops,
+  time_loop,
+  time_models,
+  time_scan,
+  time_torch,
+  time_train_command,
+)
 from vae_jax.configs import default
 
 PATHS = ("scan", "train", "scan_bf16", "loop", "torch_reference", "torch_preloaded", "scan_2dev",

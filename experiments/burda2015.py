@@ -32,8 +32,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from experiments import common, machine as machine_lib
 import vae_jax
+from experiments import common, machine as machine_lib
 from vae_jax import checkpoint, data
 from vae_jax.configs import iwae_1layer, iwae_2layer
 

@@ -17,7 +17,6 @@ import vae_jax
 from experiments import machine as machine_lib
 from vae_jax import api, config as config_lib, evaluate
 
-
 # The data section every run of this process trains on (set by prepare from --dataset).
 DATA: dict[str, Any] = {}
 

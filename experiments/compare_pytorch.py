@@ -28,9 +28,8 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from experiments import machine as machine_lib, pytorch_reference
-
 import vae_jax
+from experiments import machine as machine_lib, pytorch_reference
 from vae_jax import data
 from vae_jax.configs import default
 

@@ -50,6 +50,7 @@ def step_matmuls(config) -> list[dict]:
   """Every matmul of one training step: {'m', 'k', 'n', 'count', 'what'} (an (m, k) x (k, n)
   product), from the shapes of the model's Dense kernels."""
   import jax
+
   from vae_jax import group as group_lib
   batch = config.optim.batch_size
   splits = {s: (np.zeros((batch, 28, 28, 1), np.uint8), np.zeros(batch, np.int64)) for s in ("train", "test")}

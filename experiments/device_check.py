@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import timing
 import vae_jax
+from experiments import timing
 from vae_jax import config as config_lib, data, evaluate, group as group_lib
 from vae_jax.configs import default
 
@@ -180,7 +180,7 @@ def iwae(sizes) -> dict:
 def determinism(sizes) -> dict:
   """Two fresh processes train the same config: the same state, bit for bit?"""
   digests = []
-  for i in range(2):
+  for _ in range(2):
     with tempfile.TemporaryDirectory() as workdir:
       args = [sys.executable, "-m", "vae_jax", "train", f"--workdir={workdir}/run",
               f"--config.optim.num_epochs={sizes['determinism_epochs']}",

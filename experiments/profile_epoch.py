@@ -25,7 +25,6 @@ from pathlib import Path
 import jax
 
 from experiments import timing
-
 from vae_jax.configs import default
 
 

@@ -11,8 +11,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import config as config_lib, data, group as group_lib, objectives, parallel
-from vae_jax import step as step_lib, training
+from vae_jax import (
+  config as config_lib,
+  data,
+  group as group_lib,
+  objectives,
+  parallel,
+  step as step_lib,
+  training,
+)
 from vae_jax.configs import default
 from vae_jax.epoch import Programs
 

@@ -29,8 +29,7 @@ def patch(owner, name, wrap):
 def main():
   point, marker, sep, *cli_args = sys.argv[1:]
   assert sep == "--", "usage: pause_run.py POINT MARKER -- ARGS"
-  from vae_jax import __main__ as cli
-  from vae_jax import checkpoint, epoch, training, workdir
+  from vae_jax import __main__ as cli, checkpoint, epoch, training, workdir
   if point == "before_compile":
     patch(epoch.Programs, "__init__", lambda init: lambda *a, **k: (pause(marker), init(*a, **k)))
   elif point == "compiling":

@@ -6,8 +6,8 @@ import zlib
 import jax
 import numpy as np
 import pytest
-
 from conftest import make_model
+
 from vae_jax import anomaly, api, objectives
 
 
@@ -123,6 +123,7 @@ def test_perturb_replaces_about_rate_of_the_pixels_and_keeps_the_rest():
 
 def test_kde_baseline_is_sklearns_gaussian_kernel_density():
   from sklearn.neighbors import KernelDensity
+
   from experiments.anomaly_baselines import gaussian_kde_nll
   rs = np.random.RandomState(6)
   train, test = rs.randn(300, 4), rs.randn(50, 4) * 1.5
@@ -145,6 +146,7 @@ def test_pca_error_is_the_residual_of_the_top_principal_directions():
 
 def test_every_baseline_ranks_far_points_above_the_training_cloud():
   from sklearn.metrics import roc_auc_score
+
   from experiments import anomaly_baselines
   rs = np.random.RandomState(8)
   basis = rs.randn(5, 60)
@@ -159,6 +161,7 @@ def test_every_baseline_ranks_far_points_above_the_training_cloud():
 def test_ocsvm_gamma_scale_is_one_over_dimension_times_variance():
   """The stated hyper-parameter: gamma='scale' is 1 / (D var(X)) over all pixels."""
   from sklearn.svm import OneClassSVM
+
   from experiments import anomaly_baselines
   rs = np.random.RandomState(9)
   train, test = rs.rand(150, 20), rs.rand(30, 20)

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import make_model, synthetic_split
 from scipy import special, stats
 
-from conftest import make_model, synthetic_split
 from vae_jax import config as config_lib, evaluate, group as group_lib, training
 from vae_jax.registry import ConfigError
 

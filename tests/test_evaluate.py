@@ -8,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cli, make_model
 from scipy import special, stats
 
 from vae_jax import evaluate, losses, objectives
-
-from conftest import cli, make_model
 
 D, L = 12, 3  # A small model: fast, and the estimator's statistics show within seconds.
 

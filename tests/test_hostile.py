@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_split, tree_bytes, write_idx, write_idx_dir
 
-from vae_jax import __main__ as cli
-from vae_jax import workdir as workdir_lib
+from vae_jax import __main__ as cli, workdir as workdir_lib
 
 
 def run_main(capsys, argv):

@@ -6,10 +6,10 @@ import re
 import jax
 import pytest
 from conftest import run_python_json
+from test_checkpoint import assert_trees_equal_bitwise, saved_arrays
 
 from vae_jax import checkpoint, config as config_lib, distributed, parallel, training
 from vae_jax.registry import ConfigError
-from test_checkpoint import assert_trees_equal_bitwise, saved_arrays
 
 
 def _steps(workdir):
@@ -133,6 +133,7 @@ def test_an_accelerator_run_caches_its_executables_for_resume(monkeypatch, tmp_p
 
 def test_workdir_paths_go_through_epath(tmp_path):
   from etils import epath
+
   from vae_jax import workdir
   assert isinstance(workdir.check_directory(tmp_path / "w"), epath.Path)
   assert checkpoint.is_local(tmp_path) and not checkpoint.is_local("gs://bucket/run")

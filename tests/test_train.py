@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from vae_jax import group as group_lib, losses, objectives, step, training, workdir
-from vae_jax.registry import ConfigError
 from vae_jax.epoch import Programs
+from vae_jax.registry import ConfigError
 
 BATCH = 128
 

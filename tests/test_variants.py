@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import make_model
 from scipy import integrate, special, stats
 
-from conftest import make_model
-from vae_jax.registry import ConfigError
 from vae_jax import losses, objectives, training
+from vae_jax.registry import ConfigError
 
 
 @pytest.mark.parametrize("lam", [0.01, 0.2, 0.45, 0.495, 0.5, 0.503, 0.7, 0.99])

@@ -329,8 +329,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(command: str, f, config) -> int:
   """Runs one parsed command; its errors of input (and the OS's, in main) are one line."""
-  from vae_jax import (checkpoint, data, distributed, evaluate, inference, interrupt, parallel, sweep,
-                       training, workdir)
+  from vae_jax import (
+    checkpoint,
+    data,
+    distributed,
+    evaluate,
+    inference,
+    interrupt,
+    parallel,
+    sweep,
+    training,
+    workdir,
+  )
   from vae_jax.registry import ConfigError
   try:
     if command == "prepare":

@@ -14,14 +14,15 @@ from __future__ import annotations
 import dataclasses
 import time
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
 from vae_jax import api, evaluate, objectives
 
-SCORES: dict[str, Callable[["Scoring"], np.ndarray]] = {}
+SCORES: dict[str, Callable[[Scoring], np.ndarray]] = {}
 
 
 def register_score(name: str):

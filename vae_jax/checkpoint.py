@@ -22,12 +22,12 @@ import errno
 import hashlib
 import os
 import re
-from etils import epath
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 Path = epath.Path  # Local directories, or any path etils.epath knows (gs://...).
 

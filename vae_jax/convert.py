@@ -7,7 +7,7 @@ Dense stores ``kernel`` as (in, out) and computes x @ K + b. So K = W.T, biases 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -153,13 +153,13 @@ def idx_paths(directory: Path, split: str) -> tuple[Path, Path]:
   return found[0], found[1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bundled_checksums() -> dict[str, str]:
   lines = (BUNDLED_DIR / "SHA256SUMS").read_text().split("\n")
   return {name: digest for digest, name in (l.split() for l in lines if l.strip())}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_bundled(split: str) -> tuple[np.ndarray, np.ndarray]:
   arrays = []
   for path, magic in zip(idx_paths(BUNDLED_DIR, split), (IMAGES_MAGIC, LABELS_MAGIC)):

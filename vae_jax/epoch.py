@@ -12,7 +12,8 @@ K single runs. Each program is compiled once, ahead of the first epoch.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-
 from vae_jax import data
 
 LOCAL = ("mnist", "fashion_mnist")  # Datasets built here from IDX files.

@@ -16,8 +16,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from vae_jax import checkpoint, config as config_lib, group as group_lib, plugins
-from vae_jax import workdir as workdir_lib
+from vae_jax import (
+  checkpoint,
+  config as config_lib,
+  group as group_lib,
+  plugins,
+  workdir as workdir_lib,
+)
 from vae_jax.registry import ConfigError
 
 

@@ -8,7 +8,8 @@ how the epoch is cut into compiled chunks. Units: every metric is a sum over exa
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

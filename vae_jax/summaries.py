@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+
 def open_writer(logdir: str | Path):
   """A tensorboardX SummaryWriter on logdir, or None when tensorboardX is missing."""
   try:

@@ -35,8 +35,16 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from vae_jax import (checkpoint, config as config_lib, data, group as group_lib, objectives, plugins,
-                     training, workdir as workdir_lib)
+from vae_jax import (
+  checkpoint,
+  config as config_lib,
+  data,
+  group as group_lib,
+  objectives,
+  plugins,
+  training,
+  workdir as workdir_lib,
+)
 from vae_jax.group import batched_settings
 
 

@@ -12,21 +12,30 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import ml_collections
 import numpy as np
 
-from vae_jax import (__version__, checkpoint, config as config_lib, cpu_kernels, data, distributed,
-                     images, interrupt, summaries, workdir as workdir_lib)
-from vae_jax import group as group_lib
+from vae_jax import (
+  __version__,
+  checkpoint,
+  config as config_lib,
+  cpu_kernels,
+  data,
+  distributed,
+  group as group_lib,
+  images,
+  interrupt,
+  summaries,
+  workdir as workdir_lib,
+)
 from vae_jax.epoch import Programs
 from vae_jax.group import check_devices  # noqa: F401  (its home before group.py)
 from vae_jax.parallel import data_devices, describe_backend, replicate, shard_models, shard_rows
 from vae_jax.runs import restore_run  # noqa: F401  (its home before runs.py)
-
 
 COUNTS = ("examples", "first_nonfinite_step")  # Sums of train_step's that are not metrics.
 

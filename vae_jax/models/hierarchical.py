@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from vae_jax import losses
 from vae_jax.models import VAE, logit_bias, register_model, reparameterize
-from vae_jax.models.mlp import Decoder, Encoder, MLP
+from vae_jax.models.mlp import MLP, Decoder, Encoder
 from vae_jax.registry import ConfigError
 
 

@@ -13,7 +13,7 @@ flattened on the way in and reshaped on the way out, so any H x W x C works.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

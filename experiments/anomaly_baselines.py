@@ -29,6 +29,7 @@ def baseline(name: str):
   def decorate(fn):
     BASELINES[name] = fn
     return fn
+
   return decorate
 
 
@@ -64,7 +65,7 @@ def gaussian_kde_nll(train_NxD, test_MxD, bandwidth: float, chunk: int = 1000) -
   log_norm = np.log(n) + 0.5 * d * np.log(2 * np.pi * bandwidth**2)
   out = []
   for start in range(0, len(test_MxD), chunk):
-    t_BxD = test_MxD[start:start + chunk]
+    t_BxD = test_MxD[start : start + chunk]
     d2_BxN = np.maximum(np.sum(t_BxD**2, 1)[:, None] + sq_N[None] - 2 * t_BxD @ train_NxD.T, 0)
     out.append(log_norm - logsumexp(-d2_BxN / (2 * bandwidth**2), axis=1))
   return np.concatenate(out)

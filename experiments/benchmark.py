@@ -49,8 +49,17 @@ from experiments.timing import (
 )
 from vae_jax.configs import default
 
-PATHS = ("scan", "train", "scan_bf16", "loop", "torch_reference", "torch_preloaded", "scan_2dev",
-         "scan_4dev", "scan_8dev")
+PATHS = (
+  "scan",
+  "train",
+  "scan_bf16",
+  "loop",
+  "torch_reference",
+  "torch_preloaded",
+  "scan_2dev",
+  "scan_4dev",
+  "scan_8dev",
+)
 
 
 def run_worker(path: str, num_epochs: int) -> dict:
@@ -98,50 +107,77 @@ def measure(path: str, num_epochs: int, backend: str = "cpu") -> dict:
   if path.endswith("dev") and backend == "cpu":
     count = path.removeprefix("scan_")[:-3]
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
-  proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--worker", path, "--epochs",
-                         str(num_epochs)], capture_output=True, text=True, env=env)
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.benchmark", "--worker", path, "--epochs", str(num_epochs)],
+    capture_output=True,
+    text=True,
+    env=env,
+  )
   if proc.returncode:
     return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _label(path: str, backend: str) -> str:
-  labels = {"scan": "compiled epoch (lax.scan), float32",
-            "train": "default `train` command (progress bar: epoch in 10 chunks)", "scan_bf16": "compiled epoch, bfloat16 compute",
-            "loop": "Python loop of jitted steps", "torch_reference": "PyTorch reference (DataLoader, convert on access)",
-            "torch_preloaded": "PyTorch, preloaded tensor + randperm"}
+  labels = {
+    "scan": "compiled epoch (lax.scan), float32",
+    "train": "default `train` command (progress bar: epoch in 10 chunks)",
+    "scan_bf16": "compiled epoch, bfloat16 compute",
+    "loop": "Python loop of jitted steps",
+    "torch_reference": "PyTorch reference (DataLoader, convert on access)",
+    "torch_preloaded": "PyTorch, preloaded tensor + randperm",
+  }
   if path in labels:
     # PyTorch runs on the CPU here whatever the JAX backend is.
-    return labels[path] + (" (on the CPU)" if path.startswith("torch_") and backend != "cpu" else "")
+    return labels[path] + (
+      " (on the CPU)" if path.startswith("torch_") and backend != "cpu" else ""
+    )
   count = path.removeprefix("scan_")[:-3]
-  return f"compiled epoch, {count} devices" + (" (simulated on the CPU cores)" if backend == "cpu" else "")
+  return f"compiled epoch, {count} devices" + (
+    " (simulated on the CPU cores)" if backend == "cpu" else ""
+  )
 
 
 def print_models(run: dict) -> None:
   """Table: K models in one program (map, vmap) vs K sequential runs, model-epochs per second."""
-  print("\n| models K | sequential s (K runs) | loop s | lax.map s | vmap s | loop / seq | "
-        "map / seq | vmap / seq |")
+  print(
+    "\n| models K | sequential s (K runs) | loop s | lax.map s | vmap s | loop / seq | "
+    "map / seq | vmap / seq |"
+  )
   print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   if "error" in run:
     print(f"| {run['error']} | | | | | | | |")
     return
   e = run["epochs_timed"]
   for k, seq in run["sequential_seconds"].items():
-    s = {strategy: run["in_program_seconds"][f"{strategy}_{k}"] for strategy in ("loop", "map", "vmap")}
-    print(f"| {k} | {seq:.2f} | {s['loop']:.2f} | {s['map']:.2f} | {s['vmap']:.2f} | "
-          f"{s['loop'] / seq:.3f} | {s['map'] / seq:.3f} | {s['vmap'] / seq:.3f} |")
-  print(f"(seconds over {e} epochs after the first; run.models_strategy='auto' picks "
-        f"{'map' if run['backend'] == 'cpu' else 'vmap'} on {run['backend']})")
+    s = {
+      strategy: run["in_program_seconds"][f"{strategy}_{k}"] for strategy in ("loop", "map", "vmap")
+    }
+    print(
+      f"| {k} | {seq:.2f} | {s['loop']:.2f} | {s['map']:.2f} | {s['vmap']:.2f} | "
+      f"{s['loop'] / seq:.3f} | {s['map'] / seq:.3f} | {s['vmap'] / seq:.3f} |"
+    )
+  print(
+    f"(seconds over {e} epochs after the first; run.models_strategy='auto' picks "
+    f"{'map' if run['backend'] == 'cpu' else 'vmap'} on {run['backend']})"
+  )
 
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--epochs", type=int, default=4, help="epochs per JAX path (median over 2..N)")
+  parser.add_argument(
+    "--epochs", type=int, default=4, help="epochs per JAX path (median over 2..N)"
+  )
   parser.add_argument("--torch-epochs", type=int, default=2, help="epochs per PyTorch path")
   parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
   parser.add_argument("--json", help="also write every number to this JSON file")
-  parser.add_argument("--models", type=int, nargs="*", default=[4, 16],
-                      help="model counts K in one program vs sequential (none: skip)")
+  parser.add_argument(
+    "--models",
+    type=int,
+    nargs="*",
+    default=[4, 16],
+    help="model counts K in one program vs sequential (none: skip)",
+  )
   parser.add_argument("--model-epochs", type=int, default=2, help="epochs per model (timed: 2..N)")
   parser.add_argument("--worker", choices=(*PATHS, "models", "machine"), help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -177,11 +213,26 @@ def main() -> int:
     runs[path] = measure(path, epochs, machine["backend"])
   if args.models:
     print(f"measuring {args.models} models in one program vs sequential ...", file=sys.stderr)
-    proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--worker", "models", "--models",
-                           *map(str, args.models), "--model-epochs", str(args.model_epochs)],
-                          capture_output=True, text=True)
-    runs["models"] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
-                      else {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
+    proc = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "experiments.benchmark",
+        "--worker",
+        "models",
+        "--models",
+        *map(str, args.models),
+        "--model-epochs",
+        str(args.model_epochs),
+      ],
+      capture_output=True,
+      text=True,
+    )
+    runs["models"] = (
+      json.loads(proc.stdout.strip().splitlines()[-1])
+      if proc.returncode == 0
+      else {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    )
   peak_after = measure("machine", 2).get("peak", peak_before)
   peak = max(*peak_before.values(), *peak_after.values())
 
@@ -193,41 +244,69 @@ def main() -> int:
       rows.append(f"| {_label(path, machine['backend'])} | {run['error']} | | | | | |")
       continue
     median_s = statistics.median(run["epoch_seconds"][1:])
-    run.update(median_epoch_seconds=median_s, examples_per_second=60_000 / median_s,
-               gflops=flops / median_s / 1e9, peak_fraction=flops / median_s / 1e9 / peak)
+    run.update(
+      median_epoch_seconds=median_s,
+      examples_per_second=60_000 / median_s,
+      gflops=flops / median_s / 1e9,
+      peak_fraction=flops / median_s / 1e9 / peak,
+    )
     compile_s = "n/a" if run["compile_seconds"] is None else f"{run['compile_seconds']:.2f}"
-    memory = f"{run['peak_rss_mib']:,.0f}" + (f" (device {run['peak_device_mib']:,.0f})"
-                                              if "peak_device_mib" in run else "")
-    rows.append(f"| {_label(path, machine['backend'])} | {median_s:.3f} | {run['examples_per_second']:,.0f} | "
-                f"{run['gflops']:.1f} | {run['peak_fraction']:.0%} | {compile_s} | {memory} |")
+    memory = f"{run['peak_rss_mib']:,.0f}" + (
+      f" (device {run['peak_device_mib']:,.0f})" if "peak_device_mib" in run else ""
+    )
+    rows.append(
+      f"| {_label(path, machine['backend'])} | {median_s:.3f} | {run['examples_per_second']:,.0f} | "
+      f"{run['gflops']:.1f} | {run['peak_fraction']:.0%} | {compile_s} | {memory} |"
+    )
   scan = runs.get("scan", {}).get("median_epoch_seconds")
   if scan and "median_epoch_seconds" in runs.get("train", {}):
     command = runs["train"]
-    print(f"\nDefault `train` command: {command['median_epoch_seconds']:.3f} s per epoch of training "
-          f"({command['median_epoch_seconds'] / scan:.3f}x the compiled epoch's {scan:.3f} s); "
-          f"{command['wall_seconds_per_epoch']:.3f} s per epoch with evaluation, checkpoint, images and "
-          "TensorBoard.")
-  print(f"Machine: {machine['cpu']}, {machine['cores']} cores, backend {machine['backend']}, "
-        f"jax {machine['jax']}, jaxlib {machine['jaxlib']}"
-        + (f", XLA_FLAGS={machine['xla_flags']}" if machine["xla_flags"] else ""))
-  print(f"Float32 matmul peak: {peak:.1f} GFLOP/s (best of XLA {max(peak_before['xla'], peak_after['xla']):.1f} "
-        f"and numpy {max(peak_before['numpy'], peak_after['numpy']):.1f}, 2048^2, before and after). "
-        f"Epoch matmul work: {flops / 1e9:.1f} GFLOP.")
+    print(
+      f"\nDefault `train` command: {command['median_epoch_seconds']:.3f} s per epoch of training "
+      f"({command['median_epoch_seconds'] / scan:.3f}x the compiled epoch's {scan:.3f} s); "
+      f"{command['wall_seconds_per_epoch']:.3f} s per epoch with evaluation, checkpoint, images and "
+      "TensorBoard."
+    )
+  print(
+    f"Machine: {machine['cpu']}, {machine['cores']} cores, backend {machine['backend']}, "
+    f"jax {machine['jax']}, jaxlib {machine['jaxlib']}"
+    + (f", XLA_FLAGS={machine['xla_flags']}" if machine["xla_flags"] else "")
+  )
+  print(
+    f"Float32 matmul peak: {peak:.1f} GFLOP/s (best of XLA {max(peak_before['xla'], peak_after['xla']):.1f} "
+    f"and numpy {max(peak_before['numpy'], peak_after['numpy']):.1f}, 2048^2, before and after). "
+    f"Epoch matmul work: {flops / 1e9:.1f} GFLOP."
+  )
   print()
-  print("| path | median s/epoch (2..N) | examples/s | matmul GFLOP/s | fraction of f32 peak | compile s | peak memory MiB |")
+  print(
+    "| path | median s/epoch (2..N) | examples/s | matmul GFLOP/s | fraction of f32 peak | compile s | peak memory MiB |"
+  )
   print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
   print("\n".join(rows))
   if scan and len(runs) > 1 + ("models" in runs):
-    ratios = {p: r["median_epoch_seconds"] / scan for p, r in runs.items()
-              if "median_epoch_seconds" in r and p != "scan"}
-    print("\nSeconds per epoch relative to the compiled epoch: "
-          + ", ".join(f"{p} {x:.2f}x" for p, x in ratios.items()))
+    ratios = {
+      p: r["median_epoch_seconds"] / scan
+      for p, r in runs.items()
+      if "median_epoch_seconds" in r and p != "scan"
+    }
+    print(
+      "\nSeconds per epoch relative to the compiled epoch: "
+      + ", ".join(f"{p} {x:.2f}x" for p, x in ratios.items())
+    )
   if "models" in runs:
     print_models(runs["models"])
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"machine": machine, "matmul_peak_gflops": {"before": peak_before, "after": peak_after,
-                 "used": peak}, "epoch_matmul_gflop": flops / 1e9, "runs": runs}, f, indent=2)
+      json.dump(
+        {
+          "machine": machine,
+          "matmul_peak_gflops": {"before": peak_before, "after": peak_after, "used": peak},
+          "epoch_matmul_gflop": flops / 1e9,
+          "runs": runs,
+        },
+        f,
+        indent=2,
+      )
   return 0
 
 

@@ -38,22 +38,43 @@ from vae_jax import checkpoint, data
 from vae_jax.configs import iwae_1layer, iwae_2layer
 
 # Burda et al. (2015), Table 1, MNIST test NLL (nats), 3,280 epochs: (layers, objective, k).
-PAPER = {(1, "vae", 1): 86.76, (1, "iwae", 1): 86.76, (1, "vae", 5): 86.47, (1, "iwae", 5): 85.54,
-         (1, "vae", 50): 86.35, (1, "iwae", 50): 84.78,
-         (2, "vae", 1): 85.33, (2, "iwae", 1): 85.33, (2, "vae", 5): 85.01, (2, "iwae", 5): 83.89,
-         (2, "vae", 50): 84.78, (2, "iwae", 50): 82.90}
+PAPER = {
+  (1, "vae", 1): 86.76,
+  (1, "iwae", 1): 86.76,
+  (1, "vae", 5): 86.47,
+  (1, "iwae", 5): 85.54,
+  (1, "vae", 50): 86.35,
+  (1, "iwae", 50): 84.78,
+  (2, "vae", 1): 85.33,
+  (2, "iwae", 1): 85.33,
+  (2, "vae", 5): 85.01,
+  (2, "iwae", 5): 83.89,
+  (2, "vae", 50): 84.78,
+  (2, "iwae", 50): 82.90,
+}
 RECIPES = {1: iwae_1layer, 2: iwae_2layer}
-CELLS = [f"{layers}:{objective}:{k}" for layers in (1, 2) for k in (1, 5, 50)
-         for objective in (("vae",) if k == 1 else ("vae", "iwae"))]
+CELLS = [
+  f"{layers}:{objective}:{k}"
+  for layers in (1, 2)
+  for k in (1, 5, 50)
+  for objective in (("vae",) if k == 1 else ("vae", "iwae"))
+]
 
 
 def parse_cell(cell: str) -> tuple[int, str, int]:
   """(layers, objective, k) from 'LAYERS:OBJECTIVE:K'; iwae with k = 1 is the vae cell."""
   parts = cell.split(":")
-  if (len(parts) != 3 or parts[0] not in ("1", "2") or parts[1] not in ("vae", "iwae")
-      or not parts[2].isdigit() or int(parts[2]) < 1):
-    raise SystemExit(f"--cells {cell!r}: expected LAYERS:OBJECTIVE:K, e.g. 2:iwae:50 (layers 1 or "
-                     "2, objective vae or iwae, K >= 1)")
+  if (
+    len(parts) != 3
+    or parts[0] not in ("1", "2")
+    or parts[1] not in ("vae", "iwae")
+    or not parts[2].isdigit()
+    or int(parts[2]) < 1
+  ):
+    raise SystemExit(
+      f"--cells {cell!r}: expected LAYERS:OBJECTIVE:K, e.g. 2:iwae:50 (layers 1 or "
+      "2, objective vae or iwae, K >= 1)"
+    )
   layers, objective, k = int(parts[0]), parts[1], int(parts[2])
   return layers, "vae" if k == 1 else objective, k
 
@@ -75,8 +96,13 @@ def cell_config(cell: tuple[int, str, int], args):
 
 def estimate(run_dir: Path, epoch: int, num_samples: int, examples: int) -> dict:
   """Test NLL of the run's checkpoint at epoch (cached beside the run)."""
-  return common.cached_nll(run_dir / f"epoch{epoch}_nll_{num_samples}_{examples}.json", run_dir,
-                           num_samples, examples, which=str(epoch))
+  return common.cached_nll(
+    run_dir / f"epoch{epoch}_nll_{num_samples}_{examples}.json",
+    run_dir,
+    num_samples,
+    examples,
+    which=str(epoch),
+  )
 
 
 def restore_kept(keep_dir: Path, run_dir: Path) -> None:
@@ -97,7 +123,11 @@ def keep_stage(run_dir: Path, keep_dir: Path, epoch: int) -> None:
   tmp = dest.with_name(dest.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   shutil.copytree(source, tmp / checkpoint.SUBDIR / str(epoch))
-  for path in [run_dir / "metrics.jsonl", run_dir / "config.json", *run_dir.glob("epoch*_nll_*.json")]:
+  for path in [
+    run_dir / "metrics.jsonl",
+    run_dir / "config.json",
+    *run_dir.glob("epoch*_nll_*.json"),
+  ]:
     if path.exists():
       shutil.copy2(path, tmp / path.name)
   shutil.rmtree(dest, ignore_errors=True)
@@ -116,9 +146,12 @@ def run_cell(args, cell, splits, stage: int) -> dict:
   sizes = [args.stage_examples] + ([args.test_examples] if stage == args.stages - 1 else [])
   for examples in dict.fromkeys(sizes):
     out = estimate(run_dir, stage_end(stage), args.num_samples, examples)
-    print(f"  {cell_name(cell)} stage {stage} (epoch {stage_end(stage)}): test NLL "
-          f"{out['test_nll']:.2f} on {out['examples']} images, train "
-          f"{sum(r['train_seconds'] for r in records):.0f} s", flush=True)
+    print(
+      f"  {cell_name(cell)} stage {stage} (epoch {stage_end(stage)}): test NLL "
+      f"{out['test_nll']:.2f} on {out['examples']} images, train "
+      f"{sum(r['train_seconds'] for r in records):.0f} s",
+      flush=True,
+    )
   if args.keep_in:
     keep_stage(run_dir, args.keep_in, stage_end(stage))
   return out
@@ -139,14 +172,19 @@ def collect(args, cells) -> dict:
       continue
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     found = {}
-    for i, examples in [*((i, args.stage_examples) for i in range(args.stages)),
-                        ("final", args.test_examples)]:
+    for i, examples in [
+      *((i, args.stage_examples) for i in range(args.stages)),
+      ("final", args.test_examples),
+    ]:
       epoch = stage_end(args.stages - 1 if i == "final" else i)
       path = run_dir / f"epoch{epoch}_nll_{args.num_samples}_{examples}.json"
       if path.exists():
         found[i] = json.loads(path.read_text())
-    out[cell] = {"records": records, "stages": found,
-                 "train_seconds": sum(r["train_seconds"] for r in records)}
+    out[cell] = {
+      "records": records,
+      "stages": found,
+      "train_seconds": sum(r["train_seconds"] for r in records),
+    }
   return out
 
 
@@ -164,43 +202,83 @@ def report(args, found: dict) -> None:
           row += [f"{paper:.2f}", "not run", "", ""]
           continue
         units = "+".join(map(str, final["active_units_per_layer"]))
-        row += [f"{paper:.2f}", f"{final['test_nll']:.2f}", f"{final['test_nll'] - paper:+.2f}", units]
+        row += [
+          f"{paper:.2f}",
+          f"{final['test_nll']:.2f}",
+          f"{final['test_nll'] - paper:+.2f}",
+          units,
+        ]
         results["cells"][f"{layers}:{objective}:{k}"] = {
-            "paper": paper, "ours": final["test_nll"], "gap": final["test_nll"] - paper,
-            "active_units_per_layer": final["active_units_per_layer"],
-            "test_examples": final["examples"], "num_samples": final["num_samples"],
-            "train_seconds": found[cell]["train_seconds"], "eval_seconds": final["seconds"],
-            "neg_elbo": final["test_neg_elbo"],
-            "stage_nll": {stage_end(i): s["test_nll"] for i, s in found[cell]["stages"].items()
-                          if i != "final"}}
+          "paper": paper,
+          "ours": final["test_nll"],
+          "gap": final["test_nll"] - paper,
+          "active_units_per_layer": final["active_units_per_layer"],
+          "test_examples": final["examples"],
+          "num_samples": final["num_samples"],
+          "train_seconds": found[cell]["train_seconds"],
+          "eval_seconds": final["seconds"],
+          "neg_elbo": final["test_neg_elbo"],
+          "stage_nll": {
+            stage_end(i): s["test_nll"] for i, s in found[cell]["stages"].items() if i != "final"
+          },
+        }
       rows.append(row)
   table = common.markdown_table(
-      ["layers", "k", "VAE paper", "VAE ours", "VAE gap", "VAE active", "IWAE paper", "IWAE ours",
-       "IWAE gap", "IWAE active"], rows)
+    [
+      "layers",
+      "k",
+      "VAE paper",
+      "VAE ours",
+      "VAE gap",
+      "VAE active",
+      "IWAE paper",
+      "IWAE ours",
+      "IWAE gap",
+      "IWAE active",
+    ],
+    rows,
+  )
   stage_rows = []
   for cell, entry in sorted(found.items()):
-    stage_rows.append([cell_name(cell), *(f"{entry['stages'][i]['test_nll']:.2f}"
-                                          if i in entry["stages"] else "" for i in range(args.stages)),
-                       f"{entry['train_seconds'] / 60:.0f}"])
-  stages = common.markdown_table(
+    stage_rows.append(
+      [
+        cell_name(cell),
+        *(
+          f"{entry['stages'][i]['test_nll']:.2f}" if i in entry["stages"] else ""
+          for i in range(args.stages)
+        ),
+        f"{entry['train_seconds'] / 60:.0f}",
+      ]
+    )
+  stages = (
+    common.markdown_table(
       ["cell", *(f"stage {i}: epoch {stage_end(i)}" for i in range(args.stages)), "train minutes"],
-      stage_rows) if stage_rows else ""
-  text = (f"Schedule: stages i = 0..{last} of the paper's (3^i epochs at 1e-3 * 10^(-i/7)): "
-          f"{stage_end(last)} epochs of the paper's 3,280. NLL: K = {args.num_samples} importance "
-          f"samples, test set binarized once with key(0), on {args.test_examples or 10000} test "
-          f"images. Gap = ours - paper (nats). Active units: h1+h2.\n\n{table}\n\n"
-          f"Test NLL after each stage on the first {args.stage_examples or 10000} test images "
-          f"(K = {args.num_samples}), and training time:\n\n{stages}")
-  common.write_report(args.workdir, "burda2015", "Burda et al. (2015), Table 1: MNIST test NLL",
-                      text, results)
+      stage_rows,
+    )
+    if stage_rows
+    else ""
+  )
+  text = (
+    f"Schedule: stages i = 0..{last} of the paper's (3^i epochs at 1e-3 * 10^(-i/7)): "
+    f"{stage_end(last)} epochs of the paper's 3,280. NLL: K = {args.num_samples} importance "
+    f"samples, test set binarized once with key(0), on {args.test_examples or 10000} test "
+    f"images. Gap = ours - paper (nats). Active units: h1+h2.\n\n{table}\n\n"
+    f"Test NLL after each stage on the first {args.stage_examples or 10000} test images "
+    f"(K = {args.num_samples}), and training time:\n\n{stages}"
+  )
+  common.write_report(
+    args.workdir, "burda2015", "Burda et al. (2015), Table 1: MNIST test NLL", text, results
+  )
 
 
 def time_cells(args, cells, splits) -> None:
   """Seconds per 60,000-image epoch of each cell (one process, this machine) and the cost of
   the full schedule."""
   slice_n = 6000
-  part = {"train": tuple(a[:slice_n] for a in splits["train"]),
-          "test": tuple(a[:100] for a in splits["test"])}
+  part = {
+    "train": tuple(a[:slice_n] for a in splits["train"]),
+    "test": tuple(a[:100] for a in splits["test"]),
+  }
   rows, results = [], {}
   for cell in cells:
     config = cell_config(cell, args)
@@ -208,33 +286,64 @@ def time_cells(args, cells, splits) -> None:
     with tempfile.TemporaryDirectory() as tmp:
       _, records = vae_jax.train(config, tmp, part)
     per_epoch = records[1]["train_seconds"] * len(splits["train"][0]) / slice_n
-    results[cell_name(cell)] = {"seconds_per_epoch": per_epoch, "full_hours": per_epoch * 3280 / 3600,
-                                "hours_at_stages": per_epoch * stage_end(args.stages - 1) / 3600}
-    rows.append([cell_name(cell), f"{per_epoch:.1f}", f"{per_epoch * stage_end(args.stages - 1) / 3600:.2f}",
-                 f"{per_epoch * 3280 / 3600:.1f}"])
+    results[cell_name(cell)] = {
+      "seconds_per_epoch": per_epoch,
+      "full_hours": per_epoch * 3280 / 3600,
+      "hours_at_stages": per_epoch * stage_end(args.stages - 1) / 3600,
+    }
+    rows.append(
+      [
+        cell_name(cell),
+        f"{per_epoch:.1f}",
+        f"{per_epoch * stage_end(args.stages - 1) / 3600:.2f}",
+        f"{per_epoch * 3280 / 3600:.1f}",
+      ]
+    )
     print(f"  {cell_name(cell)}: {per_epoch:.1f} s/epoch", flush=True)
   table = common.markdown_table(
-      ["cell", "s / epoch", f"hours, {stage_end(args.stages - 1)} epochs", "hours, 3,280 epochs"], rows)
-  common.write_report(args.workdir, "burda2015_timing", "Burda et al. (2015) cells: cost per epoch",
-                      f"One process, the machine's default threads; epoch 2 of 2 on {slice_n:,} "
-                      f"images, scaled to 60,000.\n\n{table}", results)
+    ["cell", "s / epoch", f"hours, {stage_end(args.stages - 1)} epochs", "hours, 3,280 epochs"],
+    rows,
+  )
+  common.write_report(
+    args.workdir,
+    "burda2015_timing",
+    "Burda et al. (2015) cells: cost per epoch",
+    f"One process, the machine's default threads; epoch 2 of 2 on {slice_n:,} "
+    f"images, scaled to 60,000.\n\n{table}",
+    results,
+  )
 
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
   parser.add_argument("--workdir", type=Path, default=Path("runs/burda2015"))
-  parser.add_argument("--stages", type=int, default=8, help="learning-rate stages (8: 3,280 epochs)")
-  parser.add_argument("--cells", nargs="+", default=CELLS, help="LAYERS:OBJECTIVE:K ... (default all)")
+  parser.add_argument(
+    "--stages", type=int, default=8, help="learning-rate stages (8: 3,280 epochs)"
+  )
+  parser.add_argument(
+    "--cells", nargs="+", default=CELLS, help="LAYERS:OBJECTIVE:K ... (default all)"
+  )
   parser.add_argument("--seed", type=int, default=1)
   parser.add_argument("--num-samples", type=int, default=5000)
-  parser.add_argument("--test-examples", type=int, default=0, help="final NLL's test images (0: all)")
-  parser.add_argument("--stage-examples", type=int, default=1000, help="earlier stages' test images")
+  parser.add_argument(
+    "--test-examples", type=int, default=0, help="final NLL's test images (0: all)"
+  )
+  parser.add_argument(
+    "--stage-examples", type=int, default=1000, help="earlier stages' test images"
+  )
   parser.add_argument("--train-examples", type=int, default=0, help="0: the whole training split")
-  parser.add_argument("--keep-in", type=Path, default=None,
-                      help="keep each stage's checkpoint here (in the repo), start from it on a new machine")
+  parser.add_argument(
+    "--keep-in",
+    type=Path,
+    default=None,
+    help="keep each stage's checkpoint here (in the repo), start from it on a new machine",
+  )
   parser.add_argument("--time", action="store_true", help="measure s/epoch of each cell instead")
-  parser.add_argument("--report", action="store_true",
-                      help="write the table from the estimates already made; train nothing")
+  parser.add_argument(
+    "--report",
+    action="store_true",
+    help="write the table from the estimates already made; train nothing",
+  )
   args = parser.parse_args()
   if args.stages < 1:
     raise SystemExit(f"--stages {args.stages}: expected >= 1")

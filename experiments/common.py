@@ -28,8 +28,11 @@ def parser(doc: str, name: str, epochs: int) -> argparse.ArgumentParser:
   parser.add_argument("--workdir", type=Path, default=None, help=f"default runs/{name}[_DATASET]")
   parser.add_argument("--epochs", type=int, default=epochs, help="training epochs per model")
   parser.add_argument("--seed", type=int, default=1)
-  parser.add_argument("--dataset", default="mnist",
-                      help="config.data.name: mnist, fashion_mnist (bundled or system copy)")
+  parser.add_argument(
+    "--dataset",
+    default="mnist",
+    help="config.data.name: mnist, fashion_mnist (bundled or system copy)",
+  )
   parser.add_argument("--data-source", default="bundled", help="config.data.source")
   parser.add_argument("--data-dir", default="", help="config.data.dir (idx, tfds)")
   parser.set_defaults(name=name)
@@ -40,7 +43,9 @@ def prepare(args):
   """Creates args.workdir and returns the splits of args.dataset every script starts from;
   every run of this process then trains on that data section."""
   DATA.clear()
-  DATA.update({"data.name": args.dataset, "data.source": args.data_source, "data.dir": args.data_dir})
+  DATA.update(
+    {"data.name": args.dataset, "data.source": args.data_source, "data.dir": args.data_dir}
+  )
   if args.workdir is None:
     suffix = "" if args.dataset == "mnist" else f"_{args.dataset}"
     args.workdir = Path("runs") / f"{args.name}{suffix}"
@@ -51,8 +56,10 @@ def prepare(args):
 def pyplot():
   """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
@@ -67,8 +74,9 @@ def save_figure(fig, path: Path, dpi: int = 100, **adjust) -> None:
 
 def config_with(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
   """The reference config, quiet (no progress bar, images or TensorBoard), with dotted overrides."""
-  return config_lib.from_flat({"run.progress": False, "run.save_images": False,
-                               "run.tensorboard": False, **DATA, **overrides})
+  return config_lib.from_flat(
+    {"run.progress": False, "run.save_images": False, "run.tensorboard": False, **DATA, **overrides}
+  )
 
 
 def train_model(workdir: Path, splits, overrides: dict[str, Any]):
@@ -80,13 +88,17 @@ def train_model(workdir: Path, splits, overrides: dict[str, Any]):
   start = time.perf_counter()
   state, records = vae_jax.train(config, workdir, splits)
   seconds = time.perf_counter() - start
-  print(f"  {workdir.name}: {config.optim.num_epochs} epochs, test loss {records[-1]['test_loss']:.2f} "
-        f"({seconds:.0f} s)", flush=True)
+  print(
+    f"  {workdir.name}: {config.optim.num_epochs} epochs, test loss {records[-1]['test_loss']:.2f} "
+    f"({seconds:.0f} s)",
+    flush=True,
+  )
   return config, state, records
 
 
-def cached_nll(cache: Path, run_dir: Path, num_samples: int, examples: int,
-               which: str = "latest") -> dict:
+def cached_nll(
+  cache: Path, run_dir: Path, num_samples: int, examples: int, which: str = "latest"
+) -> dict:
   """evaluate.evaluate_run's K-sample test NLL of a checkpoint, with its seconds; read from
   cache when an earlier run wrote it (written whole, by a rename)."""
   if cache.exists():
@@ -94,7 +106,9 @@ def cached_nll(cache: Path, run_dir: Path, num_samples: int, examples: int,
   start = time.perf_counter()
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    out = evaluate.evaluate_run(run_dir, which=which, num_samples=num_samples, num_examples=examples)
+    out = evaluate.evaluate_run(
+      run_dir, which=which, num_samples=num_samples, num_examples=examples
+    )
   out["seconds"] = time.perf_counter() - start
   tmp = cache.with_suffix(".tmp")
   tmp.write_text(json.dumps(out, indent=1) + "\n")
@@ -125,8 +139,9 @@ def decode(state, z_NxL) -> np.ndarray:
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
   """A markdown table; floats as given (format them first), numbers right-aligned."""
-  align = ["---:" if isinstance(v, (int, float, np.number)) or _numeric(v) else "---"
-           for v in rows[0]]
+  align = [
+    "---:" if isinstance(v, (int, float, np.number)) or _numeric(v) else "---" for v in rows[0]
+  ]
   lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
   lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
   return "\n".join(lines)

@@ -61,10 +61,15 @@ def summarize(runs: dict[str, list[list[dict]]], epochs: int) -> dict:
         row[key] = mean_std([s[e][key] for s in seeds])
       rows.append(row)
     # Seconds per epoch: median over epochs 2..N (epoch 1 warms caches), mean over seeds.
-    per_seed = [statistics.median([r["train_seconds"] for r in s[1:]] or [s[0]["train_seconds"]])
-                for s in seeds]
-    summary[impl] = {"epochs": rows, "seconds_per_epoch": float(np.mean(per_seed)),
-                     "final_test_losses": [s[-1]["test_loss"] for s in seeds]}
+    per_seed = [
+      statistics.median([r["train_seconds"] for r in s[1:]] or [s[0]["train_seconds"]])
+      for s in seeds
+    ]
+    summary[impl] = {
+      "epochs": rows,
+      "seconds_per_epoch": float(np.mean(per_seed)),
+      "final_test_losses": [s[-1]["test_loss"] for s in seeds],
+    }
   return summary
 
 
@@ -74,42 +79,60 @@ def verdicts(summary: dict) -> dict:
   for impl in IMPLEMENTATIONS[1:]:
     other = summary[impl]["final_test_losses"]
     diff = float(np.mean(jax_final) - np.mean(other))
-    p = float(stats.ttest_ind(jax_final, other, equal_var=False).pvalue) if len(other) > 1 else float("nan")
+    p = (
+      float(stats.ttest_ind(jax_final, other, equal_var=False).pvalue)
+      if len(other) > 1
+      else float("nan")
+    )
     same = bool(abs(diff) < TOLERANCE_NATS and not p < 0.05)
-    out[impl] = {"mean_difference": diff, "welch_p": p, "indistinguishable": same,
-                 "speed_ratio": summary[impl]["seconds_per_epoch"] / summary["jax"]["seconds_per_epoch"]}
+    out[impl] = {
+      "mean_difference": diff,
+      "welch_p": p,
+      "indistinguishable": same,
+      "speed_ratio": summary[impl]["seconds_per_epoch"] / summary["jax"]["seconds_per_epoch"],
+    }
   return out
 
 
 def markdown(summary: dict, verdict: dict, seeds: int, machine: str) -> str:
   fmt = lambda ms: f"{ms[0]:.2f} ± {ms[1]:.2f}"
-  lines = [f"Seeds: {seeds}. Machine: {machine}. Losses in nats per example (mean ± std over seeds).", "",
-           "| epoch | " + " | ".join(f"{i} train | {i} test" for i in IMPLEMENTATIONS) + " |",
-           "| ---: |" + " ---: | ---: |" * len(IMPLEMENTATIONS)]
+  lines = [
+    f"Seeds: {seeds}. Machine: {machine}. Losses in nats per example (mean ± std over seeds).",
+    "",
+    "| epoch | " + " | ".join(f"{i} train | {i} test" for i in IMPLEMENTATIONS) + " |",
+    "| ---: |" + " ---: | ---: |" * len(IMPLEMENTATIONS),
+  ]
   for e, _ in enumerate(summary["jax"]["epochs"]):
     cells = []
     for impl in IMPLEMENTATIONS:
       row = summary[impl]["epochs"][e]
       cells += [fmt(row["train_loss"]), fmt(row["test_loss"])]
     lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
-  lines += ["", "| implementation | train s/epoch (median of epochs 2..N, mean over seeds) | JAX speed-up |",
-            "| --- | ---: | ---: |"]
+  lines += [
+    "",
+    "| implementation | train s/epoch (median of epochs 2..N, mean over seeds) | JAX speed-up |",
+    "| --- | ---: | ---: |",
+  ]
   for impl in IMPLEMENTATIONS:
     ratio = 1.0 if impl == "jax" else verdict[impl]["speed_ratio"]
     lines.append(f"| {impl} | {summary[impl]['seconds_per_epoch']:.3f} | {ratio:.2f}x |")
   lines.append("")
   for impl, v in verdict.items():
     word = "indistinguishable" if v["indistinguishable"] else "DIFFERENT"
-    lines.append(f"Verdict jax vs {impl}: final test loss {word} (mean difference "
-                 f"{v['mean_difference']:+.3f} nats, Welch's t-test p = {v['welch_p']:.3f}; "
-                 f"criterion: p >= 0.05 and |difference| < {TOLERANCE_NATS}).")
+    lines.append(
+      f"Verdict jax vs {impl}: final test loss {word} (mean difference "
+      f"{v['mean_difference']:+.3f} nats, Welch's t-test p = {v['welch_p']:.3f}; "
+      f"criterion: p >= 0.05 and |difference| < {TOLERANCE_NATS})."
+    )
   return "\n".join(lines)
 
 
 def plot(summary: dict, runs: dict, path: Path) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(6, 4))
   for impl in IMPLEMENTATIONS:
     curves = np.array([[r["test_loss"] for r in s] for s in runs[impl]])
@@ -150,24 +173,45 @@ def main() -> int:
       for path in ("reference", "preloaded"):
         bar.set_description(f"torch {path} seed {seed}")
         on_line = lambda line: bar.update(1) if line.startswith("====> Test") else None
-        runs[f"torch_{path}"].append(pytorch_reference.train(
-            x_train, x_test, data_path=path, epochs=args.epochs, seed=seed, device=args.device,
-            log=on_line))
+        runs[f"torch_{path}"].append(
+          pytorch_reference.train(
+            x_train,
+            x_test,
+            data_path=path,
+            epochs=args.epochs,
+            seed=seed,
+            device=args.device,
+            log=on_line,
+          )
+        )
   bar.close()
 
   machine_info = machine_lib.describe_machine()
   import torch
-  machine = (f"{machine_info['cpu']}, {machine_info['cores']} cores, jax {machine_info['jax']} "
-             f"({machine_info['backend']}), torch {torch.__version__} ({args.device}, "
-             f"{torch.get_num_threads()} threads)")
+
+  machine = (
+    f"{machine_info['cpu']}, {machine_info['cores']} cores, jax {machine_info['jax']} "
+    f"({machine_info['backend']}), torch {torch.__version__} ({args.device}, "
+    f"{torch.get_num_threads()} threads)"
+  )
   summary = summarize(runs, args.epochs)
   verdict = verdicts(summary)
   table = markdown(summary, verdict, args.seeds, machine)
   (out / "compare.md").write_text(table + "\n")
   plot(summary, runs, out / "test_loss.png")
-  (out / "compare.json").write_text(json.dumps(
-      {"machine": machine_info, "torch": torch.__version__, "device": args.device,
-       "runs": runs, "summary": summary, "verdict": verdict}, indent=2))
+  (out / "compare.json").write_text(
+    json.dumps(
+      {
+        "machine": machine_info,
+        "torch": torch.__version__,
+        "device": args.device,
+        "runs": runs,
+        "summary": summary,
+        "verdict": verdict,
+      },
+      indent=2,
+    )
+  )
   print(table)
   print(f"\nWritten: {out / 'compare.md'}, {out / 'test_loss.png'}, {out / 'compare.json'}")
   return 0

@@ -41,6 +41,7 @@ REPEATS = 16
 def config_of(name: str):
   """The reference config, or Burda et al.'s one-layer k = 1 cell (batch 20), quiet."""
   from vae_jax.configs import default, iwae_1layer
+
   config = default.get_config() if name == "reference" else iwae_1layer.get_config("vae,1,8")
   config.run.update(progress=False, tensorboard=False, save_images=False)
   return config
@@ -52,11 +53,18 @@ def step_matmuls(config) -> list[dict]:
   import jax
 
   from vae_jax import group as group_lib
+
   batch = config.optim.batch_size
-  splits = {s: (np.zeros((batch, 28, 28, 1), np.uint8), np.zeros(batch, np.int64)) for s in ("train", "test")}
+  splits = {
+    s: (np.zeros((batch, 28, 28, 1), np.uint8), np.zeros(batch, np.int64))
+    for s in ("train", "test")
+  }
   states, _ = group_lib.create_states(group_lib.make_group(config, splits))
-  kernels = [leaf.shape[-2:] for path, leaf in jax.tree_util.tree_flatten_with_path(states.params)[0]
-             if getattr(path[-1], "key", None) == "kernel"]
+  kernels = [
+    leaf.shape[-2:]
+    for path, leaf in jax.tree_util.tree_flatten_with_path(states.params)[0]
+    if getattr(path[-1], "key", None) == "kernel"
+  ]
   input_dim = 28 * 28
   shapes: dict[tuple, dict] = {}
   for fan_in, fan_out in kernels:
@@ -84,22 +92,28 @@ def time_xla(shapes) -> list[float]:
   """Microseconds per product of each shape through jit (REPEATS products in one program)."""
   import jax
   import jax.numpy as jnp
+
   out = []
   for s in shapes:
     a = jax.random.normal(jax.random.key(0), (REPEATS, s["m"], s["k"]), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (s["k"], s["n"]), jnp.float32)
-    products = jax.jit(lambda a, b: jax.lax.map(lambda a_MxK: jnp.dot(a_MxK, b, precision="highest"), a))
+    products = jax.jit(
+      lambda a, b: jax.lax.map(lambda a_MxK: jnp.dot(a_MxK, b, precision="highest"), a)
+    )
     out.append(best_seconds(lambda: products(a, b).block_until_ready()) / REPEATS * 1e6)
   return out
 
 
 def time_torch_mm(shapes) -> list[float]:
   import torch
+
   out = []
   for s in shapes:
     a, b = torch.randn(s["m"], s["k"]), torch.randn(s["k"], s["n"])
     c = torch.empty(s["m"], s["n"])
-    out.append(best_seconds(lambda: [torch.mm(a, b, out=c) for _ in range(REPEATS)]) / REPEATS * 1e6)
+    out.append(
+      best_seconds(lambda: [torch.mm(a, b, out=c) for _ in range(REPEATS)]) / REPEATS * 1e6
+    )
   return out
 
 
@@ -107,15 +121,21 @@ def time_numpy(shapes) -> list[float]:
   out = []
   rng = np.random.default_rng(0)
   for s in shapes:
-    a, b = rng.standard_normal((s["m"], s["k"]), np.float32), rng.standard_normal((s["k"], s["n"]), np.float32)
+    a, b = (
+      rng.standard_normal((s["m"], s["k"]), np.float32),
+      rng.standard_normal((s["k"], s["n"]), np.float32),
+    )
     c = np.empty((s["m"], s["n"]), np.float32)
-    out.append(best_seconds(lambda: [np.matmul(a, b, out=c) for _ in range(REPEATS)]) / REPEATS * 1e6)
+    out.append(
+      best_seconds(lambda: [np.matmul(a, b, out=c) for _ in range(REPEATS)]) / REPEATS * 1e6
+    )
   return out
 
 
 def time_epoch(name: str, num_epochs: int) -> dict:
   """The compiled epoch of config name: seconds of each epoch."""
   from experiments.timing import reference_programs, time_epochs
+
   programs, states, keys, compile_seconds = reference_programs(config_of(name))
   seconds, _ = time_epochs(programs, states, keys, num_epochs)
   return {"epoch_seconds": seconds, "compile_seconds": compile_seconds}
@@ -124,10 +144,12 @@ def time_epoch(name: str, num_epochs: int) -> dict:
 def worker(what: str, num_epochs: int) -> dict:
   """One measurement in this process (its XLA_FLAGS set by the parent)."""
   from experiments import timing
+
   if what == "kernels":
     return {name: time_xla(step_matmuls(config_of(name))) for name in ("reference", "burda")}
   if what == "outside":
     import torch
+
     out = {"torch_threads": torch.get_num_threads()}
     for name in ("reference", "burda"):
       shapes = step_matmuls(config_of(name))
@@ -148,10 +170,24 @@ def measure(what: str, path: str = "xla", num_epochs: int = 2) -> dict:
   """worker(what) in a fresh process on kernel path `path` (its XLA flag, or none)."""
   env = dict(os.environ)
   flags = [f for f in env.get("XLA_FLAGS", "").split() if f not in cpu_kernels.FLAGS.values()]
-  env["XLA_FLAGS"] = " ".join(flags + ([cpu_kernels.FLAGS[path]] if path in cpu_kernels.FLAGS else []))
+  env["XLA_FLAGS"] = " ".join(
+    flags + ([cpu_kernels.FLAGS[path]] if path in cpu_kernels.FLAGS else [])
+  )
   print(f"measuring {what} ({path}) ...", file=sys.stderr, flush=True)
-  proc = subprocess.run([sys.executable, "-m", "experiments.cpu_kernels", "--worker", what,
-                         "--epochs", str(num_epochs)], capture_output=True, text=True, env=env)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.cpu_kernels",
+      "--worker",
+      what,
+      "--epochs",
+      str(num_epochs),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+  )
   if proc.returncode:
     return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -163,11 +199,17 @@ def steps_per_epoch(name: str, num_train: int = 60_000) -> int:
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--epochs", type=int, default=3, help="epochs per compiled-epoch path (median of 2..N)")
+  parser.add_argument(
+    "--epochs", type=int, default=3, help="epochs per compiled-epoch path (median of 2..N)"
+  )
   parser.add_argument("--json", help="also write every number to this JSON file")
-  parser.add_argument("--parts", nargs="+", choices=("kernels", "epochs", "train", "torch"),
-                      default=["kernels", "epochs", "train", "torch"],
-                      help="what to measure (default all; a loaded machine: epochs alone, more epochs)")
+  parser.add_argument(
+    "--parts",
+    nargs="+",
+    choices=("kernels", "epochs", "train", "torch"),
+    default=["kernels", "epochs", "train", "torch"],
+    help="what to measure (default all; a loaded machine: epochs alone, more epochs)",
+  )
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
@@ -175,28 +217,53 @@ def main() -> int:
     return 0
 
   info = cpu_kernels.cpu_info()
-  wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "asimd", "sve")
+  wanted = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "asimd",
+    "sve",
+  )
   cpu_flags = [f for f in wanted if f in info["flags"].split()]
   skipped = {"error": "not measured (--parts)"}
   shapes = measure("shapes")
   kernels = {p: measure("kernels", p) if "kernels" in args.parts else skipped for p in PATHS}
   outside = measure("outside") if "kernels" in args.parts else skipped
-  epochs = {f"{name}_{p}": measure(f"epoch_{name}", p, args.epochs) if "epochs" in args.parts else skipped
-            for name in ("reference", "burda") for p in PATHS}
+  epochs = {
+    f"{name}_{p}": measure(f"epoch_{name}", p, args.epochs) if "epochs" in args.parts else skipped
+    for name in ("reference", "burda")
+    for p in PATHS
+  }
   train = measure("train", "xla", args.epochs) if "train" in args.parts else skipped
   torch_pre = measure("torch_preloaded", "xla", 2) if "torch" in args.parts else skipped
   import jax
   import jaxlib
-  print(f"\nMachine: {info['model']} ({info['vendor']}), {os.cpu_count()} cores, flags "
-        f"{' '.join(cpu_flags)}; jax {jax.__version__}, jaxlib {jaxlib.__version__}"
-        + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else "")
-        + (f"; torch threads {outside['torch_threads']}" if "torch_threads" in outside else ""))
+
+  print(
+    f"\nMachine: {info['model']} ({info['vendor']}), {os.cpu_count()} cores, flags "
+    f"{' '.join(cpu_flags)}; jax {jax.__version__}, jaxlib {jaxlib.__version__}"
+    + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else "")
+    + (f"; torch threads {outside['torch_threads']}" if "torch_threads" in outside else "")
+  )
   auto, why = cpu_kernels.resolve("auto")
   print(f"run.cpu_kernels=auto chooses here: {auto} ({why})")
-  median = lambda run: statistics.median(run["epoch_seconds"][1:]) if "epoch_seconds" in run else None
-  results = {"machine": {**info, "cpu_flags": cpu_flags, "cores": os.cpu_count(), "jax": jax.__version__},
-             "shapes": shapes, "kernels": kernels, "outside": outside, "epochs": epochs, "train": train,
-             "torch_preloaded": torch_pre, "bounds": {}}
+  median = lambda run: (
+    statistics.median(run["epoch_seconds"][1:]) if "epoch_seconds" in run else None
+  )
+  results = {
+    "machine": {**info, "cpu_flags": cpu_flags, "cores": os.cpu_count(), "jax": jax.__version__},
+    "shapes": shapes,
+    "kernels": kernels,
+    "outside": outside,
+    "epochs": epochs,
+    "train": train,
+    "torch_preloaded": torch_pre,
+    "bounds": {},
+  }
   for name in ("reference", "burda"):
     if "error" in shapes:
       print(f"shapes: {shapes['error']}")
@@ -207,7 +274,9 @@ def main() -> int:
     rows.update({o: outside.get(name, {}).get(o) for o in ("torch", "numpy")})
     steps = steps_per_epoch(name)
     batch = config_of(name).optim.batch_size
-    print(f"\n{name} (batch {batch}, {steps} steps per epoch): us per product, best of 5 of {REPEATS}")
+    print(
+      f"\n{name} (batch {batch}, {steps} steps per epoch): us per product, best of 5 of {REPEATS}"
+    )
     columns = [c for c in rows if rows[c]]
     print("| m x k x n | count | what | " + " | ".join(columns) + " | best |")
     print("| --- | ---: | --- | " + " | ".join("---:" for _ in columns) + " | --- |")
@@ -219,34 +288,63 @@ def main() -> int:
       best_total += times[best] * s["count"]
       for c in columns:
         totals[c] += times[c] * s["count"]
-      print(f"| {s['m']}x{s['k']}x{s['n']} | {s['count']} | {', '.join(s['what'])} | "
-            + " | ".join(f"{times[c]:.1f}" for c in columns) + f" | {best} |")
-    print("| per step | | | " + " | ".join(f"{totals[c]:,.0f}" for c in columns) + f" | {best_total:,.0f} |")
-    print("| x steps (s) | | | " + " | ".join(f"{totals[c] * steps / 1e6:.3f}" for c in columns)
-          + f" | {best_total * steps / 1e6:.3f} |")
-    results["bounds"][name] = {"per_path_seconds": {c: totals[c] * steps / 1e6 for c in columns},
-                               "best_seconds": best_total * steps / 1e6}
+      print(
+        f"| {s['m']}x{s['k']}x{s['n']} | {s['count']} | {', '.join(s['what'])} | "
+        + " | ".join(f"{times[c]:.1f}" for c in columns)
+        + f" | {best} |"
+      )
+    print(
+      "| per step | | | "
+      + " | ".join(f"{totals[c]:,.0f}" for c in columns)
+      + f" | {best_total:,.0f} |"
+    )
+    print(
+      "| x steps (s) | | | "
+      + " | ".join(f"{totals[c] * steps / 1e6:.3f}" for c in columns)
+      + f" | {best_total * steps / 1e6:.3f} |"
+    )
+    results["bounds"][name] = {
+      "per_path_seconds": {c: totals[c] * steps / 1e6 for c in columns},
+      "best_seconds": best_total * steps / 1e6,
+    }
   print("\nWhole compiled epoch, s: median (fastest) of epochs 2..N, per XLA kernel path:")
   print("| config | " + " | ".join(PATHS) + " | kernel bound (best per shape) |")
   print("| --- | " + " | ".join("---:" for _ in PATHS) + " | ---: |")
   fastest = lambda run: min(run["epoch_seconds"][1:])
   for name in ("reference", "burda"):
-    cells = [f"{median(epochs[f'{name}_{p}']):.3f} ({fastest(epochs[f'{name}_{p}']):.3f})"
-             if median(epochs[f"{name}_{p}"]) else epochs[f"{name}_{p}"].get("error", "") for p in PATHS]
+    cells = [
+      f"{median(epochs[f'{name}_{p}']):.3f} ({fastest(epochs[f'{name}_{p}']):.3f})"
+      if median(epochs[f"{name}_{p}"])
+      else epochs[f"{name}_{p}"].get("error", "")
+      for p in PATHS
+    ]
     bound = results["bounds"].get(name, {}).get("best_seconds")
     print(f"| {name} | " + " | ".join(cells) + (f" | {bound:.3f} |" if bound else " | |"))
   train_s, torch_s = median(train), median(torch_pre)
   bound = results["bounds"].get("reference", {}).get("best_seconds")
   if train_s and bound:
-    print(f"\nDefault `train` (reference): {train_s:.3f} s/epoch = {train_s / bound:.2f}x the kernel "
-          f"bound ({bound:.3f} s)" + (f"; PyTorch preloaded {torch_s:.3f} s/epoch = {torch_s / train_s:.2f}x "
-                                      "slower" if torch_s else f"; PyTorch: {torch_pre.get('error')}"))
-    results["ratios"] = {"train_over_bound": train_s / bound, "torch_preloaded_over_train":
-                         torch_s / train_s if torch_s else None}
-  burda_s, burda_bound = median(epochs["burda_xla"]), results["bounds"].get("burda", {}).get("best_seconds")
+    print(
+      f"\nDefault `train` (reference): {train_s:.3f} s/epoch = {train_s / bound:.2f}x the kernel "
+      f"bound ({bound:.3f} s)"
+      + (
+        f"; PyTorch preloaded {torch_s:.3f} s/epoch = {torch_s / train_s:.2f}x slower"
+        if torch_s
+        else f"; PyTorch: {torch_pre.get('error')}"
+      )
+    )
+    results["ratios"] = {
+      "train_over_bound": train_s / bound,
+      "torch_preloaded_over_train": torch_s / train_s if torch_s else None,
+    }
+  burda_s, burda_bound = (
+    median(epochs["burda_xla"]),
+    results["bounds"].get("burda", {}).get("best_seconds"),
+  )
   if burda_s and burda_bound:
-    print(f"Burda 1-layer k=1 compiled epoch (xla): {burda_s:.3f} s = {burda_s / burda_bound:.2f}x its "
-          f"kernel bound ({burda_bound:.3f} s)")
+    print(
+      f"Burda 1-layer k=1 compiled epoch (xla): {burda_s:.3f} s = {burda_s / burda_bound:.2f}x its "
+      f"kernel bound ({burda_bound:.3f} s)"
+    )
   if args.json:
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:

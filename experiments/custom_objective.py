@@ -31,15 +31,21 @@ import vae_jax
 @struct.dataclass
 class MmdHparams(vae_jax.Likelihood):
   """mmd_weight: per-example weight of MMD^2(q(z), N(0, I)) (the KL term is dropped)."""
+
   mmd_weight: float = 10.0
 
 
 def mmd_squared(a_BxL, b_BxL):
   """The biased MMD^2 estimate between two samples, Gaussian kernel of width sqrt(L)."""
+
   def kernel(x, y):
     return jnp.exp(-jnp.sum(jnp.square(x[:, None] - y[None]), -1) / (2.0 * x.shape[-1]))
-  return (jnp.mean(kernel(a_BxL, a_BxL)) + jnp.mean(kernel(b_BxL, b_BxL))
-          - 2.0 * jnp.mean(kernel(a_BxL, b_BxL)))
+
+  return (
+    jnp.mean(kernel(a_BxL, a_BxL))
+    + jnp.mean(kernel(b_BxL, b_BxL))
+    - 2.0 * jnp.mean(kernel(a_BxL, b_BxL))
+  )
 
 
 @vae_jax.register_objective("mmd_vae", MmdHparams)
@@ -53,8 +59,12 @@ def mmd_vae(params, apply_fn, x, key, hparams: MmdHparams):
   rec = jnp.sum(vae_jax.nll_fn(params, hparams)(logits, x))  # The configured likelihood.
   mmd = x.shape[0] * mmd_squared(z_BxL, prior_BxL)
   loss = rec + hparams.mmd_weight * mmd
-  return loss, {"loss": loss, "bce": rec, "kl": jnp.sum(vae_jax.kl_per_example(mu_BxL, logvar_BxL)),
-                "mmd": mmd}
+  return loss, {
+    "loss": loss,
+    "bce": rec,
+    "kl": jnp.sum(vae_jax.kl_per_example(mu_BxL, logvar_BxL)),
+    "mmd": mmd,
+  }
 
 
 def main() -> int:
@@ -66,10 +76,17 @@ def main() -> int:
   parser.add_argument("--seeds", type=int, default=2)
   args = parser.parse_args()
   study = vae_jax.make_study(
-      name="mmd_vae", question="How do reconstruction and the ELBO move with the MMD weight?",
-      axes={"objective.mmd_weight": [1.0, 10.0, 100.0]}, seeds=args.seeds,
-      base={"objective.name": "mmd_vae", "optim.num_epochs": args.epochs,
-            "data.train_examples": args.train_examples, "data.test_examples": args.test_examples})
+    name="mmd_vae",
+    question="How do reconstruction and the ELBO move with the MMD weight?",
+    axes={"objective.mmd_weight": [1.0, 10.0, 100.0]},
+    seeds=args.seeds,
+    base={
+      "objective.name": "mmd_vae",
+      "optim.num_epochs": args.epochs,
+      "data.train_examples": args.train_examples,
+      "data.test_examples": args.test_examples,
+    },
+  )
   vae_jax.run_study(study, args.workdir)
   print((args.workdir / "summary.md").read_text())
   return 0

@@ -44,8 +44,9 @@ def plot(path: Path, panels: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> 
   plt = common.pyplot()
   fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.7 * len(panels)))
   for ax, (title, rows) in zip(np.atleast_1d(axes), panels):
-    grid = images.image_grid(np.concatenate([r for _, r in rows]).reshape(-1, 28, 28),
-                             nrow=len(rows[0][1]))
+    grid = images.image_grid(
+      np.concatenate([r for _, r in rows]).reshape(-1, 28, 28), nrow=len(rows[0][1])
+    )
     ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
     ax.set_title(title)
     ax.set_xticks([])
@@ -74,32 +75,67 @@ def main() -> int:
   rows, panels, shown = [], [], slice(0, 10)
   clean_psnr = float(metrics.psnr(x_test, vae_denoise(plain, x_test)).mean())
   for i, (kind, level) in enumerate(CORRUPTIONS):
-    _, dvae, _ = common.train_model(args.workdir / f"dvae_{kind}_{level}", splits, {
-        "objective.corruption": kind, "objective.corruption_level": level, **common_args})
-    noisy = np.asarray(objectives.corrupt(jnp.asarray(x_test, jnp.float32), jax.random.key(i), kind, level))
-    outputs = {"noisy input": noisy, "denoising VAE": vae_denoise(dvae, noisy),
-               "plain VAE": vae_denoise(plain, noisy), f"PCA ({args.pca_components})": pca_denoise(noisy)}
+    _, dvae, _ = common.train_model(
+      args.workdir / f"dvae_{kind}_{level}",
+      splits,
+      {"objective.corruption": kind, "objective.corruption_level": level, **common_args},
+    )
+    noisy = np.asarray(
+      objectives.corrupt(jnp.asarray(x_test, jnp.float32), jax.random.key(i), kind, level)
+    )
+    outputs = {
+      "noisy input": noisy,
+      "denoising VAE": vae_denoise(dvae, noisy),
+      "plain VAE": vae_denoise(plain, noisy),
+      f"PCA ({args.pca_components})": pca_denoise(noisy),
+    }
     psnr = {name: float(metrics.psnr(x_test, out).mean()) for name, out in outputs.items()}
-    rows.append({"corruption": label(kind, level), **psnr,
-                 "denoising VAE on clean input": float(metrics.psnr(x_test, vae_denoise(dvae, x_test)).mean())})
-    panels.append((label(kind, level), [(name, out[shown]) for name, out in outputs.items()]
-                   + [("clean", x_test[shown])]))
-    print(f"  {label(kind, level)}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in psnr.items()), flush=True)
+    rows.append(
+      {
+        "corruption": label(kind, level),
+        **psnr,
+        "denoising VAE on clean input": float(
+          metrics.psnr(x_test, vae_denoise(dvae, x_test)).mean()
+        ),
+      }
+    )
+    panels.append(
+      (
+        label(kind, level),
+        [(name, out[shown]) for name, out in outputs.items()] + [("clean", x_test[shown])],
+      )
+    )
+    print(
+      f"  {label(kind, level)}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in psnr.items()),
+      flush=True,
+    )
   plot(args.workdir / "denoising.png", panels)
 
   names = list(outputs)
   table = common.markdown_table(
-      ["corruption", *[f"PSNR {n} (dB)" for n in names], "PSNR denoising VAE, clean input (dB)"],
-      [[r["corruption"], *[f"{r[n]:.2f}" for n in names], f"{r['denoising VAE on clean input']:.2f}"]
-       for r in rows])
-  text = "\n".join([
+    ["corruption", *[f"PSNR {n} (dB)" for n in names], "PSNR denoising VAE, clean input (dB)"],
+    [
+      [r["corruption"], *[f"{r[n]:.2f}" for n in names], f"{r['denoising VAE on clean input']:.2f}"]
+      for r in rows
+    ],
+  )
+  text = "\n".join(
+    [
       f"Test set (10,000 images), {args.epochs} training epochs per VAE, seed {args.seed}; PSNR of "
       "each image against its clean version, averaged (higher is better). For scale: the plain "
       f"VAE's reconstruction of the *clean* test images reaches {clean_psnr:.2f} dB: no output of "
       f"this architecture gets much closer to the clean image than that. Wall time: {time.perf_counter() - start:.0f} s.",
-      "", table])
-  common.write_report(args.workdir, "denoising", "Denoising: denoising VAE vs plain VAE vs PCA",
-                      text, {"epochs": args.epochs, "rows": rows, "plain_vae_clean_psnr": clean_psnr})
+      "",
+      table,
+    ]
+  )
+  common.write_report(
+    args.workdir,
+    "denoising",
+    "Denoising: denoising VAE vs plain VAE vs PCA",
+    text,
+    {"epochs": args.epochs, "rows": rows, "plain_vae_clean_psnr": clean_psnr},
+  )
   return 0
 
 

@@ -37,7 +37,10 @@ from vae_jax import evaluate, images
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5) -> float:
   from sklearn.neighbors import KNeighborsClassifier
-  return float(KNeighborsClassifier(k).fit(train_codes, train_labels).score(test_codes, test_labels))
+
+  return float(
+    KNeighborsClassifier(k).fit(train_codes, train_labels).score(test_codes, test_labels)
+  )
 
 
 def interpolation_pairs(labels: np.ndarray, num_pairs: int = 8) -> list[tuple[int, int]]:
@@ -72,47 +75,75 @@ def main() -> int:
 
   results, states, codes = {}, {}, {}
   for d in (20, 2):
-    _, states[d], records = common.train_model(args.workdir / f"d{d}", splits, {
-        "model.latent_dim": d, "optim.num_epochs": args.epochs, "seed": args.seed})
+    _, states[d], records = common.train_model(
+      args.workdir / f"d{d}",
+      splits,
+      {"model.latent_dim": d, "optim.num_epochs": args.epochs, "seed": args.seed},
+    )
     mu_train, _ = common.encode(states[d], x_train)
     mu_test, logvar_test = common.encode(states[d], x_test)
     codes[d] = mu_test
     diagnostics = evaluate.latent_diagnostics(mu_test, logvar_test)
-    results[d] = {"test_loss": records[-1]["test_loss"], "active_units": diagnostics["active_units"],
-                  "knn_accuracy": knn_accuracy(mu_train, y_train, mu_test, y_test)}
+    results[d] = {
+      "test_loss": records[-1]["test_loss"],
+      "active_units": diagnostics["active_units"],
+      "knn_accuracy": knn_accuracy(mu_train, y_train, mu_test, y_test),
+    }
     z_64xL = jax.random.normal(jax.random.key(0), (64, d))
     samples = common.decode(states[d], z_64xL)
-    images.save_png(args.workdir / f"samples_d{d}.png", images.image_grid(samples.reshape(-1, 28, 28)))
+    images.save_png(
+      args.workdir / f"samples_d{d}.png", images.image_grid(samples.reshape(-1, 28, 28))
+    )
 
   t_T = np.linspace(0.0, 1.0, 10)[:, None]
   rows = []
   for i, j in interpolation_pairs(y_test):
     path_TxL = (1 - t_T) * codes[20][i] + t_T * codes[20][j]
-    rows += [x_test[i:i + 1], common.decode(states[20], path_TxL), x_test[j:j + 1]]
+    rows += [x_test[i : i + 1], common.decode(states[20], path_TxL), x_test[j : j + 1]]
   interpolation = images.image_grid(np.concatenate(rows).reshape(-1, 28, 28), nrow=12)
   images.save_png(args.workdir / "interpolation.png", interpolation)
 
   quantiles = stats.norm.ppf(np.linspace(0.05, 0.95, 20))
   z2_grid = np.stack(np.meshgrid(quantiles, quantiles[::-1]), axis=-1).reshape(-1, 2)
-  manifold = images.image_grid(
-      common.decode(states[2], z2_grid).reshape(-1, 28, 28), nrow=20)
+  manifold = images.image_grid(common.decode(states[2], z2_grid).reshape(-1, 28, 28), nrow=20)
   images.save_png(args.workdir / "manifold_d2.png", manifold)
-  plot(args.workdir / "generation.png",
-       {"latent 20: samples z ~ N(0, I)": images.image_grid(
-           common.decode(states[20], jax.random.normal(jax.random.key(0), (64, 20)))
-           .reshape(-1, 28, 28)),
-        "latent 20: interpolations (test image, 10 decodes, test image)": interpolation,
-        "latent 2: decoded grid of prior quantiles": manifold}, codes[2], y_test)
+  plot(
+    args.workdir / "generation.png",
+    {
+      "latent 20: samples z ~ N(0, I)": images.image_grid(
+        common.decode(states[20], jax.random.normal(jax.random.key(0), (64, 20))).reshape(
+          -1, 28, 28
+        )
+      ),
+      "latent 20: interpolations (test image, 10 decodes, test image)": interpolation,
+      "latent 2: decoded grid of prior quantiles": manifold,
+    },
+    codes[2],
+    y_test,
+  )
 
   table = common.markdown_table(
-      ["latent size", "test loss (-ELBO, one sample)", "active units", "5-NN accuracy on mu"],
-      [[d, f"{r['test_loss']:.2f}", f"{r['active_units']} / {d}", f"{100 * r['knn_accuracy']:.1f}%"]
-       for d, r in results.items()])
-  text = "\n".join([
+    ["latent size", "test loss (-ELBO, one sample)", "active units", "5-NN accuracy on mu"],
+    [
+      [d, f"{r['test_loss']:.2f}", f"{r['active_units']} / {d}", f"{100 * r['knn_accuracy']:.1f}%"]
+      for d, r in results.items()
+    ],
+  )
+  text = "\n".join(
+    [
       f"Reference recipe, {args.epochs} epochs, seed {args.seed}; test set of 10,000 images. "
-      f"Wall time: {time.perf_counter() - start:.0f} s.", "", table])
-  common.write_report(args.workdir, "generation", "Generation: samples, interpolations, 2-D latent space",
-                      text, {"epochs": args.epochs, "models": results})
+      f"Wall time: {time.perf_counter() - start:.0f} s.",
+      "",
+      table,
+    ]
+  )
+  common.write_report(
+    args.workdir,
+    "generation",
+    "Generation: samples, interpolations, 2-D latent space",
+    text,
+    {"epochs": args.epochs, "models": results},
+  )
   return 0
 
 

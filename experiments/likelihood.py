@@ -74,53 +74,84 @@ def main() -> int:
   splits = common.prepare(args)
 
   print(f"Training the reference spec on dynamically binarized MNIST, {args.epochs} epochs")
-  config, state, records = common.train_model(args.workdir / "run", splits, {
-      "data.binarize": True, "optim.num_epochs": args.epochs, "seed": args.seed})
-  x_u8 = splits["test"][0].reshape(len(splits["test"][0]), -1)[:args.examples or None]
+  config, state, records = common.train_model(
+    args.workdir / "run",
+    splits,
+    {"data.binarize": True, "optim.num_epochs": args.epochs, "seed": args.seed},
+  )
+  x_u8 = splits["test"][0].reshape(len(splits["test"][0]), -1)[: args.examples or None]
   x_NxD = evaluate.binarize(x_u8, jax.random.key(evaluate.BINARIZE_SEED))
 
   rows, bounds, results = [], {}, {"epochs": args.epochs, "examples": len(x_NxD), "estimates": {}}
   ks = sorted({k for k in (1, 10, 100, 1000) if k < args.num_samples} | {args.num_samples})
   for k in ks:
     start = time.perf_counter()
-    est = evaluate.iwae_log_likelihood(state.params, state.apply_fn, common.as_images(state, x_NxD),
-                                       jax.random.key(k), k)
+    est = evaluate.iwae_log_likelihood(
+      state.params, state.apply_fn, common.as_images(state, x_NxD), jax.random.key(k), k
+    )
     seconds = time.perf_counter() - start
     nll, neg_elbo = -est["iwae"].mean(), -est["elbo"].mean()
     sem = est["iwae"].std(ddof=1) / np.sqrt(len(x_NxD))
     bounds[k] = nll
-    results["estimates"][k] = {"nll": nll, "neg_elbo": neg_elbo, "gap": neg_elbo - nll,
-                               "sem_over_examples": sem, "seconds": seconds}
-    rows.append([k, f"{nll:.2f}", f"{neg_elbo:.2f}", f"{neg_elbo - nll:.2f}", f"{sem:.2f}",
-                 f"{seconds:.0f}"])
+    results["estimates"][k] = {
+      "nll": nll,
+      "neg_elbo": neg_elbo,
+      "gap": neg_elbo - nll,
+      "sem_over_examples": sem,
+      "seconds": seconds,
+    }
+    rows.append(
+      [k, f"{nll:.2f}", f"{neg_elbo:.2f}", f"{neg_elbo - nll:.2f}", f"{sem:.2f}", f"{seconds:.0f}"]
+    )
     print(f"  K = {k}: NLL {nll:.2f}, -ELBO {neg_elbo:.2f} ({seconds:.0f} s)", flush=True)
 
   diagnostics = evaluate.latent_diagnostics(*common.encode(state, x_NxD))
   warning = evaluate.collapse_warning(diagnostics)
-  results.update(active_units=diagnostics["active_units"],
-                 kl_per_dim=diagnostics["kl_per_dim"].tolist(),
-                 activity=diagnostics["activity"].tolist(), collapse_warning=warning,
-                 train_loss_last_epoch=records[-1]["train_loss"])
+  results.update(
+    active_units=diagnostics["active_units"],
+    kl_per_dim=diagnostics["kl_per_dim"].tolist(),
+    activity=diagnostics["activity"].tolist(),
+    collapse_warning=warning,
+    train_loss_last_epoch=records[-1]["train_loss"],
+  )
   plot(args.workdir / "likelihood.png", bounds, diagnostics)
 
   k_max = args.num_samples
-  text = "\n".join([
+  text = "\n".join(
+    [
       f"Reference spec, seed {args.seed}, {args.epochs} epochs on dynamically binarized MNIST; "
       f"{len(x_NxD)} test images binarized with key({evaluate.BINARIZE_SEED}); nats per example. "
       f"Wall time of the whole script: {time.perf_counter() - script_start:.0f} s.",
       "",
       f"**Test NLL (K = {k_max}): {bounds[k_max]:.2f} nats** "
       f"(-ELBO {results['estimates'][k_max]['neg_elbo']:.2f}, gap "
-      f"{results['estimates'][k_max]['gap']:.2f}).", "",
-      common.markdown_table(["K", "NLL estimate", "-ELBO (mean of the K log-weights)", "gap",
-                             "s.e.m. over examples", "seconds"], rows), "",
+      f"{results['estimates'][k_max]['gap']:.2f}).",
+      "",
+      common.markdown_table(
+        [
+          "K",
+          "NLL estimate",
+          "-ELBO (mean of the K log-weights)",
+          "gap",
+          "s.e.m. over examples",
+          "seconds",
+        ],
+        rows,
+      ),
+      "",
       f"Active units (Cov_x E_q[z] > {evaluate.ACTIVE_UNIT_THRESHOLD}): "
       f"{diagnostics['active_units']} of {diagnostics['latent_dim']}. KL per dimension "
       f"(nats, sorted): {', '.join(f'{v:.2f}' for v in np.sort(diagnostics['kl_per_dim'])[::-1])}.",
-      f"Collapse warning: {warning or 'none'}.", "",
-      PUBLISHED.format(epochs=args.epochs, k_gain=bounds.get(100, np.nan) - bounds.get(1000, np.nan))])
-  common.write_report(args.workdir, "likelihood", "Test log-likelihood, standard protocol", text,
-                      results)
+      f"Collapse warning: {warning or 'none'}.",
+      "",
+      PUBLISHED.format(
+        epochs=args.epochs, k_gain=bounds.get(100, np.nan) - bounds.get(1000, np.nan)
+      ),
+    ]
+  )
+  common.write_report(
+    args.workdir, "likelihood", "Test log-likelihood, standard protocol", text, results
+  )
   return 0
 
 

@@ -17,9 +17,16 @@ def describe_machine() -> dict:
   except (OSError, StopIteration):
     pass
   import jaxlib
-  return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
-          "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-          "jaxlib": jaxlib.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+  return {
+    "cpu": cpu,
+    "cores": os.cpu_count(),
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
 
 
 def machine_line() -> str:

@@ -34,8 +34,11 @@ def run(dtype: str, seed: int, epochs: int, splits, workdir: str) -> dict:
   config.seed, config.optim.num_epochs, config.model.compute_dtype = seed, epochs, dtype
   config.run.progress, config.run.save_images = False, False
   _, records = vae_jax.train(config, workdir, splits)
-  return {"test_loss": records[-1]["test_loss"], "test_loss_mean_z": records[-1]["test_loss_mean_z"],
-          "seconds_per_epoch": statistics.median(r["train_seconds"] for r in records[1:])}
+  return {
+    "test_loss": records[-1]["test_loss"],
+    "test_loss_mean_z": records[-1]["test_loss_mean_z"],
+    "seconds_per_epoch": statistics.median(r["train_seconds"] for r in records[1:]),
+  }
 
 
 def main() -> int:
@@ -61,11 +64,15 @@ def main() -> int:
   print(f"| compute dtype | test loss (epoch {args.epochs}) | test loss, z = mu | s/epoch |")
   print("| --- | ---: | ---: | ---: |")
   for dtype in DTYPES:
-    print(f"| {dtype} | {stat(dtype, 'test_loss')} | {stat(dtype, 'test_loss_mean_z')} | "
-          f"{stat(dtype, 'seconds_per_epoch')} |")
+    print(
+      f"| {dtype} | {stat(dtype, 'test_loss')} | {stat(dtype, 'test_loss_mean_z')} | "
+      f"{stat(dtype, 'seconds_per_epoch')} |"
+    )
   diffs = [b["test_loss"] - f["test_loss"] for f, b in zip(results["float32"], results["bfloat16"])]
-  print(f"\nbf16 - float32 final test loss per seed: {', '.join(f'{d:+.3f}' for d in diffs)} "
-        f"(mean {np.mean(diffs):+.3f} nats); {args.seeds} seeds x {args.epochs} epochs.")
+  print(
+    f"\nbf16 - float32 final test loss per seed: {', '.join(f'{d:+.3f}' for d in diffs)} "
+    f"(mean {np.mean(diffs):+.3f} nats); {args.seeds} seeds x {args.epochs} epochs."
+  )
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"epochs": args.epochs, "results": results, "differences": diffs}, f, indent=2)

@@ -27,6 +27,7 @@ import vae_jax
 
 class ResidualStack(nn.Module):
   """Dense to hidden_dim, num_blocks residual ReLU blocks, then Dense to out_dim."""
+
   hidden_dim: int
   num_blocks: int
   out_dim: int
@@ -41,6 +42,7 @@ class ResidualStack(nn.Module):
 
 class Encoder(nn.Module):
   """x_BxHxWxC -> (mu_BxL, logvar_BxL)."""
+
   hidden_dim: int
   num_blocks: int
   latent_dim: int
@@ -48,20 +50,24 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC):
     out_Bx2L = ResidualStack(self.hidden_dim, self.num_blocks, 2 * self.latent_dim)(
-        x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1))
-    return out_Bx2L[:, :self.latent_dim], out_Bx2L[:, self.latent_dim:]
+      x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
+    )
+    return out_Bx2L[:, : self.latent_dim], out_Bx2L[:, self.latent_dim :]
 
 
 @vae_jax.register_model("resmlp")
 class ResMLP(vae_jax.VAE):
   """Residual MLP encoder and decoder; settings hidden_dim, num_blocks (and latent_dim)."""
+
   hidden_dim: int = 64
   num_blocks: int = 1
 
   def check(self):
     for key in ("hidden_dim", "num_blocks"):
       if getattr(self, key) < 1:
-        raise vae_jax.ConfigError(f"config.model.{key}={getattr(self, key)}: expected an integer >= 1")
+        raise vae_jax.ConfigError(
+          f"config.model.{key}={getattr(self, key)}: expected an integer >= 1"
+        )
 
   def make_encoder(self):
     return Encoder(self.hidden_dim, self.num_blocks, self.latent_dim)
@@ -74,6 +80,7 @@ class ResMLP(vae_jax.VAE):
 class CyclicalHparams(vae_jax.Likelihood):
   """beta: the KL weight at the top of each cycle; cycle_epochs: a cycle's length, whose
   first half ramps the weight from 0 to beta (Fu et al., 2019). steps_per_epoch: run context."""
+
   beta: float = 0.25
   cycle_epochs: int = vae_jax.static(1)
   steps_per_epoch: int = vae_jax.static(1)
@@ -81,8 +88,10 @@ class CyclicalHparams(vae_jax.Likelihood):
   def check(self):
     super().check()
     if not self.beta >= 0 or self.cycle_epochs < 1:
-      raise vae_jax.ConfigError(f"config.objective.beta={self.beta}, cycle_epochs="
-                                f"{self.cycle_epochs}: expected beta >= 0 and cycle_epochs >= 1")
+      raise vae_jax.ConfigError(
+        f"config.objective.beta={self.beta}, cycle_epochs="
+        f"{self.cycle_epochs}: expected beta >= 0 and cycle_epochs >= 1"
+      )
 
   def at_step(self, step):
     period = self.cycle_epochs * self.steps_per_epoch

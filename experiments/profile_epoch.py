@@ -34,8 +34,11 @@ def op_durations(trace_dir: str) -> tuple[collections.Counter, collections.Count
   path = sorted(Path(trace_dir).rglob("*.xplane.pb"))[-1]
   profile = jax.profiler.ProfileData.from_file(str(path))
   cpu = jax.default_backend() == "cpu"
-  planes = ([profile.find_plane_with_name("/host:CPU")] if cpu else
-            [p for p in profile.planes if p.name.startswith("/device:")])
+  planes = (
+    [profile.find_plane_with_name("/host:CPU")]
+    if cpu
+    else [p for p in profile.planes if p.name.startswith("/device:")]
+  )
   seconds, calls = collections.Counter(), collections.Counter()
   for line in (line for plane in planes if plane is not None for line in plane.lines):
     if not (line.name.startswith("tf_XLA") if cpu else line.name == "XLA Ops"):
@@ -50,17 +53,22 @@ def op_durations(trace_dir: str) -> tuple[collections.Counter, collections.Count
 
 def hlo_ops(hlo: str) -> dict[str, dict[str, str]]:
   """For each op of the optimized HLO: its result shape, source op_name and whether it is a matmul."""
-  computations = {m.group(1): m.group(2) for m in re.finditer(
-      r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S)}
+  computations = {
+    m.group(1): m.group(2)
+    for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S)
+  }
   ops = {}
   for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) (\w[\w\-]*)\((.*)$", hlo, re.M):
     name, shape, opcode, rest = m.groups()
     called = re.search(r"calls=%?([\w.\-]+)", rest)
     body = computations.get(called.group(1), "") if called else ""
     source = re.search(r'op_name="([^"]+)"', rest)
-    ops[name] = {"shape": shape, "opcode": opcode,
-                 "matmul": opcode == "dot" or " dot(" in body or "convolution(" in body,
-                 "source": source.group(1).split("closed_call/")[-1] if source else ""}
+    ops[name] = {
+      "shape": shape,
+      "opcode": opcode,
+      "matmul": opcode == "dot" or " dot(" in body or "convolution(" in body,
+      "source": source.group(1).split("closed_call/")[-1] if source else "",
+    }
   return ops
 
 
@@ -91,20 +99,28 @@ def main() -> int:
   print("| --- | --- | ---: | ---: | ---: | --- | --- |")
   total = sum(seconds.values())
   if not total:
-    print(f"No XLA op events in the trace ({jax.default_backend()}); open {trace_dir} in "
-          "TensorBoard's profiler or xprof instead.")
+    print(
+      f"No XLA op events in the trace ({jax.default_backend()}); open {trace_dir} in "
+      "TensorBoard's profiler or xprof instead."
+    )
     return 0
   for name, s in seconds.most_common(args.top):
     op = ops.get(name, {"shape": "?", "matmul": False, "source": ""})
-    print(f"| {name} | {'matmul' if op['matmul'] else 'other'} | {calls[name]} | {s:.3f} | "
-          f"{s / total:.0%} | {op['shape']} | {op['source'][:60]} |")
+    print(
+      f"| {name} | {'matmul' if op['matmul'] else 'other'} | {calls[name]} | {s:.3f} | "
+      f"{s / total:.0%} | {op['shape']} | {op['source'][:60]} |"
+    )
   matmul = sum(s for name, s in seconds.items() if ops.get(name, {}).get("matmul"))
-  print(f"\nSum of op times: {total:.3f} s; matmuls {matmul:.3f} s ({matmul / total:.0%}), "
-        f"everything else {total - matmul:.3f} s.")
+  print(
+    f"\nSum of op times: {total:.3f} s; matmuls {matmul:.3f} s ({matmul / total:.0%}), "
+    f"everything else {total - matmul:.3f} s."
+  )
   if matmul:
-    print(f"Matmul kernels alone: {flops / 1e9:.1f} GFLOP in {matmul:.3f} s = "
-          f"{flops / matmul / 1e9:.1f} GFLOP/s; the float32 peak measured now: "
-          f"{max(timing.matmul_peak_gflops().values()):.1f} GFLOP/s.")
+    print(
+      f"Matmul kernels alone: {flops / 1e9:.1f} GFLOP in {matmul:.3f} s = "
+      f"{flops / matmul / 1e9:.1f} GFLOP/s; the float32 peak measured now: "
+      f"{max(timing.matmul_peak_gflops().values()):.1f} GFLOP/s."
+    )
   return 0
 
 

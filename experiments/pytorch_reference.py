@@ -80,30 +80,45 @@ class ConvertOnAccess(torch.utils.data.Dataset):
     return torch.from_numpy(np.array(image, np.uint8, copy=True)).float().div(255).unsqueeze(0)
 
 
-def batches(images_u8: np.ndarray, data_path: str, batch_size: int, shuffle: bool,
-            generator: torch.Generator):
+def batches(
+  images_u8: np.ndarray, data_path: str, batch_size: int, shuffle: bool, generator: torch.Generator
+):
   """Yields float batches (B, 1, 28, 28) in [0, 1] along the chosen data path."""
   if data_path == "reference":
-    loader = torch.utils.data.DataLoader(ConvertOnAccess(images_u8), batch_size=batch_size,
-                                         shuffle=shuffle, generator=generator)
+    loader = torch.utils.data.DataLoader(
+      ConvertOnAccess(images_u8), batch_size=batch_size, shuffle=shuffle, generator=generator
+    )
     yield from loader
     return
   if data_path != "preloaded":
     raise ValueError(f"data path {data_path!r}: expected 'reference' or 'preloaded'")
-  x = torch.tensor(images_u8).float().div(255).unsqueeze(1)  # A copy: the cached split is read-only.
+  x = (
+    torch.tensor(images_u8).float().div(255).unsqueeze(1)
+  )  # A copy: the cached split is read-only.
   order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
   for start in range(0, len(x), batch_size):
-    yield x[order[start:start + batch_size]]
+    yield x[order[start : start + batch_size]]
 
 
-def train(images_train_u8, images_test_u8, *, data_path: str = "reference", epochs: int = 10,
-          seed: int = 1, batch_size: int = 128, learning_rate: float = 1e-3,
-          device: str = "cpu", log=print) -> list[dict]:
+def train(
+  images_train_u8,
+  images_test_u8,
+  *,
+  data_path: str = "reference",
+  epochs: int = 10,
+  seed: int = 1,
+  batch_size: int = 128,
+  learning_rate: float = 1e-3,
+  device: str = "cpu",
+  log=print,
+) -> list[dict]:
   """Trains the reference; returns per-epoch records (nats per example, train seconds).
 
   Images: N x 28 x 28 (x 1) uint8, as vae_jax's readers return them.
   """
-  images_train_u8, images_test_u8 = (x.reshape(len(x), 28, 28) for x in (images_train_u8, images_test_u8))
+  images_train_u8, images_test_u8 = (
+    x.reshape(len(x), 28, 28) for x in (images_train_u8, images_test_u8)
+  )
   torch.manual_seed(seed)
   generator = torch.Generator().manual_seed(seed)
   model = VAE().to(device)
@@ -129,8 +144,12 @@ def train(images_train_u8, images_test_u8, *, data_path: str = "reference", epoc
         x = x.to(device)
         recon, mu, logvar = model(x)
         test_loss += loss_terms(recon, x, mu, logvar)[0].item()
-    record = {"epoch": epoch, "train_loss": train_loss / len(images_train_u8),
-              "test_loss": test_loss / len(images_test_u8), "train_seconds": train_seconds}
+    record = {
+      "epoch": epoch,
+      "train_loss": train_loss / len(images_train_u8),
+      "test_loss": test_loss / len(images_test_u8),
+      "train_seconds": train_seconds,
+    }
     log(f"====> Epoch: {epoch} Average loss: {record['train_loss']:.4f}")
     log(f"====> Test set loss: {record['test_loss']:.4f}")
     records.append(record)
@@ -149,8 +168,14 @@ def main() -> int:
   args = parser.parse_args()
   x_train, _ = data.load_split(args.data_source, "train", args.data_dir)
   x_test, _ = data.load_split(args.data_source, "test", args.data_dir)
-  records = train(x_train, x_test, data_path=args.data_path, epochs=args.epochs, seed=args.seed,
-                  device=args.device)
+  records = train(
+    x_train,
+    x_test,
+    data_path=args.data_path,
+    epochs=args.epochs,
+    seed=args.seed,
+    device=args.device,
+  )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(records, f, indent=2)

@@ -28,7 +28,13 @@ def epoch_matmul_flops(config, num_examples: int, input_dim: int = 784) -> float
   """Matmul FLOPs of one training epoch of the mlp (2 per multiply-add)."""
   model = config_lib.parse(config).model[1]  # The settings of the chosen model, defaults filled.
   hidden, latent = model["hidden_dim"], model["latent_dim"]
-  layers = [(input_dim, hidden), (hidden, latent), (hidden, latent), (latent, hidden), (hidden, input_dim)]
+  layers = [
+    (input_dim, hidden),
+    (hidden, latent),
+    (hidden, latent),
+    (latent, hidden),
+    (hidden, input_dim),
+  ]
   macs = 0
   for i, (fan_in, fan_out) in enumerate(layers):
     passes = 2 if i == 0 else 3  # forward, weight grad, input grad (not for the data)
@@ -46,8 +52,9 @@ def _best_seconds(fn, repeats: int) -> float:
   return min(times)
 
 
-def matmul_tflops(n: int, dtype=jnp.float32, precision: str = "highest", chain: int = 10,
-                  repeats: int = 3) -> float:
+def matmul_tflops(
+  n: int, dtype=jnp.float32, precision: str = "highest", chain: int = 10, repeats: int = 3
+) -> float:
   """Best TFLOP/s of ``chain`` dependent n x n products in one program (one sync per
   program, not per product, so an accelerator's launch and sync cost is amortized)."""
   a = (jax.random.normal(jax.random.key(0), (n, n), jnp.float32) / np.sqrt(n)).astype(dtype)
@@ -55,6 +62,7 @@ def matmul_tflops(n: int, dtype=jnp.float32, precision: str = "highest", chain: 
   @jax.jit
   def products(a):
     return jax.lax.fori_loop(0, chain, lambda _, c: jnp.dot(c, a, precision=precision), a)
+
   return 2 * n**3 * chain / _best_seconds(lambda: products(a).block_until_ready(), repeats) / 1e12
 
 
@@ -81,8 +89,9 @@ def reference_programs(config, num_devices: int = 1, chunks: int = 1):
   return programs, states, keys, time.perf_counter() - t0
 
 
-def time_epochs(programs, states, keys, num_epochs: int,
-                progress: bool = False) -> tuple[list[float], list[float]]:
+def time_epochs(
+  programs, states, keys, num_epochs: int, progress: bool = False
+) -> tuple[list[float], list[float]]:
   """(seconds, train loss) of each epoch; reading the loss waits for the epoch. progress:
   each chunk's step is read as the train command's bar reads it."""
   seconds, losses = [], []
@@ -112,9 +121,12 @@ def time_train_command(config, num_epochs: int) -> dict:
     _, records = training.train_and_evaluate(config, workdir)
     wall = time.perf_counter() - t0
   compile_seconds = records[0]["compile_seconds"]
-  return {"epoch_seconds": [r["train_seconds"] for r in records], "compile_seconds": compile_seconds,
-          "train_loss": [r["train_loss"] for r in records],
-          "wall_seconds_per_epoch": (wall - compile_seconds) / num_epochs}
+  return {
+    "epoch_seconds": [r["train_seconds"] for r in records],
+    "compile_seconds": compile_seconds,
+    "train_loss": [r["train_loss"] for r in records],
+    "wall_seconds_per_epoch": (wall - compile_seconds) / num_epochs,
+  }
 
 
 def time_loop(config, num_epochs: int) -> dict:
@@ -129,8 +141,13 @@ def time_loop(config, num_epochs: int) -> dict:
     return step_lib.epoch_order(keys, epoch, num_examples=n, batch_size=batch)
 
   def one_step(state, idx_B):
-    return step_lib.train_step(state, x_u8[idx_B], keys["noise"], hparams,
-                               objective_fn=objectives.REGISTRY.get("elbo").target.fn)
+    return step_lib.train_step(
+      state,
+      x_u8[idx_B],
+      keys["noise"],
+      hparams,
+      objective_fn=objectives.REGISTRY.get("elbo").target.fn,
+    )
 
   one_step = jax.jit(one_step, donate_argnums=0)
   t0 = time.perf_counter()
@@ -154,11 +171,20 @@ def time_loop(config, num_epochs: int) -> dict:
 
 def time_torch(data_path: str, num_epochs: int) -> dict:
   from experiments import pytorch_reference  # Imports torch.
+
   splits = data.load_data(default.get_config())
-  records = pytorch_reference.train(splits["train"][0], splits["test"][0], data_path=data_path,
-                                    epochs=num_epochs, log=lambda *_: None)
-  return {"epoch_seconds": [r["train_seconds"] for r in records], "compile_seconds": None,
-          "train_loss": [r["train_loss"] for r in records]}
+  records = pytorch_reference.train(
+    splits["train"][0],
+    splits["test"][0],
+    data_path=data_path,
+    epochs=num_epochs,
+    log=lambda *_: None,
+  )
+  return {
+    "epoch_seconds": [r["train_seconds"] for r in records],
+    "compile_seconds": None,
+    "train_loss": [r["train_loss"] for r in records],
+  }
 
 
 def device_peak_bytes() -> int | None:
@@ -167,8 +193,13 @@ def device_peak_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def time_models(counts: list[int], num_epochs: int, strategies=("loop", "map", "vmap"),
-                base_config=None, sequential: int | None = None) -> dict:
+def time_models(
+  counts: list[int],
+  num_epochs: int,
+  strategies=("loop", "map", "vmap"),
+  base_config=None,
+  sequential: int | None = None,
+) -> dict:
   """K models of one group (each strategy) versus K sequential runs of the compiled epoch.
 
   All train seeds 1..K on the config's training split (default: the reference's); seconds
@@ -202,6 +233,10 @@ def time_models(counts: list[int], num_epochs: int, strategies=("loop", "map", "
     states = template.replace(params=states.params, opt_state=states.opt_state, step=states.step)
     seconds, _ = time_epochs(programs, states, keys, num_epochs)
     per_run.append(sum(seconds[1:]))
-  return {"epochs_timed": num_epochs - 1, "backend": jax.default_backend(),
-          "in_program_seconds": in_program, "peak_bytes": peak_bytes,
-          "sequential_seconds": {k: sum(per_run[:k]) for k in counts if k <= len(per_run)}}
+  return {
+    "epochs_timed": num_epochs - 1,
+    "backend": jax.default_backend(),
+    "in_program_seconds": in_program,
+    "peak_bytes": peak_bytes,
+    "sequential_seconds": {k: sum(per_run[:k]) for k in counts if k <= len(per_run)},
+  }

@@ -37,7 +37,9 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
-def write_idx(path: Path, array: np.ndarray, magic: int | None = None, compress: bool = False) -> Path:
+def write_idx(
+  path: Path, array: np.ndarray, magic: int | None = None, compress: bool = False
+) -> Path:
   """Writes ``array`` (uint8) as an IDX file: the format written out independently of the reader."""
   array = np.asarray(array, np.uint8)
   if magic is None:
@@ -65,6 +67,7 @@ def small_splits():
 @pytest.fixture()
 def small_config():
   from vae_jax.configs import default
+
   config = default.get_config()
   config.optim.num_epochs = 2
   config.run.progress = False
@@ -97,15 +100,23 @@ def session_idx_dir(tmp_path_factory, small_splits):
 
 def tree_bytes(directory: Path) -> dict[str, bytes]:
   """Every file under directory (relative path -> content): to show nothing was changed."""
-  return {str(p.relative_to(directory)): p.read_bytes()
-          for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(directory)): p.read_bytes()
+    for p in sorted(Path(directory).rglob("*"))
+    if p.is_file()
+  }
 
 
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
   """``python -m vae_jax ARGS`` in a fresh process: for what only a process shows (a kill, a
   signal, two processes at once, the exit of the interpreter itself)."""
-  return subprocess.run([sys.executable, "-m", "vae_jax", *map(str, args)], capture_output=True,
-                        text=True, timeout=600, cwd=cwd)
+  return subprocess.run(
+    [sys.executable, "-m", "vae_jax", *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=cwd,
+  )
 
 
 class CliResult(NamedTuple):
@@ -118,6 +129,7 @@ def cli(*args) -> CliResult:
   """``python -m vae_jax ARGS`` through the same entry point in this process (no interpreter to
   start, no jax to import, the programs compiled once): for outputs, files and one-line errors."""
   from vae_jax import __main__ as cli_module
+
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     try:
@@ -129,9 +141,16 @@ def cli(*args) -> CliResult:
 
 def train_args(workdir, idx_dir, *extra) -> list[str]:
   """A 2-epoch CLI training run on an IDX directory, no progress bar or images."""
-  return ["train", f"--workdir={workdir}", "--config.data.source=idx", f"--config.data.dir={idx_dir}",
-          "--config.optim.num_epochs=2", "--config.run.progress=False", "--config.run.save_images=False",
-          *extra]
+  return [
+    "train",
+    f"--workdir={workdir}",
+    "--config.data.source=idx",
+    f"--config.data.dir={idx_dir}",
+    "--config.optim.num_epochs=2",
+    "--config.run.progress=False",
+    "--config.run.save_images=False",
+    *extra,
+  ]
 
 
 @pytest.fixture(scope="session")
@@ -147,12 +166,17 @@ def make_model(overrides: dict | None = None, image_shape=(28, 28, 1), num_train
   """(state, keys, objective_fn, hparams) of one fresh model: the default config with dotted
   overrides, for data of that shape; hparams are those of step 0 with num_train examples."""
   from vae_jax import config as config_lib, group as group_lib
+
   config = config_lib.from_flat(overrides or {})
   x = np.broadcast_to(np.zeros((1,) * 4, np.uint8), (num_train, *image_shape))
   group = group_lib.make_group(config, {"train": (x, None), "test": (x, None)})
   states, keys = group_lib.create_states(group)
-  return (group_lib.unstack(states), group_lib.unstack(keys), group.objective.fn,
-          group_lib.unstack(group.hparams))
+  return (
+    group_lib.unstack(states),
+    group_lib.unstack(keys),
+    group.objective.fn,
+    group_lib.unstack(group.hparams),
+  )
 
 
 def k_model_run():
@@ -160,12 +184,20 @@ def k_model_run():
   import tempfile
 
   from vae_jax import config as config_lib, training
-  config = config_lib.from_flat({"optim.num_epochs": 1, "run.progress": False,
-                                 "run.save_images": False, "run.models_strategy": "vmap"})
+
+  config = config_lib.from_flat(
+    {
+      "optim.num_epochs": 1,
+      "run.progress": False,
+      "run.save_images": False,
+      "run.models_strategy": "vmap",
+    }
+  )
   splits = {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)}
   overrides = [{"seed": s, "objective.beta": b} for s, b in zip((1, 2, 3, 4), (1.0, 0.5, 2.0, 1.0))]
-  return training.train_models(config, splits, overrides, tempfile.mkdtemp(), [None] * 4,
-                            log=lambda _: None)
+  return training.train_models(
+    config, splits, overrides, tempfile.mkdtemp(), [None] * 4, log=lambda _: None
+  )
 
 
 def run_python_json(code: str, devices: int | None = None):
@@ -173,10 +205,17 @@ def run_python_json(code: str, devices: int | None = None):
   its last stdout line holds."""
   import json
   import textwrap
+
   env = dict(os.environ)
   if devices:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=os.path.dirname(__file__))
+  result = subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+    cwd=os.path.dirname(__file__),
+  )
   assert result.returncode == 0, result.stderr
   return json.loads(result.stdout.strip().splitlines()[-1])

@@ -30,34 +30,67 @@ def main():
   point, marker, sep, *cli_args = sys.argv[1:]
   assert sep == "--", "usage: pause_run.py POINT MARKER -- ARGS"
   from vae_jax import __main__ as cli, checkpoint, epoch, training, workdir
+
   if point == "before_compile":
     patch(epoch.Programs, "__init__", lambda init: lambda *a, **k: (pause(marker), init(*a, **k)))
   elif point == "compiling":
     calls = []
-    patch(epoch, "_compile", lambda compile_: lambda *a: (
-        calls.append(1), len(calls) == 2 and pause(marker), compile_(*a))[-1])
+    patch(
+      epoch,
+      "_compile",
+      lambda compile_: (
+        lambda *a: (calls.append(1), len(calls) == 2 and pause(marker), compile_(*a))[-1]
+      ),
+    )
   elif point in ("epoch_1_mid", "epoch_2_mid"):
     first_step = 0 if point == "epoch_1_mid" else 3
-    patch(training.ProgressBar, "update", lambda update: lambda self, step: (
-        update(self, step), int(step) > first_step and pause(marker)))
+    patch(
+      training.ProgressBar,
+      "update",
+      lambda update: (
+        lambda self, step: (update(self, step), int(step) > first_step and pause(marker))
+      ),
+    )
   elif point == "before_checkpoint_1":
-    patch(checkpoint, "save", lambda save: lambda mngr, epoch_, *a: (
-        epoch_ == 1 and pause(marker), save(mngr, epoch_, *a))[-1])
+    patch(
+      checkpoint,
+      "save",
+      lambda save: (
+        lambda mngr, epoch_, *a: (epoch_ == 1 and pause(marker), save(mngr, epoch_, *a))[-1]
+      ),
+    )
   elif point in ("after_checkpoint_1", "after_checkpoint_2"):
     at = int(point[-1])
-    patch(checkpoint, "save", lambda save: lambda mngr, epoch_, *a: (
-        lambda where: (epoch_ == at and pause(marker), where)[-1])(save(mngr, epoch_, *a)))
+    patch(
+      checkpoint,
+      "save",
+      lambda save: (
+        lambda mngr, epoch_, *a: (lambda where: (epoch_ == at and pause(marker), where)[-1])(
+          save(mngr, epoch_, *a)
+        )
+      ),
+    )
   elif point == "after_epoch_1":
-    patch(workdir, "write_metrics", lambda write: lambda directory, records: (
-        write(directory, records), records and records[-1]["epoch"] == 1 and pause(marker)))
+    patch(
+      workdir,
+      "write_metrics",
+      lambda write: (
+        lambda directory, records: (
+          write(directory, records),
+          records and records[-1]["epoch"] == 1 and pause(marker),
+        )
+      ),
+    )
   elif point in ("saving_1", "saving_2"):
     from orbax.checkpoint._src.path import async_path
+
     rename = async_path.rename
 
     async def pause_before_final_rename(src, dst):
       if Path(dst).name == point[-1]:
         await asyncio.to_thread(pause, marker)
       return await rename(src, dst)
+
     async_path.rename = pause_before_final_rename
   else:
     raise SystemExit(f"unknown point {point}")

@@ -23,8 +23,9 @@ def _use_every_name(tmp_path, small_splits, trained_run):
   out["parse_config"] = vae_jax.parse_config(config).model[0].name
   state, records = vae_jax.train(config, tmp_path / "run", small_splits)
   out["train"] = records[-1]["test_loss"]
-  states, model_records = vae_jax.train_models(config, small_splits, [{"seed": 1}],
-                                               tmp_path / "group", [None], log=lambda _: None)
+  states, model_records = vae_jax.train_models(
+    config, small_splits, [{"seed": 1}], tmp_path / "group", [None], log=lambda _: None
+  )
   out["train_models"] = [r[-1]["test_loss"] for r in model_records]
   saved_config, state, keys, meta = vae_jax.load_run(trained_run)
   out["load_run"] = meta["epoch"]
@@ -34,9 +35,16 @@ def _use_every_name(tmp_path, small_splits, trained_run):
   out["encode"] = mu.tolist()
   out["decode"] = vae_jax.decode(state, mu).sum()
   out["sample"] = vae_jax.sample(state, 2, jax.random.key(0)).sum()
-  out["log_likelihood"] = vae_jax.log_likelihood(state, np.round(x), jax.random.key(0), 3)["iwae"].tolist()
-  study = vae_jax.make_study("api", "", {"objective.beta": [1.0]}, 1,
-                             {"optim.num_epochs": 1, "run.save_images": False, "run.tensorboard": False})
+  out["log_likelihood"] = vae_jax.log_likelihood(state, np.round(x), jax.random.key(0), 3)[
+    "iwae"
+  ].tolist()
+  study = vae_jax.make_study(
+    "api",
+    "",
+    {"objective.beta": [1.0]},
+    1,
+    {"optim.num_epochs": 1, "run.save_images": False, "run.tensorboard": False},
+  )
   out["make_study"] = study.name
   out["run_study"] = vae_jax.run_study(study, tmp_path / "study", small_splits, log=lambda _: None)
   module = vae_jax.build_model(config, (28, 28, 1))
@@ -60,9 +68,11 @@ def _use_every_name(tmp_path, small_splits, trained_run):
   class ApiHparams(vae_jax.Hparams):
     weight: float = 2.0
     mode: str = vae_jax.static("a")
+
   out["Hparams"] = out["static"] = (ApiHparams().weight, ApiHparams().mode)
   from vae_jax import models, objectives
   from vae_jax.models.mlp import MLP
+
   try:
     vae_jax.register_objective("api_test", ApiHparams)(lambda p, a, x, k, h: (0.0, {"loss": 0.0}))
     vae_jax.register_model("api_test")(type("ApiVAE", (MLP,), {"__module__": __name__}))
@@ -74,11 +84,14 @@ def _use_every_name(tmp_path, small_splits, trained_run):
   return out
 
 
-def test_every_api_name_keeps_its_meaning_around_imports_of_every_submodule(tmp_path, small_splits,
-                                                                          trained_run):
+def test_every_api_name_keeps_its_meaning_around_imports_of_every_submodule(
+  tmp_path, small_splits, trained_run
+):
   first = {name: getattr(vae_jax, name) for name in vae_jax.__all__}
   for name, value in first.items():
-    assert (getattr(value, "__doc__", None) or "").strip() or name == "RUN_CONTEXT", f"{name}: no docstring"
+    assert (getattr(value, "__doc__", None) or "").strip() or name == "RUN_CONTEXT", (
+      f"{name}: no docstring"
+    )
   used = _use_every_name(tmp_path, small_splits, trained_run)
   assert set(used) == set(vae_jax.__all__)  # Every name was called.
   submodules = [m.name for m in pkgutil.walk_packages(vae_jax.__path__, "vae_jax.")]
@@ -100,7 +113,10 @@ def test_no_api_name_is_a_submodule_of_the_package():
 def test_evaluation_and_inference_do_not_import_the_training_loop():
   import subprocess
   import sys
-  code = ("import sys, vae_jax.evaluate, vae_jax.inference, vae_jax.runs; "
-          "print(sorted(m for m in ('vae_jax.training', 'vae_jax.epoch', 'vae_jax.sweep') if m in sys.modules))")
+
+  code = (
+    "import sys, vae_jax.evaluate, vae_jax.inference, vae_jax.runs; "
+    "print(sorted(m for m in ('vae_jax.training', 'vae_jax.epoch', 'vae_jax.sweep') if m in sys.modules))"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"

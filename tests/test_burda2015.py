@@ -20,16 +20,28 @@ from vae_jax.registry import ConfigError
 
 D = 12  # Pixels of the small models' D x 1 x 1 images.
 # Both networks of the paper at toy sizes: tanh, sigma = exp of the head, two layers per block.
-ONE_LAYER = {"model.name": "mlp", "model.hidden_dim": 8, "model.num_hidden_layers": 2,
-             "model.latent_dim": 3, "model.activation": "tanh", "model.std_head": "log_std",
-             "model.init_scheme": "flax"}
-TWO_LAYERS = {**ONE_LAYER, "model.name": "hvae2", "model.latent_dim_1": 4, "model.hidden_dim_2": 5,
-              "model.latent_dim": 2}
+ONE_LAYER = {
+  "model.name": "mlp",
+  "model.hidden_dim": 8,
+  "model.num_hidden_layers": 2,
+  "model.latent_dim": 3,
+  "model.activation": "tanh",
+  "model.std_head": "log_std",
+  "model.init_scheme": "flax",
+}
+TWO_LAYERS = {
+  **ONE_LAYER,
+  "model.name": "hvae2",
+  "model.latent_dim_1": 4,
+  "model.hidden_dim_2": 5,
+  "model.latent_dim": 2,
+}
 
 
 def _state(overrides, objective="iwae", k=3):
-  return make_model({**overrides, "objective.name": objective, "objective.num_samples": k},
-                    image_shape=(D, 1, 1))
+  return make_model(
+    {**overrides, "objective.name": objective, "objective.num_samples": k}, image_shape=(D, 1, 1)
+  )
 
 
 def _binary(n: int, seed: int = 0) -> np.ndarray:
@@ -38,13 +50,17 @@ def _binary(n: int, seed: int = 0) -> np.ndarray:
 
 def _block(p, h):
   """A tanh MLP block's (mu, logvar) in float64; its second head is log sigma."""
-  dense = lambda h, layer: h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
+  dense = lambda h, layer: (
+    h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
+  )
   h = np.tanh(dense(np.tanh(dense(h, p["hidden"])), p["hidden_2"]))
   return dense(h, p["mu"]), 2 * dense(h, p["logvar"])
 
 
 def _log_px(p, h, x):
-  dense = lambda h, layer: h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
+  dense = lambda h, layer: (
+    h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
+  )
   logits = dense(np.tanh(dense(np.tanh(dense(h, p["hidden"])), p["hidden_2"])), p["logits"])
   return (x * -np.logaddexp(0, -logits) + (1 - x) * -np.logaddexp(0, logits)).sum(-1)
 
@@ -76,13 +92,19 @@ def test_importance_weights_match_numpy_float64(overrides, units):
   state, _, _, _ = _state(overrides)
   x = _binary(5)
   eps = np.random.RandomState(1).randn(7, 5, units)
-  logits, log_p, log_q = state.apply_fn({"params": state.params}, jnp.asarray(x),
-                                        jnp.asarray(eps, jnp.float32), method="importance_terms")
+  logits, log_p, log_q = state.apply_fn(
+    {"params": state.params},
+    jnp.asarray(x),
+    jnp.asarray(eps, jnp.float32),
+    method="importance_terms",
+  )
   chex.assert_shape([log_p, log_q], (7, 5))
   chex.assert_shape(logits, (7, 5, D, 1, 1))
   x_flat = x.reshape(5, D)
-  log_px = (x_flat * -np.logaddexp(0, -np.asarray(logits, np.float64).reshape(7, 5, D))
-            + (1 - x_flat) * -np.logaddexp(0, np.asarray(logits, np.float64).reshape(7, 5, D))).sum(-1)
+  log_px = (
+    x_flat * -np.logaddexp(0, -np.asarray(logits, np.float64).reshape(7, 5, D))
+    + (1 - x_flat) * -np.logaddexp(0, np.asarray(logits, np.float64).reshape(7, 5, D))
+  ).sum(-1)
   expected = numpy_log_weights(overrides["model.name"], state.params, x_flat, eps)
   np.testing.assert_allclose(log_px + log_p - log_q, expected, rtol=2e-5, atol=1e-4)
 
@@ -114,14 +136,21 @@ def test_one_sample_vae_k_and_iwae_are_the_same_objective():
 def test_hierarchical_estimator_is_exact_for_any_chunking():
   state, _, _, _ = _state(TWO_LAYERS)
   x, key = _binary(7), jax.random.key(4)
-  whole = evaluate.iwae_log_likelihood(state.params, state.apply_fn, x, key, 30, batch_size=7,
-                                       sample_chunk=30)
-  chunked = evaluate.iwae_log_likelihood(state.params, state.apply_fn, x, key, 30, batch_size=3,
-                                         sample_chunk=7)
+  whole = evaluate.iwae_log_likelihood(
+    state.params, state.apply_fn, x, key, 30, batch_size=7, sample_chunk=30
+  )
+  chunked = evaluate.iwae_log_likelihood(
+    state.params, state.apply_fn, x, key, 30, batch_size=3, sample_chunk=7
+  )
   np.testing.assert_allclose(whole["iwae"], chunked["iwae"], rtol=1e-5)
   # Example i's noise is normal(fold_in(key, i), (K, L1 + L2)): the numpy weights agree.
-  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, i), (30, 6)), np.float64)
-                  for i in range(7)], axis=1)
+  eps = np.stack(
+    [
+      np.asarray(jax.random.normal(jax.random.fold_in(key, i), (30, 6)), np.float64)
+      for i in range(7)
+    ],
+    axis=1,
+  )
   log_w = numpy_log_weights("hvae2", state.params, x.reshape(7, D), eps)
   np.testing.assert_allclose(whole["iwae"], special.logsumexp(log_w, 0) - np.log(30), rtol=1e-4)
   np.testing.assert_allclose(whole["elbo"], log_w.mean(0), rtol=1e-4)
@@ -133,11 +162,21 @@ def trained(tmp_path_factory):
   splits = {"train": synthetic_split(400, 0, (D, 1, 1)), "test": synthetic_split(200, 1, (D, 1, 1))}
   out = {}
   for name, overrides in (("one", ONE_LAYER), ("two", TWO_LAYERS)):
-    config = config_lib.from_flat({**overrides, "objective.name": "iwae", "objective.num_samples": 5,
-                                   "data.binarize": True, "optim.batch_size": 20,
-                                   "optim.num_epochs": 2, "optim.lr_schedule": "staged",
-                                   "model.output_bias": "data_mean", "run.progress": False,
-                                   "run.save_images": False, "run.tensorboard": False})
+    config = config_lib.from_flat(
+      {
+        **overrides,
+        "objective.name": "iwae",
+        "objective.num_samples": 5,
+        "data.binarize": True,
+        "optim.batch_size": 20,
+        "optim.num_epochs": 2,
+        "optim.lr_schedule": "staged",
+        "model.output_bias": "data_mean",
+        "run.progress": False,
+        "run.save_images": False,
+        "run.tensorboard": False,
+      }
+    )
     out[name] = training.train_and_evaluate(config, tmp_path_factory.mktemp(name), splits)[0]
   x = evaluate.binarize(splits["test"][0], jax.random.key(0))
   return out, x
@@ -147,17 +186,32 @@ def trained(tmp_path_factory):
 def test_the_bound_rises_with_k_on_a_trained_model(trained, name):
   states, x = trained
   state = states[name]
-  bounds = [evaluate.iwae_log_likelihood(state.params, state.apply_fn, x, jax.random.key(k), k)["iwae"].mean()
-            for k in (1, 5, 50, 500)]
+  bounds = [
+    evaluate.iwae_log_likelihood(state.params, state.apply_fn, x, jax.random.key(k), k)[
+      "iwae"
+    ].mean()
+    for k in (1, 5, 50, 500)
+  ]
   assert all(a < b for a, b in zip(bounds, bounds[1:])), bounds
 
 
 def test_staged_schedule_scales_adam_updates_by_stage():
   optim = config_lib.Optim(lr_schedule="staged", lr_stage_growth=3, lr_stage_decay=0.5)
   # Epoch -> stage: 0 | 1 2 3 | 4 ... 12 | 13 ...
-  assert [float(group_lib.stage_factor(optim, e)) for e in (0, 1, 3, 4, 12, 13, 39, 40)] == \
-      [1.0, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125, 0.0625]
-  staged, constant = group_lib.optimizer(optim, steps_per_epoch=2), group_lib.optimizer(config_lib.Optim())
+  assert [float(group_lib.stage_factor(optim, e)) for e in (0, 1, 3, 4, 12, 13, 39, 40)] == [
+    1.0,
+    0.5,
+    0.5,
+    0.25,
+    0.25,
+    0.125,
+    0.125,
+    0.0625,
+  ]
+  staged, constant = (
+    group_lib.optimizer(optim, steps_per_epoch=2),
+    group_lib.optimizer(config_lib.Optim()),
+  )
   params = {"w": jnp.ones(3)}
   s_state, c_state = staged.init(params), constant.init(params)
   for step in range(10):  # Steps 2-7 are epochs 1-3 (stage 1); 8-9 epoch 4 (stage 2).
@@ -176,7 +230,9 @@ def test_saved_configs_without_the_added_keys_still_match():
   saved = {k: v for k, v in current.items() if k not in config_lib.ADDED}
   assert config_lib.differences(saved, current) == []
   conv = config_lib.effective(config_lib.from_flat({"model.name": "conv"}))  # Not its settings.
-  assert config_lib.differences({k: v for k, v in conv.items() if k not in config_lib.ADDED}, conv) == []
+  assert (
+    config_lib.differences({k: v for k, v in conv.items() if k not in config_lib.ADDED}, conv) == []
+  )
   staged = {**current, "optim.lr_schedule": "staged"}
   assert config_lib.differences(saved, staged) == ["optim.lr_schedule: 'constant' -> 'staged'"]
 
@@ -185,8 +241,9 @@ def test_output_bias_starts_at_the_logit_of_the_mean_pixel():
   mean_D = np.linspace(0.0, 1.0, D).astype(np.float32)  # Ends at 0 and 1: clipped.
   x = np.round(np.broadcast_to(mean_D, (300, D)) * 255).astype(np.uint8).reshape(300, D, 1, 1)
   for overrides in (ONE_LAYER, TWO_LAYERS):
-    config = config_lib.from_flat({**overrides, "objective.name": "iwae",
-                                   "model.output_bias": "data_mean"})
+    config = config_lib.from_flat(
+      {**overrides, "objective.name": "iwae", "model.output_bias": "data_mean"}
+    )
     group = group_lib.make_group(config, {"train": (x, None), "test": (x, None)})
     bias = group_lib.unstack(group_lib.create_states(group)[0]).params["decoder"]["logits"]["bias"]
     m = np.clip(np.round(mean_D * 255) / 255, 1e-3, 1 - 1e-3)
@@ -195,58 +252,106 @@ def test_output_bias_starts_at_the_logit_of_the_mean_pixel():
   assert not np.any(np.asarray(default.params["decoder"]["logits"]["bias"]))
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"model.name": "hvae2", "objective.name": "elbo"},
-     "config.objective.name='elbo': model 'hvae2' has a prior other than N(0, I); it trains with "
-     "an importance-weighted objective (iwae, vae_k)"),
-    ({"optim.lr_schedule": "cosine"}, "config.optim.lr_schedule='cosine': expected one of constant, staged"),
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    (
+      {"model.name": "hvae2", "objective.name": "elbo"},
+      "config.objective.name='elbo': model 'hvae2' has a prior other than N(0, I); it trains with "
+      "an importance-weighted objective (iwae, vae_k)",
+    ),
+    (
+      {"optim.lr_schedule": "cosine"},
+      "config.optim.lr_schedule='cosine': expected one of constant, staged",
+    ),
     ({"model.activation": "gelu"}, "config.model.activation='gelu': expected one of relu, tanh"),
-    ({"model.name": "hvae2", "objective.name": "iwae", "model.latent_dim_1": 0},
-     "config.model.latent_dim_1=0: expected an integer >= 1"),
-])
+    (
+      {"model.name": "hvae2", "objective.name": "iwae", "model.latent_dim_1": 0},
+      "config.model.latent_dim_1=0: expected an integer >= 1",
+    ),
+  ],
+)
 def test_bad_settings_are_refused_by_name(overrides, message):
-  with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
+  with pytest.raises(
+    ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"
+  ):
     make_model(overrides, image_shape=(D, 1, 1))
 
 
 def test_table_script_trains_evaluates_and_reuses_its_cells(tmp_path, monkeypatch):
   from experiments import burda2015
-  argv = ["burda2015", "--workdir", str(tmp_path), "--stages", "2", "--cells", "2:iwae:5",
-          "--train-examples", "60", "--num-samples", "20", "--test-examples", "20",
-          "--stage-examples", "20", "--keep-in", str(tmp_path / "kept")]
+
+  argv = [
+    "burda2015",
+    "--workdir",
+    str(tmp_path),
+    "--stages",
+    "2",
+    "--cells",
+    "2:iwae:5",
+    "--train-examples",
+    "60",
+    "--num-samples",
+    "20",
+    "--test-examples",
+    "20",
+    "--stage-examples",
+    "20",
+    "--keep-in",
+    str(tmp_path / "kept"),
+  ]
   monkeypatch.setattr(sys, "argv", argv)
   assert burda2015.main() == 0
   results = json.loads((tmp_path / "burda2015.json").read_text())
   cell = results["cells"]["2:iwae:5"]
-  assert cell["paper"] == 83.89 and cell["test_examples"] == 20 and len(cell["active_units_per_layer"]) == 2
+  assert (
+    cell["paper"] == 83.89
+    and cell["test_examples"] == 20
+    and len(cell["active_units_per_layer"]) == 2
+  )
   assert set(cell["stage_nll"]) == {"1", "4"} and np.isfinite(cell["ours"])
   assert cell["gap"] == pytest.approx(cell["ours"] - 83.89)
   metrics = (tmp_path / "2layer_iwae_k5" / "metrics.jsonl").read_text()
   assert [json.loads(line)["epoch"] for line in metrics.splitlines()] == [1, 2, 3, 4]
   assert burda2015.main() == 0  # Again: every stage found trained and estimated.
-  assert (tmp_path / "2layer_iwae_k5" / "metrics.jsonl").read_text() == metrics  # Nothing retrained.
+  assert (
+    tmp_path / "2layer_iwae_k5" / "metrics.jsonl"
+  ).read_text() == metrics  # Nothing retrained.
   assert json.loads((tmp_path / "burda2015.json").read_text())["cells"] == results["cells"]
   # The last stage's checkpoint and estimates are kept; a new machine's workdir starts from them.
   kept = tmp_path / "kept" / "2layer_iwae_k5"
   assert [p.name for p in (kept / "checkpoints").iterdir()] == ["4"]
-  assert (kept / "epoch4_nll_20_20.json").exists() and (kept / "metrics.jsonl").read_text() == metrics
+  assert (kept / "epoch4_nll_20_20.json").exists() and (
+    kept / "metrics.jsonl"
+  ).read_text() == metrics
   shutil.rmtree(tmp_path / "2layer_iwae_k5")
   assert burda2015.main() == 0
-  assert (tmp_path / "2layer_iwae_k5" / "metrics.jsonl").read_text() == metrics  # Nothing retrained.
+  assert (
+    tmp_path / "2layer_iwae_k5" / "metrics.jsonl"
+  ).read_text() == metrics  # Nothing retrained.
   assert json.loads((tmp_path / "burda2015.json").read_text())["cells"] == results["cells"]
 
 
 def test_one_sample_cell_fills_both_columns(tmp_path):
   from experiments import burda2015
-  args = argparse.Namespace(workdir=tmp_path, stages=1, num_samples=5000, test_examples=0,
-                            stage_examples=1000)
-  final = {"test_nll": 90.0, "test_neg_elbo": 95.0, "active_units_per_layer": [30],
-           "examples": 10000, "num_samples": 5000, "seconds": 1.0}
+
+  args = argparse.Namespace(
+    workdir=tmp_path, stages=1, num_samples=5000, test_examples=0, stage_examples=1000
+  )
+  final = {
+    "test_nll": 90.0,
+    "test_neg_elbo": 95.0,
+    "active_units_per_layer": [30],
+    "examples": 10000,
+    "num_samples": 5000,
+    "seconds": 1.0,
+  }
   stage = {**final, "test_nll": 91.0, "examples": 1000}
-  burda2015.report(args, {(1, "vae", 1): {"stages": {0: stage, "final": final}, "train_seconds": 60.0}})
+  burda2015.report(
+    args, {(1, "vae", 1): {"stages": {0: stage, "final": final}, "train_seconds": 60.0}}
+  )
   cells = json.loads((tmp_path / "burda2015.json").read_text())["cells"]
   assert set(cells) == {"1:vae:1", "1:iwae:1"} and cells["1:iwae:1"]["ours"] == 90.0
   assert cells["1:vae:1"]["gap"] == pytest.approx(90.0 - 86.76)
   assert cells["1:vae:1"]["stage_nll"] == {"1": 91.0}  # The stage curve: on its own images.
   assert "| 1 | 5 | 86.47 | not run |" in (tmp_path / "burda2015.md").read_text()
-

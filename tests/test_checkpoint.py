@@ -28,9 +28,19 @@ TIMING_KEYS = ("train_seconds", "compile_seconds")
 def pause_at(point: str, workdir: Path, idx_dir: Path, *extra) -> subprocess.Popen:
   """Starts a training run and returns it once it pauses at point (still alive)."""
   marker = workdir.parent / f"{workdir.name}.{point}"
-  proc = subprocess.Popen([sys.executable, str(PAUSE_RUN), point, str(marker), "--",
-                           *train_args(workdir, idx_dir, *extra)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      str(PAUSE_RUN),
+      point,
+      str(marker),
+      "--",
+      *train_args(workdir, idx_dir, *extra),
+    ],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.monotonic() + 300
   while not marker.exists():
     assert proc.poll() is None, f"run ended before {point}: {proc.stderr.read()}"
@@ -76,8 +86,7 @@ def test_killed_after_epoch_1_resumes_bit_identical(trained_run, session_idx_dir
   assert metrics(workdir) == metrics(trained_run)  # No epoch missing or repeated.
 
 
-def test_killed_during_a_save_keeps_the_previous_checkpoint(trained_run, session_idx_dir,
-                                                             tmp_path):
+def test_killed_during_a_save_keeps_the_previous_checkpoint(trained_run, session_idx_dir, tmp_path):
   workdir = tmp_path / "run"
   kill_at("saving_2", workdir, session_idx_dir)
   names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
@@ -93,7 +102,8 @@ def test_killed_during_a_save_keeps_the_previous_checkpoint(trained_run, session
 
 
 def test_killed_before_the_first_checkpoint_the_same_command_starts_afresh(
-    trained_run, session_idx_dir, tmp_path):
+  trained_run, session_idx_dir, tmp_path
+):
   workdir = tmp_path / "run"
   kill_at("before_checkpoint_1", workdir, session_idx_dir)
   assert not checkpoint.has_checkpoints(workdir)
@@ -105,7 +115,8 @@ def test_killed_before_the_first_checkpoint_the_same_command_starts_afresh(
 
 
 def test_the_corrected_command_continues_on_the_workdir_of_a_failed_run(
-    trained_run, session_idx_dir, tmp_path):
+  trained_run, session_idx_dir, tmp_path
+):
   workdir = tmp_path / "run"
   failed = cli(*train_args(workdir, session_idx_dir, "--config.optim.learning_rate=1e30"))
   assert failed.returncode == 1 and "non-finite" in failed.stderr
@@ -115,7 +126,8 @@ def test_the_corrected_command_continues_on_the_workdir_of_a_failed_run(
 
 
 def test_a_second_process_is_refused_naming_the_first_and_the_first_finishes_alone(
-    trained_run, session_idx_dir, tmp_path):
+  trained_run, session_idx_dir, tmp_path
+):
   workdir = tmp_path / "run"
   first = pause_at("after_epoch_1", workdir, session_idx_dir)
   before = tree_bytes(workdir)
@@ -133,12 +145,19 @@ def test_a_second_process_is_refused_naming_the_first_and_the_first_finishes_alo
 
 
 def test_two_processes_started_together_one_is_refused_and_the_other_finishes(
-    trained_run, session_idx_dir, tmp_path):
+  trained_run, session_idx_dir, tmp_path
+):
   for attempt in range(2):  # experiments: 10 of 10 such tries (README, the contract).
     workdir = tmp_path / f"run{attempt}"
-    procs = [subprocess.Popen([sys.executable, "-m", "vae_jax", *train_args(workdir, session_idx_dir)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+      subprocess.Popen(
+        [sys.executable, "-m", "vae_jax", *train_args(workdir, session_idx_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for _ in range(2)
+    ]
     errors = [p.communicate(timeout=600)[1] for p in procs]
     assert sorted(p.returncode for p in procs) == [0, 2], errors
     refused = errors[[p.returncode for p in procs].index(2)].strip().splitlines()
@@ -160,8 +179,12 @@ def test_images_of_the_epoch_in_flight_are_completed_on_resume(session_idx_dir, 
 
 def test_sigint_stops_in_one_line_without_a_traceback(session_idx_dir, tmp_path):
   args = train_args(tmp_path / "run", session_idx_dir, "--config.optim.num_epochs=30")
-  proc = subprocess.Popen([sys.executable, "-m", "vae_jax", *args], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "vae_jax", *args],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   log, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 300
   while not (log.exists() and log.read_text()):
     assert proc.poll() is None, proc.stderr.read()
@@ -174,13 +197,18 @@ def test_sigint_stops_in_one_line_without_a_traceback(session_idx_dir, tmp_path)
 
 
 def test_sigterm_stops_at_a_safe_point_in_one_line_and_the_same_command_continues(
-    session_idx_dir, tmp_path):
+  session_idx_dir, tmp_path
+):
   """12 epochs: the signal lands after epoch 2 with ten to go. The stopped process is real (the
   signal is the point); the continuation and the uninterrupted run go through the entry point
   in this process."""
   args = train_args(tmp_path / "run", session_idx_dir, "--config.optim.num_epochs=12")
-  proc = subprocess.Popen([sys.executable, "-m", "vae_jax", *args], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "vae_jax", *args],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   log, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 300
   while not (log.exists() and log.read_text().count("\n") >= 2):
     assert proc.poll() is None, proc.stderr.read()
@@ -215,8 +243,9 @@ def test_keeps_the_last_n_and_the_best_across_restarts(tmp_path):
   tree = {"w": np.arange(3, dtype=np.float32)}
 
   def save(mngr, epoch, test_loss):
-    checkpoint.save(mngr, epoch, tree, {"config": {}, "model_records": [[{"epoch": epoch}]]},
-                    test_loss)
+    checkpoint.save(
+      mngr, epoch, tree, {"config": {}, "model_records": [[{"epoch": epoch}]]}, test_loss
+    )
 
   with checkpoint.manager(tmp_path, keep=2) as mngr:
     for epoch, test_loss in enumerate([5.0, 3.0, 4.0, 4.5, 6.0], start=1):
@@ -233,6 +262,7 @@ def test_keeps_the_last_n_and_the_best_across_restarts(tmp_path):
 
 def one_epoch_config():
   from vae_jax.configs import default
+
   config = default.get_config()
   config.optim.num_epochs, config.run.progress, config.run.save_images = 1, False, False
   return config
@@ -253,14 +283,18 @@ def one_epoch_run(one_epoch_source, tmp_path):
   return one_epoch_config(), workdir
 
 
-@pytest.mark.parametrize("key,value,named", [
+@pytest.mark.parametrize(
+  "key,value,named",
+  [
     ("model.latent_dim", 5, "model.latent_dim: 20 -> 5"),
     ("optim.learning_rate", 2e-3, "optim.learning_rate: 0.001 -> 0.002"),
     ("seed", 2, "seed: 1 -> 2"),
     ("run.matmul_precision", "default", "run.matmul_precision: 'highest' -> 'default'"),
-])
-def test_incompatible_config_is_refused_and_nothing_changes(one_epoch_run, small_splits, key,
-                                                            value, named):
+  ],
+)
+def test_incompatible_config_is_refused_and_nothing_changes(
+  one_epoch_run, small_splits, key, value, named
+):
   config, workdir = one_epoch_run
   before = tree_bytes(workdir)
   config.optim.num_epochs = 2  # Allowed to change: it extends the run.
@@ -299,7 +333,9 @@ def test_finished_run_is_not_trained_again(one_epoch_run, small_splits, capsys):
 
 
 def before_checkpoints(files: dict[str, bytes]) -> dict[str, bytes]:
-  return {k.removeprefix("checkpoints/"): v for k, v in files.items() if k.startswith("checkpoints/")}
+  return {
+    k.removeprefix("checkpoints/"): v for k, v in files.items() if k.startswith("checkpoints/")
+  }
 
 
 def test_nan_from_a_huge_learning_rate_names_epoch_and_step(small_config, small_splits, tmp_path):
@@ -314,8 +350,10 @@ def test_nan_from_a_huge_learning_rate_names_epoch_and_step(small_config, small_
     if first_bad is None and not np.isfinite(float(m["loss"])):
       first_bad = int(state.step)
   assert first_bad is not None
-  with pytest.raises(FloatingPointError, match=f"epoch 1, step {first_bad}: non-finite training "
-                                               "loss; last good checkpoint: none yet"):
+  with pytest.raises(
+    FloatingPointError,
+    match=f"epoch 1, step {first_bad}: non-finite training loss; last good checkpoint: none yet",
+  ):
     training.train_and_evaluate(small_config, tmp_path / "run", small_splits)
   assert not checkpoint.has_checkpoints(tmp_path / "run")
   assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
@@ -327,8 +365,11 @@ def test_nan_after_a_checkpoint_leaves_it_untouched(one_epoch_run, small_splits,
   # Non-finite inputs from epoch 2 on: the resumed run compiles this to_float.
   monkeypatch.setattr(step, "to_float", lambda x_u8: x_u8.astype(jnp.float32) * jnp.nan)
   config.optim.num_epochs = 2
-  with pytest.raises(FloatingPointError, match=r"epoch 2, step 4: .*last good checkpoint: "
-                                               r".*checkpoints/1 \(left untouched\)"):
+  with pytest.raises(
+    FloatingPointError,
+    match=r"epoch 2, step 4: .*last good checkpoint: "
+    r".*checkpoints/1 \(left untouched\)",
+  ):
     training.train_and_evaluate(config, workdir, small_splits)
   after = tree_bytes(workdir)
   assert before_checkpoints(after) == before_checkpoints(before)
@@ -346,7 +387,7 @@ def corrupt(where: Path, how: str) -> None:
   data_files = [p for p in (where / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
   if how == "truncated":
     for p in data_files:
-      p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2])
+      p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
   elif how == "flipped":
     content = bytearray(data_files[0].read_bytes())
     content[len(content) // 2] ^= 0xFF
@@ -362,13 +403,16 @@ def corrupt(where: Path, how: str) -> None:
         p.write_bytes(b"")
 
 
-@pytest.mark.parametrize("how,message", [
+@pytest.mark.parametrize(
+  "how,message",
+  [
     ("truncated", "differs from the SHA-256 recorded when it was saved"),
     ("flipped", "differs from the SHA-256 recorded when it was saved"),
     ("meta", "meta/metadata differs from the SHA-256"),
     ("missing", "is missing"),
     ("emptied", "cannot be read"),
-])
+  ],
+)
 def test_corrupted_checkpoint_is_refused(one_epoch_run, small_splits, how, message):
   config, workdir = one_epoch_run
   corrupt(workdir / "checkpoints" / "1", how)

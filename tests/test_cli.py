@@ -11,26 +11,48 @@ from conftest import cli, run_cli
 
 def test_train_runs_from_the_command_line(idx_dir, tmp_path):
   workdir = tmp_path / "run"
-  result = cli("train", f"--workdir={workdir}", "--config.data.source=idx",
-                   f"--config.data.dir={idx_dir}", "--config.optim.num_epochs=2", "--config.model.latent_dim=5",
-                   "--config.run.progress=False")
+  result = cli(
+    "train",
+    f"--workdir={workdir}",
+    "--config.data.source=idx",
+    f"--config.data.dir={idx_dir}",
+    "--config.optim.num_epochs=2",
+    "--config.model.latent_dim=5",
+    "--config.run.progress=False",
+  )
   assert result.returncode == 0, result.stderr
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [1, 2]
-  assert "====> Epoch: 2 Average loss:" in result.stdout and "| epoch | train loss |" in result.stdout
+  assert (
+    "====> Epoch: 2 Average loss:" in result.stdout and "| epoch | train loss |" in result.stdout
+  )
   assert json.loads((workdir / "config.json").read_text())["model"]["latent_dim"] == 5
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--config.model.latent_dim=0"], "config.model.latent_dim=0: expected an integer >= 1"),
     (["--config.no_such_key=1"], "no_such_key"),
     (["--config.model.latent_dim=abc"], "latent_dim"),
-    (["--config.objective.name=iwae", "--config.objective.beta=2.0"],
-     "config.objective.beta=2.0: does not apply to objective 'iwae'"),
-    (["--config.model.name=resnet"], "config.model.name='resnet': expected one of conv, hvae2, mlp"),
-    (["--config.optim.batch_size=100000", "--config.data.train_examples=500"], "batch_size=100000: larger than the training set"),
-    (["--config.data.source=idx", "--config.data.dir=/nonexistent"], "data directory /nonexistent: not a directory"),
-])
+    (
+      ["--config.objective.name=iwae", "--config.objective.beta=2.0"],
+      "config.objective.beta=2.0: does not apply to objective 'iwae'",
+    ),
+    (
+      ["--config.model.name=resnet"],
+      "config.model.name='resnet': expected one of conv, hvae2, mlp",
+    ),
+    (
+      ["--config.optim.batch_size=100000", "--config.data.train_examples=500"],
+      "batch_size=100000: larger than the training set",
+    ),
+    (
+      ["--config.data.source=idx", "--config.data.dir=/nonexistent"],
+      "data directory /nonexistent: not a directory",
+    ),
+  ],
+)
 def test_bad_overrides_give_one_line_and_exit_2(tmp_path, args, message):
   result = cli("train", f"--workdir={tmp_path / 'run'}", *args)
   assert result.returncode == 2
@@ -49,8 +71,12 @@ def test_missing_command_or_workdir_is_refused(tmp_path):
 def test_workdir_that_is_a_file_is_refused_untouched(tmp_path):
   target = tmp_path / "afile"
   target.write_text("keep me")
-  result = cli("train", f"--workdir={target}", "--config.data.train_examples=256",
-                   "--config.data.test_examples=64")
+  result = cli(
+    "train",
+    f"--workdir={target}",
+    "--config.data.train_examples=256",
+    "--config.data.test_examples=64",
+  )
   assert result.returncode == 2 and "exists and is not a directory" in result.stderr
   assert target.read_text() == "keep me"
 

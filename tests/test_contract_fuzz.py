@@ -21,8 +21,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vae_jax import __main__ as cli
 
-FUZZ = settings(max_examples=20, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+  max_examples=20,
+  deadline=None,
+  derandomize=True,
+  database=None,
+  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def listing(directory: Path) -> dict[str, str]:
@@ -30,8 +35,9 @@ def listing(directory: Path) -> dict[str, str]:
   for root, dirs, files in os.walk(directory):
     for name in dirs + files:
       path = Path(root) / name
-      out[str(path.relative_to(directory))] = (f"link -> {os.readlink(path)}" if path.is_symlink()
-                                               else "dir" if path.is_dir() else "file")
+      out[str(path.relative_to(directory))] = (
+        f"link -> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
+      )
   return out
 
 
@@ -51,8 +57,15 @@ def run_contract(argv: list[str], *watched: Path) -> None:
 # ---- the hostile families ----
 
 # A path is made in a sandbox holding the user's files: <sandbox>/users/ (links point there).
-PATH_FAMILIES = ("too long", "non-UTF-8", "file in the way", "directory in the way", "symlink",
-                 "dangling symlink", "empty")
+PATH_FAMILIES = (
+  "too long",
+  "non-UTF-8",
+  "file in the way",
+  "directory in the way",
+  "symlink",
+  "dangling symlink",
+  "empty",
+)
 
 
 @st.composite
@@ -67,8 +80,13 @@ def hostile_paths(draw, families=PATH_FAMILIES, suffix=""):
     if family == "too long":
       return str(sandbox / ("x" * length)) + suffix
     if family == "non-UTF-8":
-      return os.fsdecode(os.fsencode(str(sandbox)) + b"/d-" + raw.replace(b"/", b"_").replace(b"\0", b"_")
-                         + b"/name" + os.fsencode(suffix))
+      return os.fsdecode(
+        os.fsencode(str(sandbox))
+        + b"/d-"
+        + raw.replace(b"/", b"_").replace(b"\0", b"_")
+        + b"/name"
+        + os.fsencode(suffix)
+      )
     if family == "empty":
       return ""
     path = sandbox / f"in-the-way{suffix}"
@@ -82,11 +100,13 @@ def hostile_paths(draw, families=PATH_FAMILIES, suffix=""):
     else:
       path.symlink_to(users / "nothing")
     return str(path)
+
   return family, make
 
 
-HUGE_OR_NEGATIVE = st.one_of(st.integers(min_value=2**63, max_value=2**200),
-                             st.integers(min_value=-2**200, max_value=-1))
+HUGE_OR_NEGATIVE = st.one_of(
+  st.integers(min_value=2**63, max_value=2**200), st.integers(min_value=-(2**200), max_value=-1)
+)
 NOT_FINITE = st.sampled_from(["nan", "inf", "-inf", "NaN", "Infinity", "-1e999", "1e999"])
 NOT_A_NUMBER = st.sampled_from(["", " ", "1.5e", "0x", "\udcff"])
 
@@ -102,9 +122,17 @@ def sandbox():
 
 # ---- train and sweep: refused before the workdir exists ----
 
+
 def train(workdir, data_dir, *extra):
-  return ["train", f"--workdir={workdir}", "--config.data.source=idx", f"--config.data.dir={data_dir}",
-          "--config.optim.num_epochs=1", "--config.run.progress=False", *extra]
+  return [
+    "train",
+    f"--workdir={workdir}",
+    "--config.data.source=idx",
+    f"--config.data.dir={data_dir}",
+    "--config.optim.num_epochs=1",
+    "--config.run.progress=False",
+    *extra,
+  ]
 
 
 @FUZZ
@@ -124,16 +152,33 @@ def test_train_refuses_a_hostile_data_directory(path, session_idx_dir):
     assert not (root / "run").exists()
 
 
-INT_KEYS = ["seed", "optim.num_epochs", "optim.batch_size", "model.latent_dim", "run.keep_checkpoints",
-            "data.train_examples", "objective.kl_warmup_epochs", "run.progress_chunks"]
-FLOAT_KEYS = ["optim.learning_rate", "optim.eps", "objective.beta", "run.checkpoint_every_seconds",
-              "optim.b1"]
+INT_KEYS = [
+  "seed",
+  "optim.num_epochs",
+  "optim.batch_size",
+  "model.latent_dim",
+  "run.keep_checkpoints",
+  "data.train_examples",
+  "objective.kl_warmup_epochs",
+  "run.progress_chunks",
+]
+FLOAT_KEYS = [
+  "optim.learning_rate",
+  "optim.eps",
+  "objective.beta",
+  "run.checkpoint_every_seconds",
+  "optim.b1",
+]
 
 
 @FUZZ
-@given(case=st.one_of(st.tuples(st.sampled_from(INT_KEYS), HUGE_OR_NEGATIVE.map(str)),
-                      st.tuples(st.sampled_from(INT_KEYS + FLOAT_KEYS), NOT_A_NUMBER),
-                      st.tuples(st.sampled_from(FLOAT_KEYS), NOT_FINITE)))
+@given(
+  case=st.one_of(
+    st.tuples(st.sampled_from(INT_KEYS), HUGE_OR_NEGATIVE.map(str)),
+    st.tuples(st.sampled_from(INT_KEYS + FLOAT_KEYS), NOT_A_NUMBER),
+    st.tuples(st.sampled_from(FLOAT_KEYS), NOT_FINITE),
+  )
+)
 def test_train_refuses_a_hostile_number(case, session_idx_dir):
   key, value = case
   directory, root = sandbox()
@@ -143,15 +188,19 @@ def test_train_refuses_a_hostile_number(case, session_idx_dir):
 
 
 @FUZZ
-@given(path=hostile_paths(families=[f for f in PATH_FAMILIES if f != "directory in the way"]),
-       where=st.sampled_from(["workdir", "config"]))
+@given(
+  path=hostile_paths(families=[f for f in PATH_FAMILIES if f != "directory in the way"]),
+  where=st.sampled_from(["workdir", "config"]),
+)
 def test_sweep_refuses_a_hostile_workdir_or_study(path, where, session_idx_dir):
   directory, root = sandbox()
   with directory:
     study = root / "study.py"
-    study.write_text("from vae_jax import sweep\ndef get_config():\n  return sweep.make_study("
-                     "'s', '?', {'objective.beta': [1.0]}, seeds=1, base={'optim.num_epochs': 1, "
-                     f"'data.source': 'idx', 'data.dir': {str(session_idx_dir)!r}}})\n")
+    study.write_text(
+      "from vae_jax import sweep\ndef get_config():\n  return sweep.make_study("
+      "'s', '?', {'objective.beta': [1.0]}, seeds=1, base={'optim.num_epochs': 1, "
+      f"'data.source': 'idx', 'data.dir': {str(session_idx_dir)!r}}})\n"
+    )
     value = path[1](root)
     if where == "config" and path[0] == "symlink":  # A link to a file that is no study.
       os.unlink(value)
@@ -162,8 +211,13 @@ def test_sweep_refuses_a_hostile_workdir_or_study(path, where, session_idx_dir):
 
 # ---- the commands that read a trained run: --workdir, --out and the numbers ----
 
-READ_COMMANDS = {"sample": ".png", "reconstruct": ".png", "encode": ".npz", "evaluate": None,
-                 "likelihood": None}
+READ_COMMANDS = {
+  "sample": ".png",
+  "reconstruct": ".png",
+  "encode": ".npz",
+  "evaluate": None,
+  "likelihood": None,
+}
 
 
 @FUZZ
@@ -176,65 +230,101 @@ def test_reading_commands_refuse_a_hostile_workdir(command, path):
 
 
 @FUZZ
-@given(command=st.sampled_from(["sample", "reconstruct", "encode"]),
-       path=st.data())
+@given(command=st.sampled_from(["sample", "reconstruct", "encode"]), path=st.data())
 def test_writing_commands_refuse_a_hostile_out(command, path, trained_run):
   # A regular file at --out is replaced (the user named it): not hostile, not drawn.
-  family, make = path.draw(hostile_paths(families=[f for f in PATH_FAMILIES if f != "file in the way"],
-                                         suffix=READ_COMMANDS[command]))
+  family, make = path.draw(
+    hostile_paths(
+      families=[f for f in PATH_FAMILIES if f != "file in the way"], suffix=READ_COMMANDS[command]
+    )
+  )
   directory, root = sandbox()
   with directory:
     run_contract([command, f"--workdir={trained_run}", f"--out={make(root)}"], root, trained_run)
 
 
 @FUZZ
-@given(case=st.one_of(
-    st.tuples(st.sampled_from(["sample", "likelihood"]), st.just("seed"), HUGE_OR_NEGATIVE.map(str)),
-    st.tuples(st.sampled_from(["sample", "reconstruct", "likelihood"]), st.just("num"),
-              HUGE_OR_NEGATIVE.map(str)),
+@given(
+  case=st.one_of(
+    st.tuples(
+      st.sampled_from(["sample", "likelihood"]), st.just("seed"), HUGE_OR_NEGATIVE.map(str)
+    ),
+    st.tuples(
+      st.sampled_from(["sample", "reconstruct", "likelihood"]),
+      st.just("num"),
+      HUGE_OR_NEGATIVE.map(str),
+    ),
     st.tuples(st.just("likelihood"), st.just("num_samples"), HUGE_OR_NEGATIVE.map(str)),
-    st.tuples(st.sampled_from(list(READ_COMMANDS)), st.sampled_from(["num", "seed", "num_samples"]),
-              st.one_of(NOT_A_NUMBER, NOT_FINITE)),
-    st.tuples(st.sampled_from(list(READ_COMMANDS)), st.just("checkpoint"),
-              st.one_of(HUGE_OR_NEGATIVE.map(str), NOT_FINITE, NOT_A_NUMBER))))
+    st.tuples(
+      st.sampled_from(list(READ_COMMANDS)),
+      st.sampled_from(["num", "seed", "num_samples"]),
+      st.one_of(NOT_A_NUMBER, NOT_FINITE),
+    ),
+    st.tuples(
+      st.sampled_from(list(READ_COMMANDS)),
+      st.just("checkpoint"),
+      st.one_of(HUGE_OR_NEGATIVE.map(str), NOT_FINITE, NOT_A_NUMBER),
+    ),
+  )
+)
 def test_reading_commands_refuse_a_hostile_number(case, trained_run):
   command, flag, value = case
   directory, root = sandbox()
   with directory:
     out = [f"--out={root / 'out'}{READ_COMMANDS[command]}"] if READ_COMMANDS[command] else []
-    run_contract([command, f"--workdir={trained_run}", *out, f"--{flag}={value}"], root, trained_run)
+    run_contract(
+      [command, f"--workdir={trained_run}", *out, f"--{flag}={value}"], root, trained_run
+    )
     assert os.listdir(root) == ["users"]
 
 
 # ---- prepare: the IDX directory it builds from ----
 
+
 @FUZZ
-@given(path=hostile_paths(families=[f for f in PATH_FAMILIES if f != "empty"]),
-       dataset=st.sampled_from(["mnist", "fashion_mnist"]))
+@given(
+  path=hostile_paths(families=[f for f in PATH_FAMILIES if f != "empty"]),
+  dataset=st.sampled_from(["mnist", "fashion_mnist"]),
+)
 def test_prepare_refuses_a_hostile_idx_directory(path, dataset):
   pytest.importorskip("tensorflow_datasets")
   directory, root = sandbox()
   with directory:
-    run_contract(["prepare", f"--dataset={dataset}", f"--from={path[1](root)}",
-                  f"--tfds_dir={root / 'tfds'}"], root)
+    run_contract(
+      ["prepare", f"--dataset={dataset}", f"--from={path[1](root)}", f"--tfds_dir={root / 'tfds'}"],
+      root,
+    )
     assert not (root / "tfds").exists()
 
 
 # ---- the examples that leaked before (issue 26), each as the contract says ----
 
 EXAMPLES = {
-    "a data directory name over the limit": (
-        lambda root, run: train(root / "run", "x" * 300), "--config.data.dir xxx", "ENAMETOOLONG"),
-    "an --out name over the limit": (
-        lambda root, run: ["sample", f"--workdir={run}", f"--out={root / ('x' * 300)}.png"], "--out ",
-        "ENAMETOOLONG"),
-    "a seed past 64 bits": (
-        lambda root, run: ["sample", f"--workdir={run}", f"--out={root / 's.png'}", f"--seed={2**70}"],
-        f"--seed={2**70}: expected an integer in [0, 2**32)", ""),
-    "a config file returning a number, with an override": (
-        lambda root, run: ["train", f"--workdir={root / 'run'}", f"--config={number_config(root)}",
-                           "--config.seed=2"],
-        "get_config() returned a int, expected an ml_collections.ConfigDict", ""),
+  "a data directory name over the limit": (
+    lambda root, run: train(root / "run", "x" * 300),
+    "--config.data.dir xxx",
+    "ENAMETOOLONG",
+  ),
+  "an --out name over the limit": (
+    lambda root, run: ["sample", f"--workdir={run}", f"--out={root / ('x' * 300)}.png"],
+    "--out ",
+    "ENAMETOOLONG",
+  ),
+  "a seed past 64 bits": (
+    lambda root, run: ["sample", f"--workdir={run}", f"--out={root / 's.png'}", f"--seed={2**70}"],
+    f"--seed={2**70}: expected an integer in [0, 2**32)",
+    "",
+  ),
+  "a config file returning a number, with an override": (
+    lambda root, run: [
+      "train",
+      f"--workdir={root / 'run'}",
+      f"--config={number_config(root)}",
+      "--config.seed=2",
+    ],
+    "get_config() returned a int, expected an ml_collections.ConfigDict",
+    "",
+  ),
 }
 
 
@@ -253,6 +343,8 @@ def test_each_example_that_leaked_is_one_line_naming_the_flag(case, trained_run)
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
       status = cli.main(argv)
     lines = err.getvalue().strip().splitlines()
-    assert status == 2 and len(lines) == 1 and expected in lines[0] and errno_name in lines[0], lines
+    assert status == 2 and len(lines) == 1 and expected in lines[0] and errno_name in lines[0], (
+      lines
+    )
     assert set(os.listdir(root)) <= {"users", "c.py"}  # Nothing created.
     assert not (root / "run").exists()

@@ -14,6 +14,7 @@ AMD = {"vendor": "AuthenticAMD", "model": "AMD EPYC", "flags": "avx2 avx512f"}
 
 def one_epoch_config(**run):
   from vae_jax.configs import default
+
   config = default.get_config()
   config.optim.num_epochs = 1
   config.run.update(progress=False, save_images=False, tensorboard=False, **run)
@@ -54,8 +55,11 @@ def test_the_resolved_path_is_recorded_in_the_checkpoint(auto_run):
   assert json.loads((workdir / "config.json").read_text())["run"]["cpu_kernels"] == "auto"
 
 
-def test_resume_on_other_kernels_is_refused_in_one_line(auto_run, tmp_path, small_splits, monkeypatch):
+def test_resume_on_other_kernels_is_refused_in_one_line(
+  auto_run, tmp_path, small_splits, monkeypatch
+):
   import shutil
+
   workdir = tmp_path / "run"
   shutil.copytree(auto_run[0], workdir)
   # The flag in XLA_FLAGS as a process started with it would have it (this backend is running).
@@ -70,15 +74,18 @@ def test_resume_on_other_kernels_is_refused_in_one_line(auto_run, tmp_path, smal
 def test_runs_saved_before_the_setting_resume_on_xla_only():
   assert config_lib.differences({}, {"run.cpu_kernels": "xla"}) == []
   assert config_lib.differences({}, {"run.cpu_kernels": "onednn"}) == [
-      "run.cpu_kernels: 'xla' -> 'onednn'"]
+    "run.cpu_kernels: 'xla' -> 'onednn'"
+  ]
 
 
 def test_configure_sets_the_flag_before_the_backend_starts(monkeypatch):
   monkeypatch.setattr(cpu_kernels, "backend_started", lambda: False)
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   assert cpu_kernels.configure("onednn", env)[0] == "onednn"
-  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
-                                      cpu_kernels.FLAGS["onednn"]]
+  assert env["XLA_FLAGS"].split() == [
+    "--xla_force_host_platform_device_count=2",
+    cpu_kernels.FLAGS["onednn"],
+  ]
 
 
 def test_configure_refuses_kernels_the_started_backend_does_not_run(monkeypatch):

@@ -21,14 +21,19 @@ def test_idx_round_trip_plain_and_gzip(tmp_path):
 
 def test_idx_reader_rejects_wrong_magic(tmp_path):
   path = write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 28, 28)))
-  with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte: expected magic 2049 .*found 2051"):
+  with pytest.raises(
+    data.DataError, match=r"train-images-idx3-ubyte: expected magic 2049 .*found 2051"
+  ):
     data.read_idx(path, data.LABELS_MAGIC)
 
 
 def test_idx_reader_rejects_truncated_file(tmp_path):
   path = write_idx(tmp_path / "images", np.zeros((3, 28, 28)))
   path.write_bytes(path.read_bytes()[:-10])
-  with pytest.raises(data.DataError, match=r"images: truncated, shape \(3, 28, 28\) needs 2352 data bytes, found 2342"):
+  with pytest.raises(
+    data.DataError,
+    match=r"images: truncated, shape \(3, 28, 28\) needs 2352 data bytes, found 2342",
+  ):
     data.read_idx(path)
 
 
@@ -55,10 +60,15 @@ def test_idx_reader_rejects_unknown_dtype_code(tmp_path):
 def test_idx_reader_rejects_wrong_dtype_for_images(tmp_path):
   # float32 images (code 0x0D): a valid IDX file, but not MNIST's uint8.
   path = tmp_path / "images"
-  path.write_bytes((0x0D03).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (1, 2, 2))
-                   + np.zeros(4, ">f4").tobytes())
+  path.write_bytes(
+    (0x0D03).to_bytes(4, "big")
+    + b"".join(d.to_bytes(4, "big") for d in (1, 2, 2))
+    + np.zeros(4, ">f4").tobytes()
+  )
   assert data.read_idx(path).dtype == np.float32
-  with pytest.raises(data.DataError, match=r"expected magic 2051 \(uint8 with 3 dims\), found 3331"):
+  with pytest.raises(
+    data.DataError, match=r"expected magic 2051 \(uint8 with 3 dims\), found 3331"
+  ):
     data.read_idx(path, data.IMAGES_MAGIC)
 
 
@@ -111,13 +121,15 @@ def test_bundled_mnist_matches_its_published_checks():
   images, labels = data.load_split("bundled", "train")
   assert images.shape == (60000, 28, 28, 1) and images.dtype == np.uint8
   np.testing.assert_array_equal(labels[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
-  np.testing.assert_array_equal(np.bincount(labels),
-                                [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
+  np.testing.assert_array_equal(
+    np.bincount(labels), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+  )
   assert abs(images.mean() - 33.318) < 1e-3
   test_images, test_labels = data.load_split("bundled", "test")
   assert test_images.shape == (10000, 28, 28, 1)
-  np.testing.assert_array_equal(np.bincount(test_labels),
-                                [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+  np.testing.assert_array_equal(
+    np.bincount(test_labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+  )
 
 
 def test_bundled_checksum_mismatch_is_refused(tmp_path, monkeypatch, small_splits):
@@ -141,15 +153,18 @@ def test_tfds_reads_mocked_dataset_without_network():
   assert images.shape == (7, 28, 28, 1) and images.dtype == np.uint8
   assert labels.shape == (7,) and labels.dtype == np.int64
   with tfds.testing.mock_data(num_examples=7):  # A limit reads only the first examples.
-    first, first_labels = data.load_split("tfds", "test", tfds_name="mnist", tfds_download=True,
-                                          limit=3)
+    first, first_labels = data.load_split(
+      "tfds", "test", tfds_name="mnist", tfds_download=True, limit=3
+    )
   np.testing.assert_array_equal(first, images[:3])
   np.testing.assert_array_equal(first_labels, labels[:3])
 
 
 def test_tfds_unprepared_dataset_names_the_working_sources(tmp_path):
   pytest.importorskip("tensorflow_datasets")
-  with pytest.raises(data.DataError, match="not prepared .* downloads are off; use config.data.source='bundled'"):
+  with pytest.raises(
+    data.DataError, match="not prepared .* downloads are off; use config.data.source='bundled'"
+  ):
     data.load_split("tfds", "train", data_dir=str(tmp_path))
 
 
@@ -170,11 +185,16 @@ def test_idx_reader_on_arbitrary_bytes_returns_or_raises_one_data_error(content)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
-@given(st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=4), st.integers(0, 40),
-       st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]))
+@given(
+  st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=4),
+  st.integers(0, 40),
+  st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]),
+)
 @example([0, 1202215, 1203030, 6377216], 0, 0x08)  # Zero examples of a size numpy cannot hold.
 def test_idx_reader_on_random_headers_and_truncations(dims, body, code):
-  content = bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims) + b"\1" * body
+  content = (
+    bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims) + b"\1" * body
+  )
   try:
     array = data.parse_idx(content, "f.idx")
   except data.DataError:
@@ -186,7 +206,9 @@ def test_idx_reader_on_random_headers_and_truncations(dims, body, code):
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6), st.integers(0, 200))
 def test_a_valid_idx_file_cut_anywhere_is_refused(n, h, w, cut):
   array = np.arange(n * h * w, dtype=np.uint8).reshape(n, h, w)
-  content = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
+  content = (
+    bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
+  )
   np.testing.assert_array_equal(data.parse_idx(content, "f.idx"), array)
   if cut < len(content):
     with pytest.raises(data.DataError, match="IDX file f.idx: .*truncated|shorter"):

@@ -44,15 +44,24 @@ def test_fashion_mnist_by_name_from_the_system_copy(fashion_dir):
 
 def test_missing_fashion_mnist_says_how_to_get_it(monkeypatch, tmp_path):
   monkeypatch.setitem(data.DEFAULT_IDX_DIRS, "fashion_mnist", tmp_path)
-  with pytest.raises(data.DataError, match=r"fashion_mnist: its IDX files are not in .*"
-                                           r"apt-get install dataset-fashion-mnist"):
+  with pytest.raises(
+    data.DataError,
+    match=r"fashion_mnist: its IDX files are not in .*"
+    r"apt-get install dataset-fashion-mnist",
+  ):
     data.load_split("bundled", "train", tfds_name="fashion_mnist")
 
 
 def test_train_on_fashion_mnist_by_name_from_the_cli(fashion_dir, tmp_path):
-  result = cli("train", f"--workdir={tmp_path / 'run'}", "--config.data.name=fashion_mnist",
-                   "--config.data.train_examples=512", "--config.data.test_examples=128",
-                   "--config.optim.num_epochs=1", "--config.run.progress=False")
+  result = cli(
+    "train",
+    f"--workdir={tmp_path / 'run'}",
+    "--config.data.name=fashion_mnist",
+    "--config.data.train_examples=512",
+    "--config.data.test_examples=128",
+    "--config.optim.num_epochs=1",
+    "--config.run.progress=False",
+  )
   assert result.returncode == 0, result.stderr
   assert "====> Epoch: 1" in result.stdout and (tmp_path / "run" / "sample_1.png").exists()
 
@@ -81,13 +90,13 @@ import pathlib, time
 from vae_jax import data, prepare
 read = data.read_idx_pair
 def slow(*paths):  # The test split's files are read after the train split was written.
-  if "t10k" in str(paths[0]) and pathlib.Path({str(tmp_path / 'calls')!r}).exists():
+  if "t10k" in str(paths[0]) and pathlib.Path({str(tmp_path / "calls")!r}).exists():
     pathlib.Path({str(marker)!r}).write_text("paused")
     time.sleep(600)
-  pathlib.Path({str(tmp_path / 'calls')!r}).write_text("x")
+  pathlib.Path({str(tmp_path / "calls")!r}).write_text("x")
   return read(*paths)
 data.read_idx_pair = slow
-prepare.prepare("mnist", {str(tmp_path / 'tfds')!r}, {str(idx_dir)!r})
+prepare.prepare("mnist", {str(tmp_path / "tfds")!r}, {str(idx_dir)!r})
 """
   proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
   deadline = time.monotonic() + 120
@@ -107,15 +116,23 @@ prepare.prepare("mnist", {str(tmp_path / 'tfds')!r}, {str(idx_dir)!r})
     np.testing.assert_array_equal(labels, splits[split][1])
 
 
-@pytest.mark.parametrize("name, message", [
+@pytest.mark.parametrize(
+  "name, message",
+  [
     ("no_such_dataset", "config.data.name='no_such_dataset': not a TFDS dataset"),
     ("imdb_reviews", "TFDS dataset 'imdb_reviews': has no 'image' feature"),
-])
+  ],
+)
 def test_a_bad_tfds_dataset_is_one_line_before_anything_is_written(name, message, tmp_path):
   pytest.importorskip("tensorflow_datasets")
   workdir = tmp_path / "run"
-  result = cli("train", f"--workdir={workdir}", "--config.data.source=tfds",
-                   f"--config.data.name={name}", f"--config.data.dir={tmp_path / 'tfds'}")
+  result = cli(
+    "train",
+    f"--workdir={workdir}",
+    "--config.data.source=tfds",
+    f"--config.data.name={name}",
+    f"--config.data.dir={tmp_path / 'tfds'}",
+  )
   assert result.returncode == 2
   assert result.stderr.startswith("vae_jax: error: ") and message in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1 and not workdir.exists()
@@ -133,25 +150,37 @@ def test_colour_idx_files_train_the_conv_model_with_colour_images(tmp_path):
   """32 x 32 x 3 images as 4-dimensional IDX files, through the CLI: the conv model trains,
   the PNG grids and TensorBoard's images are RGB."""
   from PIL import Image
-  splits = {"train": synthetic_split(96, 0, (32, 32, 3)), "test": synthetic_split(40, 1, (32, 32, 3))}
+
+  splits = {
+    "train": synthetic_split(96, 0, (32, 32, 3)),
+    "test": synthetic_split(40, 1, (32, 32, 3)),
+  }
   idx_dir = write_idx_dir(tmp_path / "idx", splits)
   x, _ = data.load_split("idx", "train", str(idx_dir))
   np.testing.assert_array_equal(x, splits["train"][0])  # Stored with 4 dimensions, read back.
   workdir = tmp_path / "run"
-  result = cli("train", f"--workdir={workdir}", "--config.data.source=idx",
-                   f"--config.data.dir={idx_dir}", "--config.model.name=conv",
-                   "--config.optim.batch_size=32", "--config.optim.num_epochs=1",
-                   "--config.run.progress=False")
+  result = cli(
+    "train",
+    f"--workdir={workdir}",
+    "--config.data.source=idx",
+    f"--config.data.dir={idx_dir}",
+    "--config.model.name=conv",
+    "--config.optim.batch_size=32",
+    "--config.optim.num_epochs=1",
+    "--config.run.progress=False",
+  )
   assert result.returncode == 0, result.stderr
   for name in ("sample_1.png", "reconstruction_1.png"):
     assert Image.open(workdir / name).mode == "RGB"
   assert Image.open(workdir / "sample_1.png").size == (8 * 34 + 2, 8 * 34 + 2)  # 8 x 8 of 32 x 32.
   from vae_jax import training
+
   _, state, _, meta = training.restore_run(workdir)
   assert state.params["decoder"]["deconv_1"]["kernel"].shape[-1] == 3  # Three output channels.
   assert np.isfinite(meta["records"][0]["test_loss"])
   if (workdir / "tensorboard").is_dir():
     from test_train import read_events
+
     grids = [v for tag, _, v in read_events(workdir / "tensorboard") if tag == "sample"]
     assert grids and Image.open(io.BytesIO(grids[0])).mode == "RGB"
 
@@ -159,18 +188,22 @@ def test_colour_idx_files_train_the_conv_model_with_colour_images(tmp_path):
 def test_studies_and_experiments_take_the_dataset(fashion_dir, tmp_path):
   study = tmp_path / "study.py"
   study.write_text(
-      "from vae_jax import sweep\n"
-      "def get_config():\n"
-      "  return sweep.make_study(name='tiny', question='?', axes={'objective.beta': [1.0, 2.0]},\n"
-      "                          seeds=1, base={'optim.num_epochs': 1, 'data.train_examples': 256,\n"
-      "                                         'data.test_examples': 64})\n")
-  result = cli("sweep", f"--config={study}", f"--workdir={tmp_path / 'sweep'}",
-                   "--dataset=fashion_mnist")
+    "from vae_jax import sweep\n"
+    "def get_config():\n"
+    "  return sweep.make_study(name='tiny', question='?', axes={'objective.beta': [1.0, 2.0]},\n"
+    "                          seeds=1, base={'optim.num_epochs': 1, 'data.train_examples': 256,\n"
+    "                                         'data.test_examples': 64})\n"
+  )
+  result = cli(
+    "sweep", f"--config={study}", f"--workdir={tmp_path / 'sweep'}", "--dataset=fashion_mnist"
+  )
   assert result.returncode == 0, result.stderr
   import json
+
   configs = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob("config.json")]
   assert len(configs) == 2 and {c["data"]["name"] for c in configs} == {"fashion_mnist"}
   from experiments import common
+
   args = common.parser("doc", "anomaly", 1).parse_args(["--dataset", "fashion_mnist"])
   cwd = os.getcwd()
   os.chdir(tmp_path)
@@ -179,6 +212,8 @@ def test_studies_and_experiments_take_the_dataset(fashion_dir, tmp_path):
   finally:
     os.chdir(cwd)
   assert args.workdir.as_posix() == "runs/anomaly_fashion_mnist"
-  np.testing.assert_array_equal(splits["test"][0], data.load_split("bundled", "test", "", "fashion_mnist")[0])
+  np.testing.assert_array_equal(
+    splits["test"][0], data.load_split("bundled", "test", "", "fashion_mnist")[0]
+  )
   assert common.config_with({}).data.name == "fashion_mnist"
   common.DATA.clear()

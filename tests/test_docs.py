@@ -66,8 +66,14 @@ def blocks(page: Path) -> list[dict]:
       body.append(lines[i][indent:])
       i += 1
     marked = NOT_RUN.match(lines[start - 1]) if start else None
-    out.append({"lang": lang, "code": "\n".join(body) + "\n", "line": start + 1,
-                "not_run": marked.group(1).strip() if marked else None})
+    out.append(
+      {
+        "lang": lang,
+        "code": "\n".join(body) + "\n",
+        "line": start + 1,
+        "not_run": marked.group(1).strip() if marked else None,
+      }
+    )
     i += 1
   return out
 
@@ -89,7 +95,7 @@ def shell_commands(code: str) -> list[list[str]]:
     while argv:
       cut = argv.index("&&") if "&&" in argv else len(argv)
       commands.append(argv[:cut])
-      argv = argv[cut + 1:]
+      argv = argv[cut + 1 :]
   return commands
 
 
@@ -108,15 +114,22 @@ def small(args: list[str]) -> list[str]:
 
 def run_shell(code: str, where: str) -> None:
   from vae_jax.__main__ import main
+
   for argv in shell_commands(code):
     if argv[:2] == ["bash", ".ci/setup"] and argv[2:] in ([], ["test"]):
       continue  # This test runs inside the environment that setup makes.
-    if len(argv) >= 3 and Path(argv[0]).name in ("python", "python3") and argv[1:3] == ["-m", "vae_jax"]:
+    if (
+      len(argv) >= 3
+      and Path(argv[0]).name in ("python", "python3")
+      and argv[1:3] == ["-m", "vae_jax"]
+    ):
       status = main(small(argv[3:]))
       assert status == 0, f"{where}: `{shlex.join(argv)}` returned {status}"
       continue
-    pytest.fail(f"{where}: `{shlex.join(argv)}`: not a command this test can run at small size; "
-                "run it another way or mark the block `<!-- not-run: <reason> -->`")
+    pytest.fail(
+      f"{where}: `{shlex.join(argv)}`: not a command this test can run at small size; "
+      "run it another way or mark the block `<!-- not-run: <reason> -->`"
+    )
 
 
 def run_python(code: str, namespace: dict, sandbox: Path, where: str) -> None:
@@ -137,11 +150,17 @@ def docs_data(tmp_path_factory):
   """The small IDX data of every example, and jax's compilation cache for this file's tests."""
   import jax
   from jax.experimental.compilation_cache import compilation_cache
+
   splits = {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)}
   idx = write_idx_dir(tmp_path_factory.mktemp("docs_idx"), splits)
-  saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
-                                               "jax_persistent_cache_min_compile_time_secs",
-                                               "jax_persistent_cache_min_entry_size_bytes")}
+  saved = {
+    k: getattr(jax.config, k)
+    for k in (
+      "jax_compilation_cache_dir",
+      "jax_persistent_cache_min_compile_time_secs",
+      "jax_persistent_cache_min_entry_size_bytes",
+    )
+  }
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("docs_xla_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -154,20 +173,27 @@ def docs_data(tmp_path_factory):
 
 def registries():
   from vae_jax import models, objectives
+
   return [models.REGISTRY, objectives.REGISTRY]
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p.exists() and any(
-    runnable(b) and not b["not_run"] for b in blocks(p))], ids=rel)
+@pytest.mark.parametrize(
+  "page",
+  [p for p in PAGES if p.exists() and any(runnable(b) and not b["not_run"] for b in blocks(p))],
+  ids=rel,
+)
 def test_page_examples_run_at_small_size(page, docs_data, tmp_path, monkeypatch):
   from vae_jax import config as config_lib
+
   default_sections = config_lib.default_sections
 
   def small_defaults(*args, **kwargs):
     config = default_sections(*args, **kwargs)
     config.data.update(source="idx", dir=str(docs_data))
     config.optim.num_epochs = 1
-    config.run.update(progress=False, tensorboard=False, save_images=False, checkpoint_every_epochs=0)
+    config.run.update(
+      progress=False, tensorboard=False, save_images=False, checkpoint_every_epochs=0
+    )
     return config
 
   monkeypatch.setattr(config_lib, "default_sections", small_defaults)
@@ -175,8 +201,10 @@ def test_page_examples_run_at_small_size(page, docs_data, tmp_path, monkeypatch)
     (tmp_path / name).symlink_to(ROOT / name)
   monkeypatch.chdir(tmp_path)
   monkeypatch.syspath_prepend(str(tmp_path))
-  saved = [(r, {k: dict(v) if isinstance(v, dict) else v for k, v in vars(r).items()})
-           for r in registries()]
+  saved = [
+    (r, {k: dict(v) if isinstance(v, dict) else v for k, v in vars(r).items()})
+    for r in registries()
+  ]
   modules = set(sys.modules)
   namespace = {"__name__": "__docs__"}
   ran = 0
@@ -211,22 +239,27 @@ def test_every_block_is_run_or_marked_with_a_reason():
     for i, line in enumerate(lines):  # A mark must sit right above a fence.
       if line.lstrip().startswith("<!-- not-run"):
         assert NOT_RUN.match(line) and i + 2 in fences, (
-            f"{rel(page)}:{i + 1}: expected `<!-- not-run: <reason> -->` directly above a ``` fence")
+          f"{rel(page)}:{i + 1}: expected `<!-- not-run: <reason> -->` directly above a ``` fence"
+        )
     for block in blocks(page):
       where = f"{rel(page)}:{block['line']}"
       if block["not_run"]:
         assert runnable(block), f"{where}: a not-run mark on a ```{block['lang']} block"
-        assert len(block["not_run"].split()) >= 4, f"{where}: say why it cannot run: {block['not_run']!r}"
+        assert len(block["not_run"].split()) >= 4, (
+          f"{where}: say why it cannot run: {block['not_run']!r}"
+        )
         counts["not_run"] += 1
       elif runnable(block):
         counts["run"] += 1
       else:
         assert block["lang"] in ("text", "toml", "json", "markdown"), (
-            f"{where}: a ```{block['lang'] or '(no language)'} block; name its language "
-            "(python and shell blocks run; text, toml, json, markdown are shown only)")
+          f"{where}: a ```{block['lang'] or '(no language)'} block; name its language "
+          "(python and shell blocks run; text, toml, json, markdown are shown only)"
+        )
   print(f"docs blocks: {counts['run']} run, {counts['not_run']} marked not-run")
   assert counts == EXPECTED_COUNTS, (
-      f"{counts} != EXPECTED_COUNTS {EXPECTED_COUNTS}: update it when you add or mark a block")
+    f"{counts} != EXPECTED_COUNTS {EXPECTED_COUNTS}: update it when you add or mark a block"
+  )
 
 
 def slug(heading: str) -> str:

@@ -18,14 +18,16 @@ D, L = 12, 3  # A small model: fast, and the estimator's statistics show within 
 
 def _state(seed: int = 0):
   """A small mlp on D-pixel images (D x 1 x 1), initialised from seed."""
-  return make_model({"model.hidden_dim": 16, "model.latent_dim": L, "seed": seed},
-                    image_shape=(D, 1, 1))[0]
+  return make_model(
+    {"model.hidden_dim": 16, "model.latent_dim": L, "seed": seed}, image_shape=(D, 1, 1)
+  )[0]
 
 
 def _iwae(params, apply_fn, x_NxD, *args, **kwargs):
   """The estimator on the flat test inputs, given as the model's D x 1 x 1 images."""
-  return evaluate.iwae_log_likelihood(params, apply_fn, np.reshape(x_NxD, (len(x_NxD), D, 1, 1)),
-                                      *args, **kwargs)
+  return evaluate.iwae_log_likelihood(
+    params, apply_fn, np.reshape(x_NxD, (len(x_NxD), D, 1, 1)), *args, **kwargs
+  )
 
 
 def _binary(n: int, seed: int = 0) -> np.ndarray:
@@ -40,14 +42,18 @@ def _numpy_forward(params, x, eps_NxKxL):
   mu, logvar = dense(h, p["encoder"]["mu"])[:, None], dense(h, p["encoder"]["logvar"])[:, None]
   z = mu + np.exp(0.5 * logvar) * eps_NxKxL
   logits = dense(np.maximum(dense(z, p["decoder"]["hidden"]), 0), p["decoder"]["logits"])
-  log_px = (x[:, None] * -np.logaddexp(0, -logits) + (1 - x[:, None]) * -np.logaddexp(0, logits)).sum(-1)
+  log_px = (
+    x[:, None] * -np.logaddexp(0, -logits) + (1 - x[:, None]) * -np.logaddexp(0, logits)
+  ).sum(-1)
   return mu, logvar, z, log_px
 
 
 def _numpy_log_weights(params, x, eps_NxKxL):
   """log p(x|z_k) + log p(z_k) - log q(z_k|x) in float64."""
   mu, logvar, z, log_px = _numpy_forward(params, x, eps_NxKxL)
-  return log_px + stats.norm.logpdf(z).sum(-1) - stats.norm.logpdf(z, mu, np.exp(0.5 * logvar)).sum(-1)
+  return (
+    log_px + stats.norm.logpdf(z).sum(-1) - stats.norm.logpdf(z, mu, np.exp(0.5 * logvar)).sum(-1)
+  )
 
 
 def test_estimator_matches_numpy_float64_with_the_same_noise():
@@ -55,24 +61,27 @@ def test_estimator_matches_numpy_float64_with_the_same_noise():
   result = _iwae(state.params, state.apply_fn, x, key, k)
   chex.assert_shape([result["iwae"], result["elbo"]], (5,))
   # Example i's noise is normal(fold_in(key, i), (K, L)): the documented contract.
-  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, i), (k, L)), np.float64)
-                  for i in range(5)])
+  eps = np.stack(
+    [
+      np.asarray(jax.random.normal(jax.random.fold_in(key, i), (k, L)), np.float64)
+      for i in range(5)
+    ]
+  )
   log_w = _numpy_log_weights(state.params, x, eps)
-  np.testing.assert_allclose(result["iwae"], special.logsumexp(log_w, axis=1) - np.log(k), rtol=1e-5)
+  np.testing.assert_allclose(
+    result["iwae"], special.logsumexp(log_w, axis=1) - np.log(k), rtol=1e-5
+  )
   np.testing.assert_allclose(result["elbo"], log_w.mean(axis=1), rtol=1e-5)
 
 
 def test_chunked_equals_unchunked():
   state, x, key = _state(), _binary(10), jax.random.key(4)
-  whole = _iwae(state.params, state.apply_fn, x, key, 37, batch_size=10,
-                                       sample_chunk=37)
+  whole = _iwae(state.params, state.apply_fn, x, key, 37, batch_size=10, sample_chunk=37)
   # Batches of 3 (the last one padded) and chunks of 5 samples (the last one padded).
-  chunked = _iwae(state.params, state.apply_fn, x, key, 37, batch_size=3,
-                                         sample_chunk=5)
+  chunked = _iwae(state.params, state.apply_fn, x, key, 37, batch_size=3, sample_chunk=5)
   np.testing.assert_allclose(chunked["iwae"], whole["iwae"], rtol=1e-6)
   np.testing.assert_allclose(chunked["elbo"], whole["elbo"], rtol=1e-6)
-  again = _iwae(state.params, state.apply_fn, x, key, 37, batch_size=3,
-                                       sample_chunk=5)
+  again = _iwae(state.params, state.apply_fn, x, key, 37, batch_size=3, sample_chunk=5)
   np.testing.assert_array_equal(again["iwae"], chunked["iwae"])  # Deterministic given the key.
 
 
@@ -103,16 +112,23 @@ def test_exact_for_a_gaussian_decoder_on_continuous_inputs():
   state, params, bias = _prior_posterior_constant_decoder(seed=6)
   x = np.random.RandomState(7).rand(4, D).astype(np.float32)
   log_px = stats.norm.logpdf(x, 1 / (1 + np.exp(-bias.astype(np.float64))), 0.2).sum(-1)
-  result = _iwae(params, state.apply_fn, x, jax.random.key(0), 50,
-                                        likelihood=objectives.Likelihood("gaussian", 0.2))
+  result = _iwae(
+    params,
+    state.apply_fn,
+    x,
+    jax.random.key(0),
+    50,
+    likelihood=objectives.Likelihood("gaussian", 0.2),
+  )
   np.testing.assert_allclose(result["iwae"], log_px, rtol=1e-5)
 
 
 def _replicated_estimates(k: int, copies: int = 3000):
   """The bound at K = k for `copies` copies of 4 examples: each copy draws its own noise."""
   state, x = _state(seed=1), _binary(4, seed=2)
-  est = _iwae(state.params, state.apply_fn, np.tile(x, (copies, 1)),
-                                     jax.random.key(k), k, batch_size=512)
+  est = _iwae(
+    state.params, state.apply_fn, np.tile(x, (copies, 1)), jax.random.key(k), k, batch_size=512
+  )
   return state, x, est["iwae"].reshape(copies, 4)
 
 
@@ -154,7 +170,9 @@ def test_binarize_is_a_bernoulli_draw_of_the_pixel_intensity():
   assert set(np.unique(x)) == {0.0, 1.0}
   assert x[0, 0::3].max() == 0 and x[0, 1::3].min() == 1
   assert abs(x[0, 2::3].mean() - 128 / 255) < 0.01
-  np.testing.assert_array_equal(evaluate.binarize(x_u8, jax.random.key(0)), x)  # Fixed key, fixed set.
+  np.testing.assert_array_equal(
+    evaluate.binarize(x_u8, jax.random.key(0)), x
+  )  # Fixed key, fixed set.
 
 
 def test_latent_diagnostics_active_units_and_kl_per_dim():
@@ -166,9 +184,11 @@ def test_latent_diagnostics_active_units_and_kl_per_dim():
   assert diag["active_units"] == 3
   np.testing.assert_allclose(diag["activity"], mu.var(axis=0))
   # Per-dimension KL sums to the mean per-example KL of the training loss.
-  np.testing.assert_allclose(diag["kl_per_dim"].sum(),
-                             np.mean(losses.kl_per_example(jnp.asarray(mu), jnp.asarray(logvar))),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    diag["kl_per_dim"].sum(),
+    np.mean(losses.kl_per_example(jnp.asarray(mu), jnp.asarray(logvar))),
+    rtol=1e-5,
+  )
   warning = evaluate.collapse_warning(diag)
   assert "1 of 4 latent units (dims 3) inactive" in warning
   assert evaluate.collapse_warning(evaluate.latent_diagnostics(mu[:, :3], logvar[:, :3])) is None
@@ -191,8 +211,12 @@ def test_likelihood_command_reports_nll_elbo_gap_and_warns(trained_run):
 
 def test_the_autoencoders_run_is_refused_by_the_likelihood(small_splits, tmp_path):
   from vae_jax import config as config_lib, training
-  config = config_lib.from_flat({"objective.name": "ae", "optim.num_epochs": 1, "run.progress": False,
-                                 "run.save_images": False})
+
+  config = config_lib.from_flat(
+    {"objective.name": "ae", "optim.num_epochs": 1, "run.progress": False, "run.save_images": False}
+  )
   training.train_and_evaluate(config, tmp_path / "ae", small_splits)
-  with pytest.raises(ValueError, match="objective 'ae': a deterministic autoencoder has no q\\(z\\|x\\)"):
+  with pytest.raises(
+    ValueError, match="objective 'ae': a deterministic autoencoder has no q\\(z\\|x\\)"
+  ):
     evaluate.evaluate_run(tmp_path / "ae", num_samples=5)

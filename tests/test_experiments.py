@@ -19,8 +19,13 @@ ROOT = Path(__file__).parent.parent
 
 
 def run_module(name: str, *args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], capture_output=True,
-                        text=True, timeout=600, cwd=ROOT)
+  return subprocess.run(
+    [sys.executable, "-m", f"experiments.{name}", *args],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=ROOT,
+  )
 
 
 def run_module_here(name: str, *args: str) -> CliResult:
@@ -38,13 +43,17 @@ def run_module_here(name: str, *args: str) -> CliResult:
   return CliResult(status, out.getvalue(), err.getvalue())
 
 
-@pytest.mark.parametrize("script", ["likelihood", "dimensionality", "denoising", "anomaly", "generation", "fashion"])
+@pytest.mark.parametrize(
+  "script", ["likelihood", "dimensionality", "denoising", "anomaly", "generation", "fashion"]
+)
 def test_application_script_starts_and_documents_its_command(script):
   result = run_module_here(script, "--help")
   assert result.returncode == 0, result.stderr
   assert "--workdir" in result.stdout and "--epochs" in result.stdout
   doc = (ROOT / "experiments" / f"{script}.py").read_text().split('"""')[1]
-  assert f"python -m experiments.{script} --workdir runs/{script}" in doc  # The command, in the docstring.
+  assert (
+    f"python -m experiments.{script} --workdir runs/{script}" in doc
+  )  # The command, in the docstring.
 
 
 def test_no_experiment_edits_sys_path():
@@ -53,10 +62,20 @@ def test_no_experiment_edits_sys_path():
 
 
 def test_an_objective_registered_outside_the_package_runs_a_sweep(tmp_path):
-  result = run_module("custom_objective", "--workdir", str(tmp_path), "--epochs", "1",
-                      "--train-examples", "300", "--test-examples", "100")
+  result = run_module(
+    "custom_objective",
+    "--workdir",
+    str(tmp_path),
+    "--epochs",
+    "1",
+    "--train-examples",
+    "300",
+    "--test-examples",
+    "100",
+  )
   assert result.returncode == 0, result.stderr
   import csv
+
   with open(tmp_path / "results.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 6 and {r["objective.mmd_weight"] for r in rows} == {"1.0", "10.0", "100.0"}
@@ -67,23 +86,37 @@ def test_an_objective_registered_outside_the_package_runs_a_sweep(tmp_path):
 def test_device_check_runs_every_section_with_tiny_settings(tmp_path):
   """The accelerator check, as one command: every section measured and tabled on the CPU."""
   import json
+
   out = tmp_path / "check.json"
   result = run_module("device_check", "--tiny", "--out", str(out))
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   results = json.loads(out.read_text())
   from experiments.device_check import SECTIONS
+
   for name in SECTIONS:
     assert "error" not in results[name] and results[name]["section_seconds"] > 0, name
   assert results["machine"]["backend"] == "cpu" and "flax" in results["machine"]["versions"]
   assert set(results["matmul"]["tflops"]) == {"bf16", "f32_default", "f32_highest"}
   assert all(v > 0 for v in results["matmul"]["tflops"].values())
   rows = results["reference_epoch"]["rows"]
-  assert set(rows) == {"f32_highest", "f32_default", "bf16", "f32_highest_progress_on",
-                       "loop_of_jitted_steps"}
+  assert set(rows) == {
+    "f32_highest",
+    "f32_default",
+    "bf16",
+    "f32_highest_progress_on",
+    "loop_of_jitted_steps",
+  }
   # Progress on or off, the same numbers (the chunks are one program's sums).
   assert rows["f32_highest_progress_on"]["train_loss"] == rows["f32_highest"]["train_loss"]
   assert list(results["vmapped_models"]["rows"]) == ["1", "2", "4"]
   assert results["determinism"]["equal"] is True
-  for table in ("| matmul 256^2 | TFLOP/s |", "| reference epoch |", "| batch | s/epoch |",
-                "| vmapped K |", "| train, 3 epochs |", "| IWAE K = 64", "**Determinism**"):
+  for table in (
+    "| matmul 256^2 | TFLOP/s |",
+    "| reference epoch |",
+    "| batch | s/epoch |",
+    "| vmapped K |",
+    "| train, 3 epochs |",
+    "| IWAE K = 64",
+    "**Determinism**",
+  ):
     assert table in result.stdout, table

@@ -22,8 +22,10 @@ def run_main(capsys, argv):
 
 
 def metrics(workdir):
-  return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-          for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [
+    {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines()
+  ]
 
 
 def no_space(*args, **kwargs):
@@ -31,8 +33,10 @@ def no_space(*args, **kwargs):
 
 
 def test_a_full_disk_in_orbaxs_writer_thread_is_one_line_and_the_run_resumes(
-    trained_run, session_idx_dir, tmp_path, capsys, monkeypatch):
+  trained_run, session_idx_dir, tmp_path, capsys, monkeypatch
+):
   from orbax.checkpoint._src.path import async_path
+
   write_text = async_path.write_text
 
   async def fails_in_epoch_2(path, text):  # Orbax's commit file, written in a worker thread.
@@ -42,17 +46,24 @@ def test_a_full_disk_in_orbaxs_writer_thread_is_one_line_and_the_run_resumes(
 
   workdir = tmp_path / "run"
   monkeypatch.setattr(async_path, "write_text", fails_in_epoch_2)
-  status, lines = run_main(capsys, train_args(workdir, session_idx_dir, "--config.run.async_checkpoints=True"))
+  status, lines = run_main(
+    capsys, train_args(workdir, session_idx_dir, "--config.run.async_checkpoints=True")
+  )
   assert status == 2 and len(lines) == 1, lines
   assert lines[0].startswith("vae_jax: error: checkpoint ") and "(ENOSPC)" in lines[0], lines[0]
   monkeypatch.setattr(async_path, "write_text", write_text)  # Space freed: the same command.
-  status, lines = run_main(capsys, train_args(workdir, session_idx_dir, "--config.run.async_checkpoints=True"))
+  status, lines = run_main(
+    capsys, train_args(workdir, session_idx_dir, "--config.run.async_checkpoints=True")
+  )
   assert status == 0 and lines == [], lines
-  assert metrics(workdir) == metrics(trained_run)  # As a run never disturbed: no epoch lost or repeated.
+  assert metrics(workdir) == metrics(
+    trained_run
+  )  # As a run never disturbed: no epoch lost or repeated.
 
 
 def test_a_full_disk_while_writing_an_image_is_one_line_naming_it_and_the_run_resumes(
-    trained_run, session_idx_dir, tmp_path, capsys, monkeypatch):
+  trained_run, session_idx_dir, tmp_path, capsys, monkeypatch
+):
   workdir = tmp_path / "run"
   args = [*train_args(workdir, session_idx_dir), "--config.run.save_images=True"]
   save = PIL.PngImagePlugin._save

@@ -21,15 +21,24 @@ def run_main(capsys, argv):
 
 
 def train(workdir, data_dir, *extra):
-  return ["train", f"--workdir={workdir}", "--config.data.source=idx", f"--config.data.dir={data_dir}",
-          "--config.optim.num_epochs=1", "--config.run.progress=False", *extra]
+  return [
+    "train",
+    f"--workdir={workdir}",
+    "--config.data.source=idx",
+    f"--config.data.dir={data_dir}",
+    "--config.optim.num_epochs=1",
+    "--config.run.progress=False",
+    *extra,
+  ]
 
 
 # ---- data: each case writes a damaged IDX directory ----
 
+
 def _dir(tmp_path, splits=None):
-  return write_idx_dir(tmp_path / "data", splits or {"train": synthetic_split(64, 0),
-                                                     "test": synthetic_split(32, 1)})
+  return write_idx_dir(
+    tmp_path / "data", splits or {"train": synthetic_split(64, 0), "test": synthetic_split(32, 1)}
+  )
 
 
 def _replace(directory, name, content: bytes, compress=True):
@@ -41,50 +50,93 @@ def _header(magic, *dims):
 
 
 DATA_CASES = {
-    "missing directory": (lambda d: d.rename(d.with_name("gone")), "not a directory"),
-    "missing labels file": (lambda d: (d / "train-labels-idx1-ubyte.gz").unlink(),
-                            "missing train-labels-idx1-ubyte"),
-    "labels magic in the images file": (lambda d: _replace(d, "train-images-idx3-ubyte.gz",
-                                                           _header(2049, 64, 28, 28)),
-                                        "train-images-idx3-ubyte.gz: truncated"),
-    "images magic in the labels file": (lambda d: _replace(d, "train-labels-idx1-ubyte.gz",
-                                                           _header(2051, 8, 2, 4) + b"\0" * 64),
-                                        "expected magic 2049"),
-    "truncated images": (lambda d: _replace(d, "train-images-idx3-ubyte.gz",
-                                            _header(2051, 64, 28, 28) + b"\0" * 100), "truncated"),
-    "trailing bytes": (lambda d: _replace(d, "t10k-labels-idx1-ubyte.gz",
-                                          _header(2049, 32) + b"\1" * 33), "trailing bytes"),
-    "not gzip inside": (lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8bjunk"),
-                        "corrupt gzip stream"),
-    "damaged deflate body": (lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(
-        (lambda z: z[:20] + bytes(b ^ 0xFF for b in z[20:60]) + z[60:])(
-            gzip.compress(_header(2051, 64, 28, 28) + bytes(range(256)) * 196))), "corrupt gzip stream"),
-    "count mismatch": (lambda d: _replace(d, "train-labels-idx1-ubyte.gz", _header(2049, 63) + b"\0" * 63),
-                       "64 images but 63 labels"),
-    "header dimensions overflow": (lambda d: _replace(d, "train-images-idx3-ubyte.gz",
-                                                      _header(2051, 2**32 - 1, 2**32 - 1, 2**32 - 1)),
-                                   "is too large for any array"),
-    "images of zero size": (lambda d: (_replace(d, "train-images-idx3-ubyte.gz", _header(2051, 64, 0, 0)),
-                                       _replace(d, "t10k-images-idx3-ubyte.gz", _header(2051, 32, 0, 0))),
-                            "expected H, W and C >= 1"),
-    "test split with no images": (lambda d: (_replace(d, "t10k-images-idx3-ubyte.gz", _header(2051, 0, 28, 28)),
-                                             _replace(d, "t10k-labels-idx1-ubyte.gz", _header(2049, 0))),
-                                  "the test split has no images"),
-    "train and test shapes differ": (lambda d: (
-        write_idx(d / "t10k-images-idx3-ubyte.gz", np.zeros((32, 32, 32), np.uint8), compress=True)),
-        "expected one image shape"),
-    "unknown dtype code": (lambda d: _replace(d, "train-images-idx3-ubyte.gz", b"\0\0\x07\x03" + b"\0" * 12),
-                           "unknown dtype code"),
-    "float images": (lambda d: _replace(d, "train-images-idx3-ubyte.gz",
-                                        b"\0\0\x0d\x03" + (1).to_bytes(4, "big") * 3 + b"\0" * 4),
-                     "expected uint8 images"),
-    "an images file that is a directory": (lambda d: ((d / "train-images-idx3-ubyte.gz").unlink(),
-                                                      (d / "train-images-idx3-ubyte.gz").mkdir()),
-                                           "missing train-images-idx3-ubyte"),
-    "conv on images it cannot halve twice": (lambda d: (
-        write_idx(d / "train-images-idx3-ubyte.gz", np.zeros((64, 30, 30), np.uint8), compress=True),
-        write_idx(d / "t10k-images-idx3-ubyte.gz", np.zeros((32, 30, 30), np.uint8), compress=True)),
-        "H and W divisible by 4"),
+  "missing directory": (lambda d: d.rename(d.with_name("gone")), "not a directory"),
+  "missing labels file": (
+    lambda d: (d / "train-labels-idx1-ubyte.gz").unlink(),
+    "missing train-labels-idx1-ubyte",
+  ),
+  "labels magic in the images file": (
+    lambda d: _replace(d, "train-images-idx3-ubyte.gz", _header(2049, 64, 28, 28)),
+    "train-images-idx3-ubyte.gz: truncated",
+  ),
+  "images magic in the labels file": (
+    lambda d: _replace(d, "train-labels-idx1-ubyte.gz", _header(2051, 8, 2, 4) + b"\0" * 64),
+    "expected magic 2049",
+  ),
+  "truncated images": (
+    lambda d: _replace(d, "train-images-idx3-ubyte.gz", _header(2051, 64, 28, 28) + b"\0" * 100),
+    "truncated",
+  ),
+  "trailing bytes": (
+    lambda d: _replace(d, "t10k-labels-idx1-ubyte.gz", _header(2049, 32) + b"\1" * 33),
+    "trailing bytes",
+  ),
+  "not gzip inside": (
+    lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8bjunk"),
+    "corrupt gzip stream",
+  ),
+  "damaged deflate body": (
+    lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(
+      (lambda z: z[:20] + bytes(b ^ 0xFF for b in z[20:60]) + z[60:])(
+        gzip.compress(_header(2051, 64, 28, 28) + bytes(range(256)) * 196)
+      )
+    ),
+    "corrupt gzip stream",
+  ),
+  "count mismatch": (
+    lambda d: _replace(d, "train-labels-idx1-ubyte.gz", _header(2049, 63) + b"\0" * 63),
+    "64 images but 63 labels",
+  ),
+  "header dimensions overflow": (
+    lambda d: _replace(
+      d, "train-images-idx3-ubyte.gz", _header(2051, 2**32 - 1, 2**32 - 1, 2**32 - 1)
+    ),
+    "is too large for any array",
+  ),
+  "images of zero size": (
+    lambda d: (
+      _replace(d, "train-images-idx3-ubyte.gz", _header(2051, 64, 0, 0)),
+      _replace(d, "t10k-images-idx3-ubyte.gz", _header(2051, 32, 0, 0)),
+    ),
+    "expected H, W and C >= 1",
+  ),
+  "test split with no images": (
+    lambda d: (
+      _replace(d, "t10k-images-idx3-ubyte.gz", _header(2051, 0, 28, 28)),
+      _replace(d, "t10k-labels-idx1-ubyte.gz", _header(2049, 0)),
+    ),
+    "the test split has no images",
+  ),
+  "train and test shapes differ": (
+    lambda d: write_idx(
+      d / "t10k-images-idx3-ubyte.gz", np.zeros((32, 32, 32), np.uint8), compress=True
+    ),
+    "expected one image shape",
+  ),
+  "unknown dtype code": (
+    lambda d: _replace(d, "train-images-idx3-ubyte.gz", b"\0\0\x07\x03" + b"\0" * 12),
+    "unknown dtype code",
+  ),
+  "float images": (
+    lambda d: _replace(
+      d, "train-images-idx3-ubyte.gz", b"\0\0\x0d\x03" + (1).to_bytes(4, "big") * 3 + b"\0" * 4
+    ),
+    "expected uint8 images",
+  ),
+  "an images file that is a directory": (
+    lambda d: (
+      (d / "train-images-idx3-ubyte.gz").unlink(),
+      (d / "train-images-idx3-ubyte.gz").mkdir(),
+    ),
+    "missing train-images-idx3-ubyte",
+  ),
+  "conv on images it cannot halve twice": (
+    lambda d: (
+      write_idx(d / "train-images-idx3-ubyte.gz", np.zeros((64, 30, 30), np.uint8), compress=True),
+      write_idx(d / "t10k-images-idx3-ubyte.gz", np.zeros((32, 30, 30), np.uint8), compress=True),
+    ),
+    "H and W divisible by 4",
+  ),
 }
 
 
@@ -104,48 +156,76 @@ def test_bad_data_is_one_line_before_the_workdir_exists(case, tmp_path, capsys):
 # ---- config: flags and config files ----
 
 CONFIG_CASES = {
-    "unknown key": (["--config.model.nope=1"], "unknown config key 'nope'"),
-    "unknown section": (["--config.training.lr=1"], "unknown config key"),
-    "wrong type": (["--config.optim.batch_size=abc"], "batch_size"),
-    "latent size 0": (["--config.model.latent_dim=0"], "config.model.latent_dim=0"),
-    "negative learning rate": (["--config.optim.learning_rate=-1"], "config.optim.learning_rate=-1.0"),
-    "nan learning rate": (["--config.optim.learning_rate=nan"], "config.optim.learning_rate=nan"),
-    "seed 2**70": (["--config.seed=1180591620717411303424"], "seed"),
-    "negative seed": (["--config.seed=-1"], "config.seed=-1"),
-    "epochs overflow int32": (["--config.optim.num_epochs=4294967296"], "num_epochs"),
-    "steps overflow int32": (["--config.optim.num_epochs=2000000000"], "overflow the int32 step counter"),
-    "zero epochs": (["--config.optim.num_epochs=0"], "config.optim.num_epochs=0"),
-    "batch larger than the data": (["--config.optim.batch_size=100000"], "larger than the training set"),
-    "eval batch 0": (["--config.optim.eval_batch_size=0"], "config.optim.eval_batch_size=0"),
-    "b1 of 1": (["--config.optim.b1=1.0"], "config.optim.b1=1.0"),
-    "eps 0": (["--config.optim.eps=0.0"], "config.optim.eps=0.0"),
-    "unknown model": (["--config.model.name=resnet"], "config.model.name='resnet'"),
-    "unknown objective": (["--config.objective.name=gan"], "config.objective.name='gan'"),
-    "setting of another objective": (["--config.objective.name=iwae", "--config.objective.beta=2.0"],
-                                     "does not apply to objective 'iwae'"),
-    "setting of another model": (["--config.model.channels=(8,8)"], "does not apply to model 'mlp'"),
-    "unknown likelihood": (["--config.objective.likelihood=poisson"], "config.objective.likelihood='poisson'"),
-    "mask everything": (["--config.objective.corruption=mask", "--config.objective.corruption_level=1.0"],
-                        "corruption_level=1.0"),
-    "negative free bits": (["--config.objective.free_bits=-1.0"], "config.objective.free_bits=-1.0"),
-    "iwae without samples": (["--config.objective.name=iwae", "--config.objective.num_samples=0"],
-                             "config.objective.num_samples=0"),
-    "negative warm-up": (["--config.objective.kl_warmup_epochs=-1"], "kl_warmup_epochs=-1"),
-    "warm-up overflows int32": (["--config.objective.kl_warmup_epochs=1000000000"],
-                                "warm-up steps overflow the int32 step counter"),
-    "unknown strategy": (["--config.run.models_strategy=pmap"], "config.run.models_strategy='pmap'"),
-    "float16": (["--config.model.compute_dtype=float16"], "config.model.compute_dtype='float16'"),
-    "more devices than exist": (["--config.run.num_devices=99"], "config.run.num_devices=99"),
-    "keep no checkpoint": (["--config.run.keep_checkpoints=0"], "config.run.keep_checkpoints=0"),
-    "zero progress chunks": (["--config.run.progress_chunks=0"], "config.run.progress_chunks=0"),
-    "unknown matmul precision": (["--config.run.matmul_precision=fast"], "config.run.matmul_precision='fast'"),
-    "unknown cpu kernels": (["--config.run.cpu_kernels=mkl"], "config.run.cpu_kernels='mkl'"),
-    "unknown source": (["--config.data.source=web"], "config.data.source='web'"),
-    "negative example count": (["--config.data.train_examples=-1"], "config.data.train_examples=-1"),
-    "a model that cannot fit in memory": (["--config.model.latent_dim=1000000000"], "GiB, more than"),
-    "a hierarchical prior with the analytic KL": (["--config.model.name=hvae2"],
-                                                  "model 'hvae2' has a prior other than N(0, I)"),
-    "unknown learning-rate schedule": (["--config.optim.lr_schedule=cosine"], "config.optim.lr_schedule='cosine'"),
+  "unknown key": (["--config.model.nope=1"], "unknown config key 'nope'"),
+  "unknown section": (["--config.training.lr=1"], "unknown config key"),
+  "wrong type": (["--config.optim.batch_size=abc"], "batch_size"),
+  "latent size 0": (["--config.model.latent_dim=0"], "config.model.latent_dim=0"),
+  "negative learning rate": (
+    ["--config.optim.learning_rate=-1"],
+    "config.optim.learning_rate=-1.0",
+  ),
+  "nan learning rate": (["--config.optim.learning_rate=nan"], "config.optim.learning_rate=nan"),
+  "seed 2**70": (["--config.seed=1180591620717411303424"], "seed"),
+  "negative seed": (["--config.seed=-1"], "config.seed=-1"),
+  "epochs overflow int32": (["--config.optim.num_epochs=4294967296"], "num_epochs"),
+  "steps overflow int32": (
+    ["--config.optim.num_epochs=2000000000"],
+    "overflow the int32 step counter",
+  ),
+  "zero epochs": (["--config.optim.num_epochs=0"], "config.optim.num_epochs=0"),
+  "batch larger than the data": (
+    ["--config.optim.batch_size=100000"],
+    "larger than the training set",
+  ),
+  "eval batch 0": (["--config.optim.eval_batch_size=0"], "config.optim.eval_batch_size=0"),
+  "b1 of 1": (["--config.optim.b1=1.0"], "config.optim.b1=1.0"),
+  "eps 0": (["--config.optim.eps=0.0"], "config.optim.eps=0.0"),
+  "unknown model": (["--config.model.name=resnet"], "config.model.name='resnet'"),
+  "unknown objective": (["--config.objective.name=gan"], "config.objective.name='gan'"),
+  "setting of another objective": (
+    ["--config.objective.name=iwae", "--config.objective.beta=2.0"],
+    "does not apply to objective 'iwae'",
+  ),
+  "setting of another model": (["--config.model.channels=(8,8)"], "does not apply to model 'mlp'"),
+  "unknown likelihood": (
+    ["--config.objective.likelihood=poisson"],
+    "config.objective.likelihood='poisson'",
+  ),
+  "mask everything": (
+    ["--config.objective.corruption=mask", "--config.objective.corruption_level=1.0"],
+    "corruption_level=1.0",
+  ),
+  "negative free bits": (["--config.objective.free_bits=-1.0"], "config.objective.free_bits=-1.0"),
+  "iwae without samples": (
+    ["--config.objective.name=iwae", "--config.objective.num_samples=0"],
+    "config.objective.num_samples=0",
+  ),
+  "negative warm-up": (["--config.objective.kl_warmup_epochs=-1"], "kl_warmup_epochs=-1"),
+  "warm-up overflows int32": (
+    ["--config.objective.kl_warmup_epochs=1000000000"],
+    "warm-up steps overflow the int32 step counter",
+  ),
+  "unknown strategy": (["--config.run.models_strategy=pmap"], "config.run.models_strategy='pmap'"),
+  "float16": (["--config.model.compute_dtype=float16"], "config.model.compute_dtype='float16'"),
+  "more devices than exist": (["--config.run.num_devices=99"], "config.run.num_devices=99"),
+  "keep no checkpoint": (["--config.run.keep_checkpoints=0"], "config.run.keep_checkpoints=0"),
+  "zero progress chunks": (["--config.run.progress_chunks=0"], "config.run.progress_chunks=0"),
+  "unknown matmul precision": (
+    ["--config.run.matmul_precision=fast"],
+    "config.run.matmul_precision='fast'",
+  ),
+  "unknown cpu kernels": (["--config.run.cpu_kernels=mkl"], "config.run.cpu_kernels='mkl'"),
+  "unknown source": (["--config.data.source=web"], "config.data.source='web'"),
+  "negative example count": (["--config.data.train_examples=-1"], "config.data.train_examples=-1"),
+  "a model that cannot fit in memory": (["--config.model.latent_dim=1000000000"], "GiB, more than"),
+  "a hierarchical prior with the analytic KL": (
+    ["--config.model.name=hvae2"],
+    "model 'hvae2' has a prior other than N(0, I)",
+  ),
+  "unknown learning-rate schedule": (
+    ["--config.optim.lr_schedule=cosine"],
+    "config.optim.lr_schedule='cosine'",
+  ),
 }
 
 
@@ -159,10 +239,13 @@ def test_bad_config_is_one_line_before_the_workdir_exists(case, session_idx_dir,
 
 
 CONFIG_FILES = {
-    "syntax error": ("def get_config(:\n", "cannot be loaded (SyntaxError"),
-    "raises": ("def get_config():\n  raise RuntimeError('boom')\n", "cannot be loaded (RuntimeError: boom)"),
-    "no get_config": ("x = 1\n", "defines no get_config()"),
-    "returns a number": ("def get_config():\n  return 3\n", "get_config() returned a int"),
+  "syntax error": ("def get_config(:\n", "cannot be loaded (SyntaxError"),
+  "raises": (
+    "def get_config():\n  raise RuntimeError('boom')\n",
+    "cannot be loaded (RuntimeError: boom)",
+  ),
+  "no get_config": ("x = 1\n", "defines no get_config()"),
+  "returns a number": ("def get_config():\n  return 3\n", "get_config() returned a int"),
 }
 
 
@@ -181,15 +264,25 @@ def test_a_recipe_argument_reaches_get_config_and_a_bad_one_is_one_line(tmp_path
   recipe = Path(__file__).resolve().parents[1] / "vae_jax" / "configs" / "iwae_2layer.py"
   parsed = cli.parse(["train", f"--workdir={tmp_path / 'run'}", f"--config={recipe}:iwae,5,2"])
   config = parsed[2]
-  assert (config.model.name, config.objective.name, config.objective.num_samples,
-          config.optim.num_epochs) == ("hvae2", "iwae", 5, 4)
-  status, lines = run_main(capsys, ["train", f"--workdir={tmp_path / 'run'}", f"--config={recipe}:gan,5"])
+  assert (
+    config.model.name,
+    config.objective.name,
+    config.objective.num_samples,
+    config.optim.num_epochs,
+  ) == ("hvae2", "iwae", 5, 4)
+  status, lines = run_main(
+    capsys, ["train", f"--workdir={tmp_path / 'run'}", f"--config={recipe}:gan,5"]
+  )
   assert status == 2 and len(lines) == 1, lines
-  assert "cannot be loaded (ValueError: config argument 'gan,5': expected OBJECTIVE,K[,STAGES]" in lines[0]
+  assert (
+    "cannot be loaded (ValueError: config argument 'gan,5': expected OBJECTIVE,K[,STAGES]"
+    in lines[0]
+  )
   assert not (tmp_path / "run").exists()
 
 
 # ---- paths ----
+
 
 def _locked_elsewhere(workdir):
   """Holds the workdir's lock through a second open file, as another process would."""
@@ -197,14 +290,20 @@ def _locked_elsewhere(workdir):
 
 
 PATH_CASES = {
-    "workdir is a file": (lambda w: w.write_text("keep me"), "exists and is not a directory"),
-    "name over the file system's limit": (None, "File name too long"),
-    "its checkpoints is a file": (lambda w: (w.mkdir(), (w / "checkpoints").write_text("x")),
-                                  "checkpoints is not a directory"),
-    "its metrics.jsonl is a directory": (lambda w: (w.mkdir(), (w / "metrics.jsonl").mkdir()),
-                                         "metrics.jsonl is not a file"),
-    "a log without checkpoints": (lambda w: (w.mkdir(), (w / "metrics.jsonl").write_text('{"epoch": 1}\n')),
-                                  "holds a run (metrics.jsonl) with no checkpoint"),
+  "workdir is a file": (lambda w: w.write_text("keep me"), "exists and is not a directory"),
+  "name over the file system's limit": (None, "File name too long"),
+  "its checkpoints is a file": (
+    lambda w: (w.mkdir(), (w / "checkpoints").write_text("x")),
+    "checkpoints is not a directory",
+  ),
+  "its metrics.jsonl is a directory": (
+    lambda w: (w.mkdir(), (w / "metrics.jsonl").mkdir()),
+    "metrics.jsonl is not a file",
+  ),
+  "a log without checkpoints": (
+    lambda w: (w.mkdir(), (w / "metrics.jsonl").write_text('{"epoch": 1}\n')),
+    "holds a run (metrics.jsonl) with no checkpoint",
+  ),
 }
 
 
@@ -238,34 +337,51 @@ def test_a_workdir_name_that_is_not_utf8_is_one_line(session_idx_dir, tmp_path, 
 # ---- the commands that use a trained run ----
 
 USE_CASES = {
-    "no command": ([], "expected one command"),
-    "unknown command": (["fit"], "expected one command"),
-    "no workdir": (["sample", "--out=x.png"], "--workdir is required"),
-    "sample without --out": (["sample", "--workdir=RUN"], "--out is required"),
-    "sample to a directory": (["sample", "--workdir=RUN", "--out=TMP/dir.png"], "is a directory"),
-    "sample to a jpg": (["sample", "--workdir=RUN", "--out=TMP/s.jpg"], "expected a .png file name"),
-    "sample into a missing directory": (["sample", "--workdir=RUN", "--out=TMP/no/s.png"], "does not exist"),
-    "sample none": (["sample", "--workdir=RUN", "--out=TMP/s.png", "--num=0"], "--num 0"),
-    "sample more than memory holds": (["sample", "--workdir=RUN", "--out=TMP/s.png",
-                                       "--num=1000000000000"], "GiB, more than"),
-    "reconstruct none": (["reconstruct", "--workdir=RUN", "--out=TMP/r.png", "--num=0"], "--num 0"),
-    "reconstruct more than the split": (["reconstruct", "--workdir=RUN", "--out=TMP/r.png", "--num=101"],
-                                        "expected 1 to 100"),
-    "encode to a png": (["encode", "--workdir=RUN", "--out=TMP/z.png"], "expected a .npz file name"),
-    "an epoch never saved": (["evaluate", "--workdir=RUN", "--checkpoint=99"], "checkpoint '99'"),
-    "a checkpoint name": (["evaluate", "--workdir=RUN", "--checkpoint=newest"], "checkpoint 'newest'"),
-    "negative likelihood count": (["likelihood", "--workdir=RUN", "--num=-5"], "--num=-5"),
-    "no importance samples": (["likelihood", "--workdir=RUN", "--num_samples=0"], "--num_samples=0"),
-    "more importance samples than memory holds": (["likelihood", "--workdir=RUN",
-                                                   "--num_samples=100000000000"], "GiB, more than"),
-    "a workdir without checkpoints": (["evaluate", "--workdir=TMP"], "no checkpoint"),
-    "a workdir that does not exist": (["sample", "--workdir=TMP/none", "--out=TMP/s.png"], "not a directory"),
-    "an unknown split": (["encode", "--workdir=RUN", "--out=TMP/z.npz", "--split=valid"], "split"),
+  "no command": ([], "expected one command"),
+  "unknown command": (["fit"], "expected one command"),
+  "no workdir": (["sample", "--out=x.png"], "--workdir is required"),
+  "sample without --out": (["sample", "--workdir=RUN"], "--out is required"),
+  "sample to a directory": (["sample", "--workdir=RUN", "--out=TMP/dir.png"], "is a directory"),
+  "sample to a jpg": (["sample", "--workdir=RUN", "--out=TMP/s.jpg"], "expected a .png file name"),
+  "sample into a missing directory": (
+    ["sample", "--workdir=RUN", "--out=TMP/no/s.png"],
+    "does not exist",
+  ),
+  "sample none": (["sample", "--workdir=RUN", "--out=TMP/s.png", "--num=0"], "--num 0"),
+  "sample more than memory holds": (
+    ["sample", "--workdir=RUN", "--out=TMP/s.png", "--num=1000000000000"],
+    "GiB, more than",
+  ),
+  "reconstruct none": (["reconstruct", "--workdir=RUN", "--out=TMP/r.png", "--num=0"], "--num 0"),
+  "reconstruct more than the split": (
+    ["reconstruct", "--workdir=RUN", "--out=TMP/r.png", "--num=101"],
+    "expected 1 to 100",
+  ),
+  "encode to a png": (["encode", "--workdir=RUN", "--out=TMP/z.png"], "expected a .npz file name"),
+  "an epoch never saved": (["evaluate", "--workdir=RUN", "--checkpoint=99"], "checkpoint '99'"),
+  "a checkpoint name": (
+    ["evaluate", "--workdir=RUN", "--checkpoint=newest"],
+    "checkpoint 'newest'",
+  ),
+  "negative likelihood count": (["likelihood", "--workdir=RUN", "--num=-5"], "--num=-5"),
+  "no importance samples": (["likelihood", "--workdir=RUN", "--num_samples=0"], "--num_samples=0"),
+  "more importance samples than memory holds": (
+    ["likelihood", "--workdir=RUN", "--num_samples=100000000000"],
+    "GiB, more than",
+  ),
+  "a workdir without checkpoints": (["evaluate", "--workdir=TMP"], "no checkpoint"),
+  "a workdir that does not exist": (
+    ["sample", "--workdir=TMP/none", "--out=TMP/s.png"],
+    "not a directory",
+  ),
+  "an unknown split": (["encode", "--workdir=RUN", "--out=TMP/z.npz", "--split=valid"], "split"),
 }
 
 
 @pytest.mark.parametrize("case", USE_CASES)
-def test_bad_use_of_a_trained_run_is_one_line_and_changes_nothing(case, trained_run, tmp_path, capsys):
+def test_bad_use_of_a_trained_run_is_one_line_and_changes_nothing(
+  case, trained_run, tmp_path, capsys
+):
   args, message = USE_CASES[case]
   (tmp_path / "dir.png").mkdir()
   before_run, before_tmp = tree_bytes(trained_run), tree_bytes(tmp_path)
@@ -286,13 +402,16 @@ def get_config():
 """
 
 SWEEP_CASES = {
-    "axis not a list": ({"objective.beta": 0.5}, 1, "expected a non-empty list"),
-    "axis values of mixed types": ({"objective.beta": [0.5, "high"]}, 1, "expected a float"),
-    "unknown axis": ({"objective.dropout": [0.1]}, 1, "unknown axis or key 'objective.dropout'"),
-    "no seeds": ({"objective.beta": [1.0]}, 0, "seeds=0"),
-    "seed as an axis": ({"seed": [1, 2]}, 1, "'seed' is not an axis"),
-    "a setting the objective does not use": ({"objective.name": ["ae"], "objective.beta": [2.0]}, 1,
-                                             "does not apply to objective 'ae'"),
+  "axis not a list": ({"objective.beta": 0.5}, 1, "expected a non-empty list"),
+  "axis values of mixed types": ({"objective.beta": [0.5, "high"]}, 1, "expected a float"),
+  "unknown axis": ({"objective.dropout": [0.1]}, 1, "unknown axis or key 'objective.dropout'"),
+  "no seeds": ({"objective.beta": [1.0]}, 0, "seeds=0"),
+  "seed as an axis": ({"seed": [1, 2]}, 1, "'seed' is not an axis"),
+  "a setting the objective does not use": (
+    {"objective.name": ["ae"], "objective.beta": [2.0]},
+    1,
+    "does not apply to objective 'ae'",
+  ),
 }
 
 

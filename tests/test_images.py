@@ -18,6 +18,7 @@ def test_image_grid_layout_padding_and_rounding():
 
 def test_save_png_round_trip(tmp_path):
   from PIL import Image
+
   grid = images.image_grid(np.random.RandomState(0).rand(16, 28, 28), nrow=8)
   images.save_png(tmp_path / "g.png", grid)
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)

@@ -9,10 +9,22 @@ import pytest
 from conftest import cli, train_args
 from test_checkpoint import assert_trees_equal_bitwise, kill_at, metrics, saved_arrays
 
-POINTS = ["before_compile", "compiling", "epoch_1_mid", "before_checkpoint_1", "saving_1",
-          "after_checkpoint_1", "after_epoch_1", "epoch_2_mid"]
+POINTS = [
+  "before_compile",
+  "compiling",
+  "epoch_1_mid",
+  "before_checkpoint_1",
+  "saving_1",
+  "after_checkpoint_1",
+  "after_epoch_1",
+  "epoch_2_mid",
+]
 # Progress in chunks (so a kill can land mid-epoch) and images on: every output is compared.
-EXTRA = ("--config.run.progress=True", "--config.run.progress_chunks=3", "--config.run.save_images=True")
+EXTRA = (
+  "--config.run.progress=True",
+  "--config.run.progress_chunks=3",
+  "--config.run.save_images=True",
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +36,9 @@ def whole_run(tmp_path_factory, session_idx_dir):
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_killed_anywhere_the_same_command_ends_bit_identical(point, whole_run, session_idx_dir,
-                                                             tmp_path):
+def test_killed_anywhere_the_same_command_ends_bit_identical(
+  point, whole_run, session_idx_dir, tmp_path
+):
   workdir = tmp_path / "run"
   kill_at(point, workdir, session_idx_dir, *EXTRA)
   result = cli(*train_args(workdir, session_idx_dir, *EXTRA))  # The same command.
@@ -37,8 +50,9 @@ def test_killed_anywhere_the_same_command_ends_bit_identical(point, whole_run, s
 
 
 @pytest.mark.parametrize("point", ["saving_1", "epoch_2_mid"])
-def test_killed_with_background_checkpoints_ends_bit_identical(point, whole_run, session_idx_dir,
-                                                               tmp_path):
+def test_killed_with_background_checkpoints_ends_bit_identical(
+  point, whole_run, session_idx_dir, tmp_path
+):
   """Saves in a background thread: a kill while one is in flight loses at most the epochs
   after the last finished checkpoint; the same command ends as the uninterrupted run."""
   workdir = tmp_path / "run"
@@ -50,8 +64,9 @@ def test_killed_with_background_checkpoints_ends_bit_identical(point, whole_run,
   assert metrics(workdir) == metrics(whole_run)
 
 
-def test_killed_before_the_first_of_sparse_checkpoints_starts_afresh(whole_run, session_idx_dir,
-                                                                     tmp_path):
+def test_killed_before_the_first_of_sparse_checkpoints_starts_afresh(
+  whole_run, session_idx_dir, tmp_path
+):
   """Every 2nd epoch checkpointed: killed with epoch 1 logged and nothing saved, the same
   command starts afresh (the log was provisional) and ends as the uninterrupted run."""
   workdir = tmp_path / "run"

@@ -23,8 +23,9 @@ def test_per_example_terms_and_batch_sums_match_numpy():
   np.testing.assert_allclose(losses.bce_per_example(logits, x), bce_ref, rtol=1e-5)
   np.testing.assert_allclose(losses.kl_per_example(mu, logvar), kl_ref, rtol=1e-5)
   loss, bce, kl = losses.vae_loss(jnp.asarray(logits), x, mu, logvar, beta=1.0)
-  np.testing.assert_allclose([loss, bce, kl], [bce_ref.sum() + kl_ref.sum(), bce_ref.sum(), kl_ref.sum()],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    [loss, bce, kl], [bce_ref.sum() + kl_ref.sum(), bce_ref.sum(), kl_ref.sum()], rtol=1e-5
+  )
   loss_beta, _, _ = losses.vae_loss(jnp.asarray(logits), x, mu, logvar, beta=4.0)
   np.testing.assert_allclose(loss_beta, bce_ref.sum() + 4 * kl_ref.sum(), rtol=1e-5)
 
@@ -42,7 +43,9 @@ def test_bce_gradient_is_sigmoid_minus_target_and_minus_logits():
   x = rs.rand(4, 30).astype(np.float32)
   total = lambda l, x: jnp.sum(losses.bce_per_example(l, x))
   d_logits, d_x = jax.grad(total, argnums=(0, 1))(logits, x)
-  np.testing.assert_allclose(d_logits, 1 / (1 + np.exp(-logits.astype(np.float64))) - x, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    d_logits, 1 / (1 + np.exp(-logits.astype(np.float64))) - x, rtol=1e-5, atol=1e-6
+  )
   np.testing.assert_allclose(d_x, -logits, rtol=1e-6)
   # Second-order use (e.g. jax.hessian in analyses) goes through the same rule.
   hess_diag = jax.grad(lambda l: jnp.sum(jax.grad(total)(l, x)))(logits)

@@ -22,8 +22,11 @@ def test_bce_per_image_matches_the_logits_form():
   rs = np.random.RandomState(2)
   x, probs = rs.rand(4, 30), rs.uniform(0.01, 0.99, (4, 30))
   logits = np.log(probs / (1 - probs))
-  np.testing.assert_allclose(metrics.bce_per_image(x, probs),
-                             losses.bce_per_example(jnp.asarray(logits), jnp.asarray(x)), rtol=1e-5)
+  np.testing.assert_allclose(
+    metrics.bce_per_image(x, probs),
+    losses.bce_per_example(jnp.asarray(logits), jnp.asarray(x)),
+    rtol=1e-5,
+  )
 
 
 def test_quantize_rounds_to_uniform_levels_within_half_a_step():

@@ -35,17 +35,24 @@ def test_every_model_maps_images_to_latents_and_logits_of_the_image_shape(name, 
   chex.assert_shape(images, (4, *shape))
   assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
   # decode takes any leading axes (K samples x B examples).
-  chex.assert_shape(vae.apply({"params": params}, jnp.zeros((2, 4, 3)), method="decode"), (2, 4, *shape))
+  chex.assert_shape(
+    vae.apply({"params": params}, jnp.zeros((2, 4, 3)), method="decode"), (2, 4, *shape)
+  )
 
 
 def test_parameter_shapes_follow_the_reference_spec():
   shapes = jax.tree.map(jnp.shape, _init(_build()))
   assert shapes == {
-      "encoder": {"hidden": {"kernel": (784, 400), "bias": (400,)},
-                  "mu": {"kernel": (400, 20), "bias": (20,)},
-                  "logvar": {"kernel": (400, 20), "bias": (20,)}},
-      "decoder": {"hidden": {"kernel": (20, 400), "bias": (400,)},
-                  "logits": {"kernel": (400, 784), "bias": (784,)}}}
+    "encoder": {
+      "hidden": {"kernel": (784, 400), "bias": (400,)},
+      "mu": {"kernel": (400, 20), "bias": (20,)},
+      "logvar": {"kernel": (400, 20), "bias": (20,)},
+    },
+    "decoder": {
+      "hidden": {"kernel": (20, 400), "bias": (400,)},
+      "logits": {"kernel": (400, 784), "bias": (784,)},
+    },
+  }
 
 
 def test_torch_init_is_uniform_within_one_over_sqrt_fan_in():
@@ -66,8 +73,12 @@ def test_torch_init_is_uniform_within_one_over_sqrt_fan_in():
 
 def test_flax_init_has_zero_biases_and_lecun_normal_kernels():
   params = _init(_build(init_scheme="flax"))
-  assert all(float(jnp.abs(b).max()) == 0 for b in jax.tree.leaves(
-      jax.tree.map(lambda layer: layer["bias"], params, is_leaf=lambda p: "bias" in p)))
+  assert all(
+    float(jnp.abs(b).max()) == 0
+    for b in jax.tree.leaves(
+      jax.tree.map(lambda layer: layer["bias"], params, is_leaf=lambda p: "bias" in p)
+    )
+  )
   w = np.asarray(params["decoder"]["logits"]["kernel"])  # lecun_normal: var 1/fan_in (truncated).
   assert abs(w.std() - 1 / np.sqrt(400)) < 0.05 / np.sqrt(400)
 
@@ -95,8 +106,9 @@ def test_reparameterization_uses_the_key_and_none_means_the_mean():
   # With a key, z = mu + exp(logvar / 2) * eps and eps = normal(key, mu.shape).
   eps = jax.random.normal(jax.random.key(7), mu.shape)
   z = mu + np.exp(0.5 * logvar) * eps
-  np.testing.assert_allclose(out(jax.random.key(7)),
-                             vae.apply({"params": params}, z, method="decode"), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    out(jax.random.key(7)), vae.apply({"params": params}, z, method="decode"), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_a_model_defined_outside_the_package_is_one_subclass_and_a_name():

@@ -25,9 +25,14 @@ EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_co
 
 
 def run_python(code: str, env: dict, *args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                        capture_output=True,
-                        text=True, timeout=600, env=env, cwd=os.path.dirname(__file__))
+  return subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+    cwd=os.path.dirname(__file__),
+  )
 
 
 def assert_params_close(a, b):
@@ -41,7 +46,8 @@ def assert_params_close(a, b):
 
 
 def test_eight_devices_match_one_device(tmp_path):
-  result = run_python("""
+  result = run_python(
+    """
       import json, sys, tempfile
       import jax, numpy as np
       from conftest import synthetic_split
@@ -75,7 +81,10 @@ def test_eight_devices_match_one_device(tmp_path):
       except ConfigError as e:
         out["refusal"] = str(e)
       print(json.dumps(out))
-      """, EIGHT_DEVICES, tmp_path)
+      """,
+    EIGHT_DEVICES,
+    tmp_path,
+  )
   assert result.returncode == 0, result.stderr
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out["1"]["devices"] == 1 and out["8"]["devices"] == 8
@@ -99,16 +108,32 @@ def test_two_processes_on_localhost_match_one_process(trained_run, session_idx_d
   workdir = tmp_path / "run"
   port = _free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "vae_jax", *train_args(workdir, session_idx_dir),
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in (0, 1)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "vae_jax",
+        *train_args(workdir, session_idx_dir),
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
+    for i in (0, 1)
+  ]
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err
   assert "====> Epoch: 2" in outputs[0][0] and "====>" not in outputs[1][0]  # Process 0 reports.
-  two, one = ([json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
-              for w in (workdir, trained_run))
+  two, one = (
+    [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
+    for w in (workdir, trained_run)
+  )
   for r2, r1 in zip(two, one, strict=True):
     for key in ("train_loss", "test_loss", "test_loss_mean_z"):
       np.testing.assert_allclose(r2[key], r1[key], rtol=1e-5)
@@ -125,12 +150,26 @@ def _two_processes(workdirs, idx_dir, *extra, pause=None):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   procs = []
   for i, workdir in enumerate(workdirs):
-    args = [*train_args(workdir, idx_dir, *extra), f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2", f"--process_id={i}"]
-    head = ([os.path.join(os.path.dirname(__file__), "pause_run.py"), *pause, "--"]
-            if pause and i == 0 else ["-m", "vae_jax"])
-    procs.append(subprocess.Popen([sys.executable, *head, *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env))
+    args = [
+      *train_args(workdir, idx_dir, *extra),
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+    ]
+    head = (
+      [os.path.join(os.path.dirname(__file__), "pause_run.py"), *pause, "--"]
+      if pause and i == 0
+      else ["-m", "vae_jax"]
+    )
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, *head, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+      )
+    )
   return procs
 
 
@@ -141,12 +180,14 @@ def _finish(procs):
   return outputs
 
 
-def test_two_processes_without_a_shared_disk_killed_and_resumed_bit_identical(session_idx_dir,
-                                                                              tmp_path):
+def test_two_processes_without_a_shared_disk_killed_and_resumed_bit_identical(
+  session_idx_dir, tmp_path
+):
   """Process 0 alone writes (process 1's workdir stays absent); after a SIGKILL of both
   once epoch 1 is checkpointed, the same commands resume from process 0's checkpoint, sent
   to process 1, and end bit-identical to an uninterrupted two-process run."""
   from test_checkpoint import assert_trees_equal_bitwise, metrics, saved_arrays
+
   whole = [tmp_path / "whole0", tmp_path / "whole1"]
   _finish(_two_processes(whole, session_idx_dir))
   killed = [tmp_path / "killed0", tmp_path / "killed1"]
@@ -186,9 +227,17 @@ def test_each_process_holds_only_its_rows_of_the_train_set():
                                          for s in arr.addressable_shards)}))
       """
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), f"127.0.0.1:{port}", str(i)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=os.path.dirname(__file__)) for i in (0, 1)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", textwrap.dedent(code), f"127.0.0.1:{port}", str(i)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+      cwd=os.path.dirname(__file__),
+    )
+    for i in (0, 1)
+  ]
   outs = [json.loads(out.strip().splitlines()[-1]) for out, _ in _finish(procs)]
   x = np.arange(30, dtype=np.uint8).reshape(10, 3)
   assert outs[0]["shape"] == outs[1]["shape"] == [16, 3]
@@ -198,18 +247,23 @@ def test_each_process_holds_only_its_rows_of_the_train_set():
   assert outs[1]["shards"] == [[8, 2], [10, 2], [12, 2], [14, 2]]
 
 
-def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(small_config, small_splits,
-                                                                 tmp_path):
+def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(
+  small_config, small_splits, tmp_path
+):
   small_config.optim.num_epochs, small_config.run.save_images = 1, False
   small_config.model.compute_dtype = "bfloat16"
   state, records = training.train_and_evaluate(small_config, tmp_path / "bf16", small_splits)
   for leaf in jax.tree.leaves((state.params, state.opt_state)):
     assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
-  jaxpr = str(jax.make_jaxpr(state.apply_fn)({"params": state.params},
-                                             jnp.zeros((2, 28, 28, 1)), jax.random.key(0)))
+  jaxpr = str(
+    jax.make_jaxpr(state.apply_fn)(
+      {"params": state.params}, jnp.zeros((2, 28, 28, 1)), jax.random.key(0)
+    )
+  )
   assert "bf16[2,400]" in jaxpr  # The layers compute in bfloat16.
-  logits, mu, logvar = state.apply_fn({"params": state.params}, jnp.zeros((2, 28, 28, 1)),
-                                      jax.random.key(0))
+  logits, mu, logvar = state.apply_fn(
+    {"params": state.params}, jnp.zeros((2, 28, 28, 1)), jax.random.key(0)
+  )
   assert logits.dtype == mu.dtype == logvar.dtype == jnp.float32  # The loss sees float32.
   small_config.model.compute_dtype = "float32"
   _, records32 = training.train_and_evaluate(small_config, tmp_path / "f32", small_splits)
@@ -218,13 +272,15 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(small_config, sm
 
 
 def test_unknown_compute_dtype_is_refused():
-  with pytest.raises(ConfigError,
-                     match="config.model.compute_dtype='float16': expected one of float32, bfloat16"):
+  with pytest.raises(
+    ConfigError, match="config.model.compute_dtype='float16': expected one of float32, bfloat16"
+  ):
     make_model({"model.compute_dtype": "float16"})
 
 
 def test_vmapped_models_are_sharded_over_devices(tmp_path):
-  result = run_python("""
+  result = run_python(
+    """
       import json
       import jax, numpy as np
       from conftest import synthetic_split
@@ -233,7 +289,9 @@ def test_vmapped_models_are_sharded_over_devices(tmp_path):
       kernel = states.params["decoder"]["logits"]["kernel"]
       print(json.dumps({"shards": len(kernel.sharding.device_set), "spec": str(kernel.sharding.spec),
                         "test_loss": [r[-1]["test_loss"] for r in records]}))
-      """, {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+      """,
+    {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+  )
   assert result.returncode == 0, result.stderr
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out["shards"] == 4 and "models" in out["spec"]  # One model per device.

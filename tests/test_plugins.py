@@ -20,8 +20,13 @@ from vae_jax import __main__ as cli, models, objectives
 from vae_jax.registry import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "experiments" / "my_ideas.py"
-PLUGIN_ARGS = ("--plugin=my_ideas", "--config.model.name=resmlp", "--config.model.hidden_dim=32",
-               "--config.objective.name=cyclical", "--config.run.tensorboard=False")
+PLUGIN_ARGS = (
+  "--plugin=my_ideas",
+  "--config.model.name=resmlp",
+  "--config.model.hidden_dim=32",
+  "--config.objective.name=cyclical",
+  "--config.run.tensorboard=False",
+)
 
 
 @pytest.fixture()
@@ -39,28 +44,37 @@ def plugin_dir(tmp_path, monkeypatch):
   objectives.REGISTRY.entries.pop("cyclical", None)
 
 
-def test_a_plugin_run_trains_resumes_sweeps_and_reopens_from_fresh_processes(plugin_dir, tmp_path,
-                                                                              session_idx_dir, capsys):
+def test_a_plugin_run_trains_resumes_sweeps_and_reopens_from_fresh_processes(
+  plugin_dir, tmp_path, session_idx_dir, capsys
+):
   workdir = tmp_path / "run"
   kill_at("after_checkpoint_1", workdir, session_idx_dir, *PLUGIN_ARGS)  # SIGKILLed after epoch 1.
   resumed = run_cli(*train_args(workdir, session_idx_dir, *PLUGIN_ARGS))  # The same command.
   assert resumed.returncode == 0, resumed.stderr
   assert "Resuming from" in resumed.stdout
-  assert [r["epoch"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+  assert [
+    r["epoch"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+  ] == [1, 2]
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["plugins"] == ["my_ideas"]
   # Each entry's own settings and defaults: resmlp's hidden_dim as given, cyclical's beta 0.25.
-  assert saved["model"] == {"name": "resmlp", "latent_dim": 20, "compute_dtype": "float32",
-                            "hidden_dim": 32, "num_blocks": 1}
+  assert saved["model"] == {
+    "name": "resmlp",
+    "latent_dim": 20,
+    "compute_dtype": "float32",
+    "hidden_dim": 32,
+    "num_blocks": 1,
+  }
   assert saved["objective"]["beta"] == 0.25 and "free_bits" not in saved["objective"]
 
   study = tmp_path / "study.py"
   study.write_text(
-      "import vae_jax\n\ndef get_config():\n"
-      "  return vae_jax.make_study('cyclical_beta', 'beta?', {'objective.beta': [0.5, 2.0]}, 2, {\n"
-      "      'plugins': ['my_ideas'], 'model.name': 'resmlp', 'objective.name': 'cyclical',\n"
-      f"      'data.source': 'idx', 'data.dir': '{session_idx_dir}', 'optim.num_epochs': 1,\n"
-      "      'run.save_images': False, 'run.tensorboard': False})\n")
+    "import vae_jax\n\ndef get_config():\n"
+    "  return vae_jax.make_study('cyclical_beta', 'beta?', {'objective.beta': [0.5, 2.0]}, 2, {\n"
+    "      'plugins': ['my_ideas'], 'model.name': 'resmlp', 'objective.name': 'cyclical',\n"
+    f"      'data.source': 'idx', 'data.dir': '{session_idx_dir}', 'optim.num_epochs': 1,\n"
+    "      'run.save_images': False, 'run.tensorboard': False})\n"
+  )
   swept = run_cli("sweep", f"--config={study}", f"--workdir={tmp_path / 'sweep'}")
   assert swept.returncode == 0, swept.stderr
   rows = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
@@ -86,10 +100,13 @@ def test_a_plugin_run_trains_resumes_sweeps_and_reopens_from_fresh_processes(plu
   (plugin_dir / "my_ideas.py").unlink()
   sys.modules.pop("my_ideas", None)
   importlib.invalidate_caches()
-  status = cli.main(train_args(workdir, session_idx_dir, "--config.optim.num_epochs=3", *PLUGIN_ARGS[1:]))
+  status = cli.main(
+    train_args(workdir, session_idx_dir, "--config.optim.num_epochs=3", *PLUGIN_ARGS[1:])
+  )
   assert status == 2 and capsys.readouterr().err.strip().splitlines() == [
-      f"vae_jax: error: plugin 'my_ideas' (recorded by run {workdir}): cannot be imported "
-      "(ModuleNotFoundError: No module named 'my_ideas'); put its package on PYTHONPATH or install it"]
+    f"vae_jax: error: plugin 'my_ideas' (recorded by run {workdir}): cannot be imported "
+    "(ModuleNotFoundError: No module named 'my_ideas'); put its package on PYTHONPATH or install it"
+  ]
   assert tree_bytes(workdir) == before
 
 
@@ -104,13 +121,17 @@ def test_each_entry_owns_its_settings_from_the_command_line(plugin_dir, capsys):
   assert settings.model[1]["hidden_dim"] == 32 and settings.objective[1]["beta"] == 0.25
   assert settings.plugins == ("my_ideas",)
   assert _parse_error(capsys, *PLUGIN_ARGS, "--config.model.init_scheme=flax") == (
-      "vae_jax: error: config.model.init_scheme=flax: does not apply to model 'resmlp' (its "
-      "settings: compute_dtype, hidden_dim, latent_dim, num_blocks; init_scheme is a setting of "
-      "hvae2, mlp)")
-  assert "unknown config key 'bogus': config.objective.bogus is not a setting of objective 'cyclical'" in _parse_error(
-      capsys, *PLUGIN_ARGS, "--config.objective.bogus=1")
-  _, _, config = cli.parse(["train", "--workdir=/nonexistent/w", "--config.plugins=('my_ideas',)",
-                            *PLUGIN_ARGS[1:]])  # The config's plugins, instead of --plugin.
+    "vae_jax: error: config.model.init_scheme=flax: does not apply to model 'resmlp' (its "
+    "settings: compute_dtype, hidden_dim, latent_dim, num_blocks; init_scheme is a setting of "
+    "hvae2, mlp)"
+  )
+  assert (
+    "unknown config key 'bogus': config.objective.bogus is not a setting of objective 'cyclical'"
+    in _parse_error(capsys, *PLUGIN_ARGS, "--config.objective.bogus=1")
+  )
+  _, _, config = cli.parse(
+    ["train", "--workdir=/nonexistent/w", "--config.plugins=('my_ideas',)", *PLUGIN_ARGS[1:]]
+  )  # The config's plugins, instead of --plugin.
   assert vae_jax.parse_config(config).model[1]["hidden_dim"] == 32
   # The same keys for the built-in entries keep their own defaults.
   _, _, config = cli.parse(["train", "--workdir=/nonexistent/w", "--plugin=my_ideas"])
@@ -120,8 +141,9 @@ def test_each_entry_owns_its_settings_from_the_command_line(plugin_dir, capsys):
 
 def test_an_unimportable_plugin_is_one_line(capsys):
   assert _parse_error(capsys, "--plugin=no_such_ideas") == (
-      "vae_jax: error: plugin 'no_such_ideas' (--plugin): cannot be imported (ModuleNotFoundError: "
-      "No module named 'no_such_ideas'); put its package on PYTHONPATH or install it")
+    "vae_jax: error: plugin 'no_such_ideas' (--plugin): cannot be imported (ModuleNotFoundError: "
+    "No module named 'no_such_ideas'); put its package on PYTHONPATH or install it"
+  )
 
 
 @struct.dataclass
@@ -145,25 +167,38 @@ def test_a_taken_name_is_refused_unless_replaced():
 def test_hparams_that_are_not_a_flax_struct_dataclass_are_refused():
   class Plain(vae_jax.Hparams):  # Not decorated: its fields would be no settings.
     weight: float = 1.0
+
   for hparams in (Plain, dict):
-    with pytest.raises(ConfigError, match="must be a subclass of vae_jax.Hparams decorated with "
-                                          "@flax.struct.dataclass"):
+    with pytest.raises(
+      ConfigError,
+      match="must be a subclass of vae_jax.Hparams decorated with @flax.struct.dataclass",
+    ):
       vae_jax.register_objective("plain_test", hparams)
   with pytest.raises(ConfigError, match="is not a subclass of vae_jax.VAE"):
     vae_jax.register_model("plain_test")(dict)
-  assert "plain_test" not in objectives.REGISTRY.entries and "plain_test" not in models.REGISTRY.entries
+  assert (
+    "plain_test" not in objectives.REGISTRY.entries and "plain_test" not in models.REGISTRY.entries
+  )
 
 
-@pytest.mark.parametrize("metrics,message", [
+@pytest.mark.parametrize(
+  "metrics,message",
+  [
     ({"rec": 0.0}, "objective 'bad_test': its metrics \\['rec'\\] lack 'loss'"),
-    ({"loss": 0.0, "kl": np.zeros(3)}, "objective 'bad_test': metric 'kl' has shape \\(3,\\); expected a scalar"),
-])
-def test_an_objective_with_bad_metrics_is_one_line_at_first_trace(metrics, message, tmp_path,
-                                                                   small_splits):
+    (
+      {"loss": 0.0, "kl": np.zeros(3)},
+      "objective 'bad_test': metric 'kl' has shape \\(3,\\); expected a scalar",
+    ),
+  ],
+)
+def test_an_objective_with_bad_metrics_is_one_line_at_first_trace(
+  metrics, message, tmp_path, small_splits
+):
   @vae_jax.register_objective("bad_test", GoodHparams)
   def bad(params, apply_fn, x, key, hparams):
     logits, _, _ = apply_fn({"params": params}, x, key)
     return jax.numpy.sum(logits), metrics
+
   try:
     config = vae_jax.get_config(objective="bad_test")
     with pytest.raises(ConfigError, match=message):
@@ -177,6 +212,7 @@ def test_custom_objective_honours_the_configured_likelihood():
   """experiments/custom_objective.py's -log p(x|z) is the configured one (Gaussian here),
   checked against the density written out in numpy."""
   import experiments.custom_objective as custom
+
   try:
     config = vae_jax.get_config(objective="mmd_vae")
     config.objective.update(likelihood="gaussian", gaussian_sigma=0.1)
@@ -184,8 +220,13 @@ def test_custom_objective_honours_the_configured_likelihood():
     state, _ = vae_jax.create_state(config, (4, 4, 1), num_train_examples=8)
     x = np.random.RandomState(0).rand(3, 4, 4, 1).astype(np.float32)
     key = jax.random.key(3)
-    _, metrics = custom.mmd_vae(state.params, state.apply_fn, x, key,
-                                custom.MmdHparams(likelihood="gaussian", gaussian_sigma=0.1))
+    _, metrics = custom.mmd_vae(
+      state.params,
+      state.apply_fn,
+      x,
+      key,
+      custom.MmdHparams(likelihood="gaussian", gaussian_sigma=0.1),
+    )
     logits, _, _ = state.apply_fn({"params": state.params}, x, key)  # The same z.
     mean = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
     nll = np.sum(0.5 * ((x - mean) / 0.1) ** 2 + np.log(0.1) + 0.5 * np.log(2 * np.pi))
@@ -199,9 +240,11 @@ def test_an_installed_packages_entry_point_registers_its_entries(tmp_path, monke
   """A package installed with an entry point in the group 'vae_jax.plugins' needs no
   --plugin: reading a config imports it."""
   from vae_jax import plugins
+
   (tmp_path / "ep_ideas.py").write_text(
-      "import vae_jax\nfrom vae_jax.models import mlp\n\n"
-      "@vae_jax.register_model('ep_test')\nclass Wide(mlp.MLP):\n  hidden_dim: int = 8\n")
+    "import vae_jax\nfrom vae_jax.models import mlp\n\n"
+    "@vae_jax.register_model('ep_test')\nclass Wide(mlp.MLP):\n  hidden_dim: int = 8\n"
+  )
   info = tmp_path / "ep_ideas-0.1.dist-info"
   info.mkdir()
   (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-ideas\nVersion: 0.1\n")

@@ -38,15 +38,21 @@ def test_asynchronous_checkpoints_are_the_synchronous_ones(small_config, small_s
   assert [r["test_loss"] for r in background] == [r["test_loss"] for r in sync]
   assert _steps(tmp_path / "async") == [1, 2]
   for epoch in ("1", "2"):
-    assert_trees_equal_bitwise(saved_arrays(tmp_path / "async", epoch),
-                               saved_arrays(tmp_path / "sync", epoch))
+    assert_trees_equal_bitwise(
+      saved_arrays(tmp_path / "async", epoch), saved_arrays(tmp_path / "sync", epoch)
+    )
     assert (tmp_path / "async" / "checkpoints" / epoch / checkpoint.MANIFEST).exists()
 
 
 def test_checkpoint_cadence_by_time_and_on_a_stop():
-  settings = config_lib.parse({"optim": {"num_epochs": 10},
-                               "run": {"checkpoint_every_epochs": 0, "checkpoint_every_seconds": 60}})
+  settings = config_lib.parse(
+    {
+      "optim": {"num_epochs": 10},
+      "run": {"checkpoint_every_epochs": 0, "checkpoint_every_seconds": 60},
+    }
+  )
   import time
+
   now = time.monotonic()
   assert not training.checkpoint_due(settings, 3, now, stopping=False)
   assert training.checkpoint_due(settings, 3, now - 61, stopping=False)  # A minute passed.
@@ -54,13 +60,18 @@ def test_checkpoint_cadence_by_time_and_on_a_stop():
   assert training.checkpoint_due(settings, 10, now, stopping=False)  # The last epoch.
 
 
-@pytest.mark.parametrize("key, value, expected", [
+@pytest.mark.parametrize(
+  "key, value, expected",
+  [
     ("checkpoint_every_epochs", -1, "0 (not by count) or a number of epochs"),
     ("checkpoint_every_seconds", float("inf"), "0 (not by time) or a finite number of seconds"),
     ("per_device_batch_size", -2, "0 (use optim.batch_size) or an integer in [1, 2**31)"),
-])
+  ],
+)
 def test_bad_scaling_settings_are_refused(key, value, expected):
-  with pytest.raises(ConfigError, match=re.escape(f"config.run.{key}={value!r}: expected {expected}")):
+  with pytest.raises(
+    ConfigError, match=re.escape(f"config.run.{key}={value!r}: expected {expected}")
+  ):
     config_lib.parse({"run": {key: value}})
 
 
@@ -76,7 +87,8 @@ def test_auto_data_parallelism_keeps_a_small_batch_on_one_device(monkeypatch):
 
 
 def test_per_device_batch_on_four_devices_and_the_model_axis_over_a_divisor(tmp_path):
-  out = run_python_json("""
+  out = run_python_json(
+    """
       import json, tempfile
       import jax, numpy as np
       from conftest import synthetic_split
@@ -94,7 +106,9 @@ def test_per_device_batch_on_four_devices_and_the_model_axis_over_a_divisor(tmp_
                         "six_on_4": len(parallel.shard_models(tree, 6)["a"].sharding.device_set),
                         "six_on_2": len(parallel.shard_models(tree, 6, 2)["a"].sharding.device_set),
                         "five": len(parallel.shard_models(tree, 5)["a"].sharding.device_set)}))
-      """, devices=4)
+      """,
+    devices=4,
+  )
   assert out["batch"] == 128 and out["steps"] == 3  # 32 per device x 4 devices: 300 in 3 steps.
   assert (out["six_on_4"], out["six_on_2"], out["five"]) == (3, 2, 1)
 
@@ -114,8 +128,11 @@ def test_a_cluster_jax_knows_gets_the_no_argument_initialize(monkeypatch):
 
 
 def test_an_accelerator_run_caches_its_executables_for_resume(monkeypatch, tmp_path):
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
+  names = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
   suite_cache = {name: getattr(jax.config, name) for name in names}  # conftest's: restored below.
   jax.config.update("jax_compilation_cache_dir", None)
   try:
@@ -135,6 +152,7 @@ def test_workdir_paths_go_through_epath(tmp_path):
   from etils import epath
 
   from vae_jax import workdir
+
   assert isinstance(workdir.check_directory(tmp_path / "w"), epath.Path)
   assert checkpoint.is_local(tmp_path) and not checkpoint.is_local("gs://bucket/run")
   assert str(checkpoint.absolute("gs://bucket/run")) == "gs://bucket/run"

@@ -24,8 +24,10 @@ B = 32
 def setup():
   torch.manual_seed(0)
   torch_model = pytorch_reference.VAE()
-  params = jax.tree.map(jnp.asarray, convert.flax_from_torch(
-      {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}))
+  params = jax.tree.map(
+    jnp.asarray,
+    convert.flax_from_torch({k: v.detach().numpy() for k, v in torch_model.state_dict().items()}),
+  )
   rs = np.random.RandomState(0)
   x = (rs.randint(0, 256, (B, 784)) / 255).astype(np.float32)  # Pixels / 255, as both feed.
   eps = np.asarray(jax.random.normal(jax.random.key(3), (B, 20)))  # What the JAX model draws.
@@ -99,19 +101,23 @@ def test_one_adam_step_leaves_the_same_parameters(setup):
   _torch_loss(torch_model, x, eps)[0].backward()
   grads_t = convert.flax_from_torch({k: p.grad.numpy() for k, p in torch_model.named_parameters()})
   opt_t.step()
-  after_t = convert.flax_from_torch({k: v.detach().numpy() for k, v in torch_model.state_dict().items()})
+  after_t = convert.flax_from_torch(
+    {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
+  )
   tx = optax.adam(1e-3)
   step = lambda grads: optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
   # The optimizers alone, fed the same gradients: the same parameters.
-  jax.tree.map(lambda j, t: np.testing.assert_allclose(j, t, rtol=1e-5, atol=1e-8),
-               step(grads_t), after_t)
+  jax.tree.map(
+    lambda j, t: np.testing.assert_allclose(j, t, rtol=1e-5, atol=1e-8), step(grads_t), after_t
+  )
   # End to end, each with its own gradients. Step 1 of Adam moves a weight by
   # lr * g / (|g| + 1e-8): about 1e-3 when |g| >> 1e-8, but a weight whose gradient is
   # within float32 rounding of 0 can move by any amount up to 1e-3 in either. atol 5e-6
   # (0.5 % of a step) covers those few; every other weight agrees to rtol 1e-5.
   grads_j = jax.grad(lambda p: _jax_loss(p, x, jax.random.key(3))[0])(params)
-  jax.tree.map(lambda j, t: np.testing.assert_allclose(j, t, rtol=1e-5, atol=5e-6),
-               step(grads_j), after_t)
+  jax.tree.map(
+    lambda j, t: np.testing.assert_allclose(j, t, rtol=1e-5, atol=5e-6), step(grads_j), after_t
+  )
 
 
 def test_train_step_draws_the_noise_the_reference_is_given(setup):
@@ -121,9 +127,13 @@ def test_train_step_draws_the_noise_the_reference_is_given(setup):
   rng_noise = jax.random.key(11)
   x_u8 = np.round(x * 255).astype(np.uint8)
   elbo = objectives.REGISTRY.get("elbo")
-  _, metrics = step.train_step(state, jnp.asarray(x_u8), rng_noise,
-                               objectives.make_hparams((elbo, dict(elbo.settings))),
-                               objective_fn=elbo.target.fn)
+  _, metrics = step.train_step(
+    state,
+    jnp.asarray(x_u8),
+    rng_noise,
+    objectives.make_hparams((elbo, dict(elbo.settings))),
+    objective_fn=elbo.target.fn,
+  )
   eps = np.asarray(jax.random.normal(jax.random.fold_in(rng_noise, 0), (B, 20)))
   loss_t, _ = _torch_loss(torch_model, x_u8.astype(np.float32) / 255, eps)
   np.testing.assert_allclose(float(metrics["loss"]), loss_t.item(), rtol=1e-5)
@@ -136,10 +146,13 @@ def test_torch_init_option_draws_from_nn_linear_distribution(layer, fan_in):
   fan_out = {"fc1": 400, "fc21": 20, "fc3": 400, "fc4": 784}[layer]
   draws = 200_000 // (fan_in * fan_out) + 1  # At least 200k weights per side.
   kernel_init, bias_init = mlp.torch_linear_init(fan_in)
-  ours = np.concatenate([np.ravel(kernel_init(jax.random.key(i), (fan_in, fan_out))) for i in range(draws)])
+  ours = np.concatenate(
+    [np.ravel(kernel_init(jax.random.key(i), (fan_in, fan_out))) for i in range(draws)]
+  )
   torch.manual_seed(0)
-  theirs = np.concatenate([torch.nn.Linear(fan_in, fan_out).weight.detach().numpy().ravel()
-                           for _ in range(draws)])
+  theirs = np.concatenate(
+    [torch.nn.Linear(fan_in, fan_out).weight.detach().numpy().ravel() for _ in range(draws)]
+  )
   for w in (ours, theirs):
     assert np.abs(w).max() <= bound and np.abs(w).max() > 0.999 * bound
     n = w.size

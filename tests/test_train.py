@@ -29,8 +29,9 @@ def _step_fn(config):
 
 
 def _hparams():
-  return objectives.make_hparams((objectives.REGISTRY.get("elbo"),
-                                  dict(objectives.REGISTRY.get("elbo").settings)))
+  return objectives.make_hparams(
+    (objectives.REGISTRY.get("elbo"), dict(objectives.REGISTRY.get("elbo").settings))
+  )
 
 
 def test_split_batches_keeps_the_last_partial_batch():
@@ -65,8 +66,9 @@ def test_scanned_epoch_equals_python_loop_of_train_steps(small_config, small_spl
       state, metrics = one_step(state, x[idx], keys0["noise"], _hparams())
       total += float(metrics["loss"])
     assert int(state.step) == int(scanned.step[0]) == 3 * epoch
-    chex.assert_trees_all_close(group_lib.unstack(scanned.params), state.params, rtol=1e-5,
-                                atol=1e-6)
+    chex.assert_trees_all_close(
+      group_lib.unstack(scanned.params), state.params, rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(float(sums["loss"][0]), total, rtol=1e-5)
 
 
@@ -90,6 +92,7 @@ def test_same_config_and_seed_give_bit_identical_parameters(small_config, small_
     for epoch in (1, 2):
       states, _ = programs.train_epoch(states, keys, epoch)
     return jax.device_get(states.params)
+
   first, again, other = run(1), run(1), run(2)
   jax.tree.map(np.testing.assert_array_equal, first, again)
   assert not np.allclose(first["decoder"]["logits"]["kernel"], other["decoder"]["logits"]["kernel"])
@@ -112,8 +115,14 @@ def test_evaluate_matches_an_independent_per_example_computation(small_config, s
   x_u8 = small_splits["test"][0]
   key = jax.random.key(5)
   sums = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))(
-      state.params, state.apply_fn, jnp.asarray(x_u8), key, batch_size=32,
-      objective_fn=objectives.REGISTRY.get("elbo").target.fn, hparams=_hparams().for_evaluation())
+    state.params,
+    state.apply_fn,
+    jnp.asarray(x_u8),
+    key,
+    batch_size=32,
+    objective_fn=objectives.REGISTRY.get("elbo").target.fn,
+    hparams=_hparams().for_evaluation(),
+  )
   assert set(sums) == {"loss", "bce", "kl", "loss_mean_z", "bce_mean_z"}
   x = x_u8.astype(np.float32) / 255
   # z = mu over the whole set at once; sampled z batch by batch (32, 32, 32, 4) with fold_in(key, i).
@@ -122,9 +131,10 @@ def test_evaluate_matches_an_independent_per_example_computation(small_config, s
   kl = np.sum(losses.kl_per_example(mu, logvar))
   bce = 0.0
   for i, start in enumerate(range(0, 100, 32)):
-    logits_i, _, _ = state.apply_fn({"params": state.params}, x[start:start + 32],
-                                    jax.random.fold_in(key, i))
-    bce += float(np.sum(losses.bce_per_example(logits_i, x[start:start + 32])))
+    logits_i, _, _ = state.apply_fn(
+      {"params": state.params}, x[start : start + 32], jax.random.fold_in(key, i)
+    )
+    bce += float(np.sum(losses.bce_per_example(logits_i, x[start : start + 32])))
   np.testing.assert_allclose(sums["bce_mean_z"], bce_mu, rtol=1e-5)
   np.testing.assert_allclose(sums["kl"], kl, rtol=1e-5)
   np.testing.assert_allclose(sums["loss_mean_z"], bce_mu + kl, rtol=1e-5)
@@ -140,12 +150,24 @@ def test_train_and_evaluate_writes_reference_outputs(small_config, small_splits,
     assert all(np.isfinite(r[key]) for r in lines), key
   assert lines[0]["compile_seconds"] > 0 and lines[1]["compile_seconds"] == 0
   assert lines[1]["steps"] == int(state.step) == 6
-  np.testing.assert_allclose(lines[1]["test_loss"], lines[1]["test_bce"] + lines[1]["test_kl"], rtol=1e-5)
+  np.testing.assert_allclose(
+    lines[1]["test_loss"], lines[1]["test_bce"] + lines[1]["test_kl"], rtol=1e-5
+  )
   assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["latent_dim"] == 20
-  assert list(lines[0])[:9] == ["epoch", "train_loss", "train_bce", "train_kl", "test_loss", "test_bce",
-                                "test_kl", "test_loss_mean_z", "test_bce_mean_z"]
+  assert list(lines[0])[:9] == [
+    "epoch",
+    "train_loss",
+    "train_bce",
+    "train_kl",
+    "test_loss",
+    "test_bce",
+    "test_kl",
+    "test_loss_mean_z",
+    "test_bce_mean_z",
+  ]
   for epoch in (1, 2):
     from PIL import Image
+
     assert Image.open(tmp_path / "run" / f"reconstruction_{epoch}.png").size == (242, 62)
     assert Image.open(tmp_path / "run" / f"sample_{epoch}.png").size == (242, 242)
   out = capsys.readouterr().out
@@ -155,24 +177,34 @@ def test_train_and_evaluate_writes_reference_outputs(small_config, small_splits,
 
 def test_workdir_with_an_earlier_run_is_refused_untouched(small_config, small_splits, tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
-  with pytest.raises(workdir.WorkdirError, match="holds a run \\(metrics.jsonl\\) with no checkpoint"):
+  with pytest.raises(
+    workdir.WorkdirError, match="holds a run \\(metrics.jsonl\\) with no checkpoint"
+  ):
     training.train_and_evaluate(small_config, tmp_path, small_splits)
   assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
 
-@pytest.mark.parametrize("key,value,message", [
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
     ("model.latent_dim", 0, "config.model.latent_dim=0: expected an integer >= 1"),
     ("optim.learning_rate", -1.0, "config.optim.learning_rate=-1.0"),
     ("optim.b2", 1.0, "config.optim.b2=1.0: expected a value in \\[0, 1\\)"),
     ("model.init_scheme", "he", "config.model.init_scheme='he': expected one of torch, flax"),
     ("data.source", "web", "config.data.source='web'"),
     ("objective.beta", -1.0, "config.objective.beta=-1.0: expected a finite value >= 0"),
-    ("objective.tc_weight", 2.0, "config.objective.tc_weight=2.0: does not apply to objective 'elbo'"),
+    (
+      "objective.tc_weight",
+      2.0,
+      "config.objective.tc_weight=2.0: does not apply to objective 'elbo'",
+    ),
     ("run.models_strategy", "pmap", "config.run.models_strategy='pmap'"),
-])
-def test_invalid_config_values_are_refused_before_writing(small_config, small_splits, tmp_path,
-                                                          key, value, message):
+  ],
+)
+def test_invalid_config_values_are_refused_before_writing(
+  small_config, small_splits, tmp_path, key, value, message
+):
   section, name = key.split(".")
   small_config[section][name] = value
   with pytest.raises(ConfigError, match=message):
@@ -181,7 +213,11 @@ def test_invalid_config_values_are_refused_before_writing(small_config, small_sp
 
 
 def test_batch_larger_than_the_data_is_refused_before_writing(small_config, idx_dir, tmp_path):
-  small_config.data.source, small_config.data.dir, small_config.optim.batch_size = "idx", str(idx_dir), 301
+  small_config.data.source, small_config.data.dir, small_config.optim.batch_size = (
+    "idx",
+    str(idx_dir),
+    301,
+  )
   with pytest.raises(ConfigError, match="batch_size=301: larger than the training set \\(300"):
     training.train_and_evaluate(small_config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
@@ -192,14 +228,17 @@ def read_events(directory):
   import struct
 
   from tensorboardX.proto import event_pb2
+
   (path,) = directory.glob("events.out.tfevents.*")
   data, out, pos = path.read_bytes(), [], 0
   while pos < len(data):
-    (length,) = struct.unpack("<Q", data[pos:pos + 8])
-    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+    (length,) = struct.unpack("<Q", data[pos : pos + 8])
+    event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
     pos += 12 + length + 4  # length, its crc, the record, its crc
     for v in event.summary.value:
-      out.append((v.tag, event.step, v.image.encoded_image_string if v.HasField("image") else v.simple_value))
+      out.append(
+        (v.tag, event.step, v.image.encoded_image_string if v.HasField("image") else v.simple_value)
+      )
   return out
 
 
@@ -215,6 +254,9 @@ def test_tensorboard_gets_scalars_and_grids_per_epoch(small_config, small_splits
   import io
 
   from PIL import Image
+
   for name in ("sample", "reconstruction"):
     logged = np.asarray(Image.open(io.BytesIO(images[(name, 2)])).convert("L"))
-    np.testing.assert_array_equal(logged, np.asarray(Image.open(tmp_path / "run" / f"{name}_2.png")))
+    np.testing.assert_array_equal(
+      logged, np.asarray(Image.open(tmp_path / "run" / f"{name}_2.png"))
+    )

@@ -26,8 +26,9 @@ def listing(directory: Path) -> dict[str, str]:
   for root, dirs, files in os.walk(directory):
     for name in dirs + files:
       path = Path(root) / name
-      out[str(path.relative_to(directory))] = (f"link -> {os.readlink(path)}" if path.is_symlink()
-                                               else "dir" if path.is_dir() else "file")
+      out[str(path.relative_to(directory))] = (
+        f"link -> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
+      )
   return out
 
 
@@ -57,34 +58,50 @@ def assert_refused(status, lines, name):
   assert name in lines[0] and "Traceback" not in lines[0], lines[0]
 
 
-FRESH_NAMES = ["config.json", "metrics.jsonl", "checkpoints", "tensorboard", "sample_1.png",
-               "reconstruction_2.png", ".first_checkpoint_pending", ".metrics.jsonl.tmp",
-               ".sample_1.png.tmp"]
+FRESH_NAMES = [
+  "config.json",
+  "metrics.jsonl",
+  "checkpoints",
+  "tensorboard",
+  "sample_1.png",
+  "reconstruction_2.png",
+  ".first_checkpoint_pending",
+  ".metrics.jsonl.tmp",
+  ".sample_1.png.tmp",
+]
 
 
-@pytest.mark.parametrize("kind", ["directory", "empty directory", "symlink", "dangling symlink", "file"])
+@pytest.mark.parametrize(
+  "kind", ["directory", "empty directory", "symlink", "dangling symlink", "file"]
+)
 @pytest.mark.parametrize("name", FRESH_NAMES)
-def test_a_fresh_workdir_refuses_anything_under_an_output_name(name, kind, session_idx_dir, tmp_path,
-                                                                capsys):
+def test_a_fresh_workdir_refuses_anything_under_an_output_name(
+  name, kind, session_idx_dir, tmp_path, capsys
+):
   workdir, outside = tmp_path / "run", tmp_path / "users"
   workdir.mkdir()
   outside.mkdir()
   (workdir / "notes.txt").write_text("the user's")
   put(kind, workdir / name, outside)
   before = snapshot(tmp_path)
-  status, lines = run_main(capsys, train_args(workdir, session_idx_dir, "--config.run.save_images=True"))
+  status, lines = run_main(
+    capsys, train_args(workdir, session_idx_dir, "--config.run.save_images=True")
+  )
   assert_refused(status, lines, name)
   assert snapshot(tmp_path) == before
 
 
-def test_an_image_name_past_the_last_epoch_is_not_in_the_way_and_stays(session_idx_dir, tmp_path,
-                                                                       capsys):
+def test_an_image_name_past_the_last_epoch_is_not_in_the_way_and_stays(
+  session_idx_dir, tmp_path, capsys
+):
   """The issue's case, inverted: sample_9.png/ (the user's) is no output of a 2-epoch run."""
   workdir = tmp_path / "run"
   workdir.mkdir()
   put("directory", workdir / "sample_9.png", tmp_path)
   (workdir / "notes.txt").write_text("the user's")
-  status, _ = run_main(capsys, train_args(workdir, session_idx_dir, "--config.run.save_images=True"))
+  status, _ = run_main(
+    capsys, train_args(workdir, session_idx_dir, "--config.run.save_images=True")
+  )
   assert status == 0
   assert (workdir / "sample_9.png" / "keep.txt").read_text() == "the user's"
   assert (workdir / "notes.txt").read_text() == "the user's"
@@ -101,18 +118,31 @@ def resumable(trained_run, tmp_path):
 
 
 def continue_args(workdir, idx_dir):
-  return [*train_args(workdir, idx_dir), "--config.optim.num_epochs=3", "--config.run.save_images=True"]
+  return [
+    *train_args(workdir, idx_dir),
+    "--config.optim.num_epochs=3",
+    "--config.run.save_images=True",
+  ]
 
 
-RESUMED_NAMES = ["config.json", "metrics.jsonl", "tensorboard", "checkpoints", "sample_2.png",
-                 "sample_3.png", "reconstruction_3.png", ".first_checkpoint_pending",
-                 ".config.json.tmp"]
+RESUMED_NAMES = [
+  "config.json",
+  "metrics.jsonl",
+  "tensorboard",
+  "checkpoints",
+  "sample_2.png",
+  "sample_3.png",
+  "reconstruction_3.png",
+  ".first_checkpoint_pending",
+  ".config.json.tmp",
+]
 
 
 @pytest.mark.parametrize("kind", ["directory", "symlink", "dangling symlink"])
 @pytest.mark.parametrize("name", RESUMED_NAMES)
-def test_a_resumed_workdir_refuses_a_directory_or_link_under_an_output_name(name, kind, resumable,
-                                                                            session_idx_dir, capsys):
+def test_a_resumed_workdir_refuses_a_directory_or_link_under_an_output_name(
+  name, kind, resumable, session_idx_dir, capsys
+):
   path, outside = resumable / name, resumable.parent / "users"
   if path.exists():
     if kind == "directory" and path.is_dir():
@@ -125,23 +155,31 @@ def test_a_resumed_workdir_refuses_a_directory_or_link_under_an_output_name(name
   assert snapshot(resumable.parent) == before
 
 
-def test_a_resumed_run_keeps_the_users_files_and_replaces_only_its_own(resumable, session_idx_dir,
-                                                                       capsys):
-  put("directory", resumable / "sample_7.png", resumable.parent)  # Past the last epoch: not an output.
+def test_a_resumed_run_keeps_the_users_files_and_replaces_only_its_own(
+  resumable, session_idx_dir, capsys
+):
+  put(
+    "directory", resumable / "sample_7.png", resumable.parent
+  )  # Past the last epoch: not an output.
   (resumable / "notes.txt").write_text("the user's")
   put("symlink", resumable / "mine", resumable.parent / "users")
-  before = {k: v for k, v in snapshot(resumable)[0].items() if k.startswith(("sample_7", "notes", "mine"))}
+  before = {
+    k: v for k, v in snapshot(resumable)[0].items() if k.startswith(("sample_7", "notes", "mine"))
+  }
   status, _ = run_main(capsys, continue_args(resumable, session_idx_dir))
   assert status == 0
   after = listing(resumable)
   assert {k: v for k, v in after.items() if k.startswith(("sample_7", "notes", "mine"))} == before
   assert (resumable / "sample_7.png" / "keep.txt").read_text() == "the user's"
-  assert [json.loads(l)["epoch"] for l in (resumable / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+  assert [
+    json.loads(l)["epoch"] for l in (resumable / "metrics.jsonl").read_text().splitlines()
+  ] == [1, 2, 3]
   assert (resumable / "sample_2.png").is_file() and (resumable / "sample_3.png").is_file()
 
 
 def test_leftovers_of_a_run_without_checkpoints_are_removed_only_if_all_are_its_own(
-    trained_run, session_idx_dir, tmp_path, capsys):
+  trained_run, session_idx_dir, tmp_path, capsys
+):
   """A run that ended before its first checkpoint starts afresh, its files removed; a user's
   file inside its checkpoints/ or tensorboard/ stops that, and nothing is removed."""
   workdir = tmp_path / "run"
@@ -158,7 +196,10 @@ def test_leftovers_of_a_run_without_checkpoints_are_removed_only_if_all_are_its_
   (workdir / "tensorboard" / "my-notes.txt").unlink()  # Now all of it is the run's own.
   status, _ = run_main(capsys, train_args(workdir, session_idx_dir))
   assert status == 0 and not (workdir / "checkpoints" / "1.orbax-checkpoint-tmp").exists()
-  assert [json.loads(l)["epoch"] for l in (workdir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+  assert [json.loads(l)["epoch"] for l in (workdir / "metrics.jsonl").read_text().splitlines()] == [
+    1,
+    2,
+  ]
 
 
 def test_a_config_json_that_is_not_a_runs_does_not_mark_one(session_idx_dir, tmp_path, capsys):
@@ -183,7 +224,9 @@ def get_config():
 
 
 def _study(tmp_path, axes) -> Path:
-  data = write_idx_dir(tmp_path / "data", {"train": synthetic_split(64, 0), "test": synthetic_split(32, 1)})
+  data = write_idx_dir(
+    tmp_path / "data", {"train": synthetic_split(64, 0), "test": synthetic_split(32, 1)}
+  )
   path = tmp_path / "study.py"
   path.write_text(STUDY.replace("AXES", repr(axes)).replace("DATA", repr(str(data))))
   return path
@@ -192,15 +235,23 @@ def _study(tmp_path, axes) -> Path:
 def test_a_sweep_axis_with_an_invalid_value_is_refused_before_anything_is_created(tmp_path, capsys):
   study = _study(tmp_path, {"model.latent_dim": [2, 0]})
   before = snapshot(tmp_path)
-  status, lines = run_main(capsys, ["sweep", f"--config={study}", f"--workdir={tmp_path / 'sweep'}"])
+  status, lines = run_main(
+    capsys, ["sweep", f"--config={study}", f"--workdir={tmp_path / 'sweep'}"]
+  )
   assert_refused(status, lines, "model.latent_dim=0")
   assert snapshot(tmp_path) == before and not (tmp_path / "sweep").exists()
 
 
-@pytest.mark.parametrize("where,kind", [("results.csv", "symlink"), ("summary.md", "file"),
-                                         ("runs", "dangling symlink"),
-                                         ("runs/model.latent_dim=2/seed1/metrics.jsonl", "directory"),
-                                         ("runs/model.latent_dim=2/seed1/config.json", "symlink")])
+@pytest.mark.parametrize(
+  "where,kind",
+  [
+    ("results.csv", "symlink"),
+    ("summary.md", "file"),
+    ("runs", "dangling symlink"),
+    ("runs/model.latent_dim=2/seed1/metrics.jsonl", "directory"),
+    ("runs/model.latent_dim=2/seed1/config.json", "symlink"),
+  ],
+)
 def test_a_sweep_refuses_anything_in_the_way_of_its_outputs(where, kind, tmp_path, capsys):
   study, workdir = _study(tmp_path, {"model.latent_dim": [2]}), tmp_path / "sweep"
   (workdir / where).parent.mkdir(parents=True)

@@ -47,15 +47,15 @@ from absl import flags
 from ml_collections import config_flags
 
 COMMANDS = {
-    "train": "train (or resume) a run: --workdir DIR [--config FILE] [--config.SECTION.KEY=VALUE]",
-    "sample": "decode z ~ N(0, I) into a PNG grid: --workdir DIR --out FILE.png [--num 64] [--seed 0]",
-    "reconstruct": "originals over reconstructions: --workdir DIR --out FILE.png [--num 8] [--split test]",
-    "encode": "posterior means and log-variances: --workdir DIR --out FILE.npz [--split test]",
-    "evaluate": "a split's losses and latent diagnostics (one JSON line): --workdir DIR [--split test]",
-    "likelihood": "test NLL by importance sampling (one JSON line): --workdir DIR [--num_samples 5000]",
-    "sweep": "run a study: --config experiments/ablations/STUDY.py --workdir DIR",
-    "prepare": "build a TFDS dataset (ArrayRecord) offline from IDX files: --dataset NAME "
-               "[--from DIR] [--tfds_dir DIR] [--download]",
+  "train": "train (or resume) a run: --workdir DIR [--config FILE] [--config.SECTION.KEY=VALUE]",
+  "sample": "decode z ~ N(0, I) into a PNG grid: --workdir DIR --out FILE.png [--num 64] [--seed 0]",
+  "reconstruct": "originals over reconstructions: --workdir DIR --out FILE.png [--num 8] [--split test]",
+  "encode": "posterior means and log-variances: --workdir DIR --out FILE.npz [--split test]",
+  "evaluate": "a split's losses and latent diagnostics (one JSON line): --workdir DIR [--split test]",
+  "likelihood": "test NLL by importance sampling (one JSON line): --workdir DIR [--num_samples 5000]",
+  "sweep": "run a study: --config experiments/ablations/STUDY.py --workdir DIR",
+  "prepare": "build a TFDS dataset (ArrayRecord) offline from IDX files: --dataset NAME "
+  "[--from DIR] [--tfds_dir DIR] [--download]",
 }
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 
@@ -63,13 +63,20 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 def usage(command: str | None) -> str:
   """The module's usage, or one command's line and its flags; printed by --help."""
   if command not in COMMANDS:
-    return __doc__.strip() + "\n\nCommands:\n" + "\n".join(f"  {c:12s}{h}" for c, h in COMMANDS.items())
-  return (f"python -m vae_jax {command}: {COMMANDS[command]}\n\n" + __doc__.strip().split("\n\n", 2)[-1]
-          + "\n\nConfig keys (train): " + ", ".join(_config_keys()))
+    return (
+      __doc__.strip() + "\n\nCommands:\n" + "\n".join(f"  {c:12s}{h}" for c, h in COMMANDS.items())
+    )
+  return (
+    f"python -m vae_jax {command}: {COMMANDS[command]}\n\n"
+    + __doc__.strip().split("\n\n", 2)[-1]
+    + "\n\nConfig keys (train): "
+    + ", ".join(_config_keys())
+  )
 
 
 def _config_keys() -> list[str]:
   from vae_jax import config as config_lib
+
   return config_lib.known_keys()
 
 
@@ -84,42 +91,80 @@ def define_flags() -> flags.FlagValues:
   fv = flags.FlagValues()
   # config_flags applies the --config.* overrides while the flag is parsed, so an unknown key
   # surfaces then, as a KeyError/AttributeError from ml_collections.
-  config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config file.", flag_values=fv,
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", str(DEFAULT_CONFIG), "Config file.", flag_values=fv, lock_config=True
+  )
   flags.DEFINE_string("workdir", None, "Directory of the run.", flag_values=fv)
-  flags.DEFINE_multi_string("plugin", [], "Module to import first (registers models or objectives "
-                            "of your own; recorded by the run). Repeatable.", flag_values=fv)
+  flags.DEFINE_multi_string(
+    "plugin",
+    [],
+    "Module to import first (registers models or objectives "
+    "of your own; recorded by the run). Repeatable.",
+    flag_values=fv,
+  )
   flags.DEFINE_string("checkpoint", "latest", "latest, best or an epoch number.", flag_values=fv)
-  flags.DEFINE_string("out", None, "Output file (sample, reconstruct: .png; encode: .npz).",
-                      flag_values=fv)
-  flags.DEFINE_integer("num", None, "Images to sample (default 64) or reconstruct (default 8); "
-                       "likelihood: test examples (default 0 = all).", flag_values=fv)
+  flags.DEFINE_string(
+    "out", None, "Output file (sample, reconstruct: .png; encode: .npz).", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "num",
+    None,
+    "Images to sample (default 64) or reconstruct (default 8); "
+    "likelihood: test examples (default 0 = all).",
+    flag_values=fv,
+  )
   flags.DEFINE_integer("seed", 0, "sample, likelihood: key of the z draws.", flag_values=fv)
-  flags.DEFINE_integer("num_samples", 5000, "likelihood: importance samples per example.",
-                       flag_values=fv)
+  flags.DEFINE_integer(
+    "num_samples", 5000, "likelihood: importance samples per example.", flag_values=fv
+  )
   flags.DEFINE_enum("split", "test", ["train", "test"], "Data split to use.", flag_values=fv)
-  flags.DEFINE_string("dataset", None, "prepare: the TFDS name (mnist, fashion_mnist; others "
-                      "with --download); sweep: config.data.name of every run.", flag_values=fv)
-  flags.DEFINE_string("from", None, "prepare: the directory of IDX files (default: the "
-                      "dataset's bundled or system copy).", flag_values=fv)
-  flags.DEFINE_string("tfds_dir", None, "prepare: the TFDS data directory to build in (default: "
-                      "TFDS's own, ~/tensorflow_datasets).", flag_values=fv)
-  flags.DEFINE_bool("download", False, "prepare: let TFDS download and build the dataset.",
-                    flag_values=fv)
-  flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
-                      "(default: JAX_COORDINATOR_ADDRESS; unset: one process).", flag_values=fv)
-  flags.DEFINE_integer("num_processes", None, "Multi-process: how many (JAX_NUM_PROCESSES).",
-                       flag_values=fv)
-  flags.DEFINE_integer("process_id", None, "Multi-process: this one's index (JAX_PROCESS_ID).",
-                       flag_values=fv)
+  flags.DEFINE_string(
+    "dataset",
+    None,
+    "prepare: the TFDS name (mnist, fashion_mnist; others "
+    "with --download); sweep: config.data.name of every run.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "from",
+    None,
+    "prepare: the directory of IDX files (default: the dataset's bundled or system copy).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "tfds_dir",
+    None,
+    "prepare: the TFDS data directory to build in (default: TFDS's own, ~/tensorflow_datasets).",
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "download", False, "prepare: let TFDS download and build the dataset.", flag_values=fv
+  )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process: host:port of process 0 (default: JAX_COORDINATOR_ADDRESS; unset: one process).",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "num_processes", None, "Multi-process: how many (JAX_NUM_PROCESSES).", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "process_id", None, "Multi-process: this one's index (JAX_PROCESS_ID).", flag_values=fv
+  )
   return fv
 
 
 def config_file_of(argv: list[str]) -> str:
   """The --config argument (default: the reference's config file)."""
-  return next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
-               if a == "--config" and i + 1 < len(argv) or a.startswith("--config=")),
-              str(DEFAULT_CONFIG))
+  return next(
+    (
+      a.split("=", 1)[1] if "=" in a else argv[i + 1]
+      for i, a in enumerate(argv)
+      if a == "--config" and i + 1 < len(argv) or a.startswith("--config=")
+    ),
+    str(DEFAULT_CONFIG),
+  )
 
 
 def parse(argv: list[str]):
@@ -129,7 +174,9 @@ def parse(argv: list[str]):
   if not Path(path).is_file() and ":" in path and Path(path.rsplit(":", 1)[0]).is_file():
     path = path.rsplit(":", 1)[0]
   if not Path(path).is_file():
-    return _fail(f"--config {config_file}: not a file (expected a Python file defining get_config())")
+    return _fail(
+      f"--config {config_file}: not a file (expected a Python file defining get_config())"
+    )
   argv, entry_overrides = split_entry_overrides(argv)
   if isinstance(argv, int):
     return argv
@@ -144,8 +191,11 @@ def parse(argv: list[str]):
     if isinstance(cause, (AttributeError, KeyError)) and "config" in str(e).split(":")[0]:
       return _unknown_key(cause, config_file, argv)
     if cause is not None and "Error whilst parsing config file" in str(e):  # get_config raised:
-      raised = [line.strip() for line in str(cause).splitlines()  # its traceback's last line.
-                if re.match(r"\s*\w+(Error|Exception): ", line)]
+      raised = [
+        line.strip()
+        for line in str(cause).splitlines()  # its traceback's last line.
+        if re.match(r"\s*\w+(Error|Exception): ", line)
+      ]
       return _fail(f"--config {config_file}: cannot be loaded ({raised[-1] if raised else cause})")
     return _fail(str(e).splitlines()[0])
   except (AttributeError, KeyError) as e:
@@ -155,22 +205,29 @@ def parse(argv: list[str]):
   finally:
     sys.argv = saved_argv
   if not isinstance(config, ml_collections.ConfigDict):
-    return _fail(f"--config {config_file}: get_config() returned a {type(config).__name__}, "
-                 "expected an ml_collections.ConfigDict")
+    return _fail(
+      f"--config {config_file}: get_config() returned a {type(config).__name__}, "
+      "expected an ml_collections.ConfigDict"
+    )
   if len(args) != 1 or args[0] not in COMMANDS:
     return _fail(f"expected one command ({', '.join(COMMANDS)}), got {args or 'none'}")
   command = args[0]
   if command == "prepare":
     if not fv.dataset:
-      return _fail("prepare: --dataset is required (mnist, fashion_mnist, or a TFDS name with --download)")
+      return _fail(
+        "prepare: --dataset is required (mnist, fashion_mnist, or a TFDS name with --download)"
+      )
     return command, fv, config
   if not fv.workdir:
     return _fail("--workdir is required")
   if entry_overrides and command != "train":
-    return _fail(f"{command}: takes no --config.model.* or --config.objective.* overrides (the run "
-                 "recorded its settings)")
+    return _fail(
+      f"{command}: takes no --config.model.* or --config.objective.* overrides (the run "
+      "recorded its settings)"
+    )
   from vae_jax import plugins  # Imports jax: after the arguments are known to be good.
   from vae_jax.registry import ConfigError
+
   try:
     plugins.load(fv.plugin, "--plugin")
     recorded = plugins.recorded(fv.workdir)
@@ -196,10 +253,13 @@ def parse(argv: list[str]):
 
 # Each integer flag's range [low, high): past it, a number cannot be what the flag means (a
 # key has 32 bits; counts and indices must fit C's int64 and int32).
-INTEGER_FLAGS = {"num": (0, 2**63, ">= 0"), "num_samples": (1, 2**63, ">= 1"),
-                 "seed": (0, 2**32, "in [0, 2**32) (the key's 32 bits)"),
-                 "num_processes": (1, 2**31, "in [1, 2**31)"),
-                 "process_id": (0, 2**31, "in [0, 2**31)")}
+INTEGER_FLAGS = {
+  "num": (0, 2**63, ">= 0"),
+  "num_samples": (1, 2**63, ">= 1"),
+  "seed": (0, 2**32, "in [0, 2**32) (the key's 32 bits)"),
+  "num_processes": (1, 2**31, "in [1, 2**31)"),
+  "process_id": (0, 2**31, "in [0, 2**31)"),
+}
 
 
 ENTRY_OVERRIDE = re.compile(r"--config\.(model|objective)\.(\w+)(?:=(.*))?$", re.S)
@@ -229,6 +289,7 @@ def with_entry_overrides(config, overrides, plugins: list[str], config_file: str
   --config.<section>.name, else the file's, else the default), the overrides checked against
   that entry's settings and parsed as their types, and config.plugins extended (recorded)."""
   from vae_jax import models, objectives
+
   values = config.to_dict()
   unknown = [k for k in ("model", "objective") if not isinstance(values.get(k, {}), dict)]
   if unknown:
@@ -239,20 +300,26 @@ def with_entry_overrides(config, overrides, plugins: list[str], config_file: str
     names = [value for section, key, value in overrides if section == kind and key == "name"]
     entry = registry.get(names[-1] if names else given.get("name", registry.default))
     entries[kind] = entry
-    values[kind] = {**entry.settings, **{k: v for k, v in given.items() if k != "name"},
-                    "name": entry.name}
+    values[kind] = {
+      **entry.settings,
+      **{k: v for k, v in given.items() if k != "name"},
+      "name": entry.name,
+    }
     for section, key, value in overrides:
       if section == kind and key != "name":
         registry.check_key(entry, key, None, shown=value)
   if "plugins" in values or plugins:
     values["plugins"] = tuple(dict.fromkeys([*values.get("plugins", ()), *plugins]))
-  args = ["vae_jax", *(f"--config.{section}.{key}={value}" for section, key, value in overrides
-                       if key != "name")]
+  args = [
+    "vae_jax",
+    *(f"--config.{section}.{key}={value}" for section, key, value in overrides if key != "name"),
+  ]
   saved_argv, sys.argv = sys.argv, args  # config_flags reads sys.argv.
   try:
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(values), flag_values=fv,
-                                    lock_config=True)
+    config_flags.DEFINE_config_dict(
+      "config", ml_collections.ConfigDict(values), flag_values=fv, lock_config=True
+    )
     fv(args)
   except flags.Error as e:
     return _fail(str(e).splitlines()[0])
@@ -264,19 +331,26 @@ def with_entry_overrides(config, overrides, plugins: list[str], config_file: str
 def _unknown_key(e: Exception, config_file: str | None, argv: list[str]) -> int:
   text = str(e).strip("\"'")
   if "get_config" in text:
-    return _fail(f"--config {config_file}: defines no get_config() (expected a function returning "
-                 "an ml_collections.ConfigDict)")
+    return _fail(
+      f"--config {config_file}: defines no get_config() (expected a function returning "
+      "an ml_collections.ConfigDict)"
+    )
   loaded = _config_without_overrides(argv)  # An override fails on a non-ConfigDict too.
   if loaded is not None and not isinstance(loaded, ml_collections.ConfigDict):
-    return _fail(f"--config {config_file}: get_config() returned a {type(loaded).__name__}, "
-                 "expected an ml_collections.ConfigDict")
+    return _fail(
+      f"--config {config_file}: get_config() returned a {type(loaded).__name__}, "
+      "expected an ml_collections.ConfigDict"
+    )
   return _fail(f"unknown config key {text!r}; known keys: {', '.join(_config_keys())}")
 
 
 def _config_without_overrides(argv: list[str]):
   """What the config file's get_config() returns, no --config.* applied (None: it fails)."""
-  tokens = [a for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")
-            or i and argv[i - 1] == "--config"]
+  tokens = [
+    a
+    for i, a in enumerate(argv)
+    if a == "--config" or a.startswith("--config=") or i and argv[i - 1] == "--config"
+  ]
   saved_argv, sys.argv = sys.argv, ["vae_jax", *tokens]
   sys.modules.pop("config_config", None)
   try:
@@ -305,10 +379,12 @@ def main(argv: list[str] | None = None) -> int:
   command, f, config = parsed
 
   from absl import logging
+
   logging.set_verbosity(logging.FATAL)  # Orbax logs what our errors already say.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   # Imports jax: after the arguments are known to be good.
   from vae_jax import interrupt
+
   previous_handlers = interrupt.install()
   background: list[BaseException] = []  # Errors of other threads while the command runs.
   try:
@@ -342,16 +418,21 @@ def run(command: str, f, config) -> int:
     workdir,
   )
   from vae_jax.registry import ConfigError
+
   try:
     if command == "prepare":
       from vae_jax import prepare
+
       tfds_dir = f.tfds_dir or os.path.expanduser("~/tensorflow_datasets")
       where = prepare.prepare(f.dataset, tfds_dir, f["from"].value, f.download)
-      print(f"Prepared {f.dataset} in {where}; train on it with --config.data.source=tfds "
-            f"--config.data.name={f.dataset} --config.data.dir={tfds_dir}")
+      print(
+        f"Prepared {f.dataset} in {where}; train on it with --config.data.source=tfds "
+        f"--config.data.name={f.dataset} --config.data.dir={tfds_dir}"
+      )
       return 0
     if command in ("train", "sweep"):  # XLA_FLAGS for the CPU's kernels, before the backend starts.
       from vae_jax import config as config_lib, cpu_kernels
+
       run = config_lib.flatten(config.get("base") or {} if command == "sweep" else config)
       cpu_kernels.configure(run.get("run.cpu_kernels", "auto"))
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
@@ -361,14 +442,19 @@ def run(command: str, f, config) -> int:
       if distributed.is_primary():
         print()
         print(workdir.format_table(records))
-        print(f"\nOutputs in {f.workdir}: metrics.jsonl, config.json, checkpoints/, "
-              "reconstruction_N.png, sample_N.png")
+        print(
+          f"\nOutputs in {f.workdir}: metrics.jsonl, config.json, checkpoints/, "
+          "reconstruction_N.png, sample_N.png"
+        )
     elif command == "sample":
-      out = inference.sample(f.workdir, f.out, num=64 if f.num is None else f.num, seed=f.seed, which=f.checkpoint)
+      out = inference.sample(
+        f.workdir, f.out, num=64 if f.num is None else f.num, seed=f.seed, which=f.checkpoint
+      )
       print(f"Wrote {out}")
     elif command == "reconstruct":
-      out = inference.reconstruct(f.workdir, f.out, num=8 if f.num is None else f.num, split=f.split,
-                                  which=f.checkpoint)
+      out = inference.reconstruct(
+        f.workdir, f.out, num=8 if f.num is None else f.num, split=f.split, which=f.checkpoint
+      )
       print(f"Wrote {out}")
     elif command == "encode":
       out = inference.encode(f.workdir, f.out, split=f.split, which=f.checkpoint)
@@ -376,8 +462,13 @@ def run(command: str, f, config) -> int:
     elif command == "sweep":
       study = config
       if f.dataset:  # --dataset NAME: the study's runs on that dataset.
-        study = sweep.make_study(config.name, config.get("question", ""), dict(config.axes),
-                                 config.seeds, {**dict(config.base), "data.name": f.dataset})
+        study = sweep.make_study(
+          config.name,
+          config.get("question", ""),
+          dict(config.axes),
+          config.seeds,
+          {**dict(config.base), "data.name": f.dataset},
+        )
       study = sweep.check_study(study, f["config"].config_filename)
       sweep.run_study(study, f.workdir)
       print((Path(f.workdir) / "summary.md").read_text())
@@ -385,15 +476,26 @@ def run(command: str, f, config) -> int:
     elif command == "likelihood":
       with warnings.catch_warnings():  # Its warnings are printed once below, not twice.
         warnings.simplefilter("ignore")
-        result = evaluate.evaluate_run(f.workdir, which=f.checkpoint, num_samples=f.num_samples,
-                                       seed=f.seed, num_examples=f.num or 0)
+        result = evaluate.evaluate_run(
+          f.workdir,
+          which=f.checkpoint,
+          num_samples=f.num_samples,
+          seed=f.seed,
+          num_examples=f.num or 0,
+        )
       for note in result["warnings"]:
         print(f"vae_jax: warning: {note}", file=sys.stderr)
       print(json.dumps(result))
     else:
       print(json.dumps(inference.evaluate(f.workdir, which=f.checkpoint, split=f.split)))
-  except (ConfigError, workdir.WorkdirError, data.DataError, checkpoint.CheckpointError,
-          sweep.StudyError, ValueError) as e:
+  except (
+    ConfigError,
+    workdir.WorkdirError,
+    data.DataError,
+    checkpoint.CheckpointError,
+    sweep.StudyError,
+    ValueError,
+  ) as e:
     return _fail(str(e))
   except FloatingPointError as e:
     return _fail(str(e), status=1)
@@ -418,32 +520,40 @@ def collected_in(errors: list):
 
 # What to do about an OS error, by errno: the line names the path (and its flag) and this.
 OS_ADVICE = {
-    errno.ENOSPC: "free space on that file system, then run the same command again (a run "
-                  "resumes from its last checkpoint)",
-    errno.EDQUOT: "free space within your quota, then run the same command again",
-    errno.EACCES: "choose a path you may write, or change its permissions",
-    errno.EPERM: "choose a path you may write, or change its permissions",
-    errno.EROFS: "choose a path on a writable file system",
-    errno.ENAMETOOLONG: "choose a shorter name (the file system allows 255 bytes per name)",
-    errno.ELOOP: "a symbolic link loops or is too deep: fix it, or choose another path",
-    errno.ENOENT: "check the path: a directory on the way does not exist",
-    errno.ENOTDIR: "check the path: a file stands where a directory is expected",
-    errno.EISDIR: "a directory stands where a file is expected: choose another path",
+  errno.ENOSPC: "free space on that file system, then run the same command again (a run "
+  "resumes from its last checkpoint)",
+  errno.EDQUOT: "free space within your quota, then run the same command again",
+  errno.EACCES: "choose a path you may write, or change its permissions",
+  errno.EPERM: "choose a path you may write, or change its permissions",
+  errno.EROFS: "choose a path on a writable file system",
+  errno.ENAMETOOLONG: "choose a shorter name (the file system allows 255 bytes per name)",
+  errno.ELOOP: "a symbolic link loops or is too deep: fix it, or choose another path",
+  errno.ENOENT: "check the path: a directory on the way does not exist",
+  errno.ENOTDIR: "check the path: a file stands where a directory is expected",
+  errno.EISDIR: "a directory stands where a file is expected: choose another path",
 }
 
 
 def path_flags(f, config) -> dict[str, str]:
   """The command's path arguments by flag name (to say which flag an OS error's path is in)."""
   paths = {name: f[name].value for name in ("workdir", "out", "from", "tfds_dir")}
-  data_dir = config.get("data", {}).get("dir") if isinstance(config, ml_collections.ConfigDict) else None
+  data_dir = (
+    config.get("data", {}).get("dir") if isinstance(config, ml_collections.ConfigDict) else None
+  )
   return {**paths, "config.data.dir": data_dir}
 
 
 def describe_os_error(e: OSError, flags_: dict[str, str | None]) -> str:
   """One line: the flag and path the OS refused, what it said and what to do."""
   where = os.fsdecode(e.filename) if e.filename is not None else None
-  flag = next((name for name, value in flags_.items() if value and where and (
-      os.path.abspath(where) + "/").startswith(os.path.abspath(value) + "/")), None)
+  flag = next(
+    (
+      name
+      for name, value in flags_.items()
+      if value and where and (os.path.abspath(where) + "/").startswith(os.path.abspath(value) + "/")
+    ),
+    None,
+  )
   reason = f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})"
   advice = OS_ADVICE.get(e.errno, "check the path and the file system")
   return f"{f'--{flag} ' if flag else ''}{where or 'a file'}: {reason}; {advice}"

@@ -27,9 +27,11 @@ SCORES: dict[str, Callable[[Scoring], np.ndarray]] = {}
 
 def register_score(name: str):
   """Function decorator: registers fn(scoring) -> (N,) anomaly scores under name."""
+
   def decorate(fn):
     SCORES[name] = fn
     return fn
+
   return decorate
 
 
@@ -38,6 +40,7 @@ class Scoring:
   """What the scores of one model read: the model, the images to score, the normal class's
   training images (latent statistics), the likelihood it was trained with, the importance
   samples' key and count, and optionally a background model (likelihood ratio)."""
+
   state: Any
   x_NxHxWxC: np.ndarray
   x_train_NxHxWxC: np.ndarray
@@ -65,8 +68,16 @@ class Scoring:
     def compute():
       if state is None:
         raise ValueError("this score needs a background model: Scoring(background=state)")
-      return evaluate.iwae_log_likelihood(state.params, state.apply_fn, self.x_NxHxWxC, self.key,
-                                          self.num_samples, batch_size=64, likelihood=self.likelihood)
+      return evaluate.iwae_log_likelihood(
+        state.params,
+        state.apply_fn,
+        self.x_NxHxWxC,
+        self.key,
+        self.num_samples,
+        batch_size=64,
+        likelihood=self.likelihood,
+      )
+
     return self.cached("background_estimates" if background else "estimates", compute)
 
   def codes(self, train: bool = False) -> np.ndarray:
@@ -76,8 +87,10 @@ class Scoring:
 
   def reconstruction(self) -> np.ndarray:
     """The decoder's mean image at z = mu, flat N x D, in [0, 1]."""
-    return self.cached("reconstruction", lambda: np.reshape(
-        api.decode(self.state, self.codes()), (len(self.x_NxHxWxC), -1)))
+    return self.cached(
+      "reconstruction",
+      lambda: np.reshape(api.decode(self.state, self.codes()), (len(self.x_NxHxWxC), -1)),
+    )
 
 
 def timed_score(scoring: Scoring, name: str) -> tuple[np.ndarray, float]:
@@ -122,7 +135,9 @@ def mse_at_mean(scoring: Scoring) -> np.ndarray:
   return np.sum((flat(scoring.x_NxHxWxC) - scoring.reconstruction()) ** 2, axis=1)
 
 
-def mahalanobis_distance(reference_NxL: np.ndarray, z_MxL: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
+def mahalanobis_distance(
+  reference_NxL: np.ndarray, z_MxL: np.ndarray, ridge: float = 1e-6
+) -> np.ndarray:
   """sqrt((z - m)^T S^-1 (z - m)) with m, S the mean and covariance of the reference rows
   (S + ridge I: a collapsed latent dimension has zero variance)."""
   reference = np.asarray(reference_NxL, np.float64)

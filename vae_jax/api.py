@@ -32,8 +32,14 @@ def sample(state, num: int, key: jax.Array) -> np.ndarray:
   return decode(state, jax.random.normal(key, (num, model_of(state).latent_dim)))
 
 
-def log_likelihood(state, x_NxHxWxC, key: jax.Array, num_samples: int = 5000,
-                   likelihood: objectives.Likelihood = objectives.Likelihood()) -> dict[str, np.ndarray]:
+def log_likelihood(
+  state,
+  x_NxHxWxC,
+  key: jax.Array,
+  num_samples: int = 5000,
+  likelihood: objectives.Likelihood = objectives.Likelihood(),
+) -> dict[str, np.ndarray]:
   """Per-example importance-sampled log p(x) and ELBO (nats; evaluate.iwae_log_likelihood)."""
-  return evaluate.iwae_log_likelihood(state.params, state.apply_fn, x_NxHxWxC, key, num_samples,
-                                      likelihood=likelihood)
+  return evaluate.iwae_log_likelihood(
+    state.params, state.apply_fn, x_NxHxWxC, key, num_samples, likelihood=likelihood
+  )

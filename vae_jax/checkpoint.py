@@ -42,20 +42,28 @@ class CheckpointError(ValueError):
 def manager(workdir: str | Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
   """The run's checkpoint manager: keeps the last ``keep`` epochs plus the best test loss."""
   policies = ocp.checkpoint_managers
-  policy = policies.AnyPreservationPolicy([
+  policy = policies.AnyPreservationPolicy(
+    [
       policies.LatestN(n=keep),
       policies.BestN(get_metric_fn=lambda m: -m["test_loss"], n=1),
-  ])
+    ]
+  )
   # best_fn only makes orbax write each checkpoint's metrics, which the policy needs after a
   # restart; retention is the policy's.
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policy, best_fn=lambda m: m["test_loss"], best_mode="min",
-      enable_async_checkpointing=False, create=False,
-      read_only=read_only, cleanup_tmp_directories=not read_only,
-      # Process 0 alone reads and writes checkpoints: no other process waits in orbax, and
-      # none needs the directory (multi-host runs without a shared disk).
-      multiprocessing_options=ocp.options.MultiprocessingOptions(
-          primary_host=0, active_processes={0} if jax.process_count() > 1 else None))
+    preservation_policy=policy,
+    best_fn=lambda m: m["test_loss"],
+    best_mode="min",
+    enable_async_checkpointing=False,
+    create=False,
+    read_only=read_only,
+    cleanup_tmp_directories=not read_only,
+    # Process 0 alone reads and writes checkpoints: no other process waits in orbax, and
+    # none needs the directory (multi-host runs without a shared disk).
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=0, active_processes={0} if jax.process_count() > 1 else None
+    ),
+  )
   directory = absolute(workdir) / SUBDIR
   try:
     if not read_only:
@@ -103,6 +111,7 @@ def host_copy(tree):
     if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
   return jax.tree.map(one, jax.device_get(tree) if jax.process_count() == 1 else tree)
 
 
@@ -154,13 +163,17 @@ def data_fingerprint(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[s
   for split, (images, labels) in sorted(splits.items()):
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     digest.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
-    out[split] = {"examples": int(len(images)), "image_shape": list(images.shape[1:]),
-                  "sha256": digest.hexdigest()}
+    out[split] = {
+      "examples": int(len(images)),
+      "image_shape": list(images.shape[1:]),
+      "sha256": digest.hexdigest(),
+    }
   return out
 
 
-def save(mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, Any],
-         test_loss: float) -> Path:
+def save(
+  mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, Any], test_loss: float
+) -> Path:
   """Saves epoch's state tree and meta (with the state's SHA-256) and returns its directory.
 
   test_loss: what 'best' ranks checkpoints by (the mean over the models).
@@ -168,16 +181,25 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state_tree, meta: dict[str, An
   meta = {**meta, "epoch": epoch, "state_sha256": tree_sha256(state_tree)}
   where = checkpoint_dir(mngr, epoch)
   try:
-    mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
-                                             meta=ocp.args.JsonSave(meta)),
-              metrics={"test_loss": test_loss}, force=True)
+    mngr.save(
+      epoch,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta)
+      ),
+      metrics={"test_loss": test_loss},
+      force=True,
+    )
     mngr.wait_until_finished()
-    write_text_atomic(where / MANIFEST, "".join(
-        f"{digest}  {name}\n" for name, digest in _file_digests(where).items()))
+    write_text_atomic(
+      where / MANIFEST,
+      "".join(f"{digest}  {name}\n" for name, digest in _file_digests(where).items()),
+    )
   except Exception as e:  # Orbax and tensorstore raise many types, from their own threads.
-    raise CheckpointError(f"checkpoint {where}: cannot be written ({os_reason(e)}); the "
-                          "checkpoints saved before it are kept: free space (or fix the "
-                          "permissions), then run the same command to resume from them") from None
+    raise CheckpointError(
+      f"checkpoint {where}: cannot be written ({os_reason(e)}); the "
+      "checkpoints saved before it are kept: free space (or fix the "
+      "permissions), then run the same command to resume from them"
+    ) from None
   return where
 
 
@@ -197,8 +219,11 @@ def os_reason(e: BaseException) -> str:
 
 
 def _file_digests(directory: Path) -> dict[str, str]:
-  return {name: hashlib.sha256(path.read_bytes()).hexdigest()
-          for name, path in sorted(_files(directory)) if name != MANIFEST}
+  return {
+    name: hashlib.sha256(path.read_bytes()).hexdigest()
+    for name, path in sorted(_files(directory))
+    if name != MANIFEST
+  }
 
 
 def _files(directory: Path, prefix: str = ""):
@@ -228,8 +253,10 @@ def verify_files(where: Path) -> None:
     if name not in found:
       raise CheckpointError(f"checkpoint {where}: file {name} is missing (listed in {MANIFEST})")
     if found[name] != digest:
-      raise CheckpointError(f"checkpoint {where}: file {name} differs from the SHA-256 recorded "
-                            "when it was saved (truncated or corrupted)")
+      raise CheckpointError(
+        f"checkpoint {where}: file {name} differs from the SHA-256 recorded "
+        "when it was saved (truncated or corrupted)"
+      )
 
 
 def checkpoint_dir(mngr: ocp.CheckpointManager, epoch: int) -> Path:
@@ -242,15 +269,25 @@ def read_meta(mngr: ocp.CheckpointManager, epoch: int) -> dict[str, Any]:
   try:
     meta = mngr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   except Exception as e:  # Orbax raises many types for unreadable files.
-    raise CheckpointError(f"checkpoint {checkpoint_dir(mngr, epoch)}: meta cannot be read "
-                          f"({_one_line(e)})") from None
-  if not isinstance(meta, dict) or "config" not in meta or "records" not in meta and "model_records" not in meta:
-    raise CheckpointError(f"checkpoint {checkpoint_dir(mngr, epoch)}: meta is not a vae_jax "
-                          "checkpoint (expected keys config, model_records)")
+    raise CheckpointError(
+      f"checkpoint {checkpoint_dir(mngr, epoch)}: meta cannot be read ({_one_line(e)})"
+    ) from None
+  if (
+    not isinstance(meta, dict)
+    or "config" not in meta
+    or "records" not in meta
+    and "model_records" not in meta
+  ):
+    raise CheckpointError(
+      f"checkpoint {checkpoint_dir(mngr, epoch)}: meta is not a vae_jax "
+      "checkpoint (expected keys config, model_records)"
+    )
   if "model_records" not in meta:
-    raise CheckpointError(f"checkpoint {checkpoint_dir(mngr, epoch)}: written by vae_jax before "
-                          "0.2 (flat config, one model), which this version does not read; "
-                          "retrain, or load it with vae_jax 0.1")
+    raise CheckpointError(
+      f"checkpoint {checkpoint_dir(mngr, epoch)}: written by vae_jax before "
+      "0.2 (flat config, one model), which this version does not read; "
+      "retrain, or load it with vae_jax 0.1"
+    )
   return meta
 
 
@@ -258,16 +295,20 @@ def select(mngr: ocp.CheckpointManager, which: str = "latest") -> int:
   """The epoch to load: 'latest', 'best' (lowest test loss) or an epoch number."""
   steps = sorted(mngr.all_steps())
   if not steps:
-    raise CheckpointError(f"no checkpoint in {mngr.directory}: expected a directory written by "
-                          "`python -m vae_jax train`")
+    raise CheckpointError(
+      f"no checkpoint in {mngr.directory}: expected a directory written by "
+      "`python -m vae_jax train`"
+    )
   if which == "latest":
     return steps[-1]
   if which == "best":
     return mngr.best_step()
   if which.isdigit() and int(which) in steps:
     return int(which)
-  raise CheckpointError(f"checkpoint {which!r}: expected 'latest', 'best' or one of the saved "
-                        f"epochs {', '.join(map(str, steps))}")
+  raise CheckpointError(
+    f"checkpoint {which!r}: expected 'latest', 'best' or one of the saved "
+    f"epochs {', '.join(map(str, steps))}"
+  )
 
 
 def restore(mngr: ocp.CheckpointManager, epoch: int, target_tree, meta: dict[str, Any]):
@@ -277,13 +318,18 @@ def restore(mngr: ocp.CheckpointManager, epoch: int, target_tree, meta: dict[str
   """
   where = checkpoint_dir(mngr, epoch)
   try:
-    restored = mngr.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target_tree))).state
+    restored = mngr.restore(
+      epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target_tree))
+    ).state
   except Exception as e:
-    raise CheckpointError(f"checkpoint {where}: state cannot be restored ({_one_line(e)})") from None
+    raise CheckpointError(
+      f"checkpoint {where}: state cannot be restored ({_one_line(e)})"
+    ) from None
   if tree_sha256(restored) != meta.get("state_sha256"):
-    raise CheckpointError(f"checkpoint {where}: state does not match the SHA-256 recorded when it "
-                          "was saved (corrupted files?)")
+    raise CheckpointError(
+      f"checkpoint {where}: state does not match the SHA-256 recorded when it "
+      "was saved (corrupted files?)"
+    )
   return restored
 
 
@@ -297,8 +343,11 @@ def write_text_atomic(path: Path, text: str) -> None:
   tmp = path.with_name(f".{path.name}.tmp")
   # O_NOFOLLOW: a link put at the temporary name is an error, never written through.
   try:
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
-                   "w", encoding="utf-8") as f:
+    with os.fdopen(
+      os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
+      "w",
+      encoding="utf-8",
+    ) as f:
       f.write(text)
     os.replace(tmp, path)
   except OSError as e:  # Named by the file (a write's error names no file; the rename's, two).

@@ -27,9 +27,15 @@ PRECISIONS = ("highest", "high", "default")  # jax.default_matmul_precision
 LR_SCHEDULES = ("constant", "staged")
 # Keys added after runs were saved without them, at the value those runs had: a saved config
 # that lacks one still matches, and a sweep's group hash leaves them out at that value.
-ADDED = {"optim.lr_schedule": "constant", "optim.lr_stage_growth": 3,
-         "optim.lr_stage_decay": 10 ** (-1 / 7), "model.activation": "relu",
-         "model.std_head": "logvar", "model.output_bias": "init", "run.cpu_kernels": "xla"}
+ADDED = {
+  "optim.lr_schedule": "constant",
+  "optim.lr_stage_growth": 3,
+  "optim.lr_stage_decay": 10 ** (-1 / 7),
+  "model.activation": "relu",
+  "model.std_head": "logvar",
+  "model.output_bias": "init",
+  "run.cpu_kernels": "xla",
+}
 
 
 def _section(cls, config_section, name: str):
@@ -38,7 +44,9 @@ def _section(cls, config_section, name: str):
   fields = {f.name: f.default for f in dataclasses.fields(cls)}
   for key in values:
     if key not in fields:
-      raise ConfigError(f"config.{name}.{key}: unknown key; config.{name} keys: {', '.join(fields)}")
+      raise ConfigError(
+        f"config.{name}.{key}: unknown key; config.{name} keys: {', '.join(fields)}"
+      )
   out = cls(**{k: check_type(f"config.{name}.{k}", values.get(k, d), d) for k, d in fields.items()})
   out.check()
   return out
@@ -56,6 +64,7 @@ class Data:
   (dir: a directory of IDX files) or 'tfds' (prepared in dir or TFDS's default directory;
   download only when asked). *_examples: 0 = the whole split, N = its first N. binarize:
   a fresh Bernoulli(pixel / 255) draw of the inputs at every step (dynamic binarization)."""
+
   source: str = "bundled"
   name: str = "mnist"
   dir: str = ""
@@ -67,13 +76,16 @@ class Data:
   def check(self):
     _require(self.source in SOURCES, "data.source", self.source, f"one of {', '.join(SOURCES)}")
     for key in ("train_examples", "test_examples"):
-      _require(0 <= getattr(self, key) < 2**63, f"data.{key}", getattr(self, key), "0 (all) or a count")
+      _require(
+        0 <= getattr(self, key) < 2**63, f"data.{key}", getattr(self, key), "0 (all) or a count"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class Optim:
   """Adam and the data order: lr, betas and epsilon as optax.adam; batch 128 and the last
   partial batch kept, as the reference's DataLoader."""
+
   num_epochs: int = 10
   batch_size: int = 128
   eval_batch_size: int = 128  # The reference's test loader batch; sums do not depend on it.
@@ -88,17 +100,34 @@ class Optim:
   lr_stage_decay: float = 10 ** (-1 / 7)
 
   def check(self):
-    _require(self.lr_schedule in LR_SCHEDULES, "optim.lr_schedule", self.lr_schedule,
-             f"one of {', '.join(LR_SCHEDULES)}")
-    _require(2 <= self.lr_stage_growth < 2**31, "optim.lr_stage_growth", self.lr_stage_growth,
-             "an integer >= 2")
-    _require(0 < self.lr_stage_decay <= 1, "optim.lr_stage_decay", self.lr_stage_decay,
-             "a value in (0, 1]")
+    _require(
+      self.lr_schedule in LR_SCHEDULES,
+      "optim.lr_schedule",
+      self.lr_schedule,
+      f"one of {', '.join(LR_SCHEDULES)}",
+    )
+    _require(
+      2 <= self.lr_stage_growth < 2**31,
+      "optim.lr_stage_growth",
+      self.lr_stage_growth,
+      "an integer >= 2",
+    )
+    _require(
+      0 < self.lr_stage_decay <= 1, "optim.lr_stage_decay", self.lr_stage_decay, "a value in (0, 1]"
+    )
     for key in ("num_epochs", "batch_size", "eval_batch_size"):
-      _require(1 <= getattr(self, key) < 2**31, f"optim.{key}", getattr(self, key),
-               "an integer in [1, 2**31)")
-    _require(self.learning_rate > 0 and math.isfinite(self.learning_rate), "optim.learning_rate",
-             self.learning_rate, "a finite value > 0")
+      _require(
+        1 <= getattr(self, key) < 2**31,
+        f"optim.{key}",
+        getattr(self, key),
+        "an integer in [1, 2**31)",
+      )
+    _require(
+      self.learning_rate > 0 and math.isfinite(self.learning_rate),
+      "optim.learning_rate",
+      self.learning_rate,
+      "a finite value > 0",
+    )
     for key in ("b1", "b2"):
       _require(0 <= getattr(self, key) < 1, f"optim.{key}", getattr(self, key), "a value in [0, 1)")
     _require(self.eps > 0 and math.isfinite(self.eps), "optim.eps", self.eps, "a finite value > 0")
@@ -114,6 +143,7 @@ class Run:
   vmap elsewhere). progress_chunks: the epoch runs as that many compiled
   chunks; the bar shows each one when the next is already queued, so it never stalls the
   device."""
+
   # Data parallelism over this many devices. 0 (auto): every device when the batch is given
   # per device or the run spans processes; otherwise as many as keep
   # parallel.MIN_DEVICE_BATCH examples on each (the reference's 128: one device).
@@ -147,31 +177,73 @@ class Run:
 
   def check(self):
     _require(self.num_devices >= 0, "run.num_devices", self.num_devices, "0 (all) or a count")
-    _require(self.models_strategy in STRATEGIES, "run.models_strategy", self.models_strategy,
-             f"one of {', '.join(STRATEGIES)}")
-    _require(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints,
-             "an integer >= 1")
-    _require(self.matmul_precision in PRECISIONS, "run.matmul_precision", self.matmul_precision,
-             f"one of {', '.join(PRECISIONS)}")
-    _require(self.cpu_kernels in cpu_kernels.CHOICES, "run.cpu_kernels", self.cpu_kernels,
-             f"one of {', '.join(cpu_kernels.CHOICES)}")
-    _require(1 <= self.progress_chunks < 2**31, "run.progress_chunks", self.progress_chunks,
-             "an integer in [1, 2**31)")
-    _require(0 <= self.num_devices < 2**31, "run.num_devices", self.num_devices, "0 (all) or a count")
-    _require(self.keep_checkpoints < 2**31, "run.keep_checkpoints", self.keep_checkpoints,
-             "an integer < 2**31")
-    _require(0 <= self.per_device_batch_size < 2**31, "run.per_device_batch_size",
-             self.per_device_batch_size, "0 (use optim.batch_size) or an integer in [1, 2**31)")
-    _require(0 <= self.checkpoint_every_epochs < 2**31, "run.checkpoint_every_epochs",
-             self.checkpoint_every_epochs, "0 (not by count) or a number of epochs")
-    _require(0 <= self.checkpoint_every_seconds < math.inf, "run.checkpoint_every_seconds",
-             self.checkpoint_every_seconds, "0 (not by time) or a finite number of seconds")
+    _require(
+      self.models_strategy in STRATEGIES,
+      "run.models_strategy",
+      self.models_strategy,
+      f"one of {', '.join(STRATEGIES)}",
+    )
+    _require(
+      self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, "an integer >= 1"
+    )
+    _require(
+      self.matmul_precision in PRECISIONS,
+      "run.matmul_precision",
+      self.matmul_precision,
+      f"one of {', '.join(PRECISIONS)}",
+    )
+    _require(
+      self.cpu_kernels in cpu_kernels.CHOICES,
+      "run.cpu_kernels",
+      self.cpu_kernels,
+      f"one of {', '.join(cpu_kernels.CHOICES)}",
+    )
+    _require(
+      1 <= self.progress_chunks < 2**31,
+      "run.progress_chunks",
+      self.progress_chunks,
+      "an integer in [1, 2**31)",
+    )
+    _require(
+      0 <= self.num_devices < 2**31, "run.num_devices", self.num_devices, "0 (all) or a count"
+    )
+    _require(
+      self.keep_checkpoints < 2**31,
+      "run.keep_checkpoints",
+      self.keep_checkpoints,
+      "an integer < 2**31",
+    )
+    _require(
+      0 <= self.per_device_batch_size < 2**31,
+      "run.per_device_batch_size",
+      self.per_device_batch_size,
+      "0 (use optim.batch_size) or an integer in [1, 2**31)",
+    )
+    _require(
+      0 <= self.checkpoint_every_epochs < 2**31,
+      "run.checkpoint_every_epochs",
+      self.checkpoint_every_epochs,
+      "0 (not by count) or a number of epochs",
+    )
+    _require(
+      0 <= self.checkpoint_every_seconds < math.inf,
+      "run.checkpoint_every_seconds",
+      self.checkpoint_every_seconds,
+      "0 (not by time) or a finite number of seconds",
+    )
 
 
 # Keys that may change when a run resumes: they do not change its numbers.
-RESUMABLE = ("optim.num_epochs", "data.dir", "plugins",
-             *(f"run.{f.name}" for f in dataclasses.fields(Run)
-               if f.name not in ("matmul_precision", "cpu_kernels")))
+RESUMABLE = (
+  "optim.num_epochs",
+  "data.dir",
+  "plugins",
+  *(
+    f"run.{f.name}"
+    for f in dataclasses.fields(Run)
+    if f.name not in ("matmul_precision", "cpu_kernels")
+  ),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +251,7 @@ class Settings:
   """A parsed config: every section checked. model / objective: (registry entry, settings);
   plugins: the modules the run imports (recorded); flat: the dotted keys that decide the
   run, as a checkpoint records them (``effective``)."""
+
   seed: int
   data: Data
   optim: Optim
@@ -194,16 +267,21 @@ SECTIONS = ("seed", "plugins", "data", "optim", "run", "model", "objective")
 
 def _plugins(config: dict) -> tuple[str, ...]:
   value = config.get("plugins", ())
-  if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
-      isinstance(v, str) and v for v in value):
-    raise ConfigError(f"config.plugins={value!r}: expected a tuple of module names, e.g. "
-                      "('my_pkg.ideas',)")
+  if (
+    isinstance(value, str)
+    or not isinstance(value, (list, tuple))
+    or not all(isinstance(v, str) and v for v in value)
+  ):
+    raise ConfigError(
+      f"config.plugins={value!r}: expected a tuple of module names, e.g. ('my_pkg.ideas',)"
+    )
   return tuple(value)
 
 
 def parse(config: ml_collections.ConfigDict | dict) -> Settings:
   """Checks every section; ConfigError names the first bad key."""
   from vae_jax import models, objectives, plugins  # They import jax; config files need not.
+
   config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
   for key in config:
     if key not in SECTIONS:
@@ -211,12 +289,20 @@ def parse(config: ml_collections.ConfigDict | dict) -> Settings:
   seed = check_type("config.seed", config.get("seed", 1), 1)
   _require(0 <= seed < 2**31, "seed", seed, "an integer in [0, 2**31)")
   plugins.load(_plugins(config), "config.plugins")
-  model, objective = (models.REGISTRY.resolve(config.get("model", {})),
-                      objectives.REGISTRY.resolve(config.get("objective", {})))
-  settings = Settings(seed, _section(Data, config.get("data", {}), "data"),
-                      _section(Optim, config.get("optim", {}), "optim"),
-                      _section(Run, config.get("run", {}), "run"), model, objective,
-                      recorded_plugins(config, model[0], objective[0]), effective(config))
+  model, objective = (
+    models.REGISTRY.resolve(config.get("model", {})),
+    objectives.REGISTRY.resolve(config.get("objective", {})),
+  )
+  settings = Settings(
+    seed,
+    _section(Data, config.get("data", {}), "data"),
+    _section(Optim, config.get("optim", {}), "optim"),
+    _section(Run, config.get("run", {}), "run"),
+    model,
+    objective,
+    recorded_plugins(config, model[0], objective[0]),
+    effective(config),
+  )
   model = settings.model[0]
   objectives.check_model(settings.objective[0].target, model.name, model.target.standard_prior)
   return settings
@@ -248,6 +334,7 @@ def effective(config) -> dict[str, Any]:
   touching this run), and ``plugins`` (config.plugins and the modules of the chosen entries).
   Values stay as given (a sweep's group hash is computed from them)."""
   from vae_jax import models, objectives
+
   if not isinstance(config, ml_collections.ConfigDict) and any("." in k for k in config):
     config = from_flat(config)  # Dotted keys, as a checkpoint saved them.
   config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
@@ -257,7 +344,9 @@ def effective(config) -> dict[str, Any]:
     section = dict(config.get(kind, {}))
     name = section.get("name", registry.default)
     entry = registry.entries.get(name)
-    settings = entry.settings if entry is not None else {k: v for k, v in section.items() if k != "name"}
+    settings = (
+      entry.settings if entry is not None else {k: v for k, v in section.items() if k != "name"}
+    )
     used += [entry] if entry is not None else []
     flat[f"{kind}.name"] = name
     flat.update(flatten({k: section.get(k, d) for k, d in settings.items()}, f"{kind}."))
@@ -279,22 +368,34 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   saved = with_kernels({**{k: v for k, v in ADDED.items() if k in current}, **flatten(saved)})
   missing = object()
   keys = sorted((saved.keys() | current.keys()) - set(RESUMABLE))
-  return [f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}".replace(
-      repr(missing), "(absent)") for k in keys if saved.get(k, missing) != current.get(k, missing)]
+  return [
+    f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}".replace(
+      repr(missing), "(absent)"
+    )
+    for k in keys
+    if saved.get(k, missing) != current.get(k, missing)
+  ]
 
 
-def default_sections(model: str | None = None, objective: str | None = None
-                     ) -> ml_collections.ConfigDict:
+def default_sections(
+  model: str | None = None, objective: str | None = None
+) -> ml_collections.ConfigDict:
   """seed and every section at its defaults; config.model and config.objective hold the
   entry's name only (model / objective: another entry than mlp / elbo); ``parse`` fills
   their settings from that entry's defaults (``filled`` shows them)."""
   from vae_jax import models, objectives
-  return ml_collections.ConfigDict({
-      "seed": 1, "plugins": (),
-      "data": dataclasses.asdict(Data()), "optim": dataclasses.asdict(Optim()),
+
+  return ml_collections.ConfigDict(
+    {
+      "seed": 1,
+      "plugins": (),
+      "data": dataclasses.asdict(Data()),
+      "optim": dataclasses.asdict(Optim()),
       "run": dataclasses.asdict(Run()),
       "model": {"name": models.REGISTRY.get(model or models.REGISTRY.default).name},
-      "objective": {"name": objectives.REGISTRY.get(objective or objectives.REGISTRY.default).name}})
+      "objective": {"name": objectives.REGISTRY.get(objective or objectives.REGISTRY.default).name},
+    }
+  )
 
 
 def filled(config) -> ml_collections.ConfigDict:
@@ -321,13 +422,16 @@ def from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
     try:
       target[name] = value
     except (TypeError, ValueError):
-      raise ConfigError(f"config.{key}={value!r}: expected a {type(target[name]).__name__}") from None
+      raise ConfigError(
+        f"config.{key}={value!r}: expected a {type(target[name]).__name__}"
+      ) from None
   return config
 
 
 def known_keys() -> list[str]:
   """Every dotted config key: the sections' and every registered entry's settings."""
   from vae_jax import models, objectives
+
   keys = [k for k in flatten(default_sections())]
   for kind, registry in (("model", models.REGISTRY), ("objective", objectives.REGISTRY)):
     keys += [f"{kind}.{k}" for k in registry.keys()]

@@ -12,9 +12,13 @@ from collections.abc import Mapping
 import numpy as np
 
 # torch layer name -> (flax module, flax layer)
-TORCH_TO_FLAX = {"fc1": ("encoder", "hidden"), "fc21": ("encoder", "mu"),
-                 "fc22": ("encoder", "logvar"), "fc3": ("decoder", "hidden"),
-                 "fc4": ("decoder", "logits")}
+TORCH_TO_FLAX = {
+  "fc1": ("encoder", "hidden"),
+  "fc21": ("encoder", "mu"),
+  "fc22": ("encoder", "logvar"),
+  "fc3": ("decoder", "hidden"),
+  "fc4": ("decoder", "logits"),
+}
 
 
 def flax_from_torch(state_dict: Mapping[str, np.ndarray]) -> dict:
@@ -24,8 +28,10 @@ def flax_from_torch(state_dict: Mapping[str, np.ndarray]) -> dict:
     raise KeyError(f"state_dict keys {sorted(state_dict)}: expected {sorted(expected)}")
   params: dict = {"encoder": {}, "decoder": {}}
   for name, (module, layer) in TORCH_TO_FLAX.items():
-    params[module][layer] = {"kernel": np.asarray(state_dict[f"{name}.weight"]).T.copy(),
-                             "bias": np.asarray(state_dict[f"{name}.bias"]).copy()}
+    params[module][layer] = {
+      "kernel": np.asarray(state_dict[f"{name}.weight"]).T.copy(),
+      "bias": np.asarray(state_dict[f"{name}.bias"]).copy(),
+    }
   return params
 
 

@@ -20,8 +20,10 @@ import os
 from vae_jax.registry import ConfigError
 
 CHOICES = ("auto", "xla", "xnnpack", "onednn")
-FLAGS = {"xnnpack": "--xla_cpu_use_xnnpack=true",
-         "onednn": "--xla_cpu_experimental_onednn_custom_call=true"}
+FLAGS = {
+  "xnnpack": "--xla_cpu_use_xnnpack=true",
+  "onednn": "--xla_cpu_experimental_onednn_custom_call=true",
+}
 # The path auto picks per CPU vendor: the smallest per-step matmul sum measured there.
 MEASURED = {"AuthenticAMD": "xla", "GenuineIntel": "xla"}
 
@@ -47,7 +49,9 @@ def requested_by_flags(xla_flags: str) -> str | None:
   return on[0] if len(on) == 1 else (None if not on else "+".join(on))
 
 
-def resolve(setting: str, xla_flags: str | None = None, info: dict | None = None) -> tuple[str, str]:
+def resolve(
+  setting: str, xla_flags: str | None = None, info: dict | None = None
+) -> tuple[str, str]:
   """(path, why) for a run.cpu_kernels setting: auto's choice and the reason it gives."""
   if setting not in CHOICES:
     raise ConfigError(f"config.run.cpu_kernels={setting!r}: expected one of {', '.join(CHOICES)}")
@@ -60,13 +64,16 @@ def resolve(setting: str, xla_flags: str | None = None, info: dict | None = None
   info = cpu_info() if info is None else info
   cpu = info["model"] or "this CPU"
   if info["vendor"] in MEASURED:
-    return MEASURED[info["vendor"]], (f"auto: {cpu} ({info['vendor']}); the fastest XLA path per "
-                                      "matmul on this vendor's CPUs measured, docs/performance-cpu.md")
+    return MEASURED[info["vendor"]], (
+      f"auto: {cpu} ({info['vendor']}); the fastest XLA path per "
+      "matmul on this vendor's CPUs measured, docs/performance-cpu.md"
+    )
   return "xla", f"auto: {cpu} not measured; XLA's own kernels (experiments/cpu_kernels.py measures)"
 
 
 def backend_started() -> bool:
   from jax._src import xla_bridge
+
   return xla_bridge.backends_are_initialized()
 
 
@@ -83,10 +90,17 @@ def configure(setting: str, env=None) -> tuple[str, str]:
     env["XLA_FLAGS"] = f"{flags} {FLAGS[path]}".strip()
     return path, why
   runs = asked or "xla"
-  fix = (f"remove {FLAGS[asked]} from XLA_FLAGS" if path == "xla" else
-         f"start the process with {FLAGS[path]} in XLA_FLAGS")
+  fix = (
+    f"remove {FLAGS[asked]} from XLA_FLAGS"
+    if path == "xla"
+    else f"start the process with {FLAGS[path]} in XLA_FLAGS"
+  )
   raise ConfigError(
-      f"config.run.cpu_kernels={setting!r} asks for {path} kernels, but "
-      + (f"XLA_FLAGS={flags!r} asks for {runs}" if asked else
-         f"the backend already started with {runs}'s (XLA_FLAGS={flags!r})")
-      + f": {fix}, or set config.run.cpu_kernels={runs!r}")
+    f"config.run.cpu_kernels={setting!r} asks for {path} kernels, but "
+    + (
+      f"XLA_FLAGS={flags!r} asks for {runs}"
+      if asked
+      else f"the backend already started with {runs}'s (XLA_FLAGS={flags!r})"
+    )
+    + f": {fix}, or set config.run.cpu_kernels={runs!r}"
+  )

@@ -29,8 +29,11 @@ def cluster_detected(env=None) -> bool:
   return many_tasks or "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> bool:
   """Joins the run's processes; False (nothing done) for a single-process run.
 
   Unset arguments come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID;
@@ -48,11 +51,14 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     num = num_processes if num_processes is not None else int(env.get("JAX_NUM_PROCESSES", ""))
     index = process_id if process_id is not None else int(env.get("JAX_PROCESS_ID", ""))
   except ValueError:
-    raise ValueError("--coordinator_address needs --num_processes and --process_id (or "
-                     "JAX_NUM_PROCESSES and JAX_PROCESS_ID) as integers") from None
+    raise ValueError(
+      "--coordinator_address needs --num_processes and --process_id (or "
+      "JAX_NUM_PROCESSES and JAX_PROCESS_ID) as integers"
+    ) from None
   if num < 1 or not 0 <= index < num:
-    raise ValueError(f"--process_id={index} with --num_processes={num}: expected "
-                     "0 <= process_id < num_processes")
+    raise ValueError(
+      f"--process_id={index} with --num_processes={num}: expected 0 <= process_id < num_processes"
+    )
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(address, num_processes=num, process_id=index)
   return True
@@ -73,10 +79,12 @@ def broadcast_json(value):
   """Process 0's JSON-able value, on every process (itself with one process)."""
   if jax.process_count() == 1:
     return value
-  data = np.frombuffer(json.dumps(value).encode(), np.uint8) if is_primary() else np.zeros(0, np.uint8)
+  data = (
+    np.frombuffer(json.dumps(value).encode(), np.uint8) if is_primary() else np.zeros(0, np.uint8)
+  )
   size = int(multihost_utils.broadcast_one_to_all(np.int64(data.size)))
   padded = np.zeros(size, np.uint8)
-  padded[:data.size] = data
+  padded[: data.size] = data
   return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tobytes().decode())
 
 
@@ -90,5 +98,6 @@ def broadcast_tree(tree):
 def check_same(digest: str, what: str) -> None:
   """RuntimeError unless every process computed the same SHA-256 hex digest."""
   if jax.process_count() > 1:
-    multihost_utils.assert_equal(np.frombuffer(bytes.fromhex(digest), np.uint8),
-                                 f"{what} differs between processes")
+    multihost_utils.assert_equal(
+      np.frombuffer(bytes.fromhex(digest), np.uint8), f"{what} differs between processes"
+    )

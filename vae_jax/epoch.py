@@ -35,7 +35,7 @@ def _compile(jitted, debug: bool, *args):
 
 def _models(tree, k: int):
   """Models k..k+1 of a K-stacked tree, keeping the model axis."""
-  return jax.tree.map(lambda a: a[k:k + 1], tree)
+  return jax.tree.map(lambda a: a[k : k + 1], tree)
 
 
 def _concat(trees: list):
@@ -45,8 +45,17 @@ def _concat(trees: list):
 class Programs:
   """The compiled epoch, evaluation and image programs of a group; built once per run."""
 
-  def __init__(self, group: Group, states, keys, train_data, test_data, mesh=None,
-               chunks: int = 1, debug: bool = False):
+  def __init__(
+    self,
+    group: Group,
+    states,
+    keys,
+    train_data,
+    test_data,
+    mesh=None,
+    chunks: int = 1,
+    debug: bool = False,
+  ):
     settings = group.settings
     strategy = group.strategy()
     # 'loop': the one-model programs, run for each model in turn.
@@ -57,14 +66,24 @@ class Programs:
     over = functools.partial(step_lib.over_models, num_models=num_models, strategy=strategy)
     self.num_models = group.num_models
     self.hparams, self.eval_hparams = group.hparams, group.eval_hparams
-    hparams, eval_hparams = ((_models(group.hparams, 0), _models(group.eval_hparams, 0))
-                             if self.per_model else (group.hparams, group.eval_hparams))
+    hparams, eval_hparams = (
+      (_models(group.hparams, 0), _models(group.eval_hparams, 0))
+      if self.per_model
+      else (group.hparams, group.eval_hparams)
+    )
     self.train_data, self.test_data = train_data, test_data
     batch = settings.optim.batch_size
-    step_fn = functools.partial(step_lib.train_step, objective_fn=group.objective.fn,
-                                binarize=settings.data.binarize, mesh=mesh)
-    order = over(lambda keys, epoch: step_lib.epoch_order(
-        keys, epoch, num_examples=group.num_train, batch_size=batch))
+    step_fn = functools.partial(
+      step_lib.train_step,
+      objective_fn=group.objective.fn,
+      binarize=settings.data.binarize,
+      mesh=mesh,
+    )
+    order = over(
+      lambda keys, epoch: step_lib.epoch_order(
+        keys, epoch, num_examples=group.num_train, batch_size=batch
+      )
+    )
     run = over(functools.partial(step_lib.run_steps, step_fn=step_fn))
     last = over(functools.partial(step_lib.last_step, step_fn=step_fn))
     sums = over(step_lib.epoch_sums)
@@ -85,31 +104,52 @@ class Programs:
     self.chunks, outs = {}, []
     for a, b in self.bounds:
       if b - a not in self.chunks:
-        self.chunks[b - a] = _compile(jax.jit(chunk, donate_argnums=0), debug, states, keys,
-                                      hparams, full[:, a:b], train_data)
-      outs.append(self.chunks[b - a].out_info[1] if not debug else
-                  jax.eval_shape(chunk, states, keys, hparams, full[:, a:b], train_data)[1])
-    self.finish = _compile(jax.jit(finish, donate_argnums=0), debug, states, keys, hparams,
-                           rest, train_data, outs)
+        self.chunks[b - a] = _compile(
+          jax.jit(chunk, donate_argnums=0), debug, states, keys, hparams, full[:, a:b], train_data
+        )
+      outs.append(
+        self.chunks[b - a].out_info[1]
+        if not debug
+        else jax.eval_shape(chunk, states, keys, hparams, full[:, a:b], train_data)[1]
+      )
+    self.finish = _compile(
+      jax.jit(finish, donate_argnums=0), debug, states, keys, hparams, rest, train_data, outs
+    )
 
     def evaluate(params, eval_keys, hparams, data, epoch):
       def one(per_model, shared):
         params, key, hp = per_model
-        return step_lib.evaluate(params, group.model.apply, shared, jax.random.fold_in(key, epoch),
-                                 batch_size=settings.optim.eval_batch_size,
-                                 objective_fn=group.eval_objective.fn, hparams=hp, mesh=mesh)
+        return step_lib.evaluate(
+          params,
+          group.model.apply,
+          shared,
+          jax.random.fold_in(key, epoch),
+          batch_size=settings.optim.eval_batch_size,
+          objective_fn=group.eval_objective.fn,
+          hparams=hp,
+          mesh=mesh,
+        )
+
       return over(one)((params, eval_keys, hparams), data)
 
     def images(params, image_keys, x_8, epoch):
-      return over(lambda per_model, x: step_lib.epoch_images(
-          per_model[0], group.model.apply, x, jax.random.fold_in(per_model[1], epoch),
-          group.model.latent_dim))((params, image_keys), x_8)
+      return over(
+        lambda per_model, x: step_lib.epoch_images(
+          per_model[0],
+          group.model.apply,
+          x,
+          jax.random.fold_in(per_model[1], epoch),
+          group.model.latent_dim,
+        )
+      )((params, image_keys), x_8)
 
-    self.evaluate = _compile(jax.jit(evaluate), debug, states.params, keys["eval"],
-                             eval_hparams, test_data, epoch1)
+    self.evaluate = _compile(
+      jax.jit(evaluate), debug, states.params, keys["eval"], eval_hparams, test_data, epoch1
+    )
     self.num_shown = min(8, test_data.shape[0])
-    self.images = _compile(jax.jit(images), debug, states.params, keys["images"],
-                           test_data[:self.num_shown], epoch1)
+    self.images = _compile(
+      jax.jit(images), debug, states.params, keys["images"], test_data[: self.num_shown], epoch1
+    )
 
   def _each_model(self, fn: Callable, *trees):
     """fn on all models at once, or (loop strategy) on each model's slice, concatenated."""
@@ -131,14 +171,26 @@ class Programs:
           on_chunk(int(jax.device_get(outs[-1][1][0, -1])))
         outs.append(out)
       return self.finish(states, keys, hparams, rest, self.train_data, outs)
+
     return self._each_model(one, states, keys, self.hparams)
 
   def test_sums(self, states, keys, epoch: int) -> dict[str, Any]:
     epoch = jnp.int32(epoch)
-    return self._each_model(lambda params, eval_keys, hparams: self.evaluate(
-        params, eval_keys, hparams, self.test_data, epoch), states.params, keys["eval"], self.eval_hparams)
+    return self._each_model(
+      lambda params, eval_keys, hparams: self.evaluate(
+        params, eval_keys, hparams, self.test_data, epoch
+      ),
+      states.params,
+      keys["eval"],
+      self.eval_hparams,
+    )
 
   def grids(self, states, keys, epoch: int):
     epoch = jnp.int32(epoch)
-    return self._each_model(lambda params, image_keys: self.images(
-        params, image_keys, self.test_data[:self.num_shown], epoch), states.params, keys["images"])
+    return self._each_model(
+      lambda params, image_keys: self.images(
+        params, image_keys, self.test_data[: self.num_shown], epoch
+      ),
+      states.params,
+      keys["images"],
+    )

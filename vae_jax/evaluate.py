@@ -44,15 +44,27 @@ def check_binary(x_NxD: np.ndarray, what: str = "inputs") -> None:
   bad = ~((x == 0) | (x == 1))
   if bad.any():
     raise ValueError(
-        f"{what}: {int(bad.sum())} of {x.size} values are not 0 or 1 (e.g. {x[bad][0]:.4g}); "
-        "the importance-weighted log-likelihood of a Bernoulli decoder is a likelihood only "
-        "for binary data: binarize them first (vae_jax.evaluate.binarize, the standard "
-        "protocol) or use a continuous likelihood")
+      f"{what}: {int(bad.sum())} of {x.size} values are not 0 or 1 (e.g. {x[bad][0]:.4g}); "
+      "the importance-weighted log-likelihood of a Bernoulli decoder is a likelihood only "
+      "for binary data: binarize them first (vae_jax.evaluate.binarize, the standard "
+      "protocol) or use a continuous likelihood"
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples", "sample_chunk", "likelihood"))
-def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_samples: int,
-                      sample_chunk: int, likelihood: objectives.Likelihood):
+@functools.partial(
+  jax.jit, static_argnames=("apply_fn", "num_samples", "sample_chunk", "likelihood")
+)
+def _log_weight_stats(
+  params,
+  apply_fn: Callable,
+  x_BxD,
+  index_B,
+  key,
+  *,
+  num_samples: int,
+  sample_chunk: int,
+  likelihood: objectives.Likelihood,
+):
   """Per example: (logsumexp_k log w_k, sum_k log w_k) over num_samples draws of z.
 
   The weights come from the model's ``importance_terms`` (every stochastic layer of a
@@ -62,22 +74,30 @@ def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_sa
   logits plus the B x K x L noise (the encoder runs again for each chunk: a hierarchy's upper
   layers depend on the sample).
   """
-  batch, latent = jax.eval_shape(lambda p: apply_fn({"params": p}, x_BxD, method="encode"),
-                                 params)[0].shape
-  eps_BxKxL = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i),
-                                                   (num_samples, latent)))(index_B)
+  batch, latent = jax.eval_shape(lambda p: apply_fn({"params": p}, x_BxD, method="encode"), params)[
+    0
+  ].shape
+  eps_BxKxL = jax.vmap(
+    lambda i: jax.random.normal(jax.random.fold_in(key, i), (num_samples, latent))
+  )(index_B)
   num_chunks = -(-num_samples // sample_chunk)
   pad = num_chunks * sample_chunk - num_samples
-  eps_CxSxBxL = jnp.pad(eps_BxKxL, ((0, 0), (0, pad), (0, 0))).transpose(1, 0, 2).reshape(
-      num_chunks, sample_chunk, batch, latent)
-  valid_CxS = (jnp.arange(num_chunks * sample_chunk) < num_samples).reshape(num_chunks, sample_chunk)
+  eps_CxSxBxL = (
+    jnp.pad(eps_BxKxL, ((0, 0), (0, pad), (0, 0)))
+    .transpose(1, 0, 2)
+    .reshape(num_chunks, sample_chunk, batch, latent)
+  )
+  valid_CxS = (jnp.arange(num_chunks * sample_chunk) < num_samples).reshape(
+    num_chunks, sample_chunk
+  )
   nll = objectives.nll_fn(params, likelihood, batch_ndim=2)
 
   def body(carry, eps_valid):
     max_B, sumexp_B, total_B = carry
     eps_SxBxL, valid_S = eps_valid
-    logits, log_p_SxB, log_q_SxB = apply_fn({"params": params}, x_BxD, eps_SxBxL,
-                                            method="importance_terms")
+    logits, log_p_SxB, log_q_SxB = apply_fn(
+      {"params": params}, x_BxD, eps_SxBxL, method="importance_terms"
+    )
     log_w_SxB = -nll(logits, x_BxD[None]) + log_p_SxB - log_q_SxB
     log_w_SxB = jnp.where(valid_S[:, None], log_w_SxB, -jnp.inf)
     new_max_B = jnp.maximum(max_B, jnp.max(log_w_SxB, axis=0))
@@ -90,10 +110,17 @@ def _log_weight_stats(params, apply_fn: Callable, x_BxD, index_B, key, *, num_sa
   return max_B + jnp.log(sumexp_B), total_B
 
 
-def iwae_log_likelihood(params, apply_fn: Callable, x_NxD, key: jax.Array, num_samples: int,
-                        *, batch_size: int = 16, sample_chunk: int = 500,
-                        likelihood: objectives.Likelihood = objectives.Likelihood()
-                        ) -> dict[str, np.ndarray]:
+def iwae_log_likelihood(
+  params,
+  apply_fn: Callable,
+  x_NxD,
+  key: jax.Array,
+  num_samples: int,
+  *,
+  batch_size: int = 16,
+  sample_chunk: int = 500,
+  likelihood: objectives.Likelihood = objectives.Likelihood(),
+) -> dict[str, np.ndarray]:
   """Per-example estimates (nats) with num_samples importance samples from q(z|x).
 
   Returns {'iwae': log p(x) estimate (the K-sample bound, exact as K -> inf), 'elbo': the
@@ -110,18 +137,28 @@ def iwae_log_likelihood(params, apply_fn: Callable, x_NxD, key: jax.Array, num_s
   n = len(x_NxD)
   batch_size = min(batch_size, n)
   sample_chunk = min(sample_chunk, num_samples)
-  latent_dim = jax.eval_shape(lambda p, x: apply_fn({"params": p}, x, method="encode"),
-                              params, x_NxD[:1])[0].shape[-1]
+  latent_dim = jax.eval_shape(
+    lambda p, x: apply_fn({"params": p}, x, method="encode"), params, x_NxD[:1]
+  )[0].shape[-1]
   pixels = int(np.prod(x_NxD.shape[1:]))  # Noise of the batch, one chunk's logits and weights.
-  parallel.check_fits(4 * batch_size * (num_samples * latent_dim + 3 * sample_chunk * pixels),
-                      f"--num_samples {num_samples} (the batch's noise and a chunk's logits)")
+  parallel.check_fits(
+    4 * batch_size * (num_samples * latent_dim + 3 * sample_chunk * pixels),
+    f"--num_samples {num_samples} (the batch's noise and a chunk's logits)",
+  )
   pad = -n % batch_size  # The last batch is padded so one compiled function serves every batch.
   x_pad = np.concatenate([x_NxD, np.zeros((pad, *x_NxD.shape[1:]), np.float32)])
   logsumexp, total = [], []
   for start in range(0, n + pad, batch_size):
     lse_B, total_B = _log_weight_stats(
-        params, apply_fn, x_pad[start:start + batch_size], jnp.arange(start, start + batch_size),
-        key, num_samples=num_samples, sample_chunk=sample_chunk, likelihood=likelihood)
+      params,
+      apply_fn,
+      x_pad[start : start + batch_size],
+      jnp.arange(start, start + batch_size),
+      key,
+      num_samples=num_samples,
+      sample_chunk=sample_chunk,
+      likelihood=likelihood,
+    )
     logsumexp.append(lse_B)
     total.append(total_B)
   logsumexp = np.concatenate(jax.device_get(logsumexp))[:n].astype(np.float64)
@@ -134,10 +171,12 @@ def _encode(params, apply_fn, x_BxD):
   return apply_fn({"params": params}, x_BxD, method="encode")
 
 
-def encode_all(params, apply_fn: Callable, x_NxD, chunk: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+def encode_all(
+  params, apply_fn: Callable, x_NxD, chunk: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
   """(mu_NxL, logvar_NxL) of every example, chunk examples per call."""
   x_NxD = np.asarray(x_NxD, np.float32)
-  outs = [_encode(params, apply_fn, x_NxD[i:i + chunk]) for i in range(0, len(x_NxD), chunk)]
+  outs = [_encode(params, apply_fn, x_NxD[i : i + chunk]) for i in range(0, len(x_NxD), chunk)]
   mus, logvars = zip(*jax.device_get(outs))
   return np.concatenate(mus), np.concatenate(logvars)
 
@@ -150,12 +189,15 @@ def _decode_probs(params, apply_fn, z_BxL):
 def decode_all(params, apply_fn: Callable, z_NxL, chunk: int = 2000) -> np.ndarray:
   """Mean images sigmoid(decoder(z)) in [0, 1] of every code (N x H x W x C), chunk codes per call."""
   z_NxL = np.asarray(z_NxL, np.float32)
-  outs = [_decode_probs(params, apply_fn, z_NxL[i:i + chunk]) for i in range(0, len(z_NxL), chunk)]
+  outs = [
+    _decode_probs(params, apply_fn, z_NxL[i : i + chunk]) for i in range(0, len(z_NxL), chunk)
+  ]
   return np.concatenate(jax.device_get(outs))
 
 
-def latent_diagnostics(mu_NxL: np.ndarray, logvar_NxL: np.ndarray,
-                       threshold: float = ACTIVE_UNIT_THRESHOLD) -> dict[str, Any]:
+def latent_diagnostics(
+  mu_NxL: np.ndarray, logvar_NxL: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD
+) -> dict[str, Any]:
   """KL per latent dimension and active units (Burda et al., 2015) from a set's posteriors.
 
   kl_per_dim: mean over examples of KL(q(z_l|x) || N(0, 1)), nats (sums to the mean KL);
@@ -167,8 +209,13 @@ def latent_diagnostics(mu_NxL: np.ndarray, logvar_NxL: np.ndarray,
   kl_per_dim = np.mean(-0.5 * (1.0 + logvar - mu**2 - np.exp(logvar)), axis=0)
   activity = np.var(mu, axis=0)
   active = activity > threshold
-  return {"kl_per_dim": kl_per_dim, "activity": activity, "active": active,
-          "active_units": int(active.sum()), "latent_dim": mu.shape[1]}
+  return {
+    "kl_per_dim": kl_per_dim,
+    "activity": activity,
+    "active": active,
+    "active_units": int(active.sum()),
+    "latent_dim": mu.shape[1],
+  }
 
 
 def collapse_warning(diagnostics: dict[str, Any]) -> str | None:
@@ -178,14 +225,25 @@ def collapse_warning(diagnostics: dict[str, Any]) -> str | None:
   if not len(inactive):
     return None
   kl = diagnostics["kl_per_dim"][inactive]
-  which = "all latent units" if len(inactive) == latent_dim else (
-      f"{len(inactive)} of {latent_dim} latent units (dims {', '.join(map(str, inactive))})")
-  return (f"posterior collapse: {which} inactive (Cov_x(E_q[z]) <= {ACTIVE_UNIT_THRESHOLD}), "
-          f"carrying {kl.sum():.3f} nats of KL in total; the decoder ignores them")
+  which = (
+    "all latent units"
+    if len(inactive) == latent_dim
+    else (f"{len(inactive)} of {latent_dim} latent units (dims {', '.join(map(str, inactive))})")
+  )
+  return (
+    f"posterior collapse: {which} inactive (Cov_x(E_q[z]) <= {ACTIVE_UNIT_THRESHOLD}), "
+    f"carrying {kl.sum():.3f} nats of KL in total; the decoder ignores them"
+  )
 
 
-def evaluate_run(workdir: str | Path, which: str = "latest", num_samples: int = 5000,
-                 seed: int = 0, num_examples: int = 0, sample_chunk: int = 500) -> dict[str, Any]:
+def evaluate_run(
+  workdir: str | Path,
+  which: str = "latest",
+  num_samples: int = 5000,
+  seed: int = 0,
+  num_examples: int = 0,
+  sample_chunk: int = 500,
+) -> dict[str, Any]:
   """Test NLL of a trained run under the standard protocol, with diagnostics (one JSON dict).
 
   The test set is binarized with key(BINARIZE_SEED); the importance samples use key(seed).
@@ -197,32 +255,55 @@ def evaluate_run(workdir: str | Path, which: str = "latest", num_samples: int = 
   state, meta, settings = run.state, run.meta, run.settings
   objective, objective_settings = settings.objective
   if objective.name == "ae":
-    raise ValueError(f"workdir {workdir}: objective 'ae': a deterministic autoencoder has no "
-                     "q(z|x) or p(z), so no importance-weighted likelihood")
+    raise ValueError(
+      f"workdir {workdir}: objective 'ae': a deterministic autoencoder has no "
+      "q(z|x) or p(z), so no importance-weighted likelihood"
+    )
   likelihood = objective_settings.get("likelihood", "bernoulli")
   if likelihood != "bernoulli":
-    raise ValueError(f"workdir {workdir}: likelihood {likelihood!r}; the test NLL "
-                     "protocol needs the Bernoulli decoder of binarized MNIST")
+    raise ValueError(
+      f"workdir {workdir}: likelihood {likelihood!r}; the test NLL "
+      "protocol needs the Bernoulli decoder of binarized MNIST"
+    )
   x_u8, _ = data.load_data(settings.data)["test"]
-  x_u8 = x_u8[:num_examples or None]
+  x_u8 = x_u8[: num_examples or None]
   x_NxD = binarize(x_u8, jax.random.key(BINARIZE_SEED))
   with jax.default_matmul_precision(settings.run.matmul_precision):  # As the run trained.
-    estimates = iwae_log_likelihood(state.params, state.apply_fn, x_NxD, jax.random.key(seed),
-                                    num_samples, sample_chunk=sample_chunk)
+    estimates = iwae_log_likelihood(
+      state.params,
+      state.apply_fn,
+      x_NxD,
+      jax.random.key(seed),
+      num_samples,
+      sample_chunk=sample_chunk,
+    )
     diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
   notes = [w for w in [collapse_warning(diagnostics)] if w]
   if not settings.data.binarize:
-    notes.append("trained on continuous pixels (config.data.binarize=False): the standard protocol "
-                 "trains on dynamically binarized data, so this NLL is not comparable with "
-                 "published figures")
+    notes.append(
+      "trained on continuous pixels (config.data.binarize=False): the standard protocol "
+      "trains on dynamically binarized data, so this NLL is not comparable with "
+      "published figures"
+    )
   for note in notes:
     warnings.warn(note, stacklevel=2)
   nll, elbo = -estimates["iwae"].mean(), -estimates["elbo"].mean()
-  return {"checkpoint": str(Path(workdir) / checkpoint.SUBDIR / str(meta["epoch"])),
-          "epoch": meta["epoch"], "examples": len(x_NxD), "num_samples": num_samples,
-          "test_nll": float(nll), "test_neg_elbo": float(elbo), "gap": float(elbo - nll),
-          "active_units": diagnostics["active_units"], "latent_dim": diagnostics["latent_dim"],
-          "active_units_per_layer": [int(a.sum()) for a in np.split(
-              diagnostics["active"], np.cumsum(state.apply_fn.__self__.latent_layers)[:-1])],
-          "kl_per_dim": [round(float(v), 4) for v in diagnostics["kl_per_dim"]],
-          "warnings": notes}
+  return {
+    "checkpoint": str(Path(workdir) / checkpoint.SUBDIR / str(meta["epoch"])),
+    "epoch": meta["epoch"],
+    "examples": len(x_NxD),
+    "num_samples": num_samples,
+    "test_nll": float(nll),
+    "test_neg_elbo": float(elbo),
+    "gap": float(elbo - nll),
+    "active_units": diagnostics["active_units"],
+    "latent_dim": diagnostics["latent_dim"],
+    "active_units_per_layer": [
+      int(a.sum())
+      for a in np.split(
+        diagnostics["active"], np.cumsum(state.apply_fn.__self__.latent_layers)[:-1]
+      )
+    ],
+    "kl_per_dim": [round(float(v), 4) for v in diagnostics["kl_per_dim"]],
+    "warnings": notes,
+  }

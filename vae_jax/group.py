@@ -29,21 +29,29 @@ KEY_NAMES = ("shuffle", "noise", "eval", "images")  # The run's keys after rng_i
 
 def batched_settings(objective: objectives.Objective) -> tuple[str, ...]:
   """Dotted config keys that may differ between the models of one group."""
-  return ("seed", "optim.learning_rate",
-          *(f"objective.{k}" for k in objectives.dynamic_settings(objective)))
+  return (
+    "seed",
+    "optim.learning_rate",
+    *(f"objective.{k}" for k in objectives.dynamic_settings(objective)),
+  )
 
 
 def _stack(trees: list) -> Any:
   """Leaves stacked on a new axis 0: floats as float32, ints as int32 (the traced types)."""
+
   def leaf(*xs):
     a = np.asarray(xs)
-    return a.astype(np.float32 if a.dtype.kind == "f" else np.int32 if a.dtype.kind in "iu" else a.dtype)
+    return a.astype(
+      np.float32 if a.dtype.kind == "f" else np.int32 if a.dtype.kind in "iu" else a.dtype
+    )
+
   return jax.tree.map(leaf, *trees)
 
 
 @dataclasses.dataclass
 class Group:
   """Everything the loop needs about K models, derived once from the config and the data."""
+
   settings: config_lib.Settings
   overrides: list[dict[str, Any]]
   model: models.VAE
@@ -90,18 +98,30 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
     if len(x) == 0:
       raise ConfigError(f"data: the {name} split has no images")
   if settings.optim.batch_size > len(x_train):
-    raise ConfigError(f"config.optim.batch_size={settings.optim.batch_size}: larger than the "
-                      f"training set ({len(x_train)} examples)")
-  group = build_group(settings, tuple(x_train.shape[1:]), len(x_train),
-                      np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32) / 255,
-                      overrides, int(x_train.nbytes) + int(x_test.nbytes))
+    raise ConfigError(
+      f"config.optim.batch_size={settings.optim.batch_size}: larger than the "
+      f"training set ({len(x_train)} examples)"
+    )
+  group = build_group(
+    settings,
+    tuple(x_train.shape[1:]),
+    len(x_train),
+    np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32) / 255,
+    overrides,
+    int(x_train.nbytes) + int(x_test.nbytes),
+  )
   group.mesh = check_devices(settings, group.num_models)
   return group
 
 
-def build_group(settings: config_lib.Settings, image_shape: tuple[int, ...], num_train: int,
-                mean_image: np.ndarray | None = None, overrides: list[dict[str, Any]] | None = None,
-                data_bytes: int = 0) -> Group:
+def build_group(
+  settings: config_lib.Settings,
+  image_shape: tuple[int, ...],
+  num_train: int,
+  mean_image: np.ndarray | None = None,
+  overrides: list[dict[str, Any]] | None = None,
+  data_bytes: int = 0,
+) -> Group:
   """The group from the data's shape alone (no images: what restoring a checkpoint needs).
 
   mean_image: the training set's mean pixel (None: 0.5 everywhere; only data-dependent inits
@@ -112,14 +132,21 @@ def build_group(settings: config_lib.Settings, image_shape: tuple[int, ...], num
   for o in overrides:
     for key in o:
       if key not in allowed:
-        raise ConfigError(f"per-model setting {key!r}: models trained in one program may differ "
-                          f"only in {', '.join(allowed)}; other settings need a group of their own")
+        raise ConfigError(
+          f"per-model setting {key!r}: models trained in one program may differ "
+          f"only in {', '.join(allowed)}; other settings need a group of their own"
+        )
   context = run_context(settings, num_train)
   hparams, eval_hparams = [], []
   model_cls = settings.model[0].target
   for o in overrides:
-    mine = (entry, {**obj_settings, **{k.split(".", 1)[1]: v for k, v in o.items()
-                                       if k.startswith("objective.")}})
+    mine = (
+      entry,
+      {
+        **obj_settings,
+        **{k.split(".", 1)[1]: v for k, v in o.items() if k.startswith("objective.")},
+      },
+    )
     hparams.append(objectives.make_hparams(mine, **context))
     eval_objective, eval_hp = objectives.evaluation(mine, model_cls.standard_prior, **context)
     eval_hparams.append(eval_hp)
@@ -127,25 +154,41 @@ def build_group(settings: config_lib.Settings, image_shape: tuple[int, ...], num
   model = models.build(settings.model, image_shape, getattr(hparams[0], "learned_sigma", False))
   steps = settings.optim.num_epochs * context["steps_per_epoch"]
   if steps >= 2**31:
-    raise ConfigError(f"config.optim.num_epochs={settings.optim.num_epochs}: {steps:,} steps "
-                      "overflow the int32 step counter (at most 2**31 - 1)")
-  parallel.check_fits(estimated_bytes(model, len(overrides), settings.optim, data_bytes),
-                      f"the run ({len(overrides)} model(s) of {settings.model[0].name!r})")
+    raise ConfigError(
+      f"config.optim.num_epochs={settings.optim.num_epochs}: {steps:,} steps "
+      "overflow the int32 step counter (at most 2**31 - 1)"
+    )
+  parallel.check_fits(
+    estimated_bytes(model, len(overrides), settings.optim, data_bytes),
+    f"the run ({len(overrides)} model(s) of {settings.model[0].name!r})",
+  )
   check_objective(entry.target, model, hparams[0])
   if mean_image is None:
     mean_image = np.full(image_shape, 0.5, np.float32)
-  return Group(settings, overrides, model, entry.target, _stack(hparams), eval_objective,
-               _stack(eval_hparams),
-               np.asarray([o.get("seed", settings.seed) for o in overrides], np.int32),
-               np.asarray([o.get("optim.learning_rate", settings.optim.learning_rate)
-                           for o in overrides], np.float32), image_shape, num_train, mean_image)
+  return Group(
+    settings,
+    overrides,
+    model,
+    entry.target,
+    _stack(hparams),
+    eval_objective,
+    _stack(eval_hparams),
+    np.asarray([o.get("seed", settings.seed) for o in overrides], np.int32),
+    np.asarray(
+      [o.get("optim.learning_rate", settings.optim.learning_rate) for o in overrides], np.float32
+    ),
+    image_shape,
+    num_train,
+    mean_image,
+  )
 
 
 def run_context(settings: config_lib.Settings, num_train: int) -> dict[str, int]:
   """What a run fills into an objective's Hparams (objectives.CONTEXT): num_train_examples
   (the training split's size) and steps_per_epoch (ceil(num_train / optim.batch_size))."""
-  return dict(num_train_examples=num_train,
-              steps_per_epoch=-(-num_train // settings.optim.batch_size))
+  return dict(
+    num_train_examples=num_train, steps_per_epoch=-(-num_train // settings.optim.batch_size)
+  )
 
 
 def check_objective(objective: objectives.Objective, model: models.VAE, hparams) -> None:
@@ -153,8 +196,9 @@ def check_objective(objective: objectives.Objective, model: models.VAE, hparams)
   ConfigError naming the objective before the run writes anything."""
   x_1 = jnp.zeros((1, *model.image_shape), jnp.float32)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), x_1))["params"]
-  jax.eval_shape(lambda p, k: objective.fn(p, model.apply, x_1, k, hparams), params,
-                 jax.random.key(0))
+  jax.eval_shape(
+    lambda p, k: objective.fn(p, model.apply, x_1, k, hparams), params, jax.random.key(0)
+  )
 
 
 def check_devices(settings: config_lib.Settings, num_models: int):
@@ -162,21 +206,27 @@ def check_devices(settings: config_lib.Settings, num_models: int):
   if num_models > 1:
     if settings.run.per_device_batch_size:
       raise ConfigError(
-          f"config.run.per_device_batch_size={settings.run.per_device_batch_size}: applies to a "
-          f"single run (data parallelism); these {num_models} models share the model axis, set "
-          "config.optim.batch_size")
+        f"config.run.per_device_batch_size={settings.run.per_device_batch_size}: applies to a "
+        f"single run (data parallelism); these {num_models} models share the model axis, set "
+        "config.optim.batch_size"
+      )
     return None
-  mesh = parallel.make_mesh(parallel.data_devices(settings.run.num_devices, settings.optim.batch_size,
-                                                  settings.run.per_device_batch_size))
+  mesh = parallel.make_mesh(
+    parallel.data_devices(
+      settings.run.num_devices, settings.optim.batch_size, settings.run.per_device_batch_size
+    )
+  )
   if mesh is not None and settings.optim.batch_size % mesh.size:
     raise ConfigError(
-        f"config.optim.batch_size={settings.optim.batch_size}: not divisible by the {mesh.size} "
-        "devices of the data axis (set config.run.num_devices or the batch size)")
+      f"config.optim.batch_size={settings.optim.batch_size}: not divisible by the {mesh.size} "
+      "devices of the data axis (set config.run.num_devices or the batch size)"
+    )
   return mesh
 
 
-def estimated_bytes(model: models.VAE, num_models: int, optim: config_lib.Optim,
-                    data_bytes: int = 0) -> int:
+def estimated_bytes(
+  model: models.VAE, num_models: int, optim: config_lib.Optim, data_bytes: int = 0
+) -> int:
   """A lower bound of a run's memory: parameters with their gradients and Adam moments (4
   copies, float32) per model, a batch's activations (a few copies of the widest layer), and
   the data. Parameter shapes come from jax.eval_shape: nothing is allocated to count them."""
@@ -205,11 +255,13 @@ def optimizer(optim: config_lib.Optim, steps_per_epoch: int = 1) -> optax.Gradie
   transformation in the chain; 'constant' keeps the one-transformation state of older runs).
   """
   adam = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps"))(
-      learning_rate=optim.learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    learning_rate=optim.learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps
+  )
   if optim.lr_schedule == "constant":
     return adam
-  return optax.chain(adam, optax.scale_by_schedule(
-      lambda count: stage_factor(optim, count // steps_per_epoch)))
+  return optax.chain(
+    adam, optax.scale_by_schedule(lambda count: stage_factor(optim, count // steps_per_epoch))
+  )
 
 
 def adam_state(opt_state):
@@ -228,10 +280,14 @@ def create_states(group: Group):
     state = step_lib.TrainState.create(apply_fn=group.model.apply, params=params, tx=tx)
     adam = adam_state(state.opt_state)
     adam = adam._replace(hyperparams={**adam.hyperparams, "learning_rate": learning_rate})
-    opt_state = adam if adam_state(state.opt_state) is state.opt_state else (adam, *state.opt_state[1:])
+    opt_state = (
+      adam if adam_state(state.opt_state) is state.opt_state else (adam, *state.opt_state[1:])
+    )
     # A strongly typed step: a restored state has the same types as a fresh one.
-    return (state.replace(opt_state=opt_state, step=jnp.zeros((), jnp.int32)),
-            dict(zip(KEY_NAMES, rngs)))
+    return (
+      state.replace(opt_state=opt_state, step=jnp.zeros((), jnp.int32)),
+      dict(zip(KEY_NAMES, rngs)),
+    )
 
   if group.num_models == 1:  # The single run: built as it always was, then given the model axis.
     out = one(int(group.seeds[0]), jnp.float32(group.learning_rates[0]))
@@ -241,8 +297,12 @@ def create_states(group: Group):
 
 def state_tree(states, keys) -> dict[str, Any]:
   """What a checkpoint holds as arrays: params, optimizer state, step and key data."""
-  return {"params": states.params, "opt_state": states.opt_state, "step": states.step,
-          "keys": {name: jax.random.key_data(keys[name]) for name in KEY_NAMES}}
+  return {
+    "params": states.params,
+    "opt_state": states.opt_state,
+    "step": states.step,
+    "keys": {name: jax.random.key_data(keys[name]) for name in KEY_NAMES},
+  }
 
 
 def from_state_tree(states, tree: dict[str, Any]):

@@ -20,12 +20,13 @@ def image_grid(images_NxHxWxC: np.ndarray, nrow: int = 8, padding: int = 2) -> n
   n, h, w = images.shape[:3]
   ncol = min(nrow, n)
   nrows = -(-n // ncol)
-  grid = np.zeros((nrows * (h + padding) + padding, ncol * (w + padding) + padding,
-                   *images.shape[3:]), np.float32)
+  grid = np.zeros(
+    (nrows * (h + padding) + padding, ncol * (w + padding) + padding, *images.shape[3:]), np.float32
+  )
   for i, image in enumerate(images):
     r, c = divmod(i, ncol)
     top, left = r * (h + padding) + padding, c * (w + padding) + padding
-    grid[top:top + h, left:left + w] = image
+    grid[top : top + h, left : left + w] = image
   return np.clip(grid * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -38,8 +39,9 @@ def save_png(path: str | os.PathLike, grid_u8: np.ndarray) -> None:
   path = os.fspath(path)
   tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
   try:
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
-                   "wb") as f:
+    with os.fdopen(
+      os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666), "wb"
+    ) as f:
       Image.fromarray(grid_u8, mode="L" if grid_u8.ndim == 2 else "RGB").save(f, format="PNG")
     os.replace(tmp, path)
   except OSError as e:  # Named by the image (a write's error names no file; the rename's, two).

@@ -32,8 +32,10 @@ def _check_out(out: str | Path, suffix: str) -> Path:
   if out.suffix != suffix:
     raise ValueError(f"--out {out}: expected a {suffix} file name")
   if out.is_symlink():  # Dangling or not: never written through.
-    raise ValueError(f"--out {out}: is a symbolic link; vae_jax writes only a file it creates or "
-                     "replaces: name the file itself")
+    raise ValueError(
+      f"--out {out}: is a symbolic link; vae_jax writes only a file it creates or "
+      "replaces: name the file itself"
+    )
   if out.exists() and not out.is_dir() and not out.is_file():
     raise ValueError(f"--out {out}: exists and is not a regular file; choose another name")
   if out.is_dir():
@@ -72,7 +74,7 @@ def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "l
   logits_NxD, _, _ = jax.jit(state.apply_fn)({"params": state.params}, x_NxD, None)
   rows = []
   for start in range(0, num, 8):  # Originals and reconstructions alternate, 8 per row.
-    rows += [x_NxD[start:start + 8], jax.nn.sigmoid(logits_NxD[start:start + 8])]
+    rows += [x_NxD[start : start + 8], jax.nn.sigmoid(logits_NxD[start : start + 8])]
   _save_grid(out, jnp.concatenate(rows))
   return out
 
@@ -86,8 +88,9 @@ def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
   mu, logvar = encode_all(run.state.params, run.state.apply_fn, x_NxD)
   tmp = out.with_name(f".{out.stem}.tmp.npz")
   try:  # O_NOFOLLOW: a link at the temporary name is an error, never written through.
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
-                   "wb") as f:
+    with os.fdopen(
+      os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666), "wb"
+    ) as f:
       np.savez(f, mu=mu, logvar=logvar, labels=labels)
     tmp.replace(out)
   except OSError as e:  # Named by --out, not by its temporary file.
@@ -110,15 +113,29 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   x_u8, labels = _load_split(run, split)
   epoch = meta["epoch"]
   eval_objective, hparams = objectives.evaluation(
-      settings.objective, settings.model[0].target.standard_prior,
-      **run_context(settings, meta["data"]["train"]["examples"]))
+    settings.objective,
+    settings.model[0].target.standard_prior,
+    **run_context(settings, meta["data"]["train"]["examples"]),
+  )
   evaluate_fn = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))
   with jax.default_matmul_precision(settings.run.matmul_precision):  # As the run trained.
-    sums = jax.device_get(evaluate_fn(
-        state.params, state.apply_fn, jnp.asarray(x_u8), jax.random.fold_in(keys["eval"], epoch),
-        batch_size=settings.optim.eval_batch_size, objective_fn=eval_objective.fn, hparams=hparams))
-  result = {"checkpoint": str(Path(workdir) / checkpoint.SUBDIR / str(epoch)), "epoch": epoch,
-            "split": split, "examples": len(x_u8)}
+    sums = jax.device_get(
+      evaluate_fn(
+        state.params,
+        state.apply_fn,
+        jnp.asarray(x_u8),
+        jax.random.fold_in(keys["eval"], epoch),
+        batch_size=settings.optim.eval_batch_size,
+        objective_fn=eval_objective.fn,
+        hparams=hparams,
+      )
+    )
+  result = {
+    "checkpoint": str(Path(workdir) / checkpoint.SUBDIR / str(epoch)),
+    "epoch": epoch,
+    "split": split,
+    "examples": len(x_u8),
+  }
   result.update({k: float(v) / len(x_u8) for k, v in sums.items()})
   same_data = meta["data"].get(split) == checkpoint.data_fingerprint({split: (x_u8, labels)})[split]
   if split == "test" and same_data:
@@ -126,7 +143,9 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   if settings.objective[0].name != "ae":  # The autoencoder has no posterior to diagnose.
     x_NxD = step.to_float(jnp.asarray(x_u8))
     diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
-    result.update(active_units=diagnostics["active_units"],
-                  kl_per_dim=[round(float(v), 4) for v in diagnostics["kl_per_dim"]],
-                  collapse_warning=collapse_warning(diagnostics))
+    result.update(
+      active_units=diagnostics["active_units"],
+      kl_per_dim=[round(float(v), 4) for v in diagnostics["kl_per_dim"]],
+      collapse_warning=collapse_warning(diagnostics),
+    )
   return result

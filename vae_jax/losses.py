@@ -50,8 +50,9 @@ def sum_per_example(a, batch_ndim: int = 1):
 def bce_per_example(logits_BxHxWxC, x_BxHxWxC, batch_ndim: int = 1):
   """-sum_pixels [x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))]: nats per example."""
   logits_BxD, x_BxD = jnp.broadcast_arrays(logits_BxHxWxC, x_BxHxWxC)
-  return sum_per_example(bce_with_logits(flat(logits_BxD, batch_ndim), flat(x_BxD, batch_ndim)),
-                         batch_ndim)
+  return sum_per_example(
+    bce_with_logits(flat(logits_BxD, batch_ndim), flat(x_BxD, batch_ndim)), batch_ndim
+  )
 
 
 def kl_per_example(mu_BxL, logvar_BxL):
@@ -85,8 +86,7 @@ def continuous_bernoulli_log_norm(probs):
   return jnp.where(far, exact, jnp.log(2.0) + 4.0 / 3.0 * t**2 + 104.0 / 45.0 * t**4)
 
 
-def nll_per_example(logits, x, likelihood: str = "bernoulli", log_sigma=None,
-                    batch_ndim: int = 1):
+def nll_per_example(logits, x, likelihood: str = "bernoulli", log_sigma=None, batch_ndim: int = 1):
   """-log p(x | z) summed over pixels; the decoder's logits give the mean sigmoid(logits).
 
   bernoulli: the reference BCE. continuous_bernoulli: BCE - log C(sigmoid(logits)), a
@@ -99,8 +99,9 @@ def nll_per_example(logits, x, likelihood: str = "bernoulli", log_sigma=None,
   logits_BxD, x_BxD = flat(logits, batch_ndim), flat(x, batch_ndim)
   if likelihood == "continuous_bernoulli":
     probs = jnp.clip(jax.nn.sigmoid(logits_BxD), 1e-6, 1 - 1e-6)
-    return (jnp.sum(bce_with_logits(logits_BxD, x_BxD), -1)
-            - jnp.sum(continuous_bernoulli_log_norm(probs), -1))
+    return jnp.sum(bce_with_logits(logits_BxD, x_BxD), -1) - jnp.sum(
+      continuous_bernoulli_log_norm(probs), -1
+    )
   if likelihood == "gaussian":
     log_sigma = jnp.reshape(log_sigma, -1)
     z = (x_BxD - jax.nn.sigmoid(logits_BxD)) * jnp.exp(-log_sigma)
@@ -133,6 +134,9 @@ def iwae_bound(log_p_x_given_z_KxB, z_KxBxL, mu_BxL, logvar_BxL):
 
   K = 1 is the ELBO; the bound tightens towards log p(x) as K grows (Burda et al., 2015).
   """
-  log_w_KxB = (log_p_x_given_z_KxB + gaussian_log_density(z_KxBxL, 0.0, 0.0)
-               - gaussian_log_density(z_KxBxL, mu_BxL, logvar_BxL))
+  log_w_KxB = (
+    log_p_x_given_z_KxB
+    + gaussian_log_density(z_KxBxL, 0.0, 0.0)
+    - gaussian_log_density(z_KxBxL, mu_BxL, logvar_BxL)
+  )
   return jax.nn.logsumexp(log_w_KxB, axis=0) - jnp.log(log_w_KxB.shape[0])

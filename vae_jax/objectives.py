@@ -75,8 +75,13 @@ class Objective:
   importance_weighted: bool = False  # Uses only importance_terms: any prior.
 
 
-def register_objective(name: str, hparams_cls: type = Hparams, evaluate_with: str | None = "elbo",
-                       importance_weighted: bool = False, replace: bool = False):
+def register_objective(
+  name: str,
+  hparams_cls: type = Hparams,
+  evaluate_with: str | None = "elbo",
+  importance_weighted: bool = False,
+  replace: bool = False,
+):
   """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)
   as ``config.objective.name=name``.
 
@@ -87,37 +92,56 @@ def register_objective(name: str, hparams_cls: type = Hparams, evaluate_with: st
   replace=True), Hparams that are not a flax struct dataclass. At the first trace: metrics
   without a scalar 'loss', or with a non-scalar value.
   """
-  if not (isinstance(hparams_cls, type) and issubclass(hparams_cls, Hparams)
-          and hparams_cls.__dict__.get("_flax_dataclass", False)):
-    raise ConfigError(f"register_objective({name!r}): hparams {hparams_cls!r} must be a subclass of "
-                      "vae_jax.Hparams decorated with @flax.struct.dataclass (a plain class has no "
-                      "settings and is not traced)")
+  if not (
+    isinstance(hparams_cls, type)
+    and issubclass(hparams_cls, Hparams)
+    and hparams_cls.__dict__.get("_flax_dataclass", False)
+  ):
+    raise ConfigError(
+      f"register_objective({name!r}): hparams {hparams_cls!r} must be a subclass of "
+      "vae_jax.Hparams decorated with @flax.struct.dataclass (a plain class has no "
+      "settings and is not traced)"
+    )
+
   def decorate(fn):
     settings = {f.name: f.default for f in dataclasses.fields(hparams_cls) if f.name not in CONTEXT}
-    REGISTRY.register(name, Objective(name, checked(fn, name), hparams_cls, evaluate_with,
-                                      importance_weighted), settings, origin=fn, replace=replace)
+    REGISTRY.register(
+      name,
+      Objective(name, checked(fn, name), hparams_cls, evaluate_with, importance_weighted),
+      settings,
+      origin=fn,
+      replace=replace,
+    )
     return fn
+
   return decorate
 
 
 def checked(fn: Callable, name: str) -> Callable:
   """fn, refusing at trace time (ConfigError naming the objective) metrics that lack a
   scalar 'loss' or hold a non-scalar value."""
+
   @functools.wraps(fn)
   def objective(*args, **kwargs):
     out = fn(*args, **kwargs)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
-      raise ConfigError(f"objective {name!r}: returned {type(out).__name__}; expected "
-                        "(loss, metrics dict)")
+      raise ConfigError(
+        f"objective {name!r}: returned {type(out).__name__}; expected (loss, metrics dict)"
+      )
     metrics = out[1]
     if "loss" not in metrics:
-      raise ConfigError(f"objective {name!r}: its metrics {sorted(metrics)} lack 'loss' (the "
-                        "minimised value, a batch sum)")
+      raise ConfigError(
+        f"objective {name!r}: its metrics {sorted(metrics)} lack 'loss' (the "
+        "minimised value, a batch sum)"
+      )
     for key, value in metrics.items():
       if jnp.ndim(value) != 0:
-        raise ConfigError(f"objective {name!r}: metric {key!r} has shape {jnp.shape(value)}; "
-                          "expected a scalar (a sum over the batch's examples)")
+        raise ConfigError(
+          f"objective {name!r}: metric {key!r} has shape {jnp.shape(value)}; "
+          "expected a scalar (a sum over the batch's examples)"
+        )
     return out
+
   return objective
 
 
@@ -125,15 +149,20 @@ def check_model(objective: Objective, model_name: str, standard_prior: bool) -> 
   """Refuses an objective with an analytic N(0, I) KL for a model with another prior."""
   if not standard_prior and not objective.importance_weighted:
     usable = sorted(e.name for e in REGISTRY.entries.values() if e.target.importance_weighted)
-    raise ConfigError(f"config.objective.name={objective.name!r}: model {model_name!r} has a prior "
-                      f"other than N(0, I); it trains with an importance-weighted objective "
-                      f"({', '.join(usable)})")
+    raise ConfigError(
+      f"config.objective.name={objective.name!r}: model {model_name!r} has a prior "
+      f"other than N(0, I); it trains with an importance-weighted objective "
+      f"({', '.join(usable)})"
+    )
 
 
 def dynamic_settings(objective: Objective) -> tuple[str, ...]:
   """Settings traced as arrays (a sweep batches their values in one program)."""
-  return tuple(f.name for f in dataclasses.fields(objective.hparams_cls)
-               if f.metadata.get("pytree_node", True) and f.name not in CONTEXT)
+  return tuple(
+    f.name
+    for f in dataclasses.fields(objective.hparams_cls)
+    if f.metadata.get("pytree_node", True) and f.name not in CONTEXT
+  )
 
 
 def make_hparams(resolved: tuple[Any, dict[str, Any]], **context) -> Hparams:
@@ -146,8 +175,9 @@ def make_hparams(resolved: tuple[Any, dict[str, Any]], **context) -> Hparams:
   return hparams
 
 
-def evaluation(resolved: tuple[Any, dict[str, Any]], standard_prior: bool = True,
-               **context) -> tuple[Objective, Hparams]:
+def evaluation(
+  resolved: tuple[Any, dict[str, Any]], standard_prior: bool = True, **context
+) -> tuple[Objective, Hparams]:
   """(objective, hparams) of the test metric, from the training objective's settings; a
   model without the N(0, I) prior is evaluated with its training objective."""
   entry, settings = resolved
@@ -174,13 +204,16 @@ def corrupt(x, key: jax.Array, kind: str, level) -> jax.Array:
 class Likelihood(Hparams):
   """p(x|z): 'bernoulli' (reference), 'continuous_bernoulli' or 'gaussian' (gaussian_sigma:
   fixed sigma; 0: a learned per-pixel sigma, the model's log_sigma parameter)."""
+
   likelihood: str = static("bernoulli")
   gaussian_sigma: float = static(0.0)
 
   def check(self):
     if self.likelihood not in losses.LIKELIHOODS:
-      raise ConfigError(f"config.objective.likelihood={self.likelihood!r}: expected one of "
-                        f"{', '.join(losses.LIKELIHOODS)}")
+      raise ConfigError(
+        f"config.objective.likelihood={self.likelihood!r}: expected one of "
+        f"{', '.join(losses.LIKELIHOODS)}"
+      )
     if not self.gaussian_sigma >= 0:
       raise ConfigError(f"config.objective.gaussian_sigma={self.gaussian_sigma}: expected >= 0")
 
@@ -193,28 +226,39 @@ def nll_fn(params, hparams: Likelihood, batch_ndim: int = 1) -> Callable:
   """(logits, x) -> -log p(x|z) per example (nats) under the hparams' likelihood."""
   log_sigma = None
   if hparams.likelihood == "gaussian":
-    log_sigma = (params["log_sigma"] if hparams.gaussian_sigma == 0
-                 else jnp.log(jnp.float32(hparams.gaussian_sigma)))
-  return functools.partial(losses.nll_per_example, likelihood=hparams.likelihood,
-                           log_sigma=log_sigma, batch_ndim=batch_ndim)
+    log_sigma = (
+      params["log_sigma"]
+      if hparams.gaussian_sigma == 0
+      else jnp.log(jnp.float32(hparams.gaussian_sigma))
+    )
+  return functools.partial(
+    losses.nll_per_example,
+    likelihood=hparams.likelihood,
+    log_sigma=log_sigma,
+    batch_ndim=batch_ndim,
+  )
 
 
 @struct.dataclass
 class Denoising(Likelihood):
   """The encoder sees corrupt(x) (corruption 'gaussian' or 'mask' at corruption_level) while
   the likelihood scores the clean x; the test metric uses clean inputs."""
+
   corruption: str = static("none")
   corruption_level: float = 0.0
 
   def check(self):
     super().check()
     if self.corruption not in CORRUPTIONS:
-      raise ConfigError(f"config.objective.corruption={self.corruption!r}: expected one of "
-                        f"{', '.join(CORRUPTIONS)}")
+      raise ConfigError(
+        f"config.objective.corruption={self.corruption!r}: expected one of {', '.join(CORRUPTIONS)}"
+      )
     level, limit = float(self.corruption_level), 1.0 if self.corruption == "mask" else float("inf")
     if not 0 <= level < limit or level == float("inf"):
-      raise ConfigError(f"config.objective.corruption_level={level}: expected a finite value "
-                        f">= 0{' and < 1 (a masked fraction)' if limit == 1.0 else ''}")
+      raise ConfigError(
+        f"config.objective.corruption_level={level}: expected a finite value "
+        f">= 0{' and < 1 (a masked fraction)' if limit == 1.0 else ''}"
+      )
 
   def encoder_input(self, x, key):
     if self.corruption == "none" or key is None:

@@ -29,6 +29,7 @@ def _positive(hparams, *keys):
 class ElboHparams(Denoising):
   """beta: KL weight (1: the ELBO); kl_warmup_epochs: beta ramps as min(1, step / warm-up
   steps); free_bits: nats per latent dim below which KL is free (0: off)."""
+
   beta: float = 1.0
   kl_warmup_epochs: int = 0
   free_bits: float = static(0.0)
@@ -38,9 +39,11 @@ class ElboHparams(Denoising):
     super().check()
     _positive(self, "beta", "free_bits", "kl_warmup_epochs")
     if self.kl_warmup_epochs * self.steps_per_epoch >= 2**31:
-      raise ConfigError(f"config.objective.kl_warmup_epochs={self.kl_warmup_epochs}: "
-                        f"{self.kl_warmup_epochs * self.steps_per_epoch:,} warm-up steps overflow "
-                        "the int32 step counter")
+      raise ConfigError(
+        f"config.objective.kl_warmup_epochs={self.kl_warmup_epochs}: "
+        f"{self.kl_warmup_epochs * self.steps_per_epoch:,} warm-up steps overflow "
+        "the int32 step counter"
+      )
 
   def at_step(self, step):
     warmup_steps = self.kl_warmup_epochs * self.steps_per_epoch
@@ -68,12 +71,15 @@ def elbo(params, apply_fn, x, key, hparams: ElboHparams):
 @struct.dataclass
 class IwaeHparams(Likelihood):
   """num_samples: K of the importance-weighted bound (Burda et al., 2015); 1 is the ELBO."""
+
   num_samples: int = static(1)
 
   def check(self):
     super().check()
     if self.num_samples < 1:
-      raise ConfigError(f"config.objective.num_samples={self.num_samples}: expected an integer >= 1")
+      raise ConfigError(
+        f"config.objective.num_samples={self.num_samples}: expected an integer >= 1"
+      )
 
 
 def log_weights(params, apply_fn, x, key, num_samples: int, hparams: Likelihood):
@@ -86,7 +92,9 @@ def log_weights(params, apply_fn, x, key, num_samples: int, hparams: Likelihood)
   mu_BxE = jax.eval_shape(lambda p: apply_fn({"params": p}, x, method="encode"), params)[0]
   shape = (num_samples, *mu_BxE.shape)
   eps_KxBxE = jnp.zeros(shape) if key is None else jax.random.normal(key, shape)
-  logits, log_p_KxB, log_q_KxB = apply_fn({"params": params}, x, eps_KxBxE, method="importance_terms")
+  logits, log_p_KxB, log_q_KxB = apply_fn(
+    {"params": params}, x, eps_KxBxE, method="importance_terms"
+  )
   nll_KxB = nll_fn(params, hparams, batch_ndim=2)(logits, x[None])
   return -nll_KxB + log_p_KxB - log_q_KxB, nll_KxB, log_q_KxB - log_p_KxB
 
@@ -106,7 +114,11 @@ def vae_k(params, apply_fn, x, key, hparams: IwaeHparams):
   the ELBO with a Monte Carlo KL); metrics loss, bce and kl, each the mean over the k samples."""
   log_w_KxB, nll_KxB, kl_KxB = log_weights(params, apply_fn, x, key, hparams.num_samples, hparams)
   loss = -jnp.sum(jnp.mean(log_w_KxB, 0))
-  return loss, {"loss": loss, "bce": jnp.sum(jnp.mean(nll_KxB, 0)), "kl": jnp.sum(jnp.mean(kl_KxB, 0))}
+  return loss, {
+    "loss": loss,
+    "bce": jnp.sum(jnp.mean(nll_KxB, 0)),
+    "kl": jnp.sum(jnp.mean(kl_KxB, 0)),
+  }
 
 
 @register_objective("ae", Denoising, evaluate_with=None)
@@ -122,6 +134,7 @@ class TcHparams(Likelihood):
   """beta-TCVAE (Chen et al., 2018): weights of the index-code MI, the total correlation and
   the dimension-wise KL; all 1 is the ELBO. num_train_examples: N of the minibatch-weighted
   sampling estimate (set from the data)."""
+
   mi_weight: float = 1.0
   tc_weight: float = 1.0
   dw_weight: float = 1.0
@@ -140,22 +153,36 @@ def beta_tcvae(params, apply_fn, x, key, hparams: TcHparams):
   product of marginals; metrics loss, bce, kl (analytic), mi, tc, dwkl.
   """
   mu_BxL, logvar_BxL = apply_fn({"params": params}, x, method="encode")
-  z_BxL = mu_BxL if key is None else reparameterize(
-      mu_BxL, logvar_BxL, jax.random.normal(key, mu_BxL.shape, mu_BxL.dtype))
+  z_BxL = (
+    mu_BxL
+    if key is None
+    else reparameterize(mu_BxL, logvar_BxL, jax.random.normal(key, mu_BxL.shape, mu_BxL.dtype))
+  )
   logits = apply_fn({"params": params}, z_BxL, method="decode")
   rec = jnp.sum(nll_fn(params, hparams)(logits, x))
   batch = x.shape[0]
   log_norm = jnp.log(batch * hparams.num_train_examples)
   # log q(z_i,l | x_j) for every pair (i, j) and dimension l.
-  log_q_BxBxL = -0.5 * (jnp.log(2 * jnp.pi) + logvar_BxL[None]
-                        + jnp.square(z_BxL[:, None] - mu_BxL[None]) * jnp.exp(-logvar_BxL[None]))
+  log_q_BxBxL = -0.5 * (
+    jnp.log(2 * jnp.pi)
+    + logvar_BxL[None]
+    + jnp.square(z_BxL[:, None] - mu_BxL[None]) * jnp.exp(-logvar_BxL[None])
+  )
   log_qz_B = jax.nn.logsumexp(log_q_BxBxL.sum(-1), axis=1) - log_norm
   log_prod_B = jnp.sum(jax.nn.logsumexp(log_q_BxBxL, axis=1) - log_norm, axis=-1)
   log_qz_x_B = losses.gaussian_log_density(z_BxL, mu_BxL, logvar_BxL)
   log_pz_B = losses.gaussian_log_density(z_BxL, 0.0, 0.0)
-  mi, tc, dwkl = (jnp.sum(log_qz_x_B - log_qz_B), jnp.sum(log_qz_B - log_prod_B),
-                  jnp.sum(log_prod_B - log_pz_B))
+  mi, tc, dwkl = (
+    jnp.sum(log_qz_x_B - log_qz_B),
+    jnp.sum(log_qz_B - log_prod_B),
+    jnp.sum(log_prod_B - log_pz_B),
+  )
   loss = rec + hparams.mi_weight * mi + hparams.tc_weight * tc + hparams.dw_weight * dwkl
-  return loss, {"loss": loss, "bce": rec, "kl": jnp.sum(losses.kl_per_example(mu_BxL, logvar_BxL)),
-                "mi": mi, "tc": tc, "dwkl": dwkl}
-
+  return loss, {
+    "loss": loss,
+    "bce": rec,
+    "kl": jnp.sum(losses.kl_per_example(mu_BxL, logvar_BxL)),
+    "mi": mi,
+    "tc": tc,
+    "dwkl": dwkl,
+  }

@@ -14,12 +14,19 @@ from vae_jax.registry import ConfigError
 def describe_backend(matmul_precision: str) -> dict:
   """What computes a run's numbers: backend, device kind and count, versions, precision, flags."""
   import jaxlib
+
   device = jax.local_devices()[0]
-  return {"backend": jax.default_backend(), "device_kind": device.device_kind,
-          "devices": jax.device_count(), "processes": jax.process_count(), "jax": jax.__version__,
-          "jaxlib": jaxlib.__version__, "matmul_precision": matmul_precision,
-          "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "compilation_cache": jax.config.jax_compilation_cache_dir or ""}
+  return {
+    "backend": jax.default_backend(),
+    "device_kind": device.device_kind,
+    "devices": jax.device_count(),
+    "processes": jax.process_count(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "matmul_precision": matmul_precision,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "compilation_cache": jax.config.jax_compilation_cache_dir or "",
+  }
 
 
 def configure_compilation_cache(env=None) -> str | None:
@@ -54,9 +61,11 @@ def check_fits(needed: int, what: str) -> None:
   """ConfigError with the estimate when needed bytes exceed the available memory."""
   available = available_bytes()
   if needed > available:
-    raise ConfigError(f"{what} needs about {needed / 2**30:,.1f} GiB, more than the "
-                      f"{available / 2**30:,.1f} GiB of {jax.default_backend()} memory available; "
-                      "ask for less")
+    raise ConfigError(
+      f"{what} needs about {needed / 2**30:,.1f} GiB, more than the "
+      f"{available / 2**30:,.1f} GiB of {jax.default_backend()} memory available; "
+      "ask for less"
+    )
 
 
 # Auto data parallelism keeps at least this many examples per device: splitting a smaller
@@ -68,8 +77,10 @@ def data_devices(num_devices: int, batch_size: int, per_device_batch_size: int =
   """Devices on the data axis: num_devices, or (0) the auto rule of config.run.num_devices."""
   available = jax.device_count()
   if num_devices > available:
-    raise ConfigError(f"config.run.num_devices={num_devices}: only {available} devices "
-                      f"({jax.default_backend()}) are visible")
+    raise ConfigError(
+      f"config.run.num_devices={num_devices}: only {available} devices "
+      f"({jax.default_backend()}) are visible"
+    )
   if num_devices:
     return num_devices
   if per_device_batch_size or jax.process_count() > 1:
@@ -88,8 +99,10 @@ def make_mesh(num_devices: int = 0) -> Mesh | None:
   """
   available = jax.device_count()
   if num_devices > available:
-    raise ConfigError(f"config.run.num_devices={num_devices}: only {available} devices "
-                      f"({jax.default_backend()}) are visible")
+    raise ConfigError(
+      f"config.run.num_devices={num_devices}: only {available} devices "
+      f"({jax.default_backend()}) are visible"
+    )
   n = num_devices or available
   if n == 1:
     return None
@@ -109,12 +122,13 @@ def shard_rows(x_N, mesh: Mesh | None):
   sharding = NamedSharding(mesh, P("data"))
   rows = -(-x_N.shape[0] // mesh.size) * mesh.size
   global_shape = (rows, *x_N.shape[1:])
-  starts = sorted(index[0].start or 0 for index in
-                  sharding.addressable_devices_indices_map(global_shape).values())
+  starts = sorted(
+    index[0].start or 0 for index in sharding.addressable_devices_indices_map(global_shape).values()
+  )
   lo, hi = starts[0], starts[-1] + rows // mesh.size
   local = np.zeros((hi - lo, *x_N.shape[1:]), x_N.dtype)
-  part = x_N[lo:min(hi, x_N.shape[0])]
-  local[:len(part)] = part
+  part = x_N[lo : min(hi, x_N.shape[0])]
+  local[: len(part)] = part
   return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
@@ -132,6 +146,7 @@ def replicate(tree, mesh: Mesh | None):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       return jax.random.wrap_key_data(put(jax.random.key_data(x)))
     return jax.device_put(np.asarray(x), sharding)
+
   return jax.tree.map(put, tree)
 
 
@@ -143,5 +158,6 @@ def shard_models(tree, num_models: int, num_devices: int = 0):
     n -= 1
   if n == 1:
     return tree
-  return jax.device_put(tree, NamedSharding(Mesh(np.asarray(jax.devices()[:n]), ("models",)),
-                                            P("models")))
+  return jax.device_put(
+    tree, NamedSharding(Mesh(np.asarray(jax.devices()[:n]), ("models",)), P("models"))
+  )

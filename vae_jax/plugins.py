@@ -30,8 +30,10 @@ def load(names, where: str) -> None:
       importlib.import_module(name)
     except Exception as e:  # Any failure of user code is one line naming it.
       cause = f"{type(e).__name__}: {e}".splitlines()[0]
-      raise ConfigError(f"plugin {name!r} ({where}): cannot be imported ({cause}); put its package "
-                        "on PYTHONPATH or install it") from None
+      raise ConfigError(
+        f"plugin {name!r} ({where}): cannot be imported ({cause}); put its package "
+        "on PYTHONPATH or install it"
+      ) from None
 
 
 def load_installed() -> None:
@@ -44,9 +46,11 @@ def load_installed() -> None:
     try:
       point.load()
     except Exception as e:
-      raise ConfigError(f"plugin {point.value!r} (entry point {point.name!r} of group {GROUP}, "
-                        f"package {point.dist.name if point.dist else '?'}): cannot be imported "
-                        f"({type(e).__name__}: {e})") from None
+      raise ConfigError(
+        f"plugin {point.value!r} (entry point {point.name!r} of group {GROUP}, "
+        f"package {point.dist.name if point.dist else '?'}): cannot be imported "
+        f"({type(e).__name__}: {e})"
+      ) from None
 
 
 def recorded(workdir) -> list[str]:
@@ -55,8 +59,11 @@ def recorded(workdir) -> list[str]:
   try:
     if not workdir.is_dir():
       return []
-    files = [workdir / "config.json"] if (workdir / "config.json").is_file() else sorted(
-        workdir.glob("runs/*/*/config.json"))
+    files = (
+      [workdir / "config.json"]
+      if (workdir / "config.json").is_file()
+      else sorted(workdir.glob("runs/*/*/config.json"))
+    )
   except OSError:  # An unusable name: the command's own checks report it.
     return []
   names = []

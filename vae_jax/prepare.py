@@ -24,6 +24,7 @@ def _local_builder(name: str, idx_dir: Path, tfds_dir: Path):
   import tensorflow_datasets as tfds
   from PIL import Image
   from tensorflow_datasets.image_classification import mnist as mnist_lib
+
   base = mnist_lib.MNIST if name == "mnist" else mnist_lib.FashionMNIST
 
   class FromIdx(base, skip_registration=True):  # Same name and version as TFDS's.
@@ -32,9 +33,14 @@ def _local_builder(name: str, idx_dir: Path, tfds_dir: Path):
     def _info(self):  # TFDS's info, unshuffled: the IDX files' order, as idx reads them.
       info = super()._info()
       return tfds.core.DatasetInfo(
-          builder=self, description=info.description, features=info.features,
-          supervised_keys=info.supervised_keys, homepage=info.homepage, citation=info.citation,
-          disable_shuffling=True)
+        builder=self,
+        description=info.description,
+        features=info.features,
+        supervised_keys=info.supervised_keys,
+        homepage=info.homepage,
+        citation=info.citation,
+        disable_shuffling=True,
+      )
 
     def _split_generators(self, dl_manager):
       return {split: self._examples(split) for split in ("train", "test")}
@@ -50,8 +56,9 @@ def _local_builder(name: str, idx_dir: Path, tfds_dir: Path):
   return FromIdx(data_dir=str(tfds_dir), file_format="array_record")
 
 
-def prepare(name: str, tfds_dir: str | Path, from_dir: str | Path | None = None,
-            download: bool = False) -> Path:
+def prepare(
+  name: str, tfds_dir: str | Path, from_dir: str | Path | None = None, download: bool = False
+) -> Path:
   """Builds ``name`` in tfds_dir; returns the prepared dataset's directory."""
   try:
     import tensorflow_datasets as tfds
@@ -65,8 +72,13 @@ def prepare(name: str, tfds_dir: str | Path, from_dir: str | Path | None = None,
   elif download:
     builder = data.tfds_builder(name, str(tfds_dir))
   else:
-    raise data.DataError(f"prepare --dataset {name}: built here from IDX files only for "
-                         f"{', '.join(LOCAL)}; pass --download to let TFDS fetch and build it")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    raise data.DataError(
+      f"prepare --dataset {name}: built here from IDX files only for "
+      f"{', '.join(LOCAL)}; pass --download to let TFDS fetch and build it"
+    )
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(
+      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    )
+  )
   return Path(builder.data_dir)

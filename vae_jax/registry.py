@@ -49,8 +49,14 @@ class Registry:
     self.kind, self.default = kind, default
     self.entries: dict[str, Entry] = {}
 
-  def register(self, name: str, target: Any, settings: dict[str, Any], origin: Any = None,
-               replace: bool = False) -> Entry:
+  def register(
+    self,
+    name: str,
+    target: Any,
+    settings: dict[str, Any],
+    origin: Any = None,
+    replace: bool = False,
+  ) -> Entry:
     """Adds an entry; a name already taken is refused unless replace=True (or the same
     definition registers again: its module imported a second time, or reloaded)."""
     origin = target if origin is None else origin
@@ -58,8 +64,10 @@ class Registry:
       raise ConfigError(f"{self.kind} name {name!r}: expected an identifier (letters, digits, _)")
     old = self.entries.get(name)
     if old is not None and not replace and _origin(old.origin) != _origin(origin):
-      raise ConfigError(f"{self.kind} {name!r} is already registered (by {old.module or 'a script'}); "
-                       f"choose another name, or pass replace=True to replace it")
+      raise ConfigError(
+        f"{self.kind} {name!r} is already registered (by {old.module or 'a script'}); "
+        f"choose another name, or pass replace=True to replace it"
+      )
     self.entries[name] = Entry(name, target, dict(settings), home_module(origin), origin)
     return self.entries[name]
 
@@ -78,9 +86,11 @@ class Registry:
 
   def get(self, name: str) -> Entry:
     if name not in self.entries:
-      raise ConfigError(f"config.{self.kind}.name={name!r}: expected one of "
-                        f"{', '.join(sorted(self.entries))} (an entry of your own: import the "
-                        "module that registers it with --plugin=MODULE or config.plugins)")
+      raise ConfigError(
+        f"config.{self.kind}.name={name!r}: expected one of "
+        f"{', '.join(sorted(self.entries))} (an entry of your own: import the "
+        "module that registers it with --plugin=MODULE or config.plugins)"
+      )
     return self.entries[name]
 
   def check_key(self, entry: Entry, key: str, value: Any, shown: str | None = None) -> bool:
@@ -94,12 +104,16 @@ class Registry:
       return False
     mine = ", ".join(sorted(entry.settings)) or "none"
     if owners:
-      raise ConfigError(f"{where}={shown or repr(value)}: does not apply to {self.kind} "
-                        f"{entry.name!r} (its settings: {mine}; {key} is a setting of "
-                        f"{', '.join(sorted(owners))})")
+      raise ConfigError(
+        f"{where}={shown or repr(value)}: does not apply to {self.kind} "
+        f"{entry.name!r} (its settings: {mine}; {key} is a setting of "
+        f"{', '.join(sorted(owners))})"
+      )
     if shown is not None:  # From the command line: named as the other unknown flags are.
-      raise ConfigError(f"unknown config key {key!r}: {where} is not a setting of {self.kind} "
-                        f"{entry.name!r} (its settings: {mine})")
+      raise ConfigError(
+        f"unknown config key {key!r}: {where} is not a setting of {self.kind} "
+        f"{entry.name!r} (its settings: {mine})"
+      )
     raise ConfigError(f"{where}: unknown key; {self.kind} {entry.name!r} settings: {mine}")
 
   def resolve(self, section: dict[str, Any]) -> tuple[Entry, dict[str, Any]]:
@@ -109,8 +123,10 @@ class Registry:
     entry = self.get(section.pop("name", self.default))
     for key, value in section.items():
       self.check_key(entry, key, value)
-    return entry, {key: check_type(f"config.{self.kind}.{key}", section.get(key, default), default)
-                   for key, default in entry.settings.items()}
+    return entry, {
+      key: check_type(f"config.{self.kind}.{key}", section.get(key, default), default)
+      for key, default in entry.settings.items()
+    }
 
 
 def check_type(where: str, value: Any, default: Any) -> Any:
@@ -119,9 +135,15 @@ def check_type(where: str, value: Any, default: Any) -> Any:
   if kind is float and isinstance(value, int) and not isinstance(value, bool):
     return float(value)
   if kind is tuple and isinstance(value, (list, tuple)):
-    if all(isinstance(v, type(default[0])) and not isinstance(v, bool) for v in value) if default else True:
+    if (
+      all(isinstance(v, type(default[0])) and not isinstance(v, bool) for v in value)
+      if default
+      else True
+    ):
       return tuple(value)
   elif isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
     return value
-  raise ConfigError(f"{where}={value!r}: expected a {kind.__name__}"
-                    f"{' of ' + type(default[0]).__name__ if kind is tuple and default else ''}")
+  raise ConfigError(
+    f"{where}={value!r}: expected a {kind.__name__}"
+    f"{' of ' + type(default[0]).__name__ if kind is tuple and default else ''}"
+  )

@@ -31,6 +31,7 @@ class TrainedRun:
   """One checkpoint of a run: its config (filled: every setting written out) and parsed
   settings, model 0's train state and run keys, and the checkpoint's meta (epoch, records,
   data fingerprint, versions)."""
+
   config: ml_collections.ConfigDict
   settings: config_lib.Settings
   state: Any
@@ -49,11 +50,14 @@ def open_run(workdir: str | Path, which: str = "latest") -> TrainedRun:
   (one that cannot be is a ConfigError naming it and the run)."""
   workdir = checkpoint.Path(workdir)
   if not workdir.is_dir():
-    raise workdir_lib.WorkdirError(f"workdir {workdir}: not a directory (expected one written by "
-                                   "`python -m vae_jax train`)")
+    raise workdir_lib.WorkdirError(
+      f"workdir {workdir}: not a directory (expected one written by `python -m vae_jax train`)"
+    )
   if not checkpoint.has_checkpoints(workdir):
-    raise checkpoint.CheckpointError(f"workdir {workdir}: no checkpoint in {workdir / checkpoint.SUBDIR}"
-                                     " (expected one written by `python -m vae_jax train`)")
+    raise checkpoint.CheckpointError(
+      f"workdir {workdir}: no checkpoint in {workdir / checkpoint.SUBDIR}"
+      " (expected one written by `python -m vae_jax train`)"
+    )
   with checkpoint.manager(workdir, read_only=True) as mngr:
     epoch = checkpoint.select(mngr, which)
     meta = checkpoint.read_meta(mngr, epoch)
@@ -64,8 +68,9 @@ def open_run(workdir: str | Path, which: str = "latest") -> TrainedRun:
     except ConfigError as e:
       raise ConfigError(f"run {workdir}: {e}") from None
     train = meta["data"]["train"]
-    group = group_lib.build_group(settings, tuple(train["image_shape"]), train["examples"],
-                                  overrides=meta["models"][:1])
+    group = group_lib.build_group(
+      settings, tuple(train["image_shape"]), train["examples"], overrides=meta["models"][:1]
+    )
     states, keys = group_lib.create_states(group)
     tree = checkpoint.restore(mngr, epoch, group_lib.state_tree(states, keys), meta)
   states, keys = group_lib.from_state_tree(states, tree)
@@ -81,8 +86,12 @@ def restore_run(workdir: str | Path, which: str = "latest"):
   return run.config, run.state, run.keys, run.meta
 
 
-def create_state(config, image_shape: tuple[int, ...] = (28, 28, 1),
-                 num_train_examples: int = 60_000, mean_image: np.ndarray | None = None):
+def create_state(
+  config,
+  image_shape: tuple[int, ...] = (28, 28, 1),
+  num_train_examples: int = 60_000,
+  mean_image: np.ndarray | None = None,
+):
   """(state, keys): the fresh train state and named run keys a run of this config starts
   from (vae_jax.create_state), without data or a training loop.
 

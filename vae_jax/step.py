@@ -26,15 +26,19 @@ def over_models(fn: Callable, num_models: int, strategy: str) -> Callable:
   models; 'map' runs them one after another inside one program (lax.map).
   """
   if num_models == 1:
+
     def run(per_model, shared):
       out = fn(jax.tree.map(lambda a: a[0], per_model), shared)
       return jax.tree.map(lambda a: a[None], out)
   elif strategy == "vmap":
+
     def run(per_model, shared):
       return jax.vmap(fn, in_axes=(0, None))(per_model, shared)
   else:
+
     def run(per_model, shared):
       return jax.lax.map(lambda one: fn(one, shared), per_model)
+
   return run
 
 
@@ -54,8 +58,16 @@ def shard_batch(x_BxHxWxC, mesh: Mesh | None):
   return jax.lax.with_sharding_constraint(x_BxHxWxC, NamedSharding(mesh, P("data")))
 
 
-def train_step(state: TrainState, x_u8_BxHxWxC, rng_noise, hparams, *, objective_fn: Callable,
-               binarize: bool = False, mesh: Mesh | None = None):
+def train_step(
+  state: TrainState,
+  x_u8_BxHxWxC,
+  rng_noise,
+  hparams,
+  *,
+  objective_fn: Callable,
+  binarize: bool = False,
+  mesh: Mesh | None = None,
+):
   """One Adam step on the objective's batch-summed loss; returns (state, metrics sums).
 
   ``binarize`` replaces the inputs by a fresh Bernoulli(pixel / 255) draw (dynamic
@@ -66,7 +78,8 @@ def train_step(state: TrainState, x_u8_BxHxWxC, rng_noise, hparams, *, objective
   if binarize:
     x = jax.random.bernoulli(jax.random.fold_in(key, 1), x).astype(x.dtype)
   grads, metrics = jax.grad(objective_fn, has_aux=True)(
-      state.params, state.apply_fn, x, key, hparams.at_step(state.step))
+    state.params, state.apply_fn, x, key, hparams.at_step(state.step)
+  )
   metrics["examples"] = jnp.int32(x_u8_BxHxWxC.shape[0])
   return state.apply_gradients(grads=grads), metrics
 
@@ -74,13 +87,16 @@ def train_step(state: TrainState, x_u8_BxHxWxC, rng_noise, hparams, *, objective
 def split_batches(idx_N, batch_size: int):
   """(full batches idx_SxB, remainder idx_R): the last partial batch is kept, as PyTorch does."""
   num_full = idx_N.shape[0] // batch_size
-  return idx_N[:num_full * batch_size].reshape(num_full, batch_size), idx_N[num_full * batch_size:]
+  return idx_N[: num_full * batch_size].reshape(num_full, batch_size), idx_N[
+    num_full * batch_size :
+  ]
 
 
 def epoch_order(keys, epoch, *, num_examples: int, batch_size: int):
   """(idx_SxB, idx_R): the epoch's shuffled full batches and its last partial batch."""
-  return split_batches(jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch),
-                                              num_examples), batch_size)
+  return split_batches(
+    jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), num_examples), batch_size
+  )
 
 
 def run_steps(per_model, data, *, step_fn: Callable):
@@ -90,6 +106,7 @@ def run_steps(per_model, data, *, step_fn: Callable):
   def step(state, idx_B):
     state, metrics = step_fn(state, data[idx_B], keys["noise"], hparams)
     return state, (metrics, state.step)
+
   return jax.lax.scan(step, state, idx_CxB)
 
 
@@ -109,20 +126,34 @@ def epoch_sums(per_model, _):
   # One buffer of every step's metrics before the sums (the barrier keeps XLA from fusing the
   # concatenation into the reduction): the sums then do not depend on the chunking.
   metrics_S, step_S = jax.lax.optimization_barrier(
-      (jax.tree.map(lambda *c: jnp.concatenate(c), *[m for m, _ in chunks]),
-       jnp.concatenate([s for _, s in chunks])))
+    (
+      jax.tree.map(lambda *c: jnp.concatenate(c), *[m for m, _ in chunks]),
+      jnp.concatenate([s for _, s in chunks]),
+    )
+  )
   sums = jax.tree.map(jnp.sum, metrics_S)
   bad_S = ~jnp.isfinite(metrics_S["loss"])
   bad_step = jnp.where(bad_S.any(), step_S[jnp.argmax(bad_S)], -1)
   if rest is not None:
     metrics, rest_step = rest
     sums = jax.tree.map(jnp.add, sums, metrics)
-    bad_step = jnp.where(bad_step >= 0, bad_step, jnp.where(jnp.isfinite(metrics["loss"]), -1, rest_step))
+    bad_step = jnp.where(
+      bad_step >= 0, bad_step, jnp.where(jnp.isfinite(metrics["loss"]), -1, rest_step)
+    )
   return {**sums, "first_nonfinite_step": bad_step}
 
 
-def evaluate(params, apply_fn: Callable, images_u8, key, *, batch_size: int,
-             objective_fn: Callable, hparams, mesh: Mesh | None = None) -> dict[str, Any]:
+def evaluate(
+  params,
+  apply_fn: Callable,
+  images_u8,
+  key,
+  *,
+  batch_size: int,
+  objective_fn: Callable,
+  hparams,
+  mesh: Mesh | None = None,
+) -> dict[str, Any]:
   """Test-set sums of the objective's metrics with a sampled z, and at z = mu (``<key>_mean_z``).
 
   Batch i draws its noise from fold_in(key, i).
@@ -146,8 +177,9 @@ def evaluate(params, apply_fn: Callable, images_u8, key, *, batch_size: int,
   return total
 
 
-def epoch_images(params, apply_fn: Callable, x_u8_8xHxWxC, key, latent_dim: int,
-                 num_samples: int = 64):
+def epoch_images(
+  params, apply_fn: Callable, x_u8_8xHxWxC, key, latent_dim: int, num_samples: int = 64
+):
   """(originals over reconstructions 16xHxWxC, samples num_samples x HxWxC), pixels in [0, 1].
 
   As the reference: reconstructions use a sampled z; samples decode z ~ N(0, I).

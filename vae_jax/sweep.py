@@ -52,12 +52,24 @@ class StudyError(ValueError):
   """A study config cannot be run; the message names the file and key."""
 
 
-def make_study(name: str, question: str, axes: dict[str, list], seeds: int = 3,
-               base: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+def make_study(
+  name: str,
+  question: str,
+  axes: dict[str, list],
+  seeds: int = 3,
+  base: dict[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
   """A study ConfigDict: what a study file's get_config() returns (dotted config keys)."""
-  return ml_collections.ConfigDict({"name": name, "question": question, "axes": dict(axes),
-                                    "seeds": seeds, "base": dict(base or {})},
-                                   allow_dotted_keys=True)
+  return ml_collections.ConfigDict(
+    {
+      "name": name,
+      "question": question,
+      "axes": dict(axes),
+      "seeds": seeds,
+      "base": dict(base or {}),
+    },
+    allow_dotted_keys=True,
+  )
 
 
 def load_study(path: str | Path) -> ml_collections.ConfigDict:
@@ -79,8 +91,9 @@ def check_study(study: ml_collections.ConfigDict, path: str | Path) -> ml_collec
   """The study, if runnable; StudyError naming the file and the key otherwise."""
   for key in ("name", "axes", "seeds", "base"):
     if key not in study:
-      raise StudyError(f"study config {path}: missing key {key!r} (expected name, question, "
-                       "base, axes, seeds)")
+      raise StudyError(
+        f"study config {path}: missing key {key!r} (expected name, question, base, axes, seeds)"
+      )
   try:
     plugins.load(study.base.get("plugins", ()), f"study config {path}: base plugins")
   except config_lib.ConfigError as e:
@@ -88,8 +101,10 @@ def check_study(study: ml_collections.ConfigDict, path: str | Path) -> ml_collec
   known = set(config_lib.known_keys())
   for key in (*study.axes, *study.base):
     if key not in known:
-      raise StudyError(f"study config {path}: unknown axis or key {key!r}; known config keys: "
-                       f"{', '.join(sorted(known))}")
+      raise StudyError(
+        f"study config {path}: unknown axis or key {key!r}; known config keys: "
+        f"{', '.join(sorted(known))}"
+      )
   if "seed" in study.axes:
     raise StudyError(f"study config {path}: 'seed' is not an axis; set seeds (a count)")
   for key, values in study.axes.items():
@@ -133,9 +148,12 @@ def groups(study) -> list[tuple[dict[str, Any], list[tuple[dict[str, Any], int]]
 
 def group_hash(study, shape: dict[str, Any], members) -> str:
   """A name for a group from everything that decides its numbers (not its position)."""
-  config = {k: v for k, v in config_lib.with_kernels(config_lib.effective(setting_config(study, shape))).items()
-            if k not in config_lib.RESUMABLE  # What does not change the numbers does not count,
-            and not (k in config_lib.ADDED and v == config_lib.ADDED[k])}  # nor a later key's old value.
+  config = {
+    k: v
+    for k, v in config_lib.with_kernels(config_lib.effective(setting_config(study, shape))).items()
+    if k not in config_lib.RESUMABLE  # What does not change the numbers does not count,
+    and not (k in config_lib.ADDED and v == config_lib.ADDED[k])
+  }  # nor a later key's old value.
   spec = {"config": config, "models": [[setting, seed] for setting, seed in members]}
   return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -164,17 +182,31 @@ def aggregate(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any
 
 
 def markdown(summary: list[dict[str, Any]], axes: list[str], study, metrics: list[str]) -> str:
-  lines = [f"### {study.name}", "", study.get("question", ""), "",
-           "| " + " | ".join(axes) + " | seeds | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
-           "| " + " | ".join("---" for _ in axes) + " | ---:" + " | ---:" * len(metrics) + " |"]
+  lines = [
+    f"### {study.name}",
+    "",
+    study.get("question", ""),
+    "",
+    "| "
+    + " | ".join(axes)
+    + " | seeds | "
+    + " | ".join(m.replace("_", " ") for m in metrics)
+    + " |",
+    "| " + " | ".join("---" for _ in axes) + " | ---:" + " | ---:" * len(metrics) + " |",
+  ]
   for s in summary:
-    cells = [f"{s[f'{m}_mean']:.2f} +- {s[f'{m}_std']:.2f}" if f"{m}_mean" in s else "" for m in metrics]
-    lines.append("| " + " | ".join(str(s[a]) for a in axes) + f" | {s['n']} | " + " | ".join(cells) + " |")
+    cells = [
+      f"{s[f'{m}_mean']:.2f} +- {s[f'{m}_std']:.2f}" if f"{m}_mean" in s else "" for m in metrics
+    ]
+    lines.append(
+      "| " + " | ".join(str(s[a]) for a in axes) + f" | {s['n']} | " + " | ".join(cells) + " |"
+    )
   return "\n".join(lines) + "\n"
 
 
-def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None,
-              log=print) -> list[dict]:
+def run_study(
+  study: ml_collections.ConfigDict, workdir: str | Path, splits=None, log=print
+) -> list[dict]:
   """Runs every group not finished yet, then writes results.csv, summary.md and the plots.
 
   ``study``: from load_study (or check_study); ``splits`` replaces the configured data.
@@ -185,7 +217,9 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, splits=None
   splits = splits or data.load_data(setting_config(study, {}))
   for shape, members in study_groups:  # Every check that needs the data, before any write.
     try:
-      group_lib.make_group(setting_config(study, shape), splits, group_overrides(study, shape, members))
+      group_lib.make_group(
+        setting_config(study, shape), splits, group_overrides(study, shape, members)
+      )
     except config_lib.ConfigError as e:
       raise StudyError(f"study {study.name!r}: setting {setting_name(shape)}: {e}") from None
   with workdir_lib.locked(workdir, "sweep workdir"):  # One sweep writes a directory at a time.
@@ -210,27 +244,39 @@ def run_directories(workdir: Path, members: list) -> list[Path]:
 
 # What a sweep writes at the top of its directory; the directory is a sweep's when it holds
 # groups/ (a regular directory): only then are these replaced.
-SWEEP_OUTPUTS = {"results.csv": "file", "summary.md": "file", "test_loss.png": "file",
-                 "rate_distortion.png": "file", "groups": "directory", "runs": "directory"}
+SWEEP_OUTPUTS = {
+  "results.csv": "file",
+  "summary.md": "file",
+  "test_loss.png": "file",
+  "rate_distortion.png": "file",
+  "groups": "directory",
+  "runs": "directory",
+}
 
 
 def check_outputs(study, workdir: Path, study_groups) -> None:
   """Refuses (WorkdirError, nothing written) anything in the way of the sweep's outputs: in its
   directory, on the way to each run directory and in each (workdir.check_outputs' rule)."""
   groups_dir = workdir / "groups"
-  workdir_lib.check_outputs(workdir, SWEEP_OUTPUTS.get,
-                            groups_dir.is_dir() and not workdir_lib.is_link(groups_dir), "sweep workdir",
-                            "this directory is not a sweep's (no groups/ of one)")
+  workdir_lib.check_outputs(
+    workdir,
+    SWEEP_OUTPUTS.get,
+    groups_dir.is_dir() and not workdir_lib.is_link(groups_dir),
+    "sweep workdir",
+    "this directory is not a sweep's (no groups/ of one)",
+  )
   for shape, members in study_groups:
     run = config_lib.parse(setting_config(study, shape))
-    output = lambda name: workdir_lib.run_output(name, run.optim.num_epochs, run.run.save_images,
-                                                 run.run.tensorboard)
+    output = lambda name: workdir_lib.run_output(
+      name, run.optim.num_epochs, run.run.save_images, run.run.tensorboard
+    )
     for run_dir in run_directories(workdir, members):
       for parent in (run_dir.parent, run_dir):  # runs/<setting>/ and runs/<setting>/seed<k>/
         if workdir_lib.is_link(parent) or parent.exists() and not parent.is_dir():
           raise workdir_lib.WorkdirError(
-              f"sweep workdir {workdir}: {parent.relative_to(workdir)} is not a directory (a sweep "
-              "writes one there); move it away, or choose another --workdir")
+            f"sweep workdir {workdir}: {parent.relative_to(workdir)} is not a directory (a sweep "
+            "writes one there); move it away, or choose another --workdir"
+          )
       workdir_lib.check_outputs(run_dir, output, workdir_lib.is_run(run_dir), "sweep run")
 
 
@@ -249,9 +295,14 @@ def run_group(study, workdir: Path, i: int, shape: dict, members: list, splits, 
   log(f"group {i} ({setting_name(shape)}): {len(members)} models in one program ...")
   group_dir = workdir / "groups" / name  # Per-epoch checkpoints while the group trains.
   _, records = training.train_models(config, splits, overrides, group_dir, run_dirs, log=log)
-  rows = [{**setting, "seed": seed, **{m: model_records[-1][m] for m in
-                                       workdir_lib.metric_keys(model_records)}}
-          for (setting, seed), model_records in zip(members, records)]
+  rows = [
+    {
+      **setting,
+      "seed": seed,
+      **{m: model_records[-1][m] for m in workdir_lib.metric_keys(model_records)},
+    }
+    for (setting, seed), model_records in zip(members, records)
+  ]
   checkpoint.write_text_atomic(done, json.dumps({"shape": shape, "rows": rows}))
   shutil.rmtree(group_dir)  # Finished: the results are in done; the states are not needed.
   return rows
@@ -272,6 +323,7 @@ def plot(workdir: Path, summary: list[dict], axes: list[str], x_axis: str | None
   """test_loss.png against the first axis (one line per value of the others); rate_distortion.png for beta."""
   try:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
@@ -284,8 +336,14 @@ def plot(workdir: Path, summary: list[dict], axes: list[str], x_axis: str | None
     lines.setdefault(tuple(s[a] for a in rest), []).append(s)
   for key, members in lines.items():
     xs = [str(m[first]) for m in members]
-    ax.errorbar(xs, [m["test_loss_mean"] for m in members], [m["test_loss_std"] for m in members],
-                marker="o", capsize=3, label=", ".join(f"{a}={v}" for a, v in zip(rest, key)) or None)
+    ax.errorbar(
+      xs,
+      [m["test_loss_mean"] for m in members],
+      [m["test_loss_std"] for m in members],
+      marker="o",
+      capsize=3,
+      label=", ".join(f"{a}={v}" for a, v in zip(rest, key)) or None,
+    )
   ax.set_xlabel(first)
   ax.set_ylabel("test loss (nats per example)")
   if rest:
@@ -296,12 +354,19 @@ def plot(workdir: Path, summary: list[dict], axes: list[str], x_axis: str | None
   if "objective.beta" in axes and "test_kl_mean" in summary[0]:
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for s in summary:
-      ax.errorbar(s["test_kl_mean"], s["test_bce_mean"], xerr=s["test_kl_std"], yerr=s["test_bce_std"],
-                  marker="o", capsize=3)
-      ax.annotate(f"beta={s['objective.beta']}", (s["test_kl_mean"], s["test_bce_mean"]), fontsize=7)
+      ax.errorbar(
+        s["test_kl_mean"],
+        s["test_bce_mean"],
+        xerr=s["test_kl_std"],
+        yerr=s["test_bce_std"],
+        marker="o",
+        capsize=3,
+      )
+      ax.annotate(
+        f"beta={s['objective.beta']}", (s["test_kl_mean"], s["test_bce_mean"]), fontsize=7
+      )
     ax.set_xlabel("rate: KL (nats)")
     ax.set_ylabel("distortion: BCE (nats)")
     fig.tight_layout()
     fig.savefig(workdir / "rate_distortion.png", dpi=120)
     plt.close(fig)
-

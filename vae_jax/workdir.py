@@ -31,8 +31,10 @@ def check_directory(directory: str | Path, what: str = "workdir") -> Path:
   try:
     str(directory).encode()
   except UnicodeEncodeError:
-    raise WorkdirError(f"{what} {directory}: its name is not valid UTF-8, which the checkpoint "
-                       "library cannot write; choose another name") from None
+    raise WorkdirError(
+      f"{what} {directory}: its name is not valid UTF-8, which the checkpoint "
+      "library cannot write; choose another name"
+    ) from None
   try:
     if directory.exists() and not directory.is_dir():
       raise WorkdirError(f"{what} {directory}: exists and is not a directory")
@@ -64,8 +66,10 @@ def locked(directory: str | Path, what: str = "workdir") -> Iterator[Path]:
   except BlockingIOError:
     holder = lock_holder(os.fstat(fd).st_ino)
     os.close(fd)
-    raise WorkdirError(f"{what} {directory}: in use by another vae_jax process (pid {holder}); "
-                       "wait for it to end, or choose another directory") from None
+    raise WorkdirError(
+      f"{what} {directory}: in use by another vae_jax process (pid {holder}); "
+      "wait for it to end, or choose another directory"
+    ) from None
   try:
     yield directory
   finally:
@@ -103,8 +107,10 @@ IMAGE = re.compile(r"(?:reconstruction|sample)_(\d+)\.png")
 CONFIG_SECTIONS = {"seed", "data", "optim", "run", "model", "objective"}
 # What vae_jax writes inside its own directories (orbax's epochs, finished or temporary;
 # tensorboardX's event files): a directory holding anything else is not removed.
-OWN_CONTENTS = {checkpoint.SUBDIR: re.compile(r"\d+(\.orbax-checkpoint-tmp\S*)?"),
-                "tensorboard": re.compile(r"events\.out\.tfevents\..+")}
+OWN_CONTENTS = {
+  checkpoint.SUBDIR: re.compile(r"\d+(\.orbax-checkpoint-tmp\S*)?"),
+  "tensorboard": re.compile(r"events\.out\.tfevents\..+"),
+}
 
 
 def is_run(directory: str | Path) -> bool:
@@ -119,8 +125,9 @@ def is_run(directory: str | Path) -> bool:
   return isinstance(config, dict) and CONFIG_SECTIONS <= config.keys()
 
 
-def run_output(name: str, num_epochs: int | None = None, images: bool = True,
-               tensorboard: bool = True) -> str | None:
+def run_output(
+  name: str, num_epochs: int | None = None, images: bool = True, tensorboard: bool = True
+) -> str | None:
   """'file' or 'directory' when a run of num_epochs (None: any) writes that name, else None.
   A file's temporary name (.<name>.tmp, renamed to name when written) is a file of the run's."""
   temporary = re.fullmatch(r"\.(.+)\.tmp", name)
@@ -136,8 +143,13 @@ def run_output(name: str, num_epochs: int | None = None, images: bool = True,
   return None
 
 
-def check_outputs(directory: str | Path, output, marked: bool, what: str = "workdir",
-                  unmarked: str = "this directory is not a vae_jax run (no config.json of one)") -> None:
+def check_outputs(
+  directory: str | Path,
+  output,
+  marked: bool,
+  what: str = "workdir",
+  unmarked: str = "this directory is not a vae_jax run (no config.json of one)",
+) -> None:
   """Refuses (WorkdirError, nothing changed) anything in the way of an output of directory.
 
   output(name) -> 'file' | 'directory' | None: what will be written under that name. In the
@@ -152,20 +164,31 @@ def check_outputs(directory: str | Path, output, marked: bool, what: str = "work
     if kind is None:
       continue
     if is_link(path):
-      raise WorkdirError(f"{what} {directory}: {path.name} is a symbolic link where a run writes a "
-                         f"{kind}; vae_jax never writes through or removes a link: move it away, "
-                         f"or choose another --workdir")
+      raise WorkdirError(
+        f"{what} {directory}: {path.name} is a symbolic link where a run writes a "
+        f"{kind}; vae_jax never writes through or removes a link: move it away, "
+        f"or choose another --workdir"
+      )
     if not (path.is_dir() if kind == "directory" else path.is_file()):
-      raise WorkdirError(f"{what} {directory}: {path.name} is not a {kind} (a run writes one "
-                         "there); move it away, or choose another --workdir")
+      raise WorkdirError(
+        f"{what} {directory}: {path.name} is not a {kind} (a run writes one "
+        "there); move it away, or choose another --workdir"
+      )
     if not marked:
-      raise WorkdirError(f"{what} {directory}: {path.name} is in the way of an output, and "
-                         f"{unmarked}, so vae_jax does not replace it; move it away, or choose "
-                         "another --workdir")
+      raise WorkdirError(
+        f"{what} {directory}: {path.name} is in the way of an output, and "
+        f"{unmarked}, so vae_jax does not replace it; move it away, or choose "
+        "another --workdir"
+      )
 
 
-def prepare_workdir(workdir: str | Path, restart: bool = False, num_epochs: int | None = None,
-                    images: bool = True, tensorboard: bool = True) -> Path:
+def prepare_workdir(
+  workdir: str | Path,
+  restart: bool = False,
+  num_epochs: int | None = None,
+  images: bool = True,
+  tensorboard: bool = True,
+) -> Path:
   """Checks the (locked) work directory is writable and nothing of another's is in the way.
 
   A directory with checkpoints is resumed; one whose run ended before its first checkpoint
@@ -180,11 +203,17 @@ def prepare_workdir(workdir: str | Path, restart: bool = False, num_epochs: int 
   check_outputs(workdir, output, marked=True)  # Links and entries of the wrong kind, first.
   if not restart and not checkpoint.has_checkpoints(workdir):
     metrics = workdir / "metrics.jsonl"
-    if (metrics.is_file() and not is_link(metrics) and metrics.stat().length
-        and not (workdir / PENDING).exists()):
-      raise WorkdirError(f"workdir {workdir}: holds a run (metrics.jsonl) with no checkpoint to "
-                         "resume from; choose a new --workdir, or pass --config.run.restart=True to "
-                         "move that run aside and start afresh")
+    if (
+      metrics.is_file()
+      and not is_link(metrics)
+      and metrics.stat().length
+      and not (workdir / PENDING).exists()
+    ):
+      raise WorkdirError(
+        f"workdir {workdir}: holds a run (metrics.jsonl) with no checkpoint to "
+        "resume from; choose a new --workdir, or pass --config.run.restart=True to "
+        "move that run aside and start afresh"
+      )
   check_outputs(workdir, output, is_run(workdir))
   removed = [] if restart or checkpoint.has_checkpoints(workdir) else owned_run_files(workdir, True)
   try:
@@ -227,14 +256,20 @@ def owned_run_files(workdir: Path, removing: bool = False) -> list[Path]:
   owned = []
   for path in sorted(workdir.iterdir()):
     kind = run_output(path.name)
-    if kind is None or is_link(path) or not (path.is_dir() if kind == "directory" else path.is_file()):
+    if (
+      kind is None
+      or is_link(path)
+      or not (path.is_dir() if kind == "directory" else path.is_file())
+    ):
       continue
     if kind == "directory" and removing:
       for inside in sorted(path.iterdir()):
         if not OWN_CONTENTS[path.name].fullmatch(inside.name) or is_link(inside):
-          raise WorkdirError(f"workdir {workdir}: {path.name}/{inside.name} was not written by "
-                             f"vae_jax, so {path.name}/ (left by a run that ended before its first "
-                             "checkpoint) is not removed; move it away, or choose another --workdir")
+          raise WorkdirError(
+            f"workdir {workdir}: {path.name}/{inside.name} was not written by "
+            f"vae_jax, so {path.name}/ (left by a run that ended before its first "
+            "checkpoint) is not removed; move it away, or choose another --workdir"
+          )
     owned.append(path)
   return owned
 
@@ -258,8 +293,9 @@ def move_run_aside(workdir: Path) -> Path | None:
 
 def write_metrics(workdir: Path, records: list[dict[str, Any]]) -> None:
   """metrics.jsonl, one JSON record per epoch, rewritten whole and atomically."""
-  checkpoint.write_text_atomic(epath.Path(workdir) / "metrics.jsonl",
-                               "".join(json.dumps(r) + "\n" for r in records))
+  checkpoint.write_text_atomic(
+    epath.Path(workdir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records)
+  )
 
 
 def metric_keys(records: list[dict[str, Any]]) -> list[str]:
@@ -270,9 +306,14 @@ def metric_keys(records: list[dict[str, Any]]) -> list[str]:
 def format_table(records: list[dict[str, Any]]) -> str:
   """Per-epoch metrics (nats per example) and times as a markdown table, columns from the records."""
   keys = metric_keys(records)
-  lines = ["| epoch | " + " | ".join(k.replace("_", " ") for k in keys) + " | train s | compile s |",
-           "| ---: |" + " ---: |" * (len(keys) + 2)]
+  lines = [
+    "| epoch | " + " | ".join(k.replace("_", " ") for k in keys) + " | train s | compile s |",
+    "| ---: |" + " ---: |" * (len(keys) + 2),
+  ]
   for r in records:
-    lines.append(f"| {r['epoch']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) +
-                 f" | {r['train_seconds']:.3f} | {r['compile_seconds']:.2f} |")
+    lines.append(
+      f"| {r['epoch']} | "
+      + " | ".join(f"{r[k]:.4f}" for k in keys)
+      + f" | {r['train_seconds']:.3f} | {r['compile_seconds']:.2f} |"
+    )
   return "\n".join(lines)

@@ -12,8 +12,9 @@ from vae_jax import sweep
 
 def get_config():
   return sweep.make_study(
-      name="ae_vs_vae",
-      question="A deterministic autoencoder against the VAE with the same architecture.",
-      axes={"objective.name": ["elbo", "ae"]},
-      seeds=3,
-      base={"optim.num_epochs": 10})
+    name="ae_vs_vae",
+    question="A deterministic autoencoder against the VAE with the same architecture.",
+    axes={"objective.name": ["elbo", "ae"]},
+    seeds=3,
+    base={"optim.num_epochs": 10},
+  )

@@ -12,8 +12,9 @@ from vae_jax import sweep
 
 def get_config():
   return sweep.make_study(
-      name="beta",
-      question="What does the KL weight beta trade between rate (KL) and distortion (BCE)?",
-      axes={"objective.beta": [0.25, 0.5, 1.0, 2.0, 4.0]},
-      seeds=3,
-      base={"optim.num_epochs": 10})
+    name="beta",
+    question="What does the KL weight beta trade between rate (KL) and distortion (BCE)?",
+    axes={"objective.beta": [0.25, 0.5, 1.0, 2.0, 4.0]},
+    seeds=3,
+    base={"optim.num_epochs": 10},
+  )

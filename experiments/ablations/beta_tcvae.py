@@ -12,8 +12,9 @@ from vae_jax import sweep
 
 def get_config():
   return sweep.make_study(
-      name="beta_tcvae",
-      question="What does the total-correlation weight do to the TC estimate, the KL and the ELBO?",
-      axes={"objective.tc_weight": [1.0, 4.0, 8.0]},
-      seeds=2,
-      base={"objective.name": "beta_tcvae", "optim.num_epochs": 10})
+    name="beta_tcvae",
+    question="What does the total-correlation weight do to the TC estimate, the KL and the ELBO?",
+    axes={"objective.tc_weight": [1.0, 4.0, 8.0]},
+    seeds=2,
+    base={"objective.name": "beta_tcvae", "optim.num_epochs": 10},
+  )

@@ -11,8 +11,9 @@ from vae_jax import sweep
 
 def get_config():
   return sweep.make_study(
-      name="free_bits",
-      question="Do free bits (a KL floor per latent dimension) change the test ELBO and the KL?",
-      axes={"objective.free_bits": [0.0, 0.25, 0.5, 1.0]},
-      seeds=3,
-      base={"optim.num_epochs": 10})
+    name="free_bits",
+    question="Do free bits (a KL floor per latent dimension) change the test ELBO and the KL?",
+    axes={"objective.free_bits": [0.0, 0.25, 0.5, 1.0]},
+    seeds=3,
+    base={"optim.num_epochs": 10},
+  )

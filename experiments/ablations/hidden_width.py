@@ -11,8 +11,9 @@ from vae_jax import sweep
 
 def get_config():
   return sweep.make_study(
-      name="hidden_width",
-      question="How does the test ELBO change with the hidden width?",
-      axes={"model.hidden_dim": [200, 400, 800]},
-      seeds=3,
-      base={"optim.num_epochs": 10})
+    name="hidden_width",
+    question="How does the test ELBO change with the hidden width?",
+    axes={"model.hidden_dim": [200, 400, 800]},
+    seeds=3,
+    base={"optim.num_epochs": 10},
+  )

@@ -11,8 +11,9 @@ from vae_jax import sweep
 
 def get_config():
   return sweep.make_study(
-      name="init",
-      question="Does PyTorch's nn.Linear init or Flax's default init train better here?",
-      axes={"model.init_scheme": ['torch', 'flax']},
-      seeds=3,
-      base={"optim.num_epochs": 10})
+    name="init",
+    question="Does PyTorch's nn.Linear init or Flax's default init train better here?",
+    axes={"model.init_scheme": ["torch", "flax"]},
+    seeds=3,
+    base={"optim.num_epochs": 10},
+  )

@@ -11,8 +11,9 @@ from vae_jax import sweep
 
 def get_config():
   return sweep.make_study(
-      name="kl_warmup",
-      question="Does a linear KL warm-up change the final test ELBO?",
-      axes={"objective.kl_warmup_epochs": [0, 3, 6]},
-      seeds=3,
-      base={"optim.num_epochs": 10})
+    name="kl_warmup",
+    question="Does a linear KL warm-up change the final test ELBO?",
+    axes={"objective.kl_warmup_epochs": [0, 3, 6]},
+    seeds=3,
+    base={"optim.num_epochs": 10},
+  )

@@ -11,8 +11,9 @@ from vae_jax import sweep
 
 def get_config():
   return sweep.make_study(
-      name="latent_size",
-      question="How does the test ELBO change with the latent size?",
-      axes={"model.latent_dim": [2, 5, 10, 20, 50]},
-      seeds=3,
-      base={"optim.num_epochs": 10})
+    name="latent_size",
+    question="How does the test ELBO change with the latent size?",
+    axes={"model.latent_dim": [2, 5, 10, 20, 50]},
+    seeds=3,
+    base={"optim.num_epochs": 10},
+  )

@@ -13,8 +13,9 @@ from vae_jax import sweep
 
 def get_config():
   return sweep.make_study(
-      name="likelihood",
-      question="Which decoder likelihood: Bernoulli, continuous Bernoulli or a Gaussian with learned variance?",
-      axes={"objective.likelihood": ['bernoulli', 'continuous_bernoulli', 'gaussian']},
-      seeds=3,
-      base={"optim.num_epochs": 10})
+    name="likelihood",
+    question="Which decoder likelihood: Bernoulli, continuous Bernoulli or a Gaussian with learned variance?",
+    axes={"objective.likelihood": ["bernoulli", "continuous_bernoulli", "gaussian"]},
+    seeds=3,
+    base={"optim.num_epochs": 10},
+  )

@@ -25,9 +25,15 @@ OBJECTIVES = {"vae": "vae_k", "iwae": "iwae"}
 def parse_arg(arg: str | None) -> tuple[str, int, int]:
   """(objective name, k, stages) from 'OBJECTIVE,K[,STAGES]'."""
   parts = (arg or "iwae,1").split(",")
-  if len(parts) not in (2, 3) or parts[0] not in OBJECTIVES or not all(p.isdigit() for p in parts[1:]):
-    raise ValueError(f"config argument {arg!r}: expected OBJECTIVE,K[,STAGES] with OBJECTIVE one of "
-                     f"{', '.join(OBJECTIVES)}, e.g. iwae,5 or vae,50,4")
+  if (
+    len(parts) not in (2, 3)
+    or parts[0] not in OBJECTIVES
+    or not all(p.isdigit() for p in parts[1:])
+  ):
+    raise ValueError(
+      f"config argument {arg!r}: expected OBJECTIVE,K[,STAGES] with OBJECTIVE one of "
+      f"{', '.join(OBJECTIVES)}, e.g. iwae,5 or vae,50,4"
+    )
   k, stages = int(parts[1]), int(parts[2]) if len(parts) == 3 else 8
   if k < 1 or stages < 1:
     raise ValueError(f"config argument {arg!r}: K and STAGES must be >= 1")
@@ -38,12 +44,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   objective, k, stages = parse_arg(arg)
   config = default.get_config()
   config.data.binarize = True
-  config.model.update(name="mlp", hidden_dim=200, num_hidden_layers=2, latent_dim=50,
-                      activation="tanh", std_head="log_std", output_bias="data_mean",
-                      init_scheme="flax")
+  config.model.update(
+    name="mlp",
+    hidden_dim=200,
+    num_hidden_layers=2,
+    latent_dim=50,
+    activation="tanh",
+    std_head="log_std",
+    output_bias="data_mean",
+    init_scheme="flax",
+  )
   config.objective.update(name=objective, num_samples=k)
-  config.optim.update(batch_size=20, eps=1e-4, learning_rate=1e-3, lr_schedule="staged",
-                      lr_stage_growth=3, lr_stage_decay=10 ** (-1 / 7),
-                      num_epochs=(3**stages - 1) // 2)
+  config.optim.update(
+    batch_size=20,
+    eps=1e-4,
+    learning_rate=1e-3,
+    lr_schedule="staged",
+    lr_stage_growth=3,
+    lr_stage_decay=10 ** (-1 / 7),
+    num_epochs=(3**stages - 1) // 2,
+  )
   config.run.update(save_images=False, checkpoint_every_seconds=600.0)
   return config

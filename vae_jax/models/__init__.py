@@ -41,6 +41,7 @@ class VAE(nn.Module):
   (Gaussian likelihood with learned per-pixel sigma). Subclasses implement
   ``make_encoder`` and ``make_decoder``; ``decode`` accepts any leading axes (K x B x L).
   """
+
   # False: the prior is not N(0, I), so objectives with an analytic KL do not apply.
   standard_prior = True
 
@@ -99,8 +100,11 @@ class VAE(nn.Module):
     """
     mu_BxL, logvar_BxL = self.encode(x_BxHxWxC)
     z_KxBxL = reparameterize(mu_BxL, logvar_BxL, eps_KxBxL)
-    return (self.decode(z_KxBxL), losses.gaussian_log_density(z_KxBxL, 0.0, 0.0),
-            losses.gaussian_log_density(z_KxBxL, mu_BxL, logvar_BxL))
+    return (
+      self.decode(z_KxBxL),
+      losses.gaussian_log_density(z_KxBxL, 0.0, 0.0),
+      losses.gaussian_log_density(z_KxBxL, mu_BxL, logvar_BxL),
+    )
 
   def data_init(self, params, mean_image_HxWxC):
     """Parameters after the data-dependent part of the init (none here); mean_image_HxWxC is
@@ -125,13 +129,18 @@ def register_model(name: str, replace: bool = False):
   model may have a field of the same name with another default. A name already taken is
   refused unless replace=True; a class that is not a VAE subclass is refused.
   """
+
   def decorate(cls):
     if not (isinstance(cls, type) and issubclass(cls, VAE)):
       raise ConfigError(f"register_model({name!r}): {cls!r} is not a subclass of vae_jax.VAE")
-    settings = {f.name: f.default for f in dataclasses.fields(cls)
-                if f.name not in BUILT_FIELDS and f.default is not dataclasses.MISSING}
+    settings = {
+      f.name: f.default
+      for f in dataclasses.fields(cls)
+      if f.name not in BUILT_FIELDS and f.default is not dataclasses.MISSING
+    }
     REGISTRY.register(name, cls, settings, replace=replace)
     return cls
+
   return decorate
 
 
@@ -142,18 +151,22 @@ def build_model(config, image_shape: tuple[int, ...] = (28, 28, 1)) -> VAE:
   ``module.init(key, x_1xHxWxC)``, or get a whole train state with vae_jax.create_state.
   """
   from vae_jax import config as config_lib, objectives
+
   settings = config if isinstance(config, config_lib.Settings) else config_lib.parse(config)
   hparams = objectives.make_hparams(settings.objective)
   return build(settings.model, image_shape, getattr(hparams, "learned_sigma", False))
 
 
-def build(model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...],
-          learned_sigma: bool = False) -> VAE:
+def build(
+  model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...], learned_sigma: bool = False
+) -> VAE:
   """The module for a resolved config.model (config.parse) and the data's image shape."""
   entry, settings = model
   if settings.get("compute_dtype", "float32") not in DTYPES:
-    raise ConfigError(f"config.model.compute_dtype={settings['compute_dtype']!r}: expected one of "
-                      f"{', '.join(DTYPES)}")
+    raise ConfigError(
+      f"config.model.compute_dtype={settings['compute_dtype']!r}: expected one of "
+      f"{', '.join(DTYPES)}"
+    )
   if settings.get("latent_dim", 1) < 1:
     raise ConfigError(f"config.model.latent_dim={settings['latent_dim']}: expected an integer >= 1")
   module = entry.target(image_shape=tuple(image_shape), learned_sigma=learned_sigma, **settings)

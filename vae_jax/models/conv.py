@@ -11,6 +11,7 @@ from vae_jax.registry import ConfigError
 
 class ConvEncoder(nn.Module):
   """x_BxHxWxC -> (mu_BxL, logvar_BxL): 3x3 stride-2 ReLU convolutions, then two Dense heads."""
+
   channels: tuple[int, ...]
   latent_dim: int
   dtype: jnp.dtype = jnp.float32
@@ -19,14 +20,19 @@ class ConvEncoder(nn.Module):
   def __call__(self, x_BxHxWxC):
     h = x_BxHxWxC
     for i, c in enumerate(self.channels):
-      h = nn.relu(nn.Conv(c, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"conv_{i}")(h))
+      h = nn.relu(
+        nn.Conv(c, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"conv_{i}")(h)
+      )
     h_BxF = h.reshape(h.shape[0], -1)
-    return (nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h_BxF),
-            nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(h_BxF))
+    return (
+      nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h_BxF),
+      nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(h_BxF),
+    )
 
 
 class ConvDecoder(nn.Module):
   """z_BxL -> logits_BxHxWxC: Dense to the smallest feature map, then stride-2 transposes."""
+
   channels: tuple[int, ...]
   image_shape: tuple[int, ...]
   dtype: jnp.dtype = jnp.float32
@@ -34,11 +40,14 @@ class ConvDecoder(nn.Module):
   @nn.compact
   def __call__(self, z_BxL):
     (height, width, colors), scale = self.image_shape, 2 ** len(self.channels)
-    h = nn.Dense(height // scale * width // scale * self.channels[-1], dtype=self.dtype, name="dense")(z_BxL)
+    h = nn.Dense(
+      height // scale * width // scale * self.channels[-1], dtype=self.dtype, name="dense"
+    )(z_BxL)
     h = nn.relu(h).reshape(-1, height // scale, width // scale, self.channels[-1])
     for i, c in enumerate([*self.channels[-2::-1], colors]):
-      h = nn.ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
-                           name=f"deconv_{i}")(h)
+      h = nn.ConvTranspose(
+        c, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype, name=f"deconv_{i}"
+      )(h)
       h = nn.relu(h) if i < len(self.channels) - 1 else h
     return h
 
@@ -46,6 +55,7 @@ class ConvDecoder(nn.Module):
 @register_model("conv")
 class Conv(VAE):
   """channels: feature maps of the stride-2 convolutions (the decoder mirrors them)."""
+
   channels: tuple[int, ...] = (16, 32)  # Small enough for ~30 s per MNIST epoch on 2 CPU cores.
 
   def check(self):
@@ -53,9 +63,11 @@ class Conv(VAE):
     if not self.channels or min(self.channels) < 1:
       raise ConfigError(f"config.model.channels={self.channels}: expected one or more counts >= 1")
     if len(self.image_shape) != 3 or self.image_shape[0] % scale or self.image_shape[1] % scale:
-      raise ConfigError(f"config.model.name='conv' with {len(self.channels)} stride-2 layers needs "
-                        f"H x W x C images with H and W divisible by {scale}; the data's images are "
-                        f"{'x'.join(map(str, self.image_shape))}")
+      raise ConfigError(
+        f"config.model.name='conv' with {len(self.channels)} stride-2 layers needs "
+        f"H x W x C images with H and W divisible by {scale}; the data's images are "
+        f"{'x'.join(map(str, self.image_shape))}"
+      )
 
   def make_encoder(self):
     return ConvEncoder(tuple(self.channels), self.latent_dim, self.dtype)

@@ -38,6 +38,7 @@ def _gaussian(block: nn.Module, h_NxI):
 @register_model("hvae2")
 class HVAE2(VAE):
   """Two stochastic layers; settings as mlp's, plus h1's size and the inner blocks' width."""
+
   standard_prior = False
 
   hidden_dim: int = 400
@@ -56,14 +57,27 @@ class HVAE2(VAE):
         raise ConfigError(f"config.model.{key}={getattr(self, key)}: expected an integer >= 1")
 
   def setup(self):
-    block = lambda width, out, name: Encoder(width, out, self.init_scheme, self.dtype,
-                                             self.num_hidden_layers, self.activation, self.std_head,
-                                             name=name)
+    block = lambda width, out, name: Encoder(
+      width,
+      out,
+      self.init_scheme,
+      self.dtype,
+      self.num_hidden_layers,
+      self.activation,
+      self.std_head,
+      name=name,
+    )
     self.q_h1 = block(self.hidden_dim, self.latent_dim_1, "q_h1")
     self.q_h2 = block(self.hidden_dim_2, self.latent_dim, "q_h2")
     self.p_h1 = block(self.hidden_dim_2, self.latent_dim_1, "p_h1")
-    self.decoder = Decoder(self.hidden_dim, math.prod(self.image_shape), self.init_scheme,
-                           self.dtype, self.num_hidden_layers, self.activation)
+    self.decoder = Decoder(
+      self.hidden_dim,
+      math.prod(self.image_shape),
+      self.init_scheme,
+      self.dtype,
+      self.num_hidden_layers,
+      self.activation,
+    )
     if self.learned_sigma:
       self.log_sigma = self.param("log_sigma", nn.initializers.zeros, self.image_shape)
 
@@ -74,9 +88,9 @@ class HVAE2(VAE):
   def posterior(self, x_BxHxWxC, eps_KxBxE):
     """Ancestral draws (h1_KxBxL1, h2_KxBxL2) and their Gaussians' (mu, logvar) pairs."""
     q1 = _gaussian(self.q_h1, x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1))
-    h1 = reparameterize(*q1, eps_KxBxE[..., :self.latent_dim_1])
+    h1 = reparameterize(*q1, eps_KxBxE[..., : self.latent_dim_1])
     q2 = _gaussian(self.q_h2, h1)
-    h2 = reparameterize(*q2, eps_KxBxE[..., self.latent_dim_1:])
+    h2 = reparameterize(*q2, eps_KxBxE[..., self.latent_dim_1 :])
     return h1, h2, q1, q2
 
   def encode(self, x_BxHxWxC):
@@ -87,7 +101,7 @@ class HVAE2(VAE):
 
   def decode(self, z_BxE):
     """p(x|h1)'s logits from [h1, h2] (or h1 alone): only h1 reaches the pixels."""
-    h1 = z_BxE[..., :self.latent_dim_1]
+    h1 = z_BxE[..., : self.latent_dim_1]
     lead = h1.shape[:-1]
     logits = self.decoder(h1.reshape(-1, self.latent_dim_1))
     return logits.reshape(*lead, *self.image_shape).astype(jnp.float32)
@@ -98,8 +112,11 @@ class HVAE2(VAE):
     h1, h2, (mu1, logvar1), (mu2, logvar2) = self.posterior(x_BxHxWxC, eps)
     if self.is_initializing():  # p(h1|h2) is not on this path: create its parameters too.
       _gaussian(self.p_h1, h2)
-    return (self.decode(h1[0]), jnp.concatenate([mu1, mu2[0]], -1),
-            jnp.concatenate([logvar1, logvar2[0]], -1))
+    return (
+      self.decode(h1[0]),
+      jnp.concatenate([mu1, mu2[0]], -1),
+      jnp.concatenate([logvar1, logvar2[0]], -1),
+    )
 
   def generate(self, z_BxL):
     """Images from top-level codes h2: h1 at the mean of p(h1|h2), then sigmoid of p(x|h1)."""
@@ -110,7 +127,8 @@ class HVAE2(VAE):
     """(logits, log p(h1, h2), log q(h1, h2 | x)), each sample's h1 and h2 from eps."""
     h1, h2, q1, q2 = self.posterior(x_BxHxWxC, eps_KxBxE)
     log_p = losses.gaussian_log_density(h2, 0.0, 0.0) + losses.gaussian_log_density(
-        h1, *_gaussian(self.p_h1, h2))
+      h1, *_gaussian(self.p_h1, h2)
+    )
     log_q = losses.gaussian_log_density(h1, *q1) + losses.gaussian_log_density(h2, *q2)
     return self.decode(h1), log_p, log_q
 

@@ -63,7 +63,9 @@ def hidden_layers(h_BxH, module: nn.Module):
   """module.num_hidden_layers Dense layers of module.hidden_dim (module.activation), named as
   the reference's."""
   for i in range(module.num_hidden_layers):
-    layer = dense(module.hidden_dim, h_BxH.shape[-1], module.init_scheme, _hidden_name(i), module.dtype)
+    layer = dense(
+      module.hidden_dim, h_BxH.shape[-1], module.init_scheme, _hidden_name(i), module.dtype
+    )
     h_BxH = ACTIVATIONS[module.activation](layer(h_BxH))
   return h_BxH
 
@@ -74,6 +76,7 @@ class Encoder(nn.Module):
   std_head 'log_std': the second head outputs log sigma (sigma = exp, as Burda et al.), so
   logvar is twice it; its parameters keep the name 'logvar'.
   """
+
   hidden_dim: int = 400
   latent_dim: int = 20
   init_scheme: str = "torch"
@@ -92,6 +95,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
   """z_BxL -> logits_BxD through num_hidden_layers layers; sigmoid(logits) is the image."""
+
   hidden_dim: int = 400
   output_dim: int = 784
   init_scheme: str = "torch"
@@ -108,30 +112,51 @@ class Decoder(nn.Module):
 @register_model("mlp")
 class MLP(VAE):
   """Fully connected VAE; the defaults are the reference (one hidden layer of 400, torch init)."""
+
   hidden_dim: int = 400
   num_hidden_layers: int = 1
-  init_scheme: str = "torch"  # 'torch': U(+-1/sqrt(fan_in)) as nn.Linear; 'flax': lecun_normal / zeros.
+  init_scheme: str = (
+    "torch"  # 'torch': U(+-1/sqrt(fan_in)) as nn.Linear; 'flax': lecun_normal / zeros.
+  )
   activation: str = "relu"  # Of the hidden layers: relu or tanh.
   std_head: str = "logvar"  # The encoder's second head: 'logvar' or 'log_std' (sigma = exp).
   output_bias: str = "init"  # 'init': the init scheme's; 'data_mean': logit of the mean pixel.
 
   def check(self):
-    for key, allowed in (("init_scheme", INITS), ("activation", ACTIVATIONS),
-                         ("std_head", STD_HEADS), ("output_bias", OUTPUT_BIASES)):
+    for key, allowed in (
+      ("init_scheme", INITS),
+      ("activation", ACTIVATIONS),
+      ("std_head", STD_HEADS),
+      ("output_bias", OUTPUT_BIASES),
+    ):
       if getattr(self, key) not in allowed:
-        raise ConfigError(f"config.model.{key}={getattr(self, key)!r}: expected one of "
-                          f"{', '.join(allowed)}")
+        raise ConfigError(
+          f"config.model.{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}"
+        )
     for key in ("hidden_dim", "num_hidden_layers"):
       if getattr(self, key) < 1:
         raise ConfigError(f"config.model.{key}={getattr(self, key)}: expected an integer >= 1")
 
   def make_encoder(self):
-    return Encoder(self.hidden_dim, self.latent_dim, self.init_scheme, self.dtype, self.num_hidden_layers,
-                   self.activation, self.std_head)
+    return Encoder(
+      self.hidden_dim,
+      self.latent_dim,
+      self.init_scheme,
+      self.dtype,
+      self.num_hidden_layers,
+      self.activation,
+      self.std_head,
+    )
 
   def make_decoder(self):
-    return Decoder(self.hidden_dim, math.prod(self.image_shape), self.init_scheme, self.dtype,
-                   self.num_hidden_layers, self.activation)
+    return Decoder(
+      self.hidden_dim,
+      math.prod(self.image_shape),
+      self.init_scheme,
+      self.dtype,
+      self.num_hidden_layers,
+      self.activation,
+    )
 
   def data_init(self, params, mean_image_HxWxC):
     return logit_bias(params, mean_image_HxWxC) if self.output_bias == "data_mean" else params

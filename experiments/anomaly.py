@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -102,7 +103,12 @@ def vae_result(args, c: int, held_in, x_test, anomalous, likelihood) -> dict:
       overrides,
     )
   x_train = held_in["train"][0].astype(np.float32) / 255
-  out = {"auroc": {}, "seconds": {}, "train_seconds": train_s, "background_seconds": background_s}
+  out: dict[str, Any] = {
+    "auroc": {},
+    "seconds": {},
+    "train_seconds": train_s,
+    "background_seconds": background_s,
+  }
   if likelihood.learned_sigma:  # How far the per-pixel sigma (initially 1) has moved.
     out["sigma_mean"] = [float(np.exp(s.params["log_sigma"]).mean()) for s in states]
   for k, (state, background) in enumerate(zip(states, backgrounds or [None] * len(states))):
@@ -127,7 +133,7 @@ def baseline_result(held_in, x_test, anomalous) -> dict:
   """AUROC and seconds (fit + score) of every classical baseline on class c's split."""
   x_train = held_in["train"][0].reshape(len(held_in["train"][0]), -1) / 255.0
   x_test = x_test.reshape(len(x_test), -1).astype(np.float64)
-  out = {"auroc": {}, "seconds": {}}
+  out: dict[str, dict[str, list[float]]] = {"auroc": {}, "seconds": {}}
   for name, fn in anomaly_baselines.BASELINES.items():
     start = time.perf_counter()
     score = fn(x_train, x_test)

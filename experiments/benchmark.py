@@ -33,6 +33,7 @@ import resource
 import statistics
 import subprocess
 import sys
+from typing import Any
 
 import jax
 
@@ -200,7 +201,7 @@ def main() -> int:
     return 1
   machine, peak_before = first["machine"], first["peak"]
   flops = epoch_matmul_flops(config, 60_000)
-  runs = {}
+  runs: dict[str, dict[str, Any]] = {}  # Per path: what its worker measured, or an error.
   for path in args.paths:
     if path.startswith("torch_"):
       try:

@@ -31,6 +31,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import vae_jax
 from experiments import common, machine as machine_lib
@@ -176,7 +177,7 @@ def collect(args, cells) -> dict:
       *((i, args.stage_examples) for i in range(args.stages)),
       ("final", args.test_examples),
     ]:
-      epoch = stage_end(args.stages - 1 if i == "final" else i)
+      epoch = stage_end(args.stages - 1 if i == "final" else cast(int, i))
       path = run_dir / f"epoch{epoch}_nll_{args.num_samples}_{examples}.json"
       if path.exists():
         found[i] = json.loads(path.read_text())
@@ -193,7 +194,7 @@ def report(args, found: dict) -> None:
   rows, results = [], {"stages": args.stages, "epochs": stage_end(last), "cells": {}}
   for layers in (1, 2):
     for k in (1, 5, 50):
-      row = [layers, k]
+      row: list[int | str] = [layers, k]
       for objective in ("vae", "iwae"):
         cell = (layers, "vae" if k == 1 else objective, k)
         final = found.get(cell, {}).get("stages", {}).get("final")

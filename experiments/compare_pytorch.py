@@ -56,7 +56,7 @@ def summarize(runs: dict[str, list[list[dict]]], epochs: int) -> dict:
   for impl, seeds in runs.items():
     rows = []
     for e in range(epochs):
-      row = {"epoch": e + 1}
+      row: dict[str, int | tuple[float, float]] = {"epoch": e + 1}
       for key in ("train_loss", "test_loss", "train_seconds"):
         row[key] = mean_std([s[e][key] for s in seeds])
       rows.append(row)
@@ -163,7 +163,7 @@ def main() -> int:
 
   splits = {s: data.load_split(args.data_source, s, args.data_dir) for s in ("train", "test")}
   x_train, x_test = splits["train"][0], splits["test"][0]
-  runs = {impl: [] for impl in IMPLEMENTATIONS}
+  runs: dict[str, list[list[dict]]] = {impl: [] for impl in IMPLEMENTATIONS}
   bar = tqdm(total=len(IMPLEMENTATIONS) * args.seeds * args.epochs, unit="epoch", file=sys.stderr)
   with tempfile.TemporaryDirectory() as tmp:
     for seed in range(1, args.seeds + 1):

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -150,7 +151,7 @@ def worker(what: str, num_epochs: int) -> dict:
   if what == "outside":
     import torch
 
-    out = {"torch_threads": torch.get_num_threads()}
+    out: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
     for name in ("reference", "burda"):
       shapes = step_matmuls(config_of(name))
       out[name] = {"torch": time_torch_mm(shapes), "numpy": time_numpy(shapes)}
@@ -229,7 +230,7 @@ def main() -> int:
     "sve",
   )
   cpu_flags = [f for f in wanted if f in info["flags"].split()]
-  skipped = {"error": "not measured (--parts)"}
+  skipped: dict[str, Any] = {"error": "not measured (--parts)"}
   shapes = measure("shapes")
   kernels = {p: measure("kernels", p) if "kernels" in args.parts else skipped for p in PATHS}
   outside = measure("outside") if "kernels" in args.parts else skipped
@@ -254,7 +255,7 @@ def main() -> int:
   median = lambda run: (
     statistics.median(run["epoch_seconds"][1:]) if "epoch_seconds" in run else None
   )
-  results = {
+  results: dict[str, Any] = {
     "machine": {**info, "cpu_flags": cpu_flags, "cores": os.cpu_count(), "jax": jax.__version__},
     "shapes": shapes,
     "kernels": kernels,
@@ -270,7 +271,7 @@ def main() -> int:
       break
     if "kernels" not in args.parts:
       break
-    rows = {p: kernels[p].get(name) for p in PATHS}
+    rows: dict[str, Any] = {p: kernels[p].get(name) for p in PATHS}  # None: not measured.
     rows.update({o: outside.get(name, {}).get(o) for o in ("torch", "numpy")})
     steps = steps_per_epoch(name)
     batch = config_of(name).optim.batch_size
@@ -283,8 +284,8 @@ def main() -> int:
     totals = {c: 0.0 for c in columns}
     best_total = 0.0
     for i, s in enumerate(shapes[name]):
-      times = {c: rows[c][i] for c in columns}
-      best = min(times, key=times.get)
+      times: dict[str, float] = {c: rows[c][i] for c in columns}
+      best = min(times, key=times.__getitem__)
       best_total += times[best] * s["count"]
       for c in columns:
         totals[c] += times[c] * s["count"]

@@ -50,7 +50,7 @@ def main() -> int:
   if args.seeds < 1 or args.epochs < 2:
     parser.error("--seeds must be >= 1 and --epochs >= 2")
   splits = data.load_data(default.get_config())
-  results = {dtype: [] for dtype in DTYPES}
+  results: dict[str, list[dict]] = {dtype: [] for dtype in DTYPES}
   with tempfile.TemporaryDirectory() as tmp:
     for seed in range(1, args.seeds + 1):
       for dtype in DTYPES:

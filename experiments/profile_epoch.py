@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -39,6 +40,8 @@ def op_durations(trace_dir: str) -> tuple[collections.Counter, collections.Count
     if cpu
     else [p for p in profile.planes if p.name.startswith("/device:")]
   )
+  seconds: collections.Counter[str]
+  calls: collections.Counter[str]
   seconds, calls = collections.Counter(), collections.Counter()
   for line in (line for plane in planes if plane is not None for line in plane.lines):
     if not (line.name.startswith("tf_XLA") if cpu else line.name == "XLA Ops"):
@@ -51,7 +54,7 @@ def op_durations(trace_dir: str) -> tuple[collections.Counter, collections.Count
   return seconds, calls
 
 
-def hlo_ops(hlo: str) -> dict[str, dict[str, str]]:
+def hlo_ops(hlo: str) -> dict[str, dict[str, Any]]:
   """For each op of the optimized HLO: its result shape, source op_name and whether it is a matmul."""
   computations = {
     m.group(1): m.group(2)
@@ -89,7 +92,7 @@ def main() -> int:
     jax.block_until_ready(sums)
     wall = time.perf_counter() - t0
   seconds, calls = op_durations(trace_dir)
-  ops = {}
+  ops: dict[str, dict[str, Any]] = {}
   for compiled in (*programs.chunks.values(), programs.finish, programs.order):
     ops.update(hlo_ops(compiled.as_text()))
   flops = timing.epoch_matmul_flops(config, programs.train_data.shape[0])

@@ -41,6 +41,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import cast
 
 import ml_collections
 from absl import flags
@@ -534,7 +535,7 @@ OS_ADVICE = {
 }
 
 
-def path_flags(f, config) -> dict[str, str]:
+def path_flags(f, config) -> dict[str, str | None]:
   """The command's path arguments by flag name (to say which flag an OS error's path is in)."""
   paths = {name: f[name].value for name in ("workdir", "out", "from", "tfds_dir")}
   data_dir = (
@@ -554,8 +555,9 @@ def describe_os_error(e: OSError, flags_: dict[str, str | None]) -> str:
     ),
     None,
   )
-  reason = f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})"
-  advice = OS_ADVICE.get(e.errno, "check the path and the file system")
+  number = cast(int, e.errno)  # Or None: both .get()s then give their defaults.
+  reason = f"{e.strerror or e} ({errno.errorcode.get(number, number)})"
+  advice = OS_ADVICE.get(number, "check the path and the file system")
   return f"{f'--{flag} ' if flag else ''}{where or 'a file'}: {reason}; {advice}"
 
 

@@ -22,14 +22,14 @@ import errno
 import hashlib
 import os
 import re
-from typing import Any
+from typing import Any, TypeAlias
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-Path = epath.Path  # Local directories, or any path etils.epath knows (gs://...).
+Path: TypeAlias = epath.Path  # Local directories, or any path etils.epath knows (gs://...).
 
 SUBDIR = "checkpoints"
 MANIFEST = "files.sha256"  # In each checkpoint: SHA-256 of its files, written after the save.
@@ -125,7 +125,7 @@ class Writer:
     self.directory = absolute(ckpt_dir) / SUBDIR
     self.mngr = manager(ckpt_dir, keep=keep) if self.primary else None
     self.pool = concurrent.futures.ThreadPoolExecutor(1) if asynchronous and self.primary else None
-    self.pending = None
+    self.pending: concurrent.futures.Future[Path] | None = None
     self.finished = 0  # Saves completed by this writer.
 
   def save(self, epoch: int, state_tree, meta: dict[str, Any], test_loss: float) -> Path:
@@ -206,7 +206,7 @@ def save(
 def os_reason(e: BaseException) -> str:
   """What the OS said, when an OS error is behind e (an OSError in its chain, or tensorstore's
   os_error_code): 'No space left on device (ENOSPC)'; otherwise e in one line."""
-  seen = e
+  seen: BaseException | None = e
   while seen is not None:
     if isinstance(seen, OSError) and seen.errno:
       return f"{os.strerror(seen.errno)} ({errno.errorcode.get(seen.errno, seen.errno)})"
@@ -354,6 +354,6 @@ def write_text_atomic(path: Path, text: str) -> None:
     raise OSError(e.errno, e.strerror, str(path)) from None
 
 
-def _one_line(e: Exception) -> str:
+def _one_line(e: BaseException) -> str:
   text = " ".join(str(e).split()) or type(e).__name__
   return text if len(text) < 200 else text[:200] + "..."

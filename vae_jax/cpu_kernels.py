@@ -91,7 +91,7 @@ def configure(setting: str, env=None) -> tuple[str, str]:
     return path, why
   runs = asked or "xla"
   fix = (
-    f"remove {FLAGS[asked]} from XLA_FLAGS"
+    f"remove {' '.join(FLAGS[name] for name in runs.split('+'))} from XLA_FLAGS"
     if path == "xla"
     else f"start the process with {FLAGS[path]} in XLA_FLAGS"
   )

@@ -37,7 +37,7 @@ HOW_TO_GET = {
   "and pass --config.data.dir=DIR"
 }
 # IDX type codes (third byte of the magic number).
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, type[np.generic] | np.dtype] = {
   0x08: np.uint8,
   0x09: np.int8,
   0x0B: np.dtype(">i2"),

@@ -45,6 +45,8 @@ def _concat(trees: list):
 class Programs:
   """The compiled epoch, evaluation and image programs of a group; built once per run."""
 
+  chunks: dict[int, Any]  # The compiled chunk program of each chunk length.
+
   def __init__(
     self,
     group: Group,

@@ -161,9 +161,9 @@ def iwae_log_likelihood(
     )
     logsumexp.append(lse_B)
     total.append(total_B)
-  logsumexp = np.concatenate(jax.device_get(logsumexp))[:n].astype(np.float64)
-  total = np.concatenate(jax.device_get(total))[:n].astype(np.float64)
-  return {"iwae": logsumexp - np.log(num_samples), "elbo": total / num_samples}
+  logsumexp_N = np.concatenate(jax.device_get(logsumexp))[:n].astype(np.float64)
+  total_N = np.concatenate(jax.device_get(total))[:n].astype(np.float64)
+  return {"iwae": logsumexp_N - np.log(num_samples), "elbo": total_N / num_samples}
 
 
 @functools.partial(jax.jit, static_argnames="apply_fn")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +106,7 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
     settings,
     tuple(x_train.shape[1:]),
     len(x_train),
-    np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32) / 255,
+    cast(np.ndarray, np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32) / 255),
     overrides,
     int(x_train.nbytes) + int(x_test.nbytes),
   )

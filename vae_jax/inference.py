@@ -45,7 +45,7 @@ def _check_out(out: str | Path, suffix: str) -> Path:
   return out
 
 
-def _save_grid(out: Path, pixels_NxHxWxC: np.ndarray, nrow: int = 8):
+def _save_grid(out: Path, pixels_NxHxWxC: np.ndarray | jax.Array, nrow: int = 8):
   images.save_png(out, images.image_grid(np.asarray(pixels_NxHxWxC), nrow=nrow))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import jax
 import numpy as np
@@ -25,7 +26,7 @@ def describe_backend(matmul_precision: str) -> dict:
     "jaxlib": jaxlib.__version__,
     "matmul_precision": matmul_precision,
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    "compilation_cache": jax.config.jax_compilation_cache_dir or "",
+    "compilation_cache": jax.config.jax_compilation_cache_dir or "",  # type: ignore[attr-defined]  # jax config flags: dynamic
   }
 
 
@@ -37,8 +38,8 @@ def configure_compilation_cache(env=None) -> str | None:
   bit-identical) nothing is cached. Call before the first compilation; returns the directory."""
   env = os.environ if env is None else env
   where = env.get("VAE_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/vae_jax/xla"))
-  if jax.default_backend() == "cpu" or where == "off" or jax.config.jax_compilation_cache_dir:
-    return jax.config.jax_compilation_cache_dir or None
+  if jax.default_backend() == "cpu" or where == "off" or jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]  # jax config flags: dynamic
+    return jax.config.jax_compilation_cache_dir or None  # type: ignore[attr-defined]  # jax config flags: dynamic
   jax.config.update("jax_compilation_cache_dir", where)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -123,7 +124,8 @@ def shard_rows(x_N, mesh: Mesh | None):
   rows = -(-x_N.shape[0] // mesh.size) * mesh.size
   global_shape = (rows, *x_N.shape[1:])
   starts = sorted(
-    index[0].start or 0 for index in sharding.addressable_devices_indices_map(global_shape).values()
+    cast("tuple[slice, ...]", index)[0].start or 0
+    for index in sharding.addressable_devices_indices_map(global_shape).values()
   )
   lo, hi = starts[0], starts[-1] + rows // mesh.size
   local = np.zeros((hi - lo, *x_N.shape[1:]), x_N.dtype)

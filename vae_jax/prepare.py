@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from vae_jax import data
 
@@ -25,10 +26,10 @@ def _local_builder(name: str, idx_dir: Path, tfds_dir: Path):
   from PIL import Image
   from tensorflow_datasets.image_classification import mnist as mnist_lib
 
-  base = mnist_lib.MNIST if name == "mnist" else mnist_lib.FashionMNIST
+  base: Any = mnist_lib.MNIST if name == "mnist" else mnist_lib.FashionMNIST  # A dynamic base.
 
-  class FromIdx(base, skip_registration=True):  # Same name and version as TFDS's.
-    name = base.name
+  class FromIdx(base, skip_registration=True):  # type: ignore[call-arg]  # untyped tfds base class
+    name = base.name  # Same name and version as TFDS's.
 
     def _info(self):  # TFDS's info, unshuffled: the IDX files' order, as idx reads them.
       info = super()._info()

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from vae_jax import (
   checkpoint,
@@ -43,7 +44,7 @@ class TrainedRun:
     return tuple(self.meta["data"]["train"]["image_shape"])
 
 
-def open_run(workdir: str | Path, which: str = "latest") -> TrainedRun:
+def open_run(workdir: epath.PathLike, which: str = "latest") -> TrainedRun:
   """Model 0 of a run's checkpoint: 'latest', 'best' or an epoch number. Nothing is written.
 
   The config is the one saved with the checkpoint; its recorded plugins are imported first

@@ -34,6 +34,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from vae_jax import (
   checkpoint,
@@ -78,6 +79,8 @@ def load_study(path: str | Path) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise StudyError(f"study config {path}: not a file")
   spec = importlib.util.spec_from_file_location(f"study_{path.stem}", path)
+  if spec is None or spec.loader is None:  # Not a name Python loads code from (no .py).
+    raise StudyError(f"study config {path}: cannot be loaded (not a Python file)")
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
@@ -205,7 +208,7 @@ def markdown(summary: list[dict[str, Any]], axes: list[str], study, metrics: lis
 
 
 def run_study(
-  study: ml_collections.ConfigDict, workdir: str | Path, splits=None, log=print
+  study: ml_collections.ConfigDict, workdir: epath.PathLike, splits=None, log=print
 ) -> list[dict]:
   """Runs every group not finished yet, then writes results.csv, summary.md and the plots.
 

@@ -12,12 +12,14 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from vae_jax import (
   __version__,
@@ -52,7 +54,7 @@ def metric_order(name: str) -> tuple:
 def make_record(epoch: int, train_sums: dict, test_sums: dict, n_test: int, k: int) -> dict:
   """Model k's epoch record: train_<metric>, test_<metric> (nats per example)."""
   examples = int(train_sums["examples"][k])
-  record = {"epoch": epoch}
+  record: dict[str, float] = {"epoch": epoch}
   record.update(
     {
       f"train_{m}": float(train_sums[m][k]) / examples
@@ -70,7 +72,7 @@ def train_models(
   splits,
   overrides: list[dict] | None,
   ckpt_dir: Path,
-  run_dirs: list[Path | None],
+  run_dirs: Sequence[Path | None],
   log: Callable[[str], None] = print,
   group: group_lib.Group | None = None,
 ):
@@ -107,6 +109,7 @@ def train_models(
   # 1. Fresh states and keys from the seeds: where a new run starts, and the layout a
   #    checkpoint is restored into.
   states, keys = group_lib.create_states(group)
+  records: list[list[dict[str, Any]]]
   records, last_good = [[] for _ in range(num_models)], None
   # 2. A directory with checkpoints continues from its latest, if settings and data match
   #    (process 0 decides and reads; the others receive its state).
@@ -118,9 +121,9 @@ def train_models(
   # 3. Writes start here. Logs are rewritten from the checkpoint's records: an epoch is never
   #    missing or repeated. config.json: each model's config, its overrides applied.
   if primary:
-    for run_dir, model_records, overrides in zip(run_dirs, records, group.overrides):
+    for run_dir, model_records, model_overrides in zip(run_dirs, records, group.overrides):
       if run_dir is not None:
-        model_config = config_lib.from_flat({**settings.flat, **overrides})
+        model_config = config_lib.from_flat({**settings.flat, **model_overrides})
         checkpoint.write_text_atomic(run_dir / "config.json", model_config.to_json(indent=2) + "\n")
         workdir_lib.write_metrics(run_dir, model_records)
   distributed.barrier("resume")
@@ -178,6 +181,11 @@ def train_models(
         if last_good
         else f"no epoch finished, nothing kept in {ckpt_dir}"
       )
+
+      def on_chunk(step: int) -> None:  # As each chunk of an epoch finishes.
+        progress.update(step)
+        interrupt.check(kept())
+
       interrupt.check(kept())
       if missing_images:
         grids = jax.device_get(programs.grids(states, keys, records[0][-1]["epoch"]))
@@ -191,9 +199,7 @@ def train_models(
         progress.start(epoch, group.steps_per_epoch, (epoch - 1) * group.steps_per_epoch)
         t0 = time.perf_counter()
         with jax.debug_nans(settings.run.debug_nans):
-          states, train_sums = programs.train_epoch(
-            states, keys, epoch, lambda step: (progress.update(step), interrupt.check(kept()))
-          )
+          states, train_sums = programs.train_epoch(states, keys, epoch, on_chunk)
           train_sums = jax.device_get(train_sums)  # Waits for the epoch to finish.
         train_seconds = time.perf_counter() - t0
         progress.close()
@@ -359,7 +365,7 @@ def read_latest(ckpt_dir: Path, meta_base: dict, target_tree):
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str | Path, splits: dict | None = None
+  config: ml_collections.ConfigDict, workdir: epath.PathLike, splits: dict | None = None
 ):
   """Trains one model as the reference does, checkpointing every epoch; resumes a killed run.
 

@@ -25,7 +25,7 @@ class WorkdirError(ValueError):
   """The work directory cannot be used; nothing in it was changed."""
 
 
-def check_directory(directory: str | Path, what: str = "workdir") -> Path:
+def check_directory(directory: epath.PathLike, what: str = "workdir") -> epath.Path:
   """The directory, if it can be one: refused (nothing created) when it is a file."""
   directory = epath.Path(directory)
   try:
@@ -44,7 +44,7 @@ def check_directory(directory: str | Path, what: str = "workdir") -> Path:
 
 
 @contextlib.contextmanager
-def locked(directory: str | Path, what: str = "workdir") -> Iterator[Path]:
+def locked(directory: epath.PathLike, what: str = "workdir") -> Iterator[epath.Path]:
   """Creates the directory and holds an exclusive lock on it while the body runs.
 
   The lock is fcntl.flock on the directory itself: nothing is written to take it, and the OS
@@ -144,7 +144,7 @@ def run_output(
 
 
 def check_outputs(
-  directory: str | Path,
+  directory: epath.PathLike,
   output,
   marked: bool,
   what: str = "workdir",
@@ -183,12 +183,12 @@ def check_outputs(
 
 
 def prepare_workdir(
-  workdir: str | Path,
+  workdir: epath.PathLike,
   restart: bool = False,
   num_epochs: int | None = None,
   images: bool = True,
   tensorboard: bool = True,
-) -> Path:
+) -> epath.Path:
   """Checks the (locked) work directory is writable and nothing of another's is in the way.
 
   A directory with checkpoints is resumed; one whose run ended before its first checkpoint
@@ -246,7 +246,7 @@ def mark_pending(directory: Path, pending: bool) -> None:
     mark.unlink()
 
 
-def owned_run_files(workdir: Path, removing: bool = False) -> list[Path]:
+def owned_run_files(workdir: Path, removing: bool = False) -> list[epath.Path]:
   """The entries of workdir that a run wrote and vae_jax may move or remove: in a marked run,
   its regular files and its own directories (refused, when ``removing``, if they hold
   anything else: the first such entry is named)."""

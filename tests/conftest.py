@@ -98,6 +98,18 @@ def session_idx_dir(tmp_path_factory, small_splits):
   return write_idx_dir(tmp_path_factory.mktemp("idx"), small_splits)
 
 
+def listing(directory: Path) -> dict[str, str]:
+  """Every entry under directory, links not followed: what it is and, for a link, where it points."""
+  out = {}
+  for root, dirs, files in os.walk(directory):
+    for name in dirs + files:
+      path = Path(root) / name
+      out[str(path.relative_to(directory))] = (
+        f"link -> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
+      )
+  return out
+
+
 def tree_bytes(directory: Path) -> dict[str, bytes]:
   """Every file under directory (relative path -> content): to show nothing was changed."""
   return {

@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import tree_bytes
+from conftest import listing, tree_bytes
 from hypothesis import HealthCheck, given, settings, strategies as st
+from test_hostile import train
 
 from vae_jax import __main__ as cli
 
@@ -28,17 +29,6 @@ FUZZ = settings(
   database=None,
   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-
-
-def listing(directory: Path) -> dict[str, str]:
-  out = {}
-  for root, dirs, files in os.walk(directory):
-    for name in dirs + files:
-      path = Path(root) / name
-      out[str(path.relative_to(directory))] = (
-        f"link -> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
-      )
-  return out
 
 
 def run_contract(argv: list[str], *watched: Path) -> None:
@@ -121,18 +111,6 @@ def sandbox():
 
 
 # ---- train and sweep: refused before the workdir exists ----
-
-
-def train(workdir, data_dir, *extra):
-  return [
-    "train",
-    f"--workdir={workdir}",
-    "--config.data.source=idx",
-    f"--config.data.dir={data_dir}",
-    "--config.optim.num_epochs=1",
-    "--config.run.progress=False",
-    *extra,
-  ]
 
 
 @FUZZ

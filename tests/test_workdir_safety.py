@@ -5,12 +5,11 @@ file goes, a symbolic link, dangling or not, any entry of a directory that is no
 refused in one line naming it, before anything is written. In-process (main(argv))."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import synthetic_split, train_args, tree_bytes, write_idx_dir
+from conftest import listing, synthetic_split, train_args, tree_bytes, write_idx_dir
 
 from vae_jax import __main__ as cli
 
@@ -18,18 +17,6 @@ from vae_jax import __main__ as cli
 def run_main(capsys, argv):
   status = cli.main([str(a) for a in argv])
   return status, capsys.readouterr().err.strip().splitlines()
-
-
-def listing(directory: Path) -> dict[str, str]:
-  """Every entry under directory, links not followed: what it is and, for a link, where it points."""
-  out = {}
-  for root, dirs, files in os.walk(directory):
-    for name in dirs + files:
-      path = Path(root) / name
-      out[str(path.relative_to(directory))] = (
-        f"link -> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
-      )
-  return out
 
 
 def snapshot(directory: Path):

@@ -1,8 +1,11 @@
 """Shared fixtures: small synthetic MNIST-shaped data, so no test needs the full set."""
 
+from __future__ import annotations
+
 import contextlib
 import gzip
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -19,15 +22,28 @@ import pytest
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
-# One persistent compilation cache for the whole test run, in-process and in every subprocess
-# (set before jax is imported, so both read it): the suite compiles the same small programs in
-# dozens of processes, and a cached CPU executable is the very one a fresh compile gives, so no
-# number moves. Thresholds at zero: CPU programs compile fast and small, and would be skipped.
-# A per-run directory (removed at the end), so no stale entry can outlive a change; a process
-# that imports this file under a test run (a subprocess's `from conftest import ...`) keeps it.
-OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
-if OWN_COMPILATION_CACHE:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vae_jax_tests_xla_")
+# One persistent XLA compilation cache, in-process and in every subprocess (set before jax is
+# imported, so both read it), kept between runs of the suite on this machine: compiling the
+# suite's small programs is most of its CPU time (a cold run, as on a fresh CI machine, spends
+# about twice a warm one's), so a run after a change recompiles only the programs the change
+# touched. No number moves: JAX keys an entry by the whole optimized-for program, the compile
+# options, the backend and jaxlib's version, and a hit returns the executable a fresh compile
+# gives. Thresholds at zero: CPU programs compile fast and small, and would be skipped.
+# VAE_JAX_TEST_XLA_CACHE: a directory (default ~/.cache/vae_jax/xla-tests; about 45 MB per
+# state of the code; delete it to reclaim the space), or "fresh" for a temporary one removed
+# at the end (a cold run). No size limit: JAX's eviction stats every entry on every write,
+# which at this suite's ~2,500 entries cost more than the cache saved. A process that imports
+# this file under a test run (a subprocess's `from conftest import ...`) keeps the run's.
+OWN_COMPILATION_CACHE = False
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _where = os.environ.get("VAE_JAX_TEST_XLA_CACHE", "")
+  OWN_COMPILATION_CACHE = _where == "fresh"
+  if OWN_COMPILATION_CACHE:
+    _where = tempfile.mkdtemp(prefix="vae_jax_tests_xla_")
+  elif not _where:
+    _cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    _where = os.path.join(_cache_home, "vae_jax", "xla-tests")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _where
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
@@ -129,6 +145,28 @@ def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
     timeout=600,
     cwd=cwd,
   )
+
+
+def run_cli_fresh(*commands: list) -> list[CliResult]:
+  """Several ``python -m vae_jax`` commands, one after the other, in one fresh process (a
+  process's first command is the one that shows what a fresh process does)."""
+  code = (
+    "import contextlib, io, json, sys\n"
+    "from vae_jax.__main__ import main\n"
+    "for argv in json.loads(sys.argv[1]):\n"
+    "  out, err = io.StringIO(), io.StringIO()\n"
+    "  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+    "    status = main(argv)\n"
+    "  print(json.dumps([status, out.getvalue(), err.getvalue()]), file=sys.__stdout__)\n"
+  )
+  argv = json.dumps([[str(a) for a in c] for c in commands])
+  done = subprocess.run(
+    [sys.executable, "-c", code, argv], capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr
+  results = [CliResult(*json.loads(l)) for l in done.stdout.splitlines() if l.startswith("[")]
+  assert len(results) == len(commands), done.stdout
+  return results
 
 
 class CliResult(NamedTuple):

@@ -147,28 +147,9 @@ def run_python(code: str, namespace: dict, sandbox: Path, where: str) -> None:
 
 @pytest.fixture(scope="module")
 def docs_data(tmp_path_factory):
-  """The small IDX data of every example, and jax's compilation cache for this file's tests."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache
-
+  """The small IDX data of every example (compiled programs: the suite's cache, conftest)."""
   splits = {"train": synthetic_split(300, 0), "test": synthetic_split(100, 1)}
-  idx = write_idx_dir(tmp_path_factory.mktemp("docs_idx"), splits)
-  saved = {
-    k: getattr(jax.config, k)
-    for k in (
-      "jax_compilation_cache_dir",
-      "jax_persistent_cache_min_compile_time_secs",
-      "jax_persistent_cache_min_entry_size_bytes",
-    )
-  }
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("docs_xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  compilation_cache.reset_cache()
-  yield idx
-  for key, value in saved.items():
-    jax.config.update(key, value)
-  compilation_cache.reset_cache()
+  return write_idx_dir(tmp_path_factory.mktemp("docs_idx"), splits)
 
 
 def registries():

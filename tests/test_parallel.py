@@ -104,31 +104,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_on_localhost_match_one_process(trained_run, session_idx_dir, tmp_path):
-  workdir = tmp_path / "run"
-  port = _free_port()
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  procs = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        "-m",
-        "vae_jax",
-        *train_args(workdir, session_idx_dir),
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
-        f"--process_id={i}",
-      ],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-      env=env,
-    )
-    for i in (0, 1)
-  ]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, session_idx_dir):
+  """(workdir, outputs) of a finished two-process CLI run (4 CPU devices each) sharing one
+  workdir: process 0 writes it."""
+  workdir = tmp_path_factory.mktemp("two") / "run"
+  return workdir, _finish(_two_processes([workdir, workdir], session_idx_dir))
+
+
+@pytest.mark.xdist_group("two_process_run")  # One worker runs its fixture once.
+def test_two_processes_on_localhost_match_one_process(trained_run, two_process_run):
+  workdir, outputs = two_process_run
   assert "====> Epoch: 2" in outputs[0][0] and "====>" not in outputs[1][0]  # Process 0 reports.
   two, one = (
     [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
@@ -180,16 +166,17 @@ def _finish(procs):
   return outputs
 
 
+@pytest.mark.xdist_group("two_process_run")  # One worker runs its fixture once.
 def test_two_processes_without_a_shared_disk_killed_and_resumed_bit_identical(
-  session_idx_dir, tmp_path
+  session_idx_dir, two_process_run, tmp_path
 ):
   """Process 0 alone writes (process 1's workdir stays absent); after a SIGKILL of both
   once epoch 1 is checkpointed, the same commands resume from process 0's checkpoint, sent
-  to process 1, and end bit-identical to an uninterrupted two-process run."""
+  to process 1, and end bit-identical to an uninterrupted two-process run (the module's,
+  whose processes shared a disk)."""
   from test_checkpoint import assert_trees_equal_bitwise, metrics, saved_arrays
 
-  whole = [tmp_path / "whole0", tmp_path / "whole1"]
-  _finish(_two_processes(whole, session_idx_dir))
+  whole = two_process_run[0]  # Uninterrupted; its disk shared, which changes no number.
   killed = [tmp_path / "killed0", tmp_path / "killed1"]
   marker = tmp_path / "paused"
   procs = _two_processes(killed, session_idx_dir, pause=("after_checkpoint_1", str(marker)))
@@ -203,9 +190,9 @@ def test_two_processes_without_a_shared_disk_killed_and_resumed_bit_identical(
   assert [r["epoch"] for r in metrics(killed[0])] in ([], [1])
   outputs = _finish(_two_processes(killed, session_idx_dir))
   assert "Resuming from" in outputs[0][0] and "(epoch 1)" in outputs[0][0]
-  assert not whole[1].exists() and not killed[1].exists()  # Process 1 wrote nothing.
-  assert_trees_equal_bitwise(saved_arrays(killed[0]), saved_arrays(whole[0]))
-  assert metrics(killed[0]) == metrics(whole[0])
+  assert not killed[1].exists()  # Process 1 wrote nothing.
+  assert_trees_equal_bitwise(saved_arrays(killed[0]), saved_arrays(whole))
+  assert metrics(killed[0]) == metrics(whole)
 
 
 def test_each_process_holds_only_its_rows_of_the_train_set():
@@ -297,3 +284,12 @@ def test_vmapped_models_are_sharded_over_devices(tmp_path):
   assert out["shards"] == 4 and "models" in out["spec"]  # One model per device.
   _, records = k_model_run()
   np.testing.assert_allclose(out["test_loss"], [r[-1]["test_loss"] for r in records], rtol=1e-5)
+
+
+@pytest.mark.xdist_group("two_process_run")
+def test_grouped_tests_share_one_worker(request):
+  """Under ``-n`` with the suite's ``--dist=loadgroup``, a grouped test's id carries its group
+  (the grouping that lets the two-process tests share one run; pytest 9.2 broke it)."""
+  if not hasattr(request.config, "workerinput"):
+    pytest.skip("not under pytest-xdist")
+  assert request.node.nodeid.endswith("@two_process_run"), request.node.nodeid

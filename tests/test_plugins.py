@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import run_cli, train_args, tree_bytes
+from conftest import run_cli, run_cli_fresh, train_args, tree_bytes
 from flax import struct
 from test_checkpoint import kill_at
 
@@ -81,13 +81,15 @@ def test_a_plugin_run_trains_resumes_sweeps_and_reopens_from_fresh_processes(
   assert len(rows) == 5 and rows[0].startswith("objective.beta,seed,test_loss")
 
   # Fresh processes, no --plugin: the run's record imports my_ideas.
-  evaluated = run_cli("evaluate", f"--workdir={workdir}")
+  evaluated, sampled, likelihood = run_cli_fresh(  # One process, its first command evaluate.
+    ["evaluate", f"--workdir={workdir}"],
+    ["sample", f"--workdir={workdir}", f"--out={tmp_path / 's.png'}", "--num=4"],
+    ["likelihood", f"--workdir={workdir}", "--num_samples=4", "--num=8"],
+  )
   assert evaluated.returncode == 0, evaluated.stderr
   test_loss = json.loads(evaluated.stdout.splitlines()[-1])
   assert test_loss["loss"] == pytest.approx(test_loss["recorded_test_loss"], rel=1e-5)
-  sampled = run_cli("sample", f"--workdir={workdir}", f"--out={tmp_path / 's.png'}", "--num=4")
   assert sampled.returncode == 0 and (tmp_path / "s.png").stat().st_size > 0, sampled.stderr
-  likelihood = run_cli("likelihood", f"--workdir={workdir}", "--num_samples=4", "--num=8")
   assert likelihood.returncode == 0, likelihood.stderr
   assert np.isfinite(json.loads(likelihood.stdout.splitlines()[-1])["test_nll"])
 

@@ -2,6 +2,8 @@
 
 import functools
 import json
+import subprocess
+import sys
 
 import chex
 import jax
@@ -260,3 +262,18 @@ def test_tensorboard_gets_scalars_and_grids_per_epoch(small_config, small_splits
     np.testing.assert_array_equal(
       logged, np.asarray(Image.open(tmp_path / "run" / f"{name}_2.png"))
     )
+
+
+def test_the_tensorboard_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch when installed (about 2 s of every run's start-up) though
+  we write numpy arrays: the writer loads without it, and torch still imports afterwards."""
+  pytest.importorskip("tensorboardX")
+  code = (
+    "import sys; from vae_jax import summaries\n"
+    f"w = summaries.open_writer({str(tmp_path)!r}); w.add_scalar('x', 1.0, 1); w.close()\n"
+    "print('torch' in sys.modules)\n"
+    "import importlib.util; print(importlib.util.find_spec('torch') is None or bool(__import__('torch')))\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.split() == ["False", "True"], out.stderr
+  assert list(tmp_path.glob("events.out.tfevents.*"))

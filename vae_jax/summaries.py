@@ -6,6 +6,8 @@ Without tensorboardX installed (pip install tensorboardX, or the experiments ext
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,26 @@ import numpy as np
 def open_writer(logdir: str | Path):
   """A tensorboardX SummaryWriter on logdir, or None when tensorboardX is missing."""
   try:
-    from tensorboardX import SummaryWriter
+    with _without_torch():
+      from tensorboardX import SummaryWriter
   except ImportError:
     return None
   return SummaryWriter(str(logdir))
+
+
+@contextlib.contextmanager
+def _without_torch():
+  """tensorboardX imports torch when it is installed (about 2 s of a run's start-up) only to
+  accept torch tensors; we pass numpy arrays, so torch is hidden while tensorboardX loads
+  (unless something already imported it)."""
+  if "torch" in sys.modules:
+    yield
+    return
+  sys.modules["torch"] = None  # `import torch` raises ImportError.
+  try:
+    yield
+  finally:
+    del sys.modules["torch"]
 
 
 def write_records(writer, records: list[dict[str, Any]]) -> None:

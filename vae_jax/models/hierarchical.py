@@ -16,15 +16,13 @@ N(0, I), so this model trains with the importance-weighted objectives (vae_k, iw
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
 from vae_jax.models import VAE, logit_bias, register_model, reparameterize
-from vae_jax.models.mlp import MLP, Decoder, Encoder
+from vae_jax.models.mlp import MLP, Encoder
 from vae_jax.registry import ConfigError
 
 
@@ -70,14 +68,7 @@ class HVAE2(VAE):
     self.q_h1 = block(self.hidden_dim, self.latent_dim_1, "q_h1")
     self.q_h2 = block(self.hidden_dim_2, self.latent_dim, "q_h2")
     self.p_h1 = block(self.hidden_dim_2, self.latent_dim_1, "p_h1")
-    self.decoder = Decoder(
-      self.hidden_dim,
-      math.prod(self.image_shape),
-      self.init_scheme,
-      self.dtype,
-      self.num_hidden_layers,
-      self.activation,
-    )
+    self.decoder = MLP.make_decoder(self)  # The reference MLP's decoder, from z1.
     if self.learned_sigma:
       self.log_sigma = self.param("log_sigma", nn.initializers.zeros, self.image_shape)
 

@@ -21,7 +21,14 @@ from conftest import k_model_run, make_model, train_args
 from vae_jax import training
 from vae_jax.registry import ConfigError
 
-EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+def with_devices(count: int) -> dict:
+  """This process's environment with count simulated CPU devices (the suite's XLA_FLAGS kept)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}"}
+
+
+EIGHT_DEVICES = with_devices(8)
 
 
 def run_python(code: str, env: dict, *args) -> subprocess.CompletedProcess:
@@ -133,7 +140,7 @@ def _two_processes(workdirs, idx_dir, *extra, pause=None):
   """Starts a two-process CLI run (4 CPU devices each) with one workdir per process;
   pause=(point, marker): process 0 runs tests/pause_run.py and stops there."""
   port = _free_port()
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = with_devices(4)
   procs = []
   for i, workdir in enumerate(workdirs):
     args = [
@@ -213,7 +220,7 @@ def test_each_process_holds_only_its_rows_of_the_train_set():
                         "shards": sorted([s.index[0].start, s.data.shape[0]]
                                          for s in arr.addressable_shards)}))
       """
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = with_devices(4)
   procs = [
     subprocess.Popen(
       [sys.executable, "-c", textwrap.dedent(code), f"127.0.0.1:{port}", str(i)],
@@ -277,7 +284,7 @@ def test_vmapped_models_are_sharded_over_devices(tmp_path):
       print(json.dumps({"shards": len(kernel.sharding.device_set), "spec": str(kernel.sharding.spec),
                         "test_loss": [r[-1]["test_loss"] for r in records]}))
       """,
-    {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    with_devices(4),
   )
   assert result.returncode == 0, result.stderr
   out = json.loads(result.stdout.strip().splitlines()[-1])

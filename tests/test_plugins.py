@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import run_cli, run_cli_fresh, train_args, tree_bytes
+from conftest import cli as cli_here, run_cli_fresh, train_args, tree_bytes
 from flax import struct
 from test_checkpoint import kill_at
 
@@ -49,7 +49,7 @@ def test_a_plugin_run_trains_resumes_sweeps_and_reopens_from_fresh_processes(
 ):
   workdir = tmp_path / "run"
   kill_at("after_checkpoint_1", workdir, session_idx_dir, *PLUGIN_ARGS)  # SIGKILLed after epoch 1.
-  resumed = run_cli(*train_args(workdir, session_idx_dir, *PLUGIN_ARGS))  # The same command.
+  resumed = cli_here(*train_args(workdir, session_idx_dir, *PLUGIN_ARGS))  # The same command.
   assert resumed.returncode == 0, resumed.stderr
   assert "Resuming from" in resumed.stdout
   assert [
@@ -75,7 +75,7 @@ def test_a_plugin_run_trains_resumes_sweeps_and_reopens_from_fresh_processes(
     f"      'data.source': 'idx', 'data.dir': '{session_idx_dir}', 'optim.num_epochs': 1,\n"
     "      'run.save_images': False, 'run.tensorboard': False})\n"
   )
-  swept = run_cli("sweep", f"--config={study}", f"--workdir={tmp_path / 'sweep'}")
+  swept = cli_here("sweep", f"--config={study}", f"--workdir={tmp_path / 'sweep'}")
   assert swept.returncode == 0, swept.stderr
   rows = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
   assert len(rows) == 5 and rows[0].startswith("objective.beta,seed,test_loss")

@@ -393,11 +393,10 @@ def main(argv: list[str] | None = None) -> int:
       try:  # The OS's limits and C's, for every command: one line.
         status = run(command, f, config)
       except OSError as e:
+        gc.collect()  # What a failed save left (futures on a closed loop) is finalized here.
         status = _fail(describe_os_error(e, path_flags(f, config)))
       except OverflowError as e:
         status = _fail(f"a number is out of range ({e}); use a smaller value")
-      if status:  # What a failed save left (futures on a closed loop) is finalized here.
-        gc.collect()
   finally:
     interrupt.restore(previous_handlers)
   if status == 0:  # A failure's line says what failed; after a success, they are news.

@@ -28,11 +28,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
 import numpy as np
 
+from experiments.clock import best_seconds
 from vae_jax import cpu_kernels
 
 PATHS = ("xla", "xnnpack", "onednn")
@@ -77,16 +77,6 @@ def step_matmuls(config) -> list[dict]:
       entry["count"] += 1
       entry["what"].append(f"{what} {fan_in}x{fan_out}")
   return list(shapes.values())
-
-
-def best_seconds(fn, repeats: int = 5) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
 
 
 def time_xla(shapes) -> list[float]:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments.clock import best_seconds
 from vae_jax import (
   config as config_lib,
   data,
@@ -42,16 +43,6 @@ def epoch_matmul_flops(config, num_examples: int, input_dim: int = 784) -> float
   return 2.0 * macs * num_examples
 
 
-def _best_seconds(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
-
-
 def matmul_tflops(
   n: int, dtype=jnp.float32, precision: str = "highest", chain: int = 10, repeats: int = 3
 ) -> float:
@@ -63,16 +54,16 @@ def matmul_tflops(
   def products(a):
     return jax.lax.fori_loop(0, chain, lambda _, c: jnp.dot(c, a, precision=precision), a)
 
-  return 2 * n**3 * chain / _best_seconds(lambda: products(a).block_until_ready(), repeats) / 1e12
+  return 2 * n**3 * chain / best_seconds(lambda: products(a).block_until_ready(), repeats) / 1e12
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
   """Best float32 GFLOP/s of an n x n matmul through XLA and through numpy's BLAS."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   matmul = jax.jit(lambda a: a @ a)
-  xla = 2 * n**3 / _best_seconds(lambda: matmul(a).block_until_ready(), repeats) / 1e9
+  xla = 2 * n**3 / best_seconds(lambda: matmul(a).block_until_ready(), repeats) / 1e9
   a_np = np.asarray(a)
-  blas = 2 * n**3 / _best_seconds(lambda: a_np @ a_np, repeats) / 1e9
+  blas = 2 * n**3 / best_seconds(lambda: a_np @ a_np, repeats) / 1e9
   return {"xla": xla, "numpy": blas}
 
 

@@ -9,10 +9,12 @@ starts): XLA's own kernels, XNNPACK (--xla_cpu_use_xnnpack=true) and oneDNN
 (--xla_cpu_experimental_onednn_custom_call=true), with torch.mm (the machine's threads) and
 numpy's BLAS as outside references.
 - Kernels: every matmul of one training step (forward, weight gradients, input gradients
-  but not the data's), its shape from the model's parameters, for the reference (784-400-20,
-  batch 128) and Burda et al.'s one-layer model (784-200-200-50, batch 20). Each shape runs
-  16 times inside one program (XLA) or loop (torch, numpy); best of 5, microseconds per
-  product. The bound: the sum of each shape's fastest path x its count x steps per epoch.
+  but not the data's), its shape from the model's parameters and its orientation as the
+  step's program holds it (weight gradients x^T @ g, input gradients g @ W^T, operands as
+  stored), for the reference (784-400-20, batch 128) and Burda et al.'s one-layer model
+  (784-200-200-50, batch 20). Each shape runs 16 times, on 16 different left operands and one
+  right operand, inside one program (XLA) or loop (torch, numpy, transposes as views); best
+  of 5, microseconds per product. The bound: the sum of each shape's fastest path x its count x steps per epoch.
 - Epochs: the compiled epoch (median s of epochs 2..N) of both configs under each XLA path,
   the default ``train`` command (reference) and PyTorch with preloaded tensors.
 Ratios printed: default ``train`` s/epoch over the reference's kernel bound and PyTorch
@@ -49,47 +51,84 @@ def config_of(name: str):
 
 
 def step_matmuls(config) -> list[dict]:
-  """Every matmul of one training step: {'m', 'k', 'n', 'count', 'what'} (an (m, k) x (k, n)
-  product), from the shapes of the model's Dense kernels."""
+  """Every matmul of one training step: {'m', 'k', 'n', 'layout', 'count', 'what'}, an
+  (m, k) x (k, n) product as the dot_general in the step's jaxpr holds it: 'nn' a forward
+  x_BxI @ W_IxO; 'tn' a weight gradient x^T @ g (a stored k x m); 'nt' an input gradient
+  g @ W^T (b stored n x k). JAX writes some weight gradients as g^T @ x: they are listed so."""
   import jax
+  import jax.numpy as jnp
 
-  from vae_jax import group as group_lib
+  from vae_jax import group as group_lib, objectives, step as step_lib
 
   batch = config.optim.batch_size
   splits = {
     s: (np.zeros((batch, 28, 28, 1), np.uint8), np.zeros(batch, np.int64))
     for s in ("train", "test")
   }
-  states, _ = group_lib.create_states(group_lib.make_group(config, splits))
-  kernels = [
-    leaf.shape[-2:]
-    for path, leaf in jax.tree_util.tree_flatten_with_path(states.params)[0]
-    if getattr(path[-1], "key", None) == "kernel"
-  ]
-  input_dim = 28 * 28
+  group = group_lib.make_group(config, splits)
+  states, keys = group_lib.create_states(group)
+  state, keys, hparams = (group_lib.unstack(t) for t in (states, keys, group.hparams))
+  objective_fn = objectives.REGISTRY.get(config.objective.name).target.fn
+  jaxpr = jax.make_jaxpr(
+    lambda s, x: step_lib.train_step(s, x, keys["noise"], hparams, objective_fn=objective_fn)
+  )(state, jnp.zeros((batch, 28, 28, 1), jnp.uint8))
+  names = {"nn": "forward", "tn": "weight grad", "nt": "input grad", "tt": "product"}
   shapes: dict[tuple, dict] = {}
-  for fan_in, fan_out in kernels:
-    products = [((batch, fan_in, fan_out), "forward"), ((fan_in, batch, fan_out), "weight grad")]
-    if fan_in != input_dim:  # No gradient with respect to the data.
-      products.append(((batch, fan_out, fan_in), "input grad"))
-    for (m, k, n), what in products:
-      entry = shapes.setdefault((m, k, n), {"m": m, "k": k, "n": n, "count": 0, "what": []})
-      entry["count"] += 1
-      entry["what"].append(f"{what} {fan_in}x{fan_out}")
+  for eqn in dot_generals(jaxpr.jaxpr):
+    (lhs_c, rhs_c), batch_dims = eqn.params["dimension_numbers"]
+    a, b = (v.aval.shape for v in eqn.invars)
+    if batch_dims != ((), ()) or len(a) != 2 or len(b) != 2:
+      raise ValueError(f"not a plain matmul: {eqn}")
+    layout = ("t" if lhs_c == (0,) else "n") + ("t" if rhs_c == (1,) else "n")
+    m, k, n = a[1 - lhs_c[0]], a[lhs_c[0]], b[1 - rhs_c[0]]
+    entry = shapes.setdefault(
+      (m, k, n, layout), {"m": m, "k": k, "n": n, "layout": layout, "count": 0, "what": []}
+    )
+    entry["count"] += 1
+    entry["what"].append(f"{names[layout]} {m}x{n}")
   return list(shapes.values())
 
 
+def dot_generals(jaxpr):
+  """The dot_general equations of a jaxpr and of the jaxprs inside it."""
+  from jax.extend import core
+
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, list | tuple) else [param]:
+        if isinstance(sub, core.ClosedJaxpr | core.Jaxpr):
+          yield from dot_generals(getattr(sub, "jaxpr", sub))
+
+
+def stored_shapes(s: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+  """The shapes of a product's operands as the step stores them (see step_matmuls)."""
+  m, k, n, layout = s["m"], s["k"], s["n"], s.get("layout", "nn")
+  return ((k, m) if layout[0] == "t" else (m, k)), ((n, k) if layout[1] == "t" else (k, n))
+
+
+def oriented(a, b, layout: str):
+  """The operands as (m, k) and (k, n) views (numpy / torch: transposes are views)."""
+  return (a.T if layout[0] == "t" else a), (b.T if layout[1] == "t" else b)
+
+
 def time_xla(shapes) -> list[float]:
-  """Microseconds per product of each shape through jit (REPEATS products in one program)."""
+  """Microseconds per product of each shape through jit (REPEATS products in one program),
+  as the dot_general the step's program holds for it."""
   import jax
   import jax.numpy as jnp
 
   out = []
   for s in shapes:
-    a = jax.random.normal(jax.random.key(0), (REPEATS, s["m"], s["k"]), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (s["k"], s["n"]), jnp.float32)
+    (a_shape, b_shape), layout = stored_shapes(s), s.get("layout", "nn")
+    a = jax.random.normal(jax.random.key(0), (REPEATS, *a_shape), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), b_shape, jnp.float32)
+    dims = (((0 if layout[0] == "t" else 1,), (1 if layout[1] == "t" else 0,)), ((), ()))
     products = jax.jit(
-      lambda a, b: jax.lax.map(lambda a_MxK: jnp.dot(a_MxK, b, precision="highest"), a)
+      lambda a, b, dims=dims: jax.lax.map(
+        lambda a_: jax.lax.dot_general(a_, b, dims, precision="highest"), a
+      )
     )
     out.append(best_seconds(lambda: products(a, b).block_until_ready()) / REPEATS * 1e6)
   return out
@@ -100,11 +139,11 @@ def time_torch_mm(shapes) -> list[float]:
 
   out = []
   for s in shapes:
-    a, b = torch.randn(s["m"], s["k"]), torch.randn(s["k"], s["n"])
+    (a_shape, b_shape), layout = stored_shapes(s), s.get("layout", "nn")
+    a_all, b_stored = torch.randn(REPEATS, *a_shape), torch.randn(*b_shape)
+    pairs = [oriented(a_all[i], b_stored, layout) for i in range(REPEATS)]
     c = torch.empty(s["m"], s["n"])
-    out.append(
-      best_seconds(lambda: [torch.mm(a, b, out=c) for _ in range(REPEATS)]) / REPEATS * 1e6
-    )
+    out.append(best_seconds(lambda: [torch.mm(a, b, out=c) for a, b in pairs]) / REPEATS * 1e6)
   return out
 
 
@@ -112,14 +151,12 @@ def time_numpy(shapes) -> list[float]:
   out = []
   rng = np.random.default_rng(0)
   for s in shapes:
-    a, b = (
-      rng.standard_normal((s["m"], s["k"]), np.float32),
-      rng.standard_normal((s["k"], s["n"]), np.float32),
-    )
+    (a_shape, b_shape), layout = stored_shapes(s), s.get("layout", "nn")
+    a_all = rng.standard_normal((REPEATS, *a_shape), np.float32)
+    b_stored = rng.standard_normal(b_shape, np.float32)
+    pairs = [oriented(a_all[i], b_stored, layout) for i in range(REPEATS)]
     c = np.empty((s["m"], s["n"]), np.float32)
-    out.append(
-      best_seconds(lambda: [np.matmul(a, b, out=c) for _ in range(REPEATS)]) / REPEATS * 1e6
-    )
+    out.append(best_seconds(lambda: [np.matmul(a, b, out=c) for a, b in pairs]) / REPEATS * 1e6)
   return out
 
 
@@ -269,8 +306,8 @@ def main() -> int:
       f"\n{name} (batch {batch}, {steps} steps per epoch): us per product, best of 5 of {REPEATS}"
     )
     columns = [c for c in rows if rows[c]]
-    print("| m x k x n | count | what | " + " | ".join(columns) + " | best |")
-    print("| --- | ---: | --- | " + " | ".join("---:" for _ in columns) + " | --- |")
+    print("| m x k x n | layout | count | what | " + " | ".join(columns) + " | best |")
+    print("| --- | --- | ---: | --- | " + " | ".join("---:" for _ in columns) + " | --- |")
     totals = {c: 0.0 for c in columns}
     best_total = 0.0
     for i, s in enumerate(shapes[name]):
@@ -280,17 +317,17 @@ def main() -> int:
       for c in columns:
         totals[c] += times[c] * s["count"]
       print(
-        f"| {s['m']}x{s['k']}x{s['n']} | {s['count']} | {', '.join(s['what'])} | "
+        f"| {s['m']}x{s['k']}x{s['n']} | {s.get('layout', 'nn')} | {s['count']} | {', '.join(s['what'])} | "
         + " | ".join(f"{times[c]:.1f}" for c in columns)
         + f" | {best} |"
       )
     print(
-      "| per step | | | "
+      "| per step | | | | "
       + " | ".join(f"{totals[c]:,.0f}" for c in columns)
       + f" | {best_total:,.0f} |"
     )
     print(
-      "| x steps (s) | | | "
+      "| x steps (s) | | | | "
       + " | ".join(f"{totals[c] * steps / 1e6:.3f}" for c in columns)
       + f" | {best_total * steps / 1e6:.3f} |"
     )

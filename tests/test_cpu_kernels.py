@@ -1,9 +1,11 @@
 """config.run.cpu_kernels: resolved before the backend starts, recorded, checked on resume."""
 
+import collections
 import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
 
 from vae_jax import checkpoint, config as config_lib, cpu_kernels, training
@@ -100,3 +102,34 @@ def test_unknown_kernels_are_refused():
   config = one_epoch_config(cpu_kernels="mkl")
   with pytest.raises(ConfigError, match="config.run.cpu_kernels='mkl': expected one of auto, xla"):
     config_lib.parse(config)
+
+
+@pytest.mark.parametrize(
+  "name, dims, layers_with_data_input",
+  [
+    ("reference", [(784, 400), (400, 20), (400, 20), (20, 400), (400, 784)], 1),
+    ("burda", [(784, 200), (200, 200), (200, 50), (200, 50), (50, 200), (200, 200), (200, 784)], 1),
+  ],
+)
+def test_the_kernel_benchmark_times_the_products_the_step_holds(name, dims, layers_with_data_input):
+  """experiments/cpu_kernels.py lists the step's matmuls from its jaxpr: one forward, one
+  weight gradient and (but for the data's) one input gradient per Dense layer, each
+  (m, k) x (k, n) in the orientation the program computes it, operands as stored."""
+  from experiments import cpu_kernels as bench
+
+  config = bench.config_of(name)
+  batch = config.optim.batch_size
+  products = bench.step_matmuls(config)
+  by_layout = collections.Counter()
+  for s in products:
+    by_layout[s["layout"]] += s["count"]
+    a, b = bench.oriented(*(np.zeros(shape) for shape in bench.stored_shapes(s)), s["layout"])
+    assert a.shape == (s["m"], s["k"]) and b.shape == (s["k"], s["n"])
+  layers = len(dims)
+  assert by_layout == {"nn": layers, "tn": layers, "nt": layers - layers_with_data_input}
+  forward = sorted(
+    (s["m"], s["k"], s["n"]) for s in products for _ in range(s["count"]) if s["layout"] == "nn"
+  )
+  assert forward == sorted((batch, i, o) for i, o in dims)
+  multiply_adds = sum(s["m"] * s["k"] * s["n"] * s["count"] for s in products)
+  assert multiply_adds == batch * (3 * sum(i * o for i, o in dims) - 784 * dims[0][1])

@@ -14,7 +14,8 @@ numpy's BLAS as outside references.
   stored), for the reference (784-400-20, batch 128) and Burda et al.'s one-layer model
   (784-200-200-50, batch 20). Each shape runs 16 times, on 16 different left operands and one
   right operand, inside one program (XLA) or loop (torch, numpy, transposes as views); best
-  of 5, microseconds per product. The bound: the sum of each shape's fastest path x its count x steps per epoch.
+  of 5, microseconds per product. The bound: the sum of each shape's fastest path x its
+  count x steps per epoch.
 - Epochs: the compiled epoch (median s of epochs 2..N) of both configs under each XLA path,
   the default ``train`` command (reference) and PyTorch with preloaded tensors.
 Ratios printed: default ``train`` s/epoch over the reference's kernel bound and PyTorch
@@ -104,7 +105,7 @@ def dot_generals(jaxpr):
 
 def stored_shapes(s: dict) -> tuple[tuple[int, int], tuple[int, int]]:
   """The shapes of a product's operands as the step stores them (see step_matmuls)."""
-  m, k, n, layout = s["m"], s["k"], s["n"], s.get("layout", "nn")
+  m, k, n, layout = s["m"], s["k"], s["n"], s["layout"]
   return ((k, m) if layout[0] == "t" else (m, k)), ((n, k) if layout[1] == "t" else (k, n))
 
 
@@ -121,7 +122,7 @@ def time_xla(shapes) -> list[float]:
 
   out = []
   for s in shapes:
-    (a_shape, b_shape), layout = stored_shapes(s), s.get("layout", "nn")
+    (a_shape, b_shape), layout = stored_shapes(s), s["layout"]
     a = jax.random.normal(jax.random.key(0), (REPEATS, *a_shape), jnp.float32)
     b = jax.random.normal(jax.random.key(1), b_shape, jnp.float32)
     dims = (((0 if layout[0] == "t" else 1,), (1 if layout[1] == "t" else 0,)), ((), ()))
@@ -139,7 +140,7 @@ def time_torch_mm(shapes) -> list[float]:
 
   out = []
   for s in shapes:
-    (a_shape, b_shape), layout = stored_shapes(s), s.get("layout", "nn")
+    (a_shape, b_shape), layout = stored_shapes(s), s["layout"]
     a_all, b_stored = torch.randn(REPEATS, *a_shape), torch.randn(*b_shape)
     pairs = [oriented(a_all[i], b_stored, layout) for i in range(REPEATS)]
     c = torch.empty(s["m"], s["n"])
@@ -151,7 +152,7 @@ def time_numpy(shapes) -> list[float]:
   out = []
   rng = np.random.default_rng(0)
   for s in shapes:
-    (a_shape, b_shape), layout = stored_shapes(s), s.get("layout", "nn")
+    (a_shape, b_shape), layout = stored_shapes(s), s["layout"]
     a_all = rng.standard_normal((REPEATS, *a_shape), np.float32)
     b_stored = rng.standard_normal(b_shape, np.float32)
     pairs = [oriented(a_all[i], b_stored, layout) for i in range(REPEATS)]
@@ -317,7 +318,7 @@ def main() -> int:
       for c in columns:
         totals[c] += times[c] * s["count"]
       print(
-        f"| {s['m']}x{s['k']}x{s['n']} | {s.get('layout', 'nn')} | {s['count']} | {', '.join(s['what'])} | "
+        f"| {s['m']}x{s['k']}x{s['n']} | {s['layout']} | {s['count']} | {', '.join(s['what'])} | "
         + " | ".join(f"{times[c]:.1f}" for c in columns)
         + f" | {best} |"
       )

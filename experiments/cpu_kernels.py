@@ -3,6 +3,7 @@
 Run (about 5 minutes on 2 cores):
   .venv/bin/python -m experiments.cpu_kernels
   .venv/bin/python -m experiments.cpu_kernels --json experiments/results/cpu_kernels/cpu_kernels.json
+  .venv/bin/python -m experiments.cpu_kernels --report cpu_kernels.json   # a saved run's tables
 
 One run measures, each XLA path in a fresh process (XLA_FLAGS are read when the backend
 starts): XLA's own kernels, XNNPACK (--xla_cpu_use_xnnpack=true) and oneDNN
@@ -239,11 +240,31 @@ def main() -> int:
     default=["kernels", "epochs", "train", "torch"],
     help="what to measure (default all; a loaded machine: epochs alone, more epochs)",
   )
+  parser.add_argument(
+    "--report", metavar="JSON", help="measure nothing: print the tables of a saved --json run"
+  )
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     print(json.dumps(worker(args.worker, args.epochs)))
     return 0
+  if args.report:
+    with open(args.report) as f:
+      report(json.load(f))
+    return 0
+  results = measure_all(args.parts, args.epochs)
+  report(results)
+  if args.json:
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
+  return 0
+
+
+def measure_all(parts: list[str], num_epochs: int) -> dict[str, Any]:
+  """Every measurement of `parts`, each in a fresh process, and the machine that ran them."""
+  import jax
+  import jaxlib
 
   info = cpu_kernels.cpu_info()
   wanted = (
@@ -260,44 +281,57 @@ def main() -> int:
   cpu_flags = [f for f in wanted if f in info["flags"].split()]
   skipped: dict[str, Any] = {"error": "not measured (--parts)"}
   shapes = measure("shapes")
-  kernels = {p: measure("kernels", p) if "kernels" in args.parts else skipped for p in PATHS}
-  outside = measure("outside") if "kernels" in args.parts else skipped
+  kernels = {p: measure("kernels", p) if "kernels" in parts else skipped for p in PATHS}
+  outside = measure("outside") if "kernels" in parts else skipped
   epochs = {
-    f"{name}_{p}": measure(f"epoch_{name}", p, args.epochs) if "epochs" in args.parts else skipped
+    f"{name}_{p}": measure(f"epoch_{name}", p, num_epochs) if "epochs" in parts else skipped
     for name in ("reference", "burda")
     for p in PATHS
   }
-  train = measure("train", "xla", args.epochs) if "train" in args.parts else skipped
-  torch_pre = measure("torch_preloaded", "xla", 2) if "torch" in args.parts else skipped
-  import jax
-  import jaxlib
-
-  print(
-    f"\nMachine: {info['model']} ({info['vendor']}), {os.cpu_count()} cores, flags "
-    f"{' '.join(cpu_flags)}; jax {jax.__version__}, jaxlib {jaxlib.__version__}"
-    + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else "")
-    + (f"; torch threads {outside['torch_threads']}" if "torch_threads" in outside else "")
-  )
-  auto, why = cpu_kernels.resolve("auto")
-  print(f"run.cpu_kernels=auto chooses here: {auto} ({why})")
-  median = lambda run: (
-    statistics.median(run["epoch_seconds"][1:]) if "epoch_seconds" in run else None
-  )
-  results: dict[str, Any] = {
-    "machine": {**info, "cpu_flags": cpu_flags, "cores": os.cpu_count(), "jax": jax.__version__},
+  train = measure("train", "xla", num_epochs) if "train" in parts else skipped
+  torch_pre = measure("torch_preloaded", "xla", 2) if "torch" in parts else skipped
+  return {
+    "machine": {
+      **info,
+      "cpu_flags": cpu_flags,
+      "cores": os.cpu_count(),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+    },
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "auto": list(cpu_kernels.resolve("auto")),
     "shapes": shapes,
     "kernels": kernels,
     "outside": outside,
     "epochs": epochs,
     "train": train,
     "torch_preloaded": torch_pre,
-    "bounds": {},
   }
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints the tables of one run's measurements and adds their 'bounds' and 'ratios'."""
+  machine, shapes, kernels = results["machine"], results["shapes"], results["kernels"]
+  outside, epochs = results["outside"], results["epochs"]
+  train, torch_pre = results["train"], results["torch_preloaded"]
+  print(
+    f"\nMachine: {machine['model']} ({machine['vendor']}), {machine['cores']} cores, flags "
+    f"{' '.join(machine['cpu_flags'])}; jax {machine['jax']}"
+    + (f", jaxlib {machine['jaxlib']}" if "jaxlib" in machine else "")
+    + (f", XLA_FLAGS={results['xla_flags']}" if results.get("xla_flags") else "")
+    + (f"; torch threads {outside['torch_threads']}" if "torch_threads" in outside else "")
+  )
+  if "auto" in results:  # Runs saved before it was recorded have none.
+    print(f"run.cpu_kernels=auto chooses here: {results['auto'][0]} ({results['auto'][1]})")
+  median = lambda run: (
+    statistics.median(run["epoch_seconds"][1:]) if "epoch_seconds" in run else None
+  )
+  results["bounds"] = {}
   for name in ("reference", "burda"):
     if "error" in shapes:
       print(f"shapes: {shapes['error']}")
       break
-    if "kernels" not in args.parts:
+    if "error" in kernels["xla"]:
       break
     rows: dict[str, Any] = {p: kernels[p].get(name) for p in PATHS}  # None: not measured.
     rows.update({o: outside.get(name, {}).get(o) for o in ("torch", "numpy")})
@@ -374,11 +408,6 @@ def main() -> int:
       f"Burda 1-layer k=1 compiled epoch (xla): {burda_s:.3f} s = {burda_s / burda_bound:.2f}x its "
       f"kernel bound ({burda_bound:.3f} s)"
     )
-  if args.json:
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=1)
-  return 0
 
 
 if __name__ == "__main__":

@@ -133,3 +133,38 @@ def test_the_kernel_benchmark_times_the_products_the_step_holds(name, dims):
   assert forward == sorted((batch, i, o) for i, o in dims)
   multiply_adds = sum(s["m"] * s["k"] * s["n"] * s["count"] for s in products)
   assert multiply_adds == batch * (3 * sum(i * o for i, o in dims) - 784 * dims[0][1])
+
+
+def test_the_kernel_report_bounds_each_config_by_its_fastest_path_per_product(capsys):
+  """experiments.cpu_kernels --report: the tables of a saved run, the bound the sum of each
+  product's fastest path x its count x steps per epoch, the ratios over the median of epochs
+  2..N; the same tables a measuring run prints."""
+  from experiments import cpu_kernels as bench
+
+  shape = lambda m, count: {"m": m, "k": 2, "n": 3, "layout": "nn", "count": count, "what": []}
+  shapes = {"reference": [shape(1, 1), shape(2, 2)], "burda": [shape(3, 1)]}
+  per_path = {"xla": [10.0, 4.0], "xnnpack": [8.0, 5.0], "onednn": [9.0, 6.0]}
+  epoch = lambda *s: {"epoch_seconds": list(s)}
+  results = {
+    "machine": {"model": "M", "vendor": "V", "cores": 2, "cpu_flags": ["avx2"], "jax": "0"},
+    "shapes": shapes,
+    "kernels": {p: {"reference": t, "burda": [t[0]]} for p, t in per_path.items()},
+    "outside": {"reference": {"torch": [20.0, 3.0], "numpy": [30.0, 30.0]}, "burda": {}},
+    "epochs": {
+      f"{c}_{p}": epoch(9.0, 1.0, 3.0, 2.0) for c in ("reference", "burda") for p in per_path
+    },
+    "train": epoch(9.0, 2.0, 1.0, 3.0),
+    "torch_preloaded": epoch(9.0, 6.0),
+  }
+  bench.report(results)
+  steps = bench.steps_per_epoch("reference")
+  bound = (8.0 + 3.0 * 2) * steps / 1e6  # xnnpack's 8 us, torch's 3 us twice.
+  assert results["bounds"]["reference"]["best_seconds"] == pytest.approx(bound)
+  assert results["bounds"]["reference"]["per_path_seconds"]["xla"] == pytest.approx(
+    18 * steps / 1e6
+  )
+  assert results["ratios"]["train_over_bound"] == pytest.approx(2.0 / bound)
+  assert results["ratios"]["torch_preloaded_over_train"] == pytest.approx(6.0 / 2.0)
+  out = capsys.readouterr().out
+  assert "| per step | | | | 18 | 18 | 21 | 26 | 90 | 14 |" in out
+  assert "| reference | 2.000 (1.000) | 2.000 (1.000) | 2.000 (1.000) |" in out

@@ -51,3 +51,23 @@ def test_bce_gradient_is_sigmoid_minus_target_and_minus_logits():
   hess_diag = jax.grad(lambda l: jnp.sum(jax.grad(total)(l, x)))(logits)
   p = 1 / (1 + np.exp(-logits.astype(np.float64)))
   np.testing.assert_allclose(hess_diag, p * (1 - p), rtol=1e-4, atol=1e-6)
+
+
+def test_gaussian_nll_matches_numpy_and_needs_its_sigma():
+  import pytest
+
+  rng = np.random.default_rng(0)
+  logits, x = rng.normal(size=(3, 2, 2, 1)), rng.uniform(size=(3, 2, 2, 1))
+  mean = 1 / (1 + np.exp(-logits.reshape(3, -1)))
+  for log_sigma in (np.log(0.3), rng.normal(size=(2, 2, 1)) * 0.1):
+    sigma = np.exp(np.reshape(log_sigma, -1))
+    expected = -np.sum(
+      -0.5 * ((x.reshape(3, -1) - mean) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi),
+      -1,
+    )
+    got = losses.nll_per_example(
+      jnp.asarray(logits, jnp.float32), jnp.asarray(x, jnp.float32), "gaussian", log_sigma
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="likelihood 'gaussian': expected log_sigma"):
+    losses.nll_per_example(jnp.zeros((1, 4)), jnp.zeros((1, 4)), "gaussian")

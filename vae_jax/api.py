@@ -8,33 +8,30 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.typing import ArrayLike
 
 from vae_jax import evaluate, objectives
+from vae_jax.step import TrainState, model_of
 
 
-def model_of(state):
-  """The VAE module of a train state (its apply_fn is the module's bound apply)."""
-  return state.apply_fn.__self__
-
-
-def encode(state, x_NxHxWxC) -> tuple[np.ndarray, np.ndarray]:
+def encode(state: TrainState, x_NxHxWxC: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
   """(mu_NxL, logvar_NxL) of q(z|x) for images in [0, 1] of the model's shape."""
   return evaluate.encode_all(state.params, state.apply_fn, x_NxHxWxC)
 
 
-def decode(state, z_NxL) -> np.ndarray:
+def decode(state: TrainState, z_NxL: ArrayLike) -> np.ndarray:
   """Mean images sigmoid(decoder(z)) in [0, 1], N x H x W x C."""
   return evaluate.decode_all(state.params, state.apply_fn, z_NxL)
 
 
-def sample(state, num: int, key: jax.Array) -> np.ndarray:
+def sample(state: TrainState, num: int, key: jax.Array) -> np.ndarray:
   """num images decoded from z ~ N(0, I) drawn with key."""
   return decode(state, jax.random.normal(key, (num, model_of(state).latent_dim)))
 
 
 def log_likelihood(
-  state,
-  x_NxHxWxC,
+  state: TrainState,
+  x_NxHxWxC: ArrayLike,
   key: jax.Array,
   num_samples: int = 5000,
   likelihood: objectives.Likelihood = objectives.Likelihood(),

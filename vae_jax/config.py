@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, TypeAlias
 
 import ml_collections
 
@@ -261,6 +261,10 @@ class Settings:
   plugins: tuple[str, ...] = ()
   flat: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
+
+# What the public API takes as a config: the CLI's ConfigDict, a dict of the same sections, or
+# one parsed Settings (parse once, pass down).
+ConfigLike: TypeAlias = ml_collections.ConfigDict | dict[str, Any] | Settings
 
 SECTIONS = ("seed", "plugins", "data", "optim", "run", "model", "objective")
 

@@ -22,8 +22,12 @@ import math
 import os
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+  from vae_jax.config import ConfigLike, Data
 
 SOURCES = ("bundled", "idx", "tfds")
 BUNDLED_DIR = Path(__file__).parent / "data_files" / "mnist"
@@ -312,7 +316,7 @@ def load_split(
   raise DataError(f"data source {source!r}: expected one of {', '.join(SOURCES)}")
 
 
-def load_data(data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_data(data: ConfigLike | Data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{'train': (x_NxHxWxC uint8, labels_N), 'test': ...} of a config's data section, cut
   to *_examples if set. data: a parsed config.Data, or a whole config (parsed
   config.Settings, ConfigDict or dict: parsed here)."""
@@ -320,9 +324,10 @@ def load_data(data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from vae_jax import config as config_lib
 
     data = (data if isinstance(data, config_lib.Settings) else config_lib.parse(data)).data
+  section = cast("Data", data)
   splits = {}
-  for split, limit in (("train", data.train_examples), ("test", data.test_examples)):
-    x, y = load_split(data.source, split, data.dir, data.name, data.download, limit)
+  for split, limit in (("train", section.train_examples), ("test", section.test_examples)):
+    x, y = load_split(section.source, split, section.dir, section.name, section.download, limit)
     splits[split] = (x[:limit], y[:limit]) if limit else (x, y)
   for split, (x, _) in splits.items():
     if 0 in x.shape[1:]:

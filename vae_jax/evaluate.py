@@ -25,7 +25,7 @@ import numpy as np
 
 from vae_jax import checkpoint, data, objectives, parallel
 from vae_jax.runs import open_run  # Restoring needs the checkpoint code, not the training loop.
-from vae_jax.step import to_float
+from vae_jax.step import model_of, to_float
 
 BINARIZE_SEED = 0  # The test set's one binarization (standard protocol: fixed, shared by all runs).
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): unit l is active if Cov_x(E_q[z_l]) > 0.01.
@@ -300,9 +300,7 @@ def evaluate_run(
     "latent_dim": diagnostics["latent_dim"],
     "active_units_per_layer": [
       int(a.sum())
-      for a in np.split(
-        diagnostics["active"], np.cumsum(state.apply_fn.__self__.latent_layers)[:-1]
-      )
+      for a in np.split(diagnostics["active"], np.cumsum(model_of(state).latent_layers)[:-1])
     ],
     "kl_per_dim": [round(float(v), 4) for v in diagnostics["kl_per_dim"]],
     "warnings": notes,

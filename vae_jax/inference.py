@@ -57,7 +57,7 @@ def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") ->
   run = open_run(workdir, which)
   pixels = num * np.prod(run.image_shape)
   parallel.check_fits(int(pixels) * 4 * 2, f"--num {num} (images of float32 and the grid)")
-  z_NxL = jax.random.normal(jax.random.key(seed), (num, run.state.apply_fn.__self__.latent_dim))
+  z_NxL = jax.random.normal(jax.random.key(seed), (num, step.model_of(run.state).latent_dim))
   _save_grid(out, decode_all(run.state.params, run.state.apply_fn, z_NxL))
   return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 
 @jax.custom_jvp
@@ -47,7 +48,9 @@ def sum_per_example(a, batch_ndim: int = 1):
   return jnp.sum(flat(a, batch_ndim), axis=-1)
 
 
-def bce_per_example(logits_BxHxWxC, x_BxHxWxC, batch_ndim: int = 1):
+def bce_per_example(
+  logits_BxHxWxC: jax.Array, x_BxHxWxC: jax.Array, batch_ndim: int = 1
+) -> jax.Array:
   """-sum_pixels [x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))]: nats per example."""
   logits_BxD, x_BxD = jnp.broadcast_arrays(logits_BxHxWxC, x_BxHxWxC)
   return sum_per_example(
@@ -55,7 +58,7 @@ def bce_per_example(logits_BxHxWxC, x_BxHxWxC, batch_ndim: int = 1):
   )
 
 
-def kl_per_example(mu_BxL, logvar_BxL):
+def kl_per_example(mu_BxL: jax.Array, logvar_BxL: jax.Array) -> jax.Array:
   """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 sum (1 + logvar - mu^2 - exp(logvar)): nats
   per example (shape B), summed over the L latent dimensions."""
   return -0.5 * jnp.sum(1.0 + logvar_BxL - jnp.square(mu_BxL) - jnp.exp(logvar_BxL), axis=-1)
@@ -86,7 +89,13 @@ def continuous_bernoulli_log_norm(probs):
   return jnp.where(far, exact, jnp.log(2.0) + 4.0 / 3.0 * t**2 + 104.0 / 45.0 * t**4)
 
 
-def nll_per_example(logits, x, likelihood: str = "bernoulli", log_sigma=None, batch_ndim: int = 1):
+def nll_per_example(
+  logits: jax.Array,
+  x: jax.Array,
+  likelihood: str = "bernoulli",
+  log_sigma: ArrayLike | None = None,
+  batch_ndim: int = 1,
+) -> jax.Array:
   """-log p(x | z) summed over pixels; the decoder's logits give the mean sigmoid(logits).
 
   bernoulli: the reference BCE. continuous_bernoulli: BCE - log C(sigmoid(logits)), a
@@ -103,6 +112,8 @@ def nll_per_example(logits, x, likelihood: str = "bernoulli", log_sigma=None, ba
       continuous_bernoulli_log_norm(probs), -1
     )
   if likelihood == "gaussian":
+    if log_sigma is None:
+      raise ValueError("likelihood 'gaussian': expected log_sigma (a scalar or one per pixel)")
     log_sigma = jnp.reshape(log_sigma, -1)
     z = (x_BxD - jax.nn.sigmoid(logits_BxD)) * jnp.exp(-log_sigma)
     return jnp.sum(0.5 * z**2 + log_sigma + 0.5 * jnp.log(2 * jnp.pi), axis=-1)
@@ -123,7 +134,9 @@ def free_bits_kl(mu_BxL, logvar_BxL, free_bits: float):
   return mu_BxL.shape[0] * jnp.sum(jnp.maximum(kl_mean_L, free_bits))
 
 
-def gaussian_log_density(z, mu, logvar):
+def gaussian_log_density(
+  z: jax.Array, mu: jax.Array | float, logvar: jax.Array | float
+) -> jax.Array:
   """log N(z; mu, exp(logvar)) summed over the last (latent) axis: nats, leading axes kept
   (mu = logvar = 0: the standard normal prior log p(z))."""
   return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + jnp.square(z - mu) * jnp.exp(-logvar), -1)

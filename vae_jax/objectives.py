@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +36,13 @@ from vae_jax import losses
 from vae_jax.registry import ConfigError, Registry
 
 REGISTRY = Registry("objective", default="elbo")
+F = TypeVar("F", bound=Callable)  # An objective register_objective returns as it was given.
 CORRUPTIONS = ("none", "gaussian", "mask")
 # Fields the run fills in (from the data and the batch size), never the config: see above.
 CONTEXT = ("num_train_examples", "steps_per_epoch")
 
 
-def static(default):
+def static(default: Any) -> Any:
   """A setting that shapes the program (a string, a sample count): not traced, not batched."""
   return struct.field(pytree_node=False, default=default)
 
@@ -81,7 +82,7 @@ def register_objective(
   evaluate_with: str | None = "elbo",
   importance_weighted: bool = False,
   replace: bool = False,
-):
+) -> Callable[[F], F]:
   """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)
   as ``config.objective.name=name``.
 
@@ -103,7 +104,7 @@ def register_objective(
       "settings and is not traced)"
     )
 
-  def decorate(fn):
+  def decorate(fn: F) -> F:
     settings = {f.name: f.default for f in dataclasses.fields(hparams_cls) if f.name not in CONTEXT}
     REGISTRY.register(
       name,
@@ -222,7 +223,7 @@ class Likelihood(Hparams):
     return self.likelihood == "gaussian" and self.gaussian_sigma == 0
 
 
-def nll_fn(params, hparams: Likelihood, batch_ndim: int = 1) -> Callable:
+def nll_fn(params: Mapping[str, Any], hparams: Likelihood, batch_ndim: int = 1) -> Callable:
   """(logits, x) -> -log p(x|z) per example (nats) under the hparams' likelihood."""
   log_sigma = None
   if hparams.likelihood == "gaussian":

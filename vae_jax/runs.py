@@ -25,6 +25,7 @@ from vae_jax import (
   workdir as workdir_lib,
 )
 from vae_jax.registry import ConfigError
+from vae_jax.step import TrainState
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ class TrainedRun:
 
   config: ml_collections.ConfigDict
   settings: config_lib.Settings
-  state: Any
+  state: TrainState
   keys: dict[str, jax.Array]
   meta: dict[str, Any]
 
@@ -79,7 +80,9 @@ def open_run(workdir: epath.PathLike, which: str = "latest") -> TrainedRun:
   return TrainedRun(config, settings, group_lib.unstack(states), group_lib.unstack(keys), meta)
 
 
-def restore_run(workdir: str | Path, which: str = "latest"):
+def restore_run(
+  workdir: str | Path, which: str = "latest"
+) -> tuple[ml_collections.ConfigDict, TrainState, dict[str, jax.Array], dict[str, Any]]:
   """(config, state, keys, meta) of model 0 of a trained run's checkpoint: 'latest', 'best'
   or an epoch number (vae_jax.load_run). Nothing is trained or written; the config is the
   one saved with the checkpoint, and the plugins the run recorded are imported first."""
@@ -88,11 +91,11 @@ def restore_run(workdir: str | Path, which: str = "latest"):
 
 
 def create_state(
-  config,
+  config: config_lib.ConfigLike,
   image_shape: tuple[int, ...] = (28, 28, 1),
   num_train_examples: int = 60_000,
   mean_image: np.ndarray | None = None,
-):
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """(state, keys): the fresh train state and named run keys a run of this config starts
   from (vae_jax.create_state), without data or a training loop.
 

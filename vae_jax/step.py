@@ -19,6 +19,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 TrainState = train_state.TrainState
 
 
+def model_of(state: TrainState) -> Any:
+  """The VAE module of a train state (its apply_fn is the module's bound ``apply``)."""
+  return state.apply_fn.__self__  # type: ignore[attr-defined]
+
+
 def over_models(fn: Callable, num_models: int, strategy: str) -> Callable:
   """fn(per_model, shared) run for K models whose per_model leaves have a leading K axis.
 

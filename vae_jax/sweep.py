@@ -29,6 +29,7 @@ import importlib.util
 import itertools
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,10 @@ def markdown(summary: list[dict[str, Any]], axes: list[str], study, metrics: lis
 
 
 def run_study(
-  study: ml_collections.ConfigDict, workdir: epath.PathLike, splits=None, log=print
+  study: ml_collections.ConfigDict,
+  workdir: epath.PathLike,
+  splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+  log: Callable[[str], None] = print,
 ) -> list[dict]:
   """Runs every group not finished yet, then writes results.csv, summary.md and the plots.
 

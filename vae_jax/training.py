@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from etils import epath
 
@@ -31,6 +30,7 @@ from vae_jax import (
   group as group_lib,
   images,
   interrupt,
+  step as step_lib,
   summaries,
   workdir as workdir_lib,
 )
@@ -68,14 +68,14 @@ def make_record(epoch: int, train_sums: dict, test_sums: dict, n_test: int, k: i
 
 
 def train_models(
-  config,
-  splits,
+  config: config_lib.ConfigLike,
+  splits: dict[str, tuple[np.ndarray, np.ndarray]],
   overrides: list[dict] | None,
   ckpt_dir: Path,
   run_dirs: Sequence[Path | None],
   log: Callable[[str], None] = print,
   group: group_lib.Group | None = None,
-):
+) -> tuple[step_lib.TrainState, list[list[dict[str, Any]]]]:
   """Trains K = len(overrides) models in one program; returns (states, records per model).
 
   config: a ConfigDict or a parsed config.Settings; ckpt_dir: where the stacked states are
@@ -365,8 +365,8 @@ def read_latest(ckpt_dir: Path, meta_base: dict, target_tree):
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: epath.PathLike, splits: dict | None = None
-):
+  config: config_lib.ConfigLike, workdir: epath.PathLike, splits: dict | None = None
+) -> tuple[step_lib.TrainState, list[dict[str, Any]]]:
   """Trains one model as the reference does, checkpointing every epoch; resumes a killed run.
 
   Writes config.json, metrics.jsonl, checkpoints/ and the images to workdir. Returns the

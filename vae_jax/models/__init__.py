@@ -12,7 +12,8 @@ Burda et al. (2015) one-stochastic-layer network by its settings), ``conv`` and 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import flax.linen as nn
 import jax
@@ -21,13 +22,17 @@ import jax.numpy as jnp
 from vae_jax import losses
 from vae_jax.registry import ConfigError, Registry
 
+if TYPE_CHECKING:
+  from vae_jax.config import ConfigLike
+
 REGISTRY = Registry("model", default="mlp")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.compute_dtype
 # Fields every VAE has that the run sets, not the config.
 BUILT_FIELDS = ("image_shape", "learned_sigma", "parent", "name")
+M = TypeVar("M", bound="VAE")  # A model class register_model returns as it was given.
 
 
-def reparameterize(mu_BxL, logvar_BxL, eps_BxL):
+def reparameterize(mu_BxL: jax.Array, logvar_BxL: jax.Array, eps_BxL: jax.Array) -> jax.Array:
   """z = mu + exp(0.5 * logvar) * eps: the sample is differentiable in mu and logvar."""
   return mu_BxL + jnp.exp(0.5 * logvar_BxL) * eps_BxL
 
@@ -122,7 +127,7 @@ def logit_bias(params, mean_image_HxWxC, clip: float = 1e-3):
   return {**params, "decoder": {**decoder, "logits": logits}}
 
 
-def register_model(name: str, replace: bool = False):
+def register_model(name: str, replace: bool = False) -> Callable[[type[M]], type[M]]:
   """Class decorator: registers a VAE subclass as ``config.model.name=name``.
 
   Its dataclass fields (but BUILT_FIELDS) are its settings, with their defaults: another
@@ -130,7 +135,7 @@ def register_model(name: str, replace: bool = False):
   refused unless replace=True; a class that is not a VAE subclass is refused.
   """
 
-  def decorate(cls):
+  def decorate(cls: type[M]) -> type[M]:
     if not (isinstance(cls, type) and issubclass(cls, VAE)):
       raise ConfigError(f"register_model({name!r}): {cls!r} is not a subclass of vae_jax.VAE")
     settings = {
@@ -144,7 +149,7 @@ def register_model(name: str, replace: bool = False):
   return decorate
 
 
-def build_model(config, image_shape: tuple[int, ...] = (28, 28, 1)) -> VAE:
+def build_model(config: ConfigLike, image_shape: tuple[int, ...] = (28, 28, 1)) -> VAE:
   """The (unbound) VAE module a config describes, for images of image_shape (H, W, C).
 
   ``config``: a ConfigDict, dict or parsed config.Settings. Initialize it with

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vae_jax import losses
 
@@ -54,8 +55,6 @@ def test_bce_gradient_is_sigmoid_minus_target_and_minus_logits():
 
 
 def test_gaussian_nll_matches_numpy_and_needs_its_sigma():
-  import pytest
-
   rng = np.random.default_rng(0)
   logits, x = rng.normal(size=(3, 2, 2, 1)), rng.uniform(size=(3, 2, 2, 1))
   mean = 1 / (1 + np.exp(-logits.reshape(3, -1)))

@@ -22,12 +22,15 @@ import errno
 import hashlib
 import os
 import re
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+if TYPE_CHECKING:
+  from vae_jax.data import Splits
 
 Path: TypeAlias = epath.Path  # Local directories, or any path etils.epath knows (gs://...).
 
@@ -157,7 +160,7 @@ class Writer:
         self.mngr.close()
 
 
-def data_fingerprint(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def data_fingerprint(splits: Splits) -> dict[str, Any]:
   """Per split: example count, image shape and SHA-256 of images and labels."""
   out = {}
   for split, (images, labels) in sorted(splits.items()):

@@ -22,13 +22,15 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import numpy as np
 
 if TYPE_CHECKING:
   from vae_jax.config import ConfigLike, Data
 
+# {'train': (x_NxHxWxC uint8, labels_N), 'test': ...}: what load_data gives and training takes.
+Splits: TypeAlias = dict[str, tuple[np.ndarray, np.ndarray]]
 SOURCES = ("bundled", "idx", "tfds")
 BUNDLED_DIR = Path(__file__).parent / "data_files" / "mnist"
 _PREFIX = {"train": "train", "test": "t10k"}
@@ -316,7 +318,7 @@ def load_split(
   raise DataError(f"data source {source!r}: expected one of {', '.join(SOURCES)}")
 
 
-def load_data(data: ConfigLike | Data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_data(data: ConfigLike | Data) -> Splits:
   """{'train': (x_NxHxWxC uint8, labels_N), 'test': ...} of a config's data section, cut
   to *_examples if set. data: a parsed config.Data, or a whole config (parsed
   config.Settings, ConfigDict or dict: parsed here)."""

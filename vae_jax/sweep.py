@@ -47,6 +47,7 @@ from vae_jax import (
   training,
   workdir as workdir_lib,
 )
+from vae_jax.data import Splits
 from vae_jax.group import batched_settings
 
 
@@ -211,7 +212,7 @@ def markdown(summary: list[dict[str, Any]], axes: list[str], study, metrics: lis
 def run_study(
   study: ml_collections.ConfigDict,
   workdir: epath.PathLike,
-  splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+  splits: Splits | None = None,
   log: Callable[[str], None] = print,
 ) -> list[dict]:
   """Runs every group not finished yet, then writes results.csv, summary.md and the plots.

@@ -69,7 +69,7 @@ def make_record(epoch: int, train_sums: dict, test_sums: dict, n_test: int, k: i
 
 def train_models(
   config: config_lib.ConfigLike,
-  splits: dict[str, tuple[np.ndarray, np.ndarray]],
+  splits: data.Splits,
   overrides: list[dict] | None,
   ckpt_dir: Path,
   run_dirs: Sequence[Path | None],
@@ -365,7 +365,7 @@ def read_latest(ckpt_dir: Path, meta_base: dict, target_tree):
 
 
 def train_and_evaluate(
-  config: config_lib.ConfigLike, workdir: epath.PathLike, splits: dict | None = None
+  config: config_lib.ConfigLike, workdir: epath.PathLike, splits: data.Splits | None = None
 ) -> tuple[step_lib.TrainState, list[dict[str, Any]]]:
   """Trains one model as the reference does, checkpointing every epoch; resumes a killed run.
 

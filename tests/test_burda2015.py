@@ -264,7 +264,10 @@ def test_output_bias_starts_at_the_logit_of_the_mean_pixel():
       {"optim.lr_schedule": "cosine"},
       "config.optim.lr_schedule='cosine': expected one of constant, staged",
     ),
-    ({"model.activation": "gelu"}, "config.model.activation='gelu': expected one of relu, tanh"),
+    (
+      {"model.activation": "gelu"},
+      "config.model.activation='gelu': expected one of relu, tanh, softplus",
+    ),
     (
       {"model.name": "hvae2", "objective.name": "iwae", "model.latent_dim_1": 0},
       "config.model.latent_dim_1=0: expected an integer >= 1",

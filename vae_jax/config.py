@@ -21,7 +21,7 @@ import ml_collections
 from vae_jax import cpu_kernels
 from vae_jax.registry import ConfigError, check_type
 
-SOURCES = ("bundled", "idx", "tfds")
+SOURCES = ("bundled", "idx", "tfds", "encoded")
 STRATEGIES = ("auto", "vmap", "map", "loop")
 PRECISIONS = ("highest", "high", "default")  # jax.default_matmul_precision
 LR_SCHEDULES = ("constant", "staged")
@@ -35,6 +35,7 @@ ADDED = {
   "model.std_head": "logvar",
   "model.output_bias": "init",
   "run.cpu_kernels": "xla",
+  "data.labels_per_class": 0,
 }
 
 
@@ -62,8 +63,11 @@ class Data:
   """Which images: the dataset ``name`` (mnist, fashion_mnist, a TFDS image dataset) from
   ``source``: 'bundled' (MNIST in the package, Fashion-MNIST in the system's copy), 'idx'
   (dir: a directory of IDX files) or 'tfds' (prepared in dir or TFDS's default directory;
-  download only when asked). *_examples: 0 = the whole split, N = its first N. binarize:
-  a fresh Bernoulli(pixel / 255) draw of the inputs at every step (dynamic binarization)."""
+  download only when asked; 'encoded': dir is a trained run, whose data become its
+  posterior means). *_examples: 0 = the whole split, N = its first N. binarize: a fresh
+  Bernoulli(pixel / 255) draw of the inputs at every step (dynamic binarization).
+  labels_per_class: for an objective that uses labels (m2), N: the run keeps the labels of N
+  training examples per class, drawn with its seed, and the others are unlabelled (0: all)."""
 
   source: str = "bundled"
   name: str = "mnist"
@@ -72,9 +76,16 @@ class Data:
   train_examples: int = 0
   test_examples: int = 0
   binarize: bool = False
+  labels_per_class: int = 0
 
   def check(self):
     _require(self.source in SOURCES, "data.source", self.source, f"one of {', '.join(SOURCES)}")
+    _require(
+      0 <= self.labels_per_class < 2**31,
+      "data.labels_per_class",
+      self.labels_per_class,
+      "0 (every label) or a count per class",
+    )
     for key in ("train_examples", "test_examples"):
       _require(
         0 <= getattr(self, key) < 2**63, f"data.{key}", getattr(self, key), "0 (all) or a count"
@@ -307,8 +318,16 @@ def parse(config: ml_collections.ConfigDict | dict) -> Settings:
     recorded_plugins(config, model[0], objective[0]),
     effective(config),
   )
-  model = settings.model[0]
-  objectives.check_model(settings.objective[0].target, model.name, model.target.standard_prior)
+  model, objective = settings.model[0], settings.objective[0].target
+  objectives.check_model(
+    objective, model.name, model.target.standard_prior, model.target.conditional
+  )
+  if settings.data.labels_per_class and not objective.uses_labels:
+    raise ConfigError(
+      f"config.data.labels_per_class={settings.data.labels_per_class}: keeps some labels "
+      f"for an objective that learns from the rest unlabelled (m2); objective "
+      f"{objective.name!r} trains on every label or none (set it to 0)"
+    )
   return settings
 
 

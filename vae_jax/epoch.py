@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vae_jax import step as step_lib
+from vae_jax import objectives, step as step_lib
 from vae_jax.group import Group
 
 
@@ -42,6 +42,11 @@ def _concat(trees: list):
   return trees[0] if len(trees) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
 
 
+def _steps(order, a: int, b: int):
+  """Steps a..b of a K-stacked epoch order (its indices, and labels where it has them)."""
+  return jax.tree.map(lambda t: t[:, a:b], order)
+
+
 class Programs:
   """The compiled epoch, evaluation and image programs of a group; built once per run."""
 
@@ -57,7 +62,10 @@ class Programs:
     mesh=None,
     chunks: int = 1,
     debug: bool = False,
+    train_labels=None,
   ):
+    """train_data: the training images; test_data: the test images, or (images, labels)
+    for a conditional model, whose training labels are train_labels (int32)."""
     settings = group.settings
     strategy = group.strategy()
     # 'loop': the one-model programs, run for each model in turn.
@@ -73,17 +81,27 @@ class Programs:
       if self.per_model
       else (group.hparams, group.eval_hparams)
     )
-    self.train_data, self.test_data = train_data, test_data
+    self.train_data, self.test_data, self.train_labels = train_data, test_data, train_labels
     batch = settings.optim.batch_size
+    conditional = group.model.conditional
+    num_classes = getattr(group.model, "num_classes", 0) if conditional else 0
     step_fn = functools.partial(
       step_lib.train_step,
-      objective_fn=group.objective.fn,
+      objective_fn=objectives.with_labels(group.objective, True)
+      if conditional
+      else group.objective.fn,
       binarize=settings.data.binarize,
       mesh=mesh,
     )
     order = over(
-      lambda keys, epoch: step_lib.epoch_order(
-        keys, epoch, num_examples=group.num_train, batch_size=batch
+      lambda keys, shared: step_lib.epoch_order(
+        keys,
+        shared[0],
+        num_examples=group.num_train,
+        batch_size=batch,
+        labels_N=shared[1],
+        per_class=settings.data.labels_per_class,
+        num_classes=num_classes,
       )
     )
     run = over(functools.partial(step_lib.run_steps, step_fn=step_fn))
@@ -95,24 +113,30 @@ class Programs:
 
     def finish(states, keys, hparams, idx_rest, data, chunk_outs):
       rest = None
-      if idx_rest.shape[1]:
+      if jax.tree.leaves(idx_rest)[0].shape[1]:
         states, rest = last((states, keys, hparams, idx_rest), data)
       return states, sums((chunk_outs, rest), None)
 
     epoch1 = jnp.int32(1)
-    self.order = _compile(jax.jit(order), debug, keys, epoch1)
-    full, rest = self.order(keys, epoch1)
-    self.bounds = chunk_bounds(full.shape[1], chunks)
+    self.order = _compile(jax.jit(order), debug, keys, (epoch1, train_labels))
+    full, rest = self.order(keys, (epoch1, train_labels))
+    self.bounds = chunk_bounds(jax.tree.leaves(full)[0].shape[1], chunks)
     self.chunks, outs = {}, []
     for a, b in self.bounds:
       if b - a not in self.chunks:
         self.chunks[b - a] = _compile(
-          jax.jit(chunk, donate_argnums=0), debug, states, keys, hparams, full[:, a:b], train_data
+          jax.jit(chunk, donate_argnums=0),
+          debug,
+          states,
+          keys,
+          hparams,
+          _steps(full, a, b),
+          train_data,
         )
       outs.append(
         self.chunks[b - a].out_info[1]
         if not debug
-        else jax.eval_shape(chunk, states, keys, hparams, full[:, a:b], train_data)[1]
+        else jax.eval_shape(chunk, states, keys, hparams, _steps(full, a, b), train_data)[1]
       )
     self.finish = _compile(
       jax.jit(finish, donate_argnums=0), debug, states, keys, hparams, rest, train_data, outs
@@ -127,7 +151,9 @@ class Programs:
           shared,
           jax.random.fold_in(key, epoch),
           batch_size=settings.optim.eval_batch_size,
-          objective_fn=group.eval_objective.fn,
+          objective_fn=objectives.with_labels(group.eval_objective, True)
+          if conditional
+          else group.eval_objective.fn,
           hparams=hp,
           mesh=mesh,
         )
@@ -142,16 +168,21 @@ class Programs:
           x,
           jax.random.fold_in(per_model[1], epoch),
           group.model.latent_dim,
+          num_classes=num_classes,
         )
       )((params, image_keys), x_8)
 
     self.evaluate = _compile(
       jax.jit(evaluate), debug, states.params, keys["eval"], eval_hparams, test_data, epoch1
     )
-    self.num_shown = min(8, test_data.shape[0])
+    self.num_shown = min(8, jax.tree.leaves(test_data)[0].shape[0])
     self.images = _compile(
-      jax.jit(images), debug, states.params, keys["images"], test_data[: self.num_shown], epoch1
+      jax.jit(images), debug, states.params, keys["images"], self.shown(), epoch1
     )
+
+  def shown(self):
+    """The test images (and labels) the epoch's reconstruction grid shows."""
+    return jax.tree.map(lambda t: t[: self.num_shown], self.test_data)
 
   def _each_model(self, fn: Callable, *trees):
     """fn on all models at once, or (loop strategy) on each model's slice, concatenated."""
@@ -165,10 +196,10 @@ class Programs:
     epoch = jnp.int32(epoch)
 
     def one(states, keys, hparams):
-      full, rest = self.order(keys, epoch)
+      full, rest = self.order(keys, (epoch, self.train_labels))
       outs = []
       for a, b in self.bounds:
-        states, out = self.chunks[b - a](states, keys, hparams, full[:, a:b], self.train_data)
+        states, out = self.chunks[b - a](states, keys, hparams, _steps(full, a, b), self.train_data)
         if on_chunk is not None and outs:  # Read the previous chunk while this one runs.
           on_chunk(int(jax.device_get(outs[-1][1][0, -1])))
         outs.append(out)
@@ -190,9 +221,7 @@ class Programs:
   def grids(self, states, keys, epoch: int):
     epoch = jnp.int32(epoch)
     return self._each_model(
-      lambda params, image_keys: self.images(
-        params, image_keys, self.test_data[: self.num_shown], epoch
-      ),
+      lambda params, image_keys: self.images(params, image_keys, self.shown(), epoch),
       states.params,
       keys["images"],
     )

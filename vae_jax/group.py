@@ -102,6 +102,8 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
       f"config.optim.batch_size={settings.optim.batch_size}: larger than the "
       f"training set ({len(x_train)} examples)"
     )
+  if settings.model[0].target.conditional:
+    check_labels(settings, splits)
   group = build_group(
     settings,
     tuple(x_train.shape[1:]),
@@ -183,11 +185,41 @@ def build_group(
   )
 
 
+def check_labels(settings: config_lib.Settings, splits) -> None:
+  """Refuses, naming the split, labels a conditional model cannot take: none (a dataset
+  without labels has -1), a class outside [0, num_classes), or fewer examples of a class
+  than data.labels_per_class keeps."""
+  model, num_classes = settings.model[0].name, settings.model[1]["num_classes"]
+  for split, (_, labels) in splits.items():
+    if len(labels) and labels.min() < 0:
+      raise ConfigError(
+        f"data: the {split} split has no labels (or some are missing); model {model!r} is "
+        "conditional and needs the label of every image"
+      )
+    if len(labels) and labels.max() >= num_classes:
+      raise ConfigError(
+        f"data: the {split} split has labels up to {labels.max()}; model {model!r} has "
+        f"config.model.num_classes={num_classes} (classes 0 to {num_classes - 1})"
+      )
+  per_class = settings.data.labels_per_class
+  counts = np.bincount(splits["train"][1], minlength=num_classes)
+  if per_class and counts.min() < per_class:
+    raise ConfigError(
+      f"config.data.labels_per_class={per_class}: class {int(counts.argmin())} has "
+      f"{int(counts.min())} training examples"
+    )
+
+
 def run_context(settings: config_lib.Settings, num_train: int) -> dict[str, int]:
   """What a run fills into an objective's Hparams (objectives.CONTEXT): num_train_examples
-  (the training split's size) and steps_per_epoch (ceil(num_train / optim.batch_size))."""
+  (the training split's size), steps_per_epoch (ceil(num_train / optim.batch_size)) and
+  num_labelled_examples (data.labels_per_class x the model's classes, or num_train)."""
+  per_class = settings.data.labels_per_class
+  num_classes = settings.model[1].get("num_classes", 0)
   return dict(
-    num_train_examples=num_train, steps_per_epoch=-(-num_train // settings.optim.batch_size)
+    num_train_examples=num_train,
+    steps_per_epoch=-(-num_train // settings.optim.batch_size),
+    num_labelled_examples=min(num_train, per_class * num_classes) if per_class else num_train,
   )
 
 
@@ -196,8 +228,10 @@ def check_objective(objective: objectives.Objective, model: models.VAE, hparams)
   ConfigError naming the objective before the run writes anything."""
   x_1 = jnp.zeros((1, *model.image_shape), jnp.float32)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), x_1))["params"]
+  labels = (jnp.zeros((1,), jnp.int32),) if model.conditional else ()
+  fn = objectives.with_labels(objective, model.conditional)
   jax.eval_shape(
-    lambda p, k: objective.fn(p, model.apply, x_1, k, hparams), params, jax.random.key(0)
+    lambda p, k: fn(p, model.apply, x_1, k, hparams, *labels), params, jax.random.key(0)
   )
 
 

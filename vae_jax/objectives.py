@@ -15,7 +15,8 @@ The run context: fields named in CONTEXT are not config settings; the run fills 
 the Hparams when a field of that name exists (declare it ``static`` with any default):
 ``num_train_examples`` (examples in the training split; beta_tcvae's N),
 ``steps_per_epoch`` (ceil(num_train_examples / optim.batch_size): epochs of a schedule
-to steps, as ElboHparams.kl_warmup_epochs). ``at_step(step)`` receives the global step
+to steps, as ElboHparams.kl_warmup_epochs), ``num_labelled_examples`` (the training
+examples whose label the run keeps: ``data.labels_per_class`` x classes, or all). ``at_step(step)`` receives the global step
 (0-based int32, traced). ``importance_weighted``
 objectives use only the model's ``importance_terms``, so they alone train a model whose
 prior is not N(0, I) (such a model is evaluated with its training objective).
@@ -39,7 +40,7 @@ REGISTRY = Registry("objective", default="elbo")
 F = TypeVar("F", bound=Callable)  # An objective register_objective returns as it was given.
 CORRUPTIONS = ("none", "gaussian", "mask")
 # Fields the run fills in (from the data and the batch size), never the config: see above.
-CONTEXT = ("num_train_examples", "steps_per_epoch")
+CONTEXT = ("num_train_examples", "steps_per_epoch", "num_labelled_examples")
 
 
 def static(default: Any) -> Any:
@@ -74,6 +75,7 @@ class Objective:
   hparams_cls: type
   evaluate_with: str | None  # None: this objective, with for_evaluation().
   importance_weighted: bool = False  # Uses only importance_terms: any prior.
+  uses_labels: bool = False  # fn(..., hparams, labels): labels_B int32, -1 where unknown.
 
 
 def register_objective(
@@ -81,6 +83,7 @@ def register_objective(
   hparams_cls: type = Hparams,
   evaluate_with: str | None = "elbo",
   importance_weighted: bool = False,
+  uses_labels: bool = False,
   replace: bool = False,
 ) -> Callable[[F], F]:
   """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)
@@ -89,9 +92,11 @@ def register_objective(
   hparams_cls: a ``@flax.struct.dataclass`` subclass of Hparams (its fields are the
   settings). evaluate_with: the objective of the test metric ('elbo'; None: this one, with
   ``for_evaluation()``). importance_weighted: uses only the model's ``importance_terms``
-  (trains models whose prior is not N(0, I)). Refused at once: a name already taken (unless
-  replace=True), Hparams that are not a flax struct dataclass. At the first trace: metrics
-  without a scalar 'loss', or with a non-scalar value.
+  (trains models whose prior is not N(0, I)). uses_labels: fn takes a sixth argument, the
+  batch's labels (int32, -1 where the run keeps no label: semi-supervised learning), and
+  passes them to a conditional model itself; it needs a conditional model. Refused at once:
+  a name already taken (unless replace=True), Hparams that are not a flax struct dataclass.
+  At the first trace: metrics without a scalar 'loss', or with a non-scalar value.
   """
   if not (
     isinstance(hparams_cls, type)
@@ -108,7 +113,9 @@ def register_objective(
     settings = {f.name: f.default for f in dataclasses.fields(hparams_cls) if f.name not in CONTEXT}
     REGISTRY.register(
       name,
-      Objective(name, checked(fn, name), hparams_cls, evaluate_with, importance_weighted),
+      Objective(
+        name, checked(fn, name), hparams_cls, evaluate_with, importance_weighted, uses_labels
+      ),
       settings,
       origin=fn,
       replace=replace,
@@ -146,8 +153,11 @@ def checked(fn: Callable, name: str) -> Callable:
   return objective
 
 
-def check_model(objective: Objective, model_name: str, standard_prior: bool) -> None:
-  """Refuses an objective with an analytic N(0, I) KL for a model with another prior."""
+def check_model(
+  objective: Objective, model_name: str, standard_prior: bool, conditional: bool = False
+) -> None:
+  """Refuses an objective with an analytic N(0, I) KL for a model with another prior, and
+  an objective that uses labels for a model that does not see them."""
   if not standard_prior and not objective.importance_weighted:
     usable = sorted(e.name for e in REGISTRY.entries.values() if e.target.importance_weighted)
     raise ConfigError(
@@ -155,6 +165,33 @@ def check_model(objective: Objective, model_name: str, standard_prior: bool) -> 
       f"other than N(0, I); it trains with an importance-weighted objective "
       f"({', '.join(usable)})"
     )
+  if objective.uses_labels and not conditional:
+    from vae_jax import models
+
+    usable = sorted(e.name for e in models.REGISTRY.entries.values() if e.target.conditional)
+    raise ConfigError(
+      f"config.objective.name={objective.name!r}: uses labels, and model {model_name!r} "
+      f"does not see them; choose a conditional model ({', '.join(usable)})"
+    )
+
+
+def with_labels(objective: Objective, conditional: bool) -> Callable:
+  """fn(params, apply_fn, x, key, hparams, labels=None) -> (loss, metrics): the objective
+  on a batch and its labels. labels None: the objective exactly as registered (a run
+  without labels compiles the program it always did). Otherwise an objective that uses
+  labels receives them, and for any other a conditional model receives them through
+  apply_fn, so every objective trains a conditional model."""
+
+  def fn(params, apply_fn, x, key, hparams, labels=None):
+    if labels is None:
+      return objective.fn(params, apply_fn, x, key, hparams)
+    if objective.uses_labels:
+      return objective.fn(params, apply_fn, x, key, hparams, labels)
+    if conditional:
+      apply_fn = functools.partial(apply_fn, labels=labels)
+    return objective.fn(params, apply_fn, x, key, hparams)
+
+  return fn
 
 
 def dynamic_settings(objective: Objective) -> tuple[str, ...]:
@@ -270,4 +307,7 @@ class Denoising(Likelihood):
     return self.replace(corruption="none", corruption_level=0.0)
 
 
-from vae_jax import objectives_builtin  # noqa: E402,F401  (registers the built-in objectives)
+from vae_jax import (  # noqa: E402,F401  (registers the built-in objectives)
+  objectives_builtin,
+  semisupervised,
+)

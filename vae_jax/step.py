@@ -48,7 +48,10 @@ def over_models(fn: Callable, num_models: int, strategy: str) -> Callable:
 
 
 def to_float(x_u8):
-  """uint8 pixels -> float32 in [0, 1], as ToTensor does (x / 255, no binarization)."""
+  """uint8 pixels -> float32 in [0, 1], as ToTensor does (x / 255, no binarization); float
+  data (features: data source 'encoded') as they are."""
+  if jnp.issubdtype(x_u8.dtype, jnp.floating):
+    return x_u8.astype(jnp.float32)
   return x_u8.astype(jnp.float32) / 255.0
 
 
@@ -65,7 +68,7 @@ def shard_batch(x_BxHxWxC, mesh: Mesh | None):
 
 def train_step(
   state: TrainState,
-  x_u8_BxHxWxC,
+  batch,
   rng_noise,
   hparams,
   *,
@@ -75,15 +78,19 @@ def train_step(
 ):
   """One Adam step on the objective's batch-summed loss; returns (state, metrics sums).
 
-  ``binarize`` replaces the inputs by a fresh Bernoulli(pixel / 255) draw (dynamic
-  binarization; key fold_in(step key, 1)). Metrics add ``examples``.
+  batch: x_u8_BxHxWxC, or (x_u8_BxHxWxC, labels_B) for a run that uses labels (then
+  ``objective_fn(..., labels)``: objectives.with_labels). ``binarize`` replaces the inputs by
+  a fresh Bernoulli(pixel / 255) draw (dynamic binarization; key fold_in(step key, 1)).
+  Metrics add ``examples``.
   """
+  x_u8_BxHxWxC, labels = batch if isinstance(batch, tuple) else (batch, None)
   key = jax.random.fold_in(rng_noise, state.step)
   x = to_float(shard_batch(x_u8_BxHxWxC, mesh))
   if binarize:
     x = jax.random.bernoulli(jax.random.fold_in(key, 1), x).astype(x.dtype)
+  args = (state.params, state.apply_fn, x, key, hparams.at_step(state.step))
   grads, metrics = jax.grad(objective_fn, has_aux=True)(
-    state.params, state.apply_fn, x, key, hparams.at_step(state.step)
+    *args, *(() if labels is None else (labels,))
   )
   metrics["examples"] = jnp.int32(x_u8_BxHxWxC.shape[0])
   return state.apply_gradients(grads=grads), metrics
@@ -97,11 +104,60 @@ def split_batches(idx_N, batch_size: int):
   ]
 
 
-def epoch_order(keys, epoch, *, num_examples: int, batch_size: int):
-  """(idx_SxB, idx_R): the epoch's shuffled full batches and its last partial batch."""
-  return split_batches(
+# fold_in(shuffle key, LABEL_DRAW) draws the training labels a run keeps (no epoch has this number).
+LABEL_DRAW = 2**32 - 1
+
+
+def labelled_mask(key, labels_N, per_class: int, num_classes: int):
+  """mask_N: exactly per_class examples of each class, a uniform draw without replacement.
+
+  Examples are sorted by (class, uniform(key)) and the first per_class of each class kept;
+  every class must have that many (vae_jax.group checks it before a run starts).
+  """
+  num = labels_N.shape[0]
+  order_N = jnp.lexsort((jax.random.uniform(key, (num,)), labels_N))
+  counts_C = jnp.bincount(labels_N, length=num_classes)
+  starts_C = jnp.cumsum(counts_C) - counts_C
+  rank_N = jnp.arange(num) - starts_C[labels_N[order_N]]
+  return jnp.zeros(num, bool).at[order_N].set(rank_N < per_class)
+
+
+def kept_labels(keys, labels_N, per_class: int, num_classes: int):
+  """The training labels a run sees: all (per_class 0), else -1 but for its draw."""
+  if not per_class:
+    return labels_N
+  mask_N = labelled_mask(
+    jax.random.fold_in(keys["shuffle"], LABEL_DRAW), labels_N, per_class, num_classes
+  )
+  return jnp.where(mask_N, labels_N, -1)
+
+
+def epoch_order(
+  keys,
+  epoch,
+  *,
+  num_examples: int,
+  batch_size: int,
+  labels_N=None,
+  per_class: int = 0,
+  num_classes: int = 0,
+):
+  """(idx_SxB, idx_R): the epoch's shuffled full batches and its last partial batch; with
+  labels_N, ((idx_SxB, y_SxB), (idx_R, y_R)), y the labels the run keeps (kept_labels)."""
+  full, rest = split_batches(
     jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), num_examples), batch_size
   )
+  if labels_N is None:
+    return full, rest
+  y_N = kept_labels(keys, labels_N, per_class, num_classes)
+  return (full, y_N[full]), (rest, y_N[rest])
+
+
+def gather(data, order_B):
+  """The batch of an epoch order's row: images, or (images, labels) for a labelled order."""
+  if isinstance(order_B, tuple):
+    return data[order_B[0]], order_B[1]
+  return data[order_B]
 
 
 def run_steps(per_model, data, *, step_fn: Callable):
@@ -109,7 +165,7 @@ def run_steps(per_model, data, *, step_fn: Callable):
   state, keys, hparams, idx_CxB = per_model
 
   def step(state, idx_B):
-    state, metrics = step_fn(state, data[idx_B], keys["noise"], hparams)
+    state, metrics = step_fn(state, gather(data, idx_B), keys["noise"], hparams)
     return state, (metrics, state.step)
 
   return jax.lax.scan(step, state, idx_CxB)
@@ -118,7 +174,7 @@ def run_steps(per_model, data, *, step_fn: Callable):
 def last_step(per_model, data, *, step_fn: Callable):
   """The epoch's last partial batch: (state, (metrics, step))."""
   state, keys, hparams, idx_R = per_model
-  state, metrics = step_fn(state, data[idx_R], keys["noise"], hparams)
+  state, metrics = step_fn(state, gather(data, idx_R), keys["noise"], hparams)
   return state, (metrics, state.step)
 
 
@@ -161,14 +217,17 @@ def evaluate(
 ) -> dict[str, Any]:
   """Test-set sums of the objective's metrics with a sampled z, and at z = mu (``<key>_mean_z``).
 
-  Batch i draws its noise from fold_in(key, i).
+  images_u8: the images, or (images, labels) for a run that uses labels. Batch i draws its
+  noise from fold_in(key, i).
   """
+  images_u8, labels_N = images_u8 if isinstance(images_u8, tuple) else (images_u8, None)
   full_SxB, rest_R = split_batches(jnp.arange(images_u8.shape[0]), batch_size)
 
   def batch_sums(i, idx_B):
     x = to_float(shard_batch(images_u8[idx_B], mesh))
-    _, sampled = objective_fn(params, apply_fn, x, jax.random.fold_in(key, i), hparams)
-    _, mean_z = objective_fn(params, apply_fn, x, None, hparams)
+    labels = () if labels_N is None else (labels_N[idx_B],)
+    _, sampled = objective_fn(params, apply_fn, x, jax.random.fold_in(key, i), hparams, *labels)
+    _, mean_z = objective_fn(params, apply_fn, x, None, hparams, *labels)
     return {**sampled, **{f"{k}_mean_z": v for k, v in mean_z.items()}}
 
   def body(total, i_idx):
@@ -183,15 +242,29 @@ def evaluate(
 
 
 def epoch_images(
-  params, apply_fn: Callable, x_u8_8xHxWxC, key, latent_dim: int, num_samples: int = 64
+  params,
+  apply_fn: Callable,
+  x_u8_8xHxWxC,
+  key,
+  latent_dim: int,
+  num_samples: int = 64,
+  num_classes: int = 0,
 ):
   """(originals over reconstructions 16xHxWxC, samples num_samples x HxWxC), pixels in [0, 1].
 
-  As the reference: reconstructions use a sampled z; samples decode z ~ N(0, I).
+  As the reference: reconstructions use a sampled z; samples decode z ~ N(0, I). A
+  conditional model (num_classes > 0) takes (images, labels) and reconstructs with the
+  images' labels; sample i has class i mod num_classes.
   """
+  x_u8_8xHxWxC, labels_8 = x_u8_8xHxWxC if num_classes else (x_u8_8xHxWxC, None)
+  given, drawn = (
+    ({}, {})
+    if not num_classes
+    else ({"labels": labels_8}, {"labels": jnp.arange(num_samples, dtype=jnp.int32) % num_classes})
+  )
   key_recon, key_sample = jax.random.split(key)
   x = to_float(x_u8_8xHxWxC)
-  logits, _, _ = apply_fn({"params": params}, x, key_recon)
+  logits, _, _ = apply_fn({"params": params}, x, key_recon, **given)
   z_SxL = jax.random.normal(key_sample, (num_samples, latent_dim))
-  samples = apply_fn({"params": params}, z_SxL, method="generate")
+  samples = apply_fn({"params": params}, z_SxL, method="generate", **drawn)
   return jnp.concatenate([x, jax.nn.sigmoid(logits)]), samples

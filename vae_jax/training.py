@@ -149,6 +149,11 @@ def train_models(
   mesh = group.mesh
   # The train set split over the data axis (each device holds its rows); the test set whole.
   train_u8, test_u8 = shard_rows(splits["train"][0], mesh), replicate(splits["test"][0], mesh)
+  # A conditional model's labels: whole on every device (an epoch's order gathers them).
+  train_labels, test_data = None, test_u8
+  if group.model.conditional:
+    train_labels = replicate(splits["train"][1].astype(np.int32), mesh)
+    test_data = (test_u8, replicate(splits["test"][1].astype(np.int32), mesh))
   states, keys = replicate((states, keys), mesh)
   if num_models > 1 and group.strategy() == "vmap":
     states, keys = shard_models((states, keys), num_models, settings.run.num_devices)
@@ -170,10 +175,11 @@ def train_models(
         states,
         keys,
         train_u8,
-        test_u8,
+        test_data,
         mesh,
         settings.run.progress_chunks if settings.run.progress else 1,
         settings.run.debug_nans,
+        train_labels,
       )
       compile_seconds = time.perf_counter() - t0
       kept = lambda: (

@@ -5,8 +5,10 @@ mu_BxL, logvar_BxL) and decoder (z_BxL -> logits_BxHxWxC), registered with
 ``@register_model("name")``; its dataclass fields become ``config.model`` settings.
 A model whose prior is not N(0, I) (a hierarchy of latents) overrides ``importance_terms``
 and sets ``standard_prior = False``: it then trains with the importance-weighted objectives
-(vae_k, iwae), which use nothing else. Built in: ``mlp`` (the reference network, and the
-Burda et al. (2015) one-stochastic-layer network by its settings), ``conv`` and ``hvae2``.
+(vae_k, iwae), which use nothing else. A model that sees the labels is a ``ConditionalVAE``
+(models/conditional.py). Built in: ``mlp`` (the reference network, and the Burda et al.
+(2015) one-stochastic-layer network by its settings), ``conv``, ``hvae2``, and the
+conditional ``cmlp`` and ``cconv``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class VAE(nn.Module):
 
   # False: the prior is not N(0, I), so objectives with an analytic KL do not apply.
   standard_prior = True
+  # True: every method takes the images' labels (models/conditional.py, ConditionalVAE).
+  conditional = False
 
   image_shape: tuple[int, ...] = (28, 28, 1)
   learned_sigma: bool = False
@@ -181,4 +185,9 @@ def build(
   return module
 
 
-from vae_jax.models import conv, hierarchical, mlp  # noqa: E402,F401  (registers the built-in models)
+from vae_jax.models import (  # noqa: E402,F401  (registers the built-in models)
+  conditional,
+  conv,
+  hierarchical,
+  mlp,
+)

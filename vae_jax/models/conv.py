@@ -10,20 +10,23 @@ from vae_jax.registry import ConfigError
 
 
 class ConvEncoder(nn.Module):
-  """x_BxHxWxC -> (mu_BxL, logvar_BxL): 3x3 stride-2 ReLU convolutions, then two Dense heads."""
+  """x_BxHxWxC -> (mu_BxL, logvar_BxL): 3x3 stride-2 ReLU convolutions, then two Dense heads
+  (a label y_BxC, given, joins the flattened features: q(z|x, y) of a conditional model)."""
 
   channels: tuple[int, ...]
   latent_dim: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxHxWxC):
+  def __call__(self, x_BxHxWxC, y_BxC=None):
     h = x_BxHxWxC
     for i, c in enumerate(self.channels):
       h = nn.relu(
         nn.Conv(c, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"conv_{i}")(h)
       )
     h_BxF = h.reshape(h.shape[0], -1)
+    if y_BxC is not None:
+      h_BxF = jnp.concatenate([h_BxF, y_BxC.astype(h_BxF.dtype)], axis=-1)
     return (
       nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h_BxF),
       nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(h_BxF),

@@ -23,7 +23,7 @@ from vae_jax.models import VAE, logit_bias, register_model
 from vae_jax.registry import ConfigError
 
 INITS = ("torch", "flax")
-ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh, "softplus": nn.softplus}
 STD_HEADS = ("logvar", "log_std")  # What the second head outputs: log sigma^2 or log sigma.
 OUTPUT_BIASES = ("init", "data_mean")  # The init scheme's, or logit of the mean pixel.
 
@@ -71,7 +71,8 @@ def hidden_layers(h_BxH, module: nn.Module):
 
 
 class Encoder(nn.Module):
-  """x_Bx... -> (mu_BxL, logvar_BxL) through num_hidden_layers layers (x flattened).
+  """x_Bx... -> (mu_BxL, logvar_BxL) through num_hidden_layers layers (x flattened; a label
+  y_BxC, given, joins the flattened x: q(z|x, y) of a conditional model).
 
   std_head 'log_std': the second head outputs log sigma (sigma = exp, as Burda et al.), so
   logvar is twice it; its parameters keep the name 'logvar'.
@@ -86,8 +87,11 @@ class Encoder(nn.Module):
   std_head: str = "logvar"
 
   @nn.compact
-  def __call__(self, x_BxHxWxC):
-    h_BxH = hidden_layers(x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1), self)
+  def __call__(self, x_BxHxWxC, y_BxC=None):
+    h_BxD = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
+    if y_BxC is not None:
+      h_BxD = jnp.concatenate([h_BxD, y_BxC.astype(h_BxD.dtype)], axis=-1)
+    h_BxH = hidden_layers(h_BxD, self)
     head = lambda name: dense(self.latent_dim, self.hidden_dim, self.init_scheme, name, self.dtype)
     mu_BxL, logvar_BxL = head("mu")(h_BxH), head("logvar")(h_BxH)
     return mu_BxL, 2 * logvar_BxL if self.std_head == "log_std" else logvar_BxL
@@ -118,7 +122,7 @@ class MLP(VAE):
   init_scheme: str = (
     "torch"  # 'torch': U(+-1/sqrt(fan_in)) as nn.Linear; 'flax': lecun_normal / zeros.
   )
-  activation: str = "relu"  # Of the hidden layers: relu or tanh.
+  activation: str = "relu"  # Of the hidden layers: relu, tanh or softplus.
   std_head: str = "logvar"  # The encoder's second head: 'logvar' or 'log_std' (sigma = exp).
   output_bias: str = "init"  # 'init': the init scheme's; 'data_mean': logit of the mean pixel.
 

@@ -226,6 +226,39 @@ CONFIG_CASES = {
     ["--config.optim.lr_schedule=cosine"],
     "config.optim.lr_schedule='cosine'",
   ),
+  "labels for a model that does not see them": (
+    ["--config.objective.name=m2"],
+    "uses labels, and model 'mlp' does not see them",
+  ),
+  "negative labels per class": (
+    ["--config.data.labels_per_class=-1"],
+    "config.data.labels_per_class=-1",
+  ),
+  "labels per class for an objective without unlabelled data": (
+    ["--config.model.name=cmlp", "--config.data.labels_per_class=2"],
+    "objective 'elbo' trains on every label or none",
+  ),
+  "more labels per class than a class has": (
+    [
+      "--config.model.name=cmlp",
+      "--config.model.classifier_hidden=8",
+      "--config.objective.name=m2",
+      "--config.data.labels_per_class=500",
+    ],
+    "config.data.labels_per_class=500: class",
+  ),
+  "fewer classes than the labels": (
+    ["--config.model.name=cmlp", "--config.model.num_classes=5"],
+    "config.model.num_classes=5",
+  ),
+  "m2 without a classifier": (
+    ["--config.model.name=cmlp", "--config.objective.name=m2"],
+    "has no classifier q(y|x)",
+  ),
+  "encoded data of a directory that is no run": (
+    ["--config.data.source=encoded"],
+    "data source 'encoded' needs a trained run there",
+  ),
 }
 
 
@@ -375,6 +408,20 @@ USE_CASES = {
     "not a directory",
   ),
   "an unknown split": (["encode", "--workdir=RUN", "--out=TMP/z.npz", "--split=valid"], "split"),
+  "a label for an unconditional model": (
+    ["sample", "--workdir=RUN", "--out=TMP/s.png", "--label=3"],
+    "--label 3: model 'mlp' is not conditional",
+  ),
+  "a negative label": (["sample", "--workdir=RUN", "--out=TMP/s.png", "--label=-1"], "--label=-1"),
+  "augment an unconditional model": (
+    ["augment", "--workdir=RUN", "--out=TMP/gen"],
+    "is not conditional, so its samples have no label",
+  ),
+  "augment into a missing directory": (
+    ["augment", "--workdir=RUN", "--out=TMP/no/gen"],
+    "/no does not exist",
+  ),
+  "augment without --out": (["augment", "--workdir=RUN"], "--out is required"),
 }
 
 

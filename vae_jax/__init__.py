@@ -12,6 +12,8 @@ its meaning for the life of the process, whatever else is imported):
   mu, logvar = vae_jax.encode(state, x_NxHxWxC)   # posterior means and log-variances
   images = vae_jax.decode(state, z_NxL)           # mean images in [0, 1]
   images = vae_jax.sample(state, 64, jax.random.key(0))
+  images = vae_jax.sample(state, 8, jax.random.key(0), labels=3)   # a conditional model's
+  probs = vae_jax.classify(state, x_NxHxWxC)      # q(y|x) of a model with a classifier (m2)
   est = vae_jax.log_likelihood(state, x_binary, jax.random.key(0), num_samples=5000)
   vae_jax.run_study(vae_jax.make_study(...), "runs/study")
   module = vae_jax.build_model(config, (28, 28, 1))           # no run, no data
@@ -54,6 +56,7 @@ _API = {
   "encode": ("vae_jax.api", "encode"),
   "decode": ("vae_jax.api", "decode"),
   "sample": ("vae_jax.api", "sample"),
+  "classify": ("vae_jax.api", "classify"),
   "log_likelihood": ("vae_jax.api", "log_likelihood"),
   "make_study": ("vae_jax.sweep", "make_study"),
   "run_study": ("vae_jax.sweep", "run_study"),

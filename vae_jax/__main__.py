@@ -1,11 +1,12 @@
 """Command line: train a VAE, then use its checkpoints.
 
   python -m vae_jax train --workdir DIR [--config FILE] [--config.SECTION.KEY=VALUE ...] [--plugin MODULE]
-  python -m vae_jax sample --workdir DIR [--num 64] [--seed 0] --out samples.png
+  python -m vae_jax sample --workdir DIR [--num 64] [--seed 0] [--label K] --out samples.png
   python -m vae_jax reconstruct --workdir DIR [--split test] [--num 8] --out recon.png
   python -m vae_jax encode --workdir DIR [--split test] --out latents.npz
   python -m vae_jax evaluate --workdir DIR [--split test]
   python -m vae_jax likelihood --workdir DIR [--num_samples 5000] [--num 0] [--seed 0]
+  python -m vae_jax augment --workdir DIR --out DIR [--num 1000] [--seed 0]
   python -m vae_jax sweep --config experiments/ablations/STUDY.py --workdir DIR [--dataset NAME]
   python -m vae_jax prepare --dataset NAME [--from DIR] [--tfds_dir DIR] [--download]
   python -m vae_jax [COMMAND] --help
@@ -49,11 +50,14 @@ from ml_collections import config_flags
 
 COMMANDS = {
   "train": "train (or resume) a run: --workdir DIR [--config FILE] [--config.SECTION.KEY=VALUE]",
-  "sample": "decode z ~ N(0, I) into a PNG grid: --workdir DIR --out FILE.png [--num 64] [--seed 0]",
+  "sample": "decode z ~ N(0, I) into a PNG grid: --workdir DIR --out FILE.png [--num 64] "
+  "[--seed 0] [--label K: a conditional model's class]",
   "reconstruct": "originals over reconstructions: --workdir DIR --out FILE.png [--num 8] [--split test]",
   "encode": "posterior means and log-variances: --workdir DIR --out FILE.npz [--split test]",
   "evaluate": "a split's losses and latent diagnostics (one JSON line): --workdir DIR [--split test]",
   "likelihood": "test NLL by importance sampling (one JSON line): --workdir DIR [--num_samples 5000]",
+  "augment": "a conditional model's samples of every class, labelled, as IDX files (a training "
+  "set to add to yours): --workdir DIR --out DIR [--num 1000 per class] [--seed 0]",
   "sweep": "run a study: --config experiments/ablations/STUDY.py --workdir DIR",
   "prepare": "build a TFDS dataset (ArrayRecord) offline from IDX files: --dataset NAME "
   "[--from DIR] [--tfds_dir DIR] [--download]",
@@ -105,16 +109,24 @@ def define_flags() -> flags.FlagValues:
   )
   flags.DEFINE_string("checkpoint", "latest", "latest, best or an epoch number.", flag_values=fv)
   flags.DEFINE_string(
-    "out", None, "Output file (sample, reconstruct: .png; encode: .npz).", flag_values=fv
+    "out",
+    None,
+    "Output file (sample, reconstruct: .png; encode: .npz); augment: a directory.",
+    flag_values=fv,
   )
   flags.DEFINE_integer(
     "num",
     None,
     "Images to sample (default 64) or reconstruct (default 8); "
-    "likelihood: test examples (default 0 = all).",
+    "likelihood: test examples (default 0 = all); augment: images per class (default 1000).",
     flag_values=fv,
   )
-  flags.DEFINE_integer("seed", 0, "sample, likelihood: key of the z draws.", flag_values=fv)
+  flags.DEFINE_integer(
+    "seed", 0, "sample, likelihood, augment: key of the z draws.", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "label", None, "sample: the class of every image (a conditional model).", flag_values=fv
+  )
   flags.DEFINE_integer(
     "num_samples", 5000, "likelihood: importance samples per example.", flag_values=fv
   )
@@ -243,7 +255,7 @@ def parse(argv: list[str]):
         config.base["plugins"] = tuple(dict.fromkeys([*config.base.get("plugins", ()), *fv.plugin]))
   except ConfigError as e:
     return _fail(str(e))
-  if command in ("sample", "reconstruct", "encode") and not fv.out:
+  if command in ("sample", "reconstruct", "encode", "augment") and not fv.out:
     return _fail(f"{command}: --out is required")
   for name, (low, high, what) in INTEGER_FLAGS.items():
     value = fv[name].value
@@ -258,6 +270,7 @@ INTEGER_FLAGS = {
   "num": (0, 2**63, ">= 0"),
   "num_samples": (1, 2**63, ">= 1"),
   "seed": (0, 2**32, "in [0, 2**32) (the key's 32 bits)"),
+  "label": (0, 2**31, ">= 0 (a class index)"),
   "num_processes": (1, 2**31, "in [1, 2**31)"),
   "process_id": (0, 2**31, "in [0, 2**31)"),
 }
@@ -450,9 +463,25 @@ def run(command: str, f, config) -> int:
         )
     elif command == "sample":
       out = inference.sample(
-        f.workdir, f.out, num=64 if f.num is None else f.num, seed=f.seed, which=f.checkpoint
+        f.workdir,
+        f.out,
+        num=64 if f.num is None else f.num,
+        seed=f.seed,
+        which=f.checkpoint,
+        label=f.label,
       )
       print(f"Wrote {out}")
+    elif command == "augment":
+      from vae_jax import augmentation
+
+      out = augmentation.augment(
+        f.workdir,
+        f.out,
+        per_class=1000 if f.num is None else f.num,
+        seed=f.seed,
+        which=f.checkpoint,
+      )
+      print(f"Wrote {out}: generated images and their labels as IDX files")
     elif command == "reconstruct":
       out = inference.reconstruct(
         f.workdir, f.out, num=8 if f.num is None else f.num, split=f.split, which=f.checkpoint

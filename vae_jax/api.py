@@ -1,7 +1,8 @@
-"""A trained model as a research script uses it: encode, decode, sample, log-likelihood.
+"""A trained model as a research script uses it: encode, decode, sample, classify, log-likelihood.
 
 Each takes a train state (``vae_jax.load_run`` or ``vae_jax.train``) and works in chunks,
-so any number of examples fits in memory.
+so any number of examples fits in memory. A conditional model (models/conditional.py) takes
+the images' labels: class indices, or rows of class probabilities.
 """
 
 from __future__ import annotations
@@ -14,19 +15,72 @@ from vae_jax import evaluate, objectives
 from vae_jax.step import TrainState, model_of
 
 
-def encode(state: TrainState, x_NxHxWxC: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-  """(mu_NxL, logvar_NxL) of q(z|x) for images in [0, 1] of the model's shape."""
-  return evaluate.encode_all(state.params, state.apply_fn, x_NxHxWxC)
+def labels_for(state: TrainState, labels: ArrayLike | None, num: int) -> np.ndarray | None:
+  """The labels a model's method receives: None for an unconditional model (labels given
+  there: ValueError); for a conditional one the given labels (one int: every example's),
+  or class i mod C for example i when none are given."""
+  model = model_of(state)
+  if not model.conditional:
+    if labels is not None:
+      raise ValueError(
+        f"labels: model {type(model).__name__} is not conditional (it never sees a label)"
+      )
+    return None
+  if labels is None:
+    return np.arange(num, dtype=np.int32) % model.num_classes
+  labels = np.asarray(labels)
+  if labels.ndim == 0:
+    labels = np.full(num, labels)
+  if np.issubdtype(labels.dtype, np.integer):
+    if (
+      len(labels) != num or labels.min(initial=0) < 0 or labels.max(initial=0) >= model.num_classes
+    ):
+      raise ValueError(
+        f"labels: expected {num} class indices in [0, {model.num_classes}), got "
+        f"{len(labels)} in [{labels.min(initial=0)}, {labels.max(initial=0)}]"
+      )
+    return labels.astype(np.int32)
+  if labels.shape != (num, model.num_classes):
+    raise ValueError(
+      f"labels: expected {num} class indices or {num} x {model.num_classes} class "
+      f"probabilities, got shape {labels.shape}"
+    )
+  return labels.astype(np.float32)
 
 
-def decode(state: TrainState, z_NxL: ArrayLike) -> np.ndarray:
-  """Mean images sigmoid(decoder(z)) in [0, 1], N x H x W x C."""
-  return evaluate.decode_all(state.params, state.apply_fn, z_NxL)
+def encode(
+  state: TrainState, x_NxHxWxC: ArrayLike, labels: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """(mu_NxL, logvar_NxL) of q(z|x) (conditional: q(z|x, y)) for images in [0, 1]."""
+  x = np.asarray(x_NxHxWxC, np.float32)
+  return evaluate.encode_all(
+    state.params, state.apply_fn, x, labels_N=labels_for(state, labels, len(x))
+  )
 
 
-def sample(state: TrainState, num: int, key: jax.Array) -> np.ndarray:
-  """num images decoded from z ~ N(0, I) drawn with key."""
-  return decode(state, jax.random.normal(key, (num, model_of(state).latent_dim)))
+def decode(state: TrainState, z_NxL: ArrayLike, labels: ArrayLike | None = None) -> np.ndarray:
+  """Mean images sigmoid(decoder(z)) in [0, 1], N x H x W x C (conditional: of class labels)."""
+  z = np.asarray(z_NxL, np.float32)
+  return evaluate.decode_all(
+    state.params, state.apply_fn, z, labels_N=labels_for(state, labels, len(z))
+  )
+
+
+def sample(
+  state: TrainState, num: int, key: jax.Array, labels: ArrayLike | None = None
+) -> np.ndarray:
+  """num images decoded from z ~ N(0, I) drawn with key; a conditional model's of class
+  ``labels`` (one class, or one per image; None: image i of class i mod C)."""
+  return decode(state, jax.random.normal(key, (num, model_of(state).latent_dim)), labels)
+
+
+def classify(state: TrainState, x_NxHxWxC: ArrayLike) -> np.ndarray:
+  """q(y|x) of a model with a classifier (conditional, classifier_hidden > 0): N x C
+  probabilities; argmax is the predicted class."""
+  if not hasattr(model_of(state), "classify"):
+    raise ValueError(f"classify: model {type(model_of(state)).__name__} has no classifier q(y|x)")
+  logits = evaluate.apply_all(state.params, state.apply_fn, x_NxHxWxC, "classify")
+  return np.asarray(jax.nn.softmax(logits, axis=-1))
 
 
 def log_likelihood(
@@ -35,8 +89,19 @@ def log_likelihood(
   key: jax.Array,
   num_samples: int = 5000,
   likelihood: objectives.Likelihood = objectives.Likelihood(),
+  labels: ArrayLike | None = None,
 ) -> dict[str, np.ndarray]:
-  """Per-example importance-sampled log p(x) and ELBO (nats; evaluate.iwae_log_likelihood)."""
+  """Per-example importance-sampled log p(x) and ELBO (nats; evaluate.iwae_log_likelihood);
+  of a conditional model, log p(x|y) for the images' labels (required)."""
+  x = np.asarray(x_NxHxWxC, np.float32)
+  if model_of(state).conditional and labels is None:
+    raise ValueError("labels: a conditional model's likelihood is log p(x|y); pass the labels")
   return evaluate.iwae_log_likelihood(
-    state.params, state.apply_fn, x_NxHxWxC, key, num_samples, likelihood=likelihood
+    state.params,
+    state.apply_fn,
+    x,
+    key,
+    num_samples,
+    likelihood=likelihood,
+    labels_N=labels_for(state, labels, len(x)),
   )

@@ -11,6 +11,7 @@ Every source returns ``(images_NxHxWxC uint8, labels_N int64)``: IDX files of 3 
 - ``tfds``: tensorflow-datasets through ``tfds.data_source`` (no TensorFlow needed), any
   image dataset with an ``image`` feature; never downloads unless ``download=True``
   (``python -m vae_jax prepare`` builds mnist and fashion_mnist from IDX files offline).
+- ``encoded``: a trained run's posterior means as float32 features (vae_jax/encoded.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 # {'train': (x_NxHxWxC uint8, labels_N), 'test': ...}: what load_data gives and training takes.
 Splits: TypeAlias = dict[str, tuple[np.ndarray, np.ndarray]]
-SOURCES = ("bundled", "idx", "tfds")
+SOURCES = ("bundled", "idx", "tfds", "encoded")
 BUNDLED_DIR = Path(__file__).parent / "data_files" / "mnist"
 _PREFIX = {"train": "train", "test": "t10k"}
 # Where a dataset's IDX files are when no directory is given, and how to get them there.
@@ -116,6 +117,16 @@ def _describe_magic(magic: int) -> str:
   code, ndim = (magic >> 8) & 0xFF, magic & 0xFF
   dtype = _IDX_DTYPES.get(code)
   return f"{np.dtype(dtype).name if dtype is not None else '?'} with {ndim} dims"
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+  """uint8 array -> its IDX file content (magic 0x08 dims, big-endian sizes), as MNIST's files
+  are (images: 3 dims, or 4 for N x H x W x C; labels: 1); parse_idx reads it back."""
+  array = np.ascontiguousarray(array)
+  if array.dtype != np.uint8 or not 1 <= array.ndim <= 255:
+    raise ValueError(f"IDX: expected a uint8 array, got {array.dtype} with {array.ndim} dims")
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  return header + array.tobytes()
 
 
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
@@ -243,7 +254,8 @@ def tfds_builder(name: str, data_dir: str | None = None):
 def load_tfds(
   name: str, split: str, data_dir: str | None = None, download: bool = False, limit: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a prepared TFDS dataset through ``tfds.data_source`` (ArrayRecord, no TensorFlow).
+  """Reads a prepared TFDS dataset through ``tfds.data_source`` (ArrayRecord, no TensorFlow);
+  labels are -1 for a dataset without a ``label`` feature.
 
   Random access: only the first ``limit`` examples (0: all) are read, a block at a time,
   into one preallocated array (no list of every example)."""
@@ -276,7 +288,7 @@ def load_tfds(
         f"TFDS dataset '{name}' split {split}: example {i} is {image.shape}, "
         f"example 0 is {first.shape}; expected one image shape"
       )
-    images[i], labels[i] = image, example["label"]
+    images[i], labels[i] = image, example["label"] if "label" in example else -1
   return images, labels
 
 
@@ -315,6 +327,10 @@ def load_split(
     return read_idx_pair(*idx_paths(directory, split))
   if source == "tfds":
     return load_tfds(tfds_name, split, data_dir or None, tfds_download, limit)
+  if source == "encoded":
+    from vae_jax.encoded import load_encoded  # Opens a run: jax, only for this source.
+
+    return load_encoded(data_dir, split, limit)
   raise DataError(f"data source {source!r}: expected one of {', '.join(SOURCES)}")
 
 

@@ -60,6 +60,7 @@ def _log_weight_stats(
   x_BxD,
   index_B,
   key,
+  labels_B=None,
   *,
   num_samples: int,
   sample_chunk: int,
@@ -72,11 +73,12 @@ def _log_weight_stats(
   the result does not depend on how examples or samples are chunked. Samples are taken
   sample_chunk at a time with a running logsumexp: memory ~ sample_chunk x B x D floats of
   logits plus the B x K x L noise (the encoder runs again for each chunk: a hierarchy's upper
-  layers depend on the sample).
+  layers depend on the sample). labels_B: a conditional model's labels (log p(x|y)).
   """
-  batch, latent = jax.eval_shape(lambda p: apply_fn({"params": p}, x_BxD, method="encode"), params)[
-    0
-  ].shape
+  given = {} if labels_B is None else {"labels": labels_B}
+  batch, latent = jax.eval_shape(
+    lambda p: apply_fn({"params": p}, x_BxD, method="encode", **given), params
+  )[0].shape
   eps_BxKxL = jax.vmap(
     lambda i: jax.random.normal(jax.random.fold_in(key, i), (num_samples, latent))
   )(index_B)
@@ -96,7 +98,7 @@ def _log_weight_stats(
     max_B, sumexp_B, total_B = carry
     eps_SxBxL, valid_S = eps_valid
     logits, log_p_SxB, log_q_SxB = apply_fn(
-      {"params": params}, x_BxD, eps_SxBxL, method="importance_terms"
+      {"params": params}, x_BxD, eps_SxBxL, method="importance_terms", **given
     )
     log_w_SxB = -nll(logits, x_BxD[None]) + log_p_SxB - log_q_SxB
     log_w_SxB = jnp.where(valid_S[:, None], log_w_SxB, -jnp.inf)
@@ -120,8 +122,10 @@ def iwae_log_likelihood(
   batch_size: int = 16,
   sample_chunk: int = 500,
   likelihood: objectives.Likelihood = objectives.Likelihood(),
+  labels_N=None,
 ) -> dict[str, np.ndarray]:
-  """Per-example estimates (nats) with num_samples importance samples from q(z|x).
+  """Per-example estimates (nats) with num_samples importance samples from q(z|x) (of a
+  conditional model: of log p(x|y) with q(z|x, y), labels_N the images' classes).
 
   Returns {'iwae': log p(x) estimate (the K-sample bound, exact as K -> inf), 'elbo': the
   mean of the same K log-weights (an estimate of the ELBO)}, each of shape (N,). Computed
@@ -137,8 +141,10 @@ def iwae_log_likelihood(
   n = len(x_NxD)
   batch_size = min(batch_size, n)
   sample_chunk = min(sample_chunk, num_samples)
+  labels_N = None if labels_N is None else np.asarray(labels_N, np.int32)
+  given = {} if labels_N is None else {"labels": labels_N[:1]}
   latent_dim = jax.eval_shape(
-    lambda p, x: apply_fn({"params": p}, x, method="encode"), params, x_NxD[:1]
+    lambda p, x: apply_fn({"params": p}, x, method="encode", **given), params, x_NxD[:1]
   )[0].shape[-1]
   pixels = int(np.prod(x_NxD.shape[1:]))  # Noise of the batch, one chunk's logits and weights.
   parallel.check_fits(
@@ -147,6 +153,7 @@ def iwae_log_likelihood(
   )
   pad = -n % batch_size  # The last batch is padded so one compiled function serves every batch.
   x_pad = np.concatenate([x_NxD, np.zeros((pad, *x_NxD.shape[1:]), np.float32)])
+  y_pad = None if labels_N is None else np.concatenate([labels_N, np.zeros(pad, np.int32)])
   logsumexp, total = [], []
   for start in range(0, n + pad, batch_size):
     lse_B, total_B = _log_weight_stats(
@@ -155,6 +162,7 @@ def iwae_log_likelihood(
       x_pad[start : start + batch_size],
       jnp.arange(start, start + batch_size),
       key,
+      None if y_pad is None else y_pad[start : start + batch_size],
       num_samples=num_samples,
       sample_chunk=sample_chunk,
       likelihood=likelihood,
@@ -166,33 +174,42 @@ def iwae_log_likelihood(
   return {"iwae": logsumexp_N - np.log(num_samples), "elbo": total_N / num_samples}
 
 
-@functools.partial(jax.jit, static_argnames="apply_fn")
-def _encode(params, apply_fn, x_BxD):
-  return apply_fn({"params": params}, x_BxD, method="encode")
+@functools.partial(jax.jit, static_argnames=("apply_fn", "method"))
+def _apply(params, apply_fn, a_BxD, labels_B, method: str):
+  given = {} if labels_B is None else {"labels": labels_B}
+  return apply_fn({"params": params}, a_BxD, method=method, **given)
+
+
+def apply_all(params, apply_fn: Callable, a_NxD, method: str, labels_N=None, chunk: int = 2000):
+  """A model method on every example, chunk examples per call (labels_N: a conditional
+  model's classes, or class probabilities), as numpy."""
+  a_NxD = np.asarray(a_NxD, np.float32)
+  labels_N = None if labels_N is None else np.asarray(labels_N)
+  outs = [
+    _apply(
+      params,
+      apply_fn,
+      a_NxD[i : i + chunk],
+      None if labels_N is None else labels_N[i : i + chunk],
+      method,
+    )
+    for i in range(0, len(a_NxD), chunk)
+  ]
+  return jax.tree.map(lambda *a: np.concatenate(a), *jax.device_get(outs))
 
 
 def encode_all(
-  params, apply_fn: Callable, x_NxD, chunk: int = 2000
+  params, apply_fn: Callable, x_NxD, chunk: int = 2000, labels_N=None
 ) -> tuple[np.ndarray, np.ndarray]:
-  """(mu_NxL, logvar_NxL) of every example, chunk examples per call."""
-  x_NxD = np.asarray(x_NxD, np.float32)
-  outs = [_encode(params, apply_fn, x_NxD[i : i + chunk]) for i in range(0, len(x_NxD), chunk)]
-  mus, logvars = zip(*jax.device_get(outs))
-  return np.concatenate(mus), np.concatenate(logvars)
+  """(mu_NxL, logvar_NxL) of every example, chunk examples per call (labels_N: of a
+  conditional model, q(z|x, y))."""
+  return tuple(apply_all(params, apply_fn, x_NxD, "encode", labels_N, chunk))
 
 
-@functools.partial(jax.jit, static_argnames="apply_fn")
-def _decode_probs(params, apply_fn, z_BxL):
-  return apply_fn({"params": params}, z_BxL, method="generate")
-
-
-def decode_all(params, apply_fn: Callable, z_NxL, chunk: int = 2000) -> np.ndarray:
-  """Mean images sigmoid(decoder(z)) in [0, 1] of every code (N x H x W x C), chunk codes per call."""
-  z_NxL = np.asarray(z_NxL, np.float32)
-  outs = [
-    _decode_probs(params, apply_fn, z_NxL[i : i + chunk]) for i in range(0, len(z_NxL), chunk)
-  ]
-  return np.concatenate(jax.device_get(outs))
+def decode_all(params, apply_fn: Callable, z_NxL, chunk: int = 2000, labels_N=None) -> np.ndarray:
+  """Mean images sigmoid(decoder(z)) in [0, 1] of every code (N x H x W x C), chunk codes per
+  call (labels_N: of a conditional model, p(x|y, z))."""
+  return apply_all(params, apply_fn, z_NxL, "generate", labels_N, chunk)
 
 
 def latent_diagnostics(
@@ -265,8 +282,10 @@ def evaluate_run(
       f"workdir {workdir}: likelihood {likelihood!r}; the test NLL "
       "protocol needs the Bernoulli decoder of binarized MNIST"
     )
-  x_u8, _ = data.load_data(settings.data)["test"]
+  x_u8, all_labels = data.load_data(settings.data)["test"]
   x_u8 = x_u8[: num_examples or None]
+  # A conditional model's likelihood is log p(x|y), for the test images' labels.
+  labels = all_labels[: len(x_u8)] if model_of(state).conditional else None
   x_NxD = binarize(x_u8, jax.random.key(BINARIZE_SEED))
   with jax.default_matmul_precision(settings.run.matmul_precision):  # As the run trained.
     estimates = iwae_log_likelihood(
@@ -276,8 +295,11 @@ def evaluate_run(
       jax.random.key(seed),
       num_samples,
       sample_chunk=sample_chunk,
+      labels_N=labels,
     )
-    diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
+    diagnostics = latent_diagnostics(
+      *encode_all(state.params, state.apply_fn, x_NxD, labels_N=labels)
+    )
   notes = [w for w in [collapse_warning(diagnostics)] if w]
   if not settings.data.binarize:
     notes.append(

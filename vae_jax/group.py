@@ -108,7 +108,8 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
     settings,
     tuple(x_train.shape[1:]),
     len(x_train),
-    cast(np.ndarray, np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32) / 255),
+    cast(np.ndarray, np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32))
+    / (1 if np.issubdtype(x_train.dtype, np.floating) else 255),
     overrides,
     int(x_train.nbytes) + int(x_test.nbytes),
   )

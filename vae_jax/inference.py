@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, data, images, objectives, parallel, step
-from vae_jax.evaluate import collapse_warning, decode_all, encode_all, latent_diagnostics
+from vae_jax import api, checkpoint, data, images, objectives, parallel, step
+from vae_jax.evaluate import collapse_warning, latent_diagnostics
 from vae_jax.group import run_context
 from vae_jax.runs import open_run
 
@@ -25,6 +25,11 @@ def _load_split(run, split: str) -> tuple[np.ndarray, np.ndarray]:
   if split not in ("train", "test"):
     raise ValueError(f"split {split!r}: expected 'train' or 'test'")
   return data.load_data(run.settings.data)[split]
+
+
+def _labels(run, labels: np.ndarray) -> np.ndarray | None:
+  """A split's labels where the run's model takes them (conditional), else None."""
+  return labels if step.model_of(run.state).conditional else None
 
 
 def _check_out(out: str | Path, suffix: str) -> Path:
@@ -49,16 +54,23 @@ def _save_grid(out: Path, pixels_NxHxWxC: np.ndarray | jax.Array, nrow: int = 8)
   images.save_png(out, images.image_grid(np.asarray(pixels_NxHxWxC), nrow=nrow))
 
 
-def sample(workdir, out, num: int = 64, seed: int = 0, which: str = "latest") -> Path:
-  """Decodes num draws z ~ N(0, I) (key = key(seed)) into a PNG grid, 8 per row."""
+def sample(
+  workdir, out, num: int = 64, seed: int = 0, which: str = "latest", label: int | None = None
+) -> Path:
+  """Decodes num draws z ~ N(0, I) (key = key(seed)) into a PNG grid, 8 per row; a
+  conditional model's of class ``label`` (None: image i of class i mod C)."""
   out = _check_out(out, ".png")
   if num < 1:
     raise ValueError(f"--num {num}: expected >= 1")
   run = open_run(workdir, which)
+  model = step.model_of(run.state)
+  if label is not None and not model.conditional:
+    raise ValueError(f"--label {label}: model {run.settings.model[0].name!r} is not conditional")
+  if label is not None and not 0 <= label < model.num_classes:
+    raise ValueError(f"--label {label}: expected a class in [0, {model.num_classes})")
   pixels = num * np.prod(run.image_shape)
   parallel.check_fits(int(pixels) * 4 * 2, f"--num {num} (images of float32 and the grid)")
-  z_NxL = jax.random.normal(jax.random.key(seed), (num, step.model_of(run.state).latent_dim))
-  _save_grid(out, decode_all(run.state.params, run.state.apply_fn, z_NxL))
+  _save_grid(out, api.sample(run.state, num, jax.random.key(seed), label))
   return out
 
 
@@ -67,11 +79,12 @@ def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "l
   out = _check_out(out, ".png")
   run = open_run(workdir, which)
   state = run.state
-  x_u8, _ = _load_split(run, split)
+  x_u8, labels = _load_split(run, split)
   if not 1 <= num <= len(x_u8):
     raise ValueError(f"--num {num}: expected 1 to {len(x_u8)} (the {split} split's size)")
   x_NxD = step.to_float(jnp.asarray(x_u8[:num]))
-  logits_NxD, _, _ = jax.jit(state.apply_fn)({"params": state.params}, x_NxD, None)
+  given = {"labels": labels[:num]} if step.model_of(state).conditional else {}
+  logits_NxD, _, _ = jax.jit(state.apply_fn)({"params": state.params}, x_NxD, None, **given)
   rows = []
   for start in range(0, num, 8):  # Originals and reconstructions alternate, 8 per row.
     rows += [x_NxD[start : start + 8], jax.nn.sigmoid(logits_NxD[start : start + 8])]
@@ -85,7 +98,7 @@ def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
   run = open_run(workdir, which)
   x_u8, labels = _load_split(run, split)
   x_NxD = step.to_float(jnp.asarray(x_u8))
-  mu, logvar = encode_all(run.state.params, run.state.apply_fn, x_NxD)
+  mu, logvar = api.encode(run.state, x_NxD, _labels(run, labels))
   tmp = out.with_name(f".{out.stem}.tmp.npz")
   try:  # O_NOFOLLOW: a link at the temporary name is an error, never written through.
     with os.fdopen(
@@ -118,15 +131,18 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
     **run_context(settings, meta["data"]["train"]["examples"]),
   )
   evaluate_fn = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))
+  conditional = step.model_of(state).conditional
   with jax.default_matmul_precision(settings.run.matmul_precision):  # As the run trained.
     sums = jax.device_get(
       evaluate_fn(
         state.params,
         state.apply_fn,
-        jnp.asarray(x_u8),
+        (jnp.asarray(x_u8), jnp.asarray(labels, jnp.int32)) if conditional else jnp.asarray(x_u8),
         jax.random.fold_in(keys["eval"], epoch),
         batch_size=settings.optim.eval_batch_size,
-        objective_fn=eval_objective.fn,
+        objective_fn=objectives.with_labels(eval_objective, True)
+        if conditional
+        else eval_objective.fn,
         hparams=hparams,
       )
     )
@@ -142,7 +158,7 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
     result["recorded_test_loss"] = meta["records"][-1]["test_loss"]
   if settings.objective[0].name != "ae":  # The autoencoder has no posterior to diagnose.
     x_NxD = step.to_float(jnp.asarray(x_u8))
-    diagnostics = latent_diagnostics(*encode_all(state.params, state.apply_fn, x_NxD))
+    diagnostics = latent_diagnostics(*api.encode(state, x_NxD, _labels(run, labels)))
     result.update(
       active_units=diagnostics["active_units"],
       kl_per_dim=[round(float(v), 4) for v in diagnostics["kl_per_dim"]],

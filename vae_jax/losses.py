@@ -73,7 +73,7 @@ def vae_loss(logits_BxD, x_BxD, mu_BxL, logvar_BxL, beta: float = 1.0):
 
 # Ablation variants. Each returns nats per example unless it says otherwise.
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "normal")
 
 
 def continuous_bernoulli_log_norm(probs):
@@ -100,7 +100,9 @@ def nll_per_example(
 
   bernoulli: the reference BCE. continuous_bernoulli: BCE - log C(sigmoid(logits)), a
   proper density on [0, 1]. gaussian: N(x; sigmoid(logits), exp(log_sigma)^2), log_sigma
-  broadcast over pixels (a fixed value or learned parameters of the image's shape).
+  broadcast over pixels (a fixed value or learned parameters of the image's shape). normal:
+  N(x; logits, exp(log_sigma)^2), the decoder's output the mean itself (real-valued data,
+  such as another model's features).
   """
   if likelihood == "bernoulli":
     return bce_per_example(logits, x, batch_ndim)
@@ -111,11 +113,12 @@ def nll_per_example(
     return jnp.sum(bce_with_logits(logits_BxD, x_BxD), -1) - jnp.sum(
       continuous_bernoulli_log_norm(probs), -1
     )
-  if likelihood == "gaussian":
+  if likelihood in ("gaussian", "normal"):
     if log_sigma is None:
-      raise ValueError("likelihood 'gaussian': expected log_sigma (a scalar or one per pixel)")
+      raise ValueError(f"likelihood {likelihood!r}: expected log_sigma (a scalar or one per pixel)")
     log_sigma = jnp.reshape(log_sigma, -1)
-    z = (x_BxD - jax.nn.sigmoid(logits_BxD)) * jnp.exp(-log_sigma)
+    mean_BxD = jax.nn.sigmoid(logits_BxD) if likelihood == "gaussian" else logits_BxD
+    z = (x_BxD - mean_BxD) * jnp.exp(-log_sigma)
     return jnp.sum(0.5 * z**2 + log_sigma + 0.5 * jnp.log(2 * jnp.pi), axis=-1)
   raise ValueError(f"likelihood {likelihood!r}: expected one of {', '.join(LIKELIHOODS)}")
 

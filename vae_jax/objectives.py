@@ -240,8 +240,9 @@ def corrupt(x, key: jax.Array, kind: str, level) -> jax.Array:
 
 @struct.dataclass
 class Likelihood(Hparams):
-  """p(x|z): 'bernoulli' (reference), 'continuous_bernoulli' or 'gaussian' (gaussian_sigma:
-  fixed sigma; 0: a learned per-pixel sigma, the model's log_sigma parameter)."""
+  """p(x|z): 'bernoulli' (reference), 'continuous_bernoulli', 'gaussian' (mean sigmoid of the
+  decoder's output) or 'normal' (mean the output itself: real-valued data); for the last two
+  gaussian_sigma is a fixed sigma, or 0: a learned per-pixel sigma (the model's log_sigma)."""
 
   likelihood: str = static("bernoulli")
   gaussian_sigma: float = static(0.0)
@@ -257,13 +258,13 @@ class Likelihood(Hparams):
 
   @property
   def learned_sigma(self) -> bool:
-    return self.likelihood == "gaussian" and self.gaussian_sigma == 0
+    return self.likelihood in ("gaussian", "normal") and self.gaussian_sigma == 0
 
 
 def nll_fn(params: Mapping[str, Any], hparams: Likelihood, batch_ndim: int = 1) -> Callable:
   """(logits, x) -> -log p(x|z) per example (nats) under the hparams' likelihood."""
   log_sigma = None
-  if hparams.likelihood == "gaussian":
+  if hparams.likelihood in ("gaussian", "normal"):
     log_sigma = (
       params["log_sigma"]
       if hparams.gaussian_sigma == 0

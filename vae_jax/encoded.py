@@ -1,0 +1,63 @@
+"""A trained run's posterior means as a dataset (data source 'encoded'): M1 features for M2.
+
+``config.data.source='encoded'``, ``config.data.dir=RUN``: each split of the run's own data
+becomes the posterior means mu(x) of its latest checkpoint (images as pixels / 255, no
+binarization), keeping the units active on the training split (Var_x mu_l > 0.01, Burda et
+al.'s criterion, which is Kingma et al.'s std > 0.1 of M1+M2); a constant unit would give a
+learned-sigma likelihood an unbounded density. The features are float32 N x 1 x A x 1 (one
+row of A "pixels", so image grids still draw them) with the images' labels; a model on
+them uses a likelihood for real values (``likelihood='normal'``). The data fingerprint
+records their SHA-256, so a run on them resumes only on the same features.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from vae_jax.data import DataError
+
+
+@functools.cache
+def _encode_run(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  from vae_jax import data, evaluate, runs
+
+  try:
+    run = runs.open_run(workdir, "latest")
+  except Exception as e:  # Not a run, no checkpoint, an unknown plugin: one line naming it.
+    raise DataError(
+      f"config.data.dir={workdir!r}: data source 'encoded' needs a trained run there ({e})"
+    ) from None
+  if run.settings.data.source == "encoded":
+    raise DataError(
+      f"config.data.dir={workdir!r}: that run was itself trained on encoded data; "
+      "name the run whose images to encode"
+    )
+  splits = data.load_data(run.settings.data)
+  with jax.default_matmul_precision(run.settings.run.matmul_precision):
+    means = {
+      split: evaluate.encode_all(run.state.params, run.state.apply_fn, x_u8 / np.float32(255))[0]
+      for split, (x_u8, _) in splits.items()
+    }
+  active_L = np.var(means["train"].astype(np.float64), axis=0) > evaluate.ACTIVE_UNIT_THRESHOLD
+  if not active_L.any():
+    raise DataError(f"config.data.dir={workdir!r}: the run's posterior has no active unit")
+  out = {}
+  for split, (_, labels) in splits.items():
+    features = np.ascontiguousarray(means[split][:, active_L], np.float32)[:, None, :, None]
+    features.flags.writeable = False
+    out[split] = (features, labels)
+  return out
+
+
+def load_encoded(workdir: str, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(features_Nx1xAx1 float32, labels_N) of a split of the run in workdir (see above)."""
+  if not workdir:
+    raise DataError(
+      "config.data.source='encoded': set config.data.dir to the trained run whose "
+      "posterior means are the data"
+    )
+  features, labels = _encode_run(str(workdir))[split]
+  return (features[:limit], labels[:limit]) if limit else (features, labels)

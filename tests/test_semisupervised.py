@@ -1,14 +1,19 @@
 """The M2 objective (Kingma et al. 2014) against independent computations, the label draw, a
 semi-supervised run, and M1+M2 on a run's posterior means (data source 'encoded')."""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cli, run_cli_fresh, train_args
+from test_checkpoint import assert_trees_equal_bitwise, kill_at, metrics, saved_arrays
 
 import vae_jax
 from vae_jax import data, losses, models, objectives, semisupervised, step
+from vae_jax.__main__ import main as cli_main
 from vae_jax.registry import ConfigError
 
 C = 10  # Classes of the tiny model.
@@ -152,3 +157,33 @@ def test_m1_m2_trains_on_the_active_posterior_means_of_a_run(tmp_path):
   assert np.isfinite(records[-1]["test_loss"]) and 0 <= records[-1]["test_class_error"] <= 1
   with pytest.raises(data.DataError, match="needs a trained run there"):
     data.load_split("encoded", "train", str(tmp_path / "nothing"))
+
+
+M2_ARGS = (
+  "--config.model.name=cmlp",
+  "--config.model.hidden_dim=32",
+  "--config.model.latent_dim=4",
+  "--config.model.classifier_hidden=16",
+  "--config.objective.name=m2",
+  "--config.data.labels_per_class=5",
+  "--config.run.tensorboard=False",
+)
+
+
+def test_a_semi_supervised_run_killed_resumes_bit_identical_and_reopens_in_a_fresh_process(
+  session_idx_dir, tmp_path
+):
+  killed, whole = tmp_path / "killed", tmp_path / "whole"
+  kill_at("after_checkpoint_1", killed, session_idx_dir, *M2_ARGS)  # SIGKILLed after epoch 1.
+  resumed = cli(*train_args(killed, session_idx_dir, *M2_ARGS))
+  assert resumed.returncode == 0 and "Resuming from" in resumed.stdout, resumed.stderr
+  assert cli_main(train_args(whole, session_idx_dir, *M2_ARGS)) == 0
+  assert metrics(killed) == metrics(whole)
+  assert_trees_equal_bitwise(saved_arrays(killed), saved_arrays(whole))
+  evaluated, sampled = run_cli_fresh(
+    ["evaluate", f"--workdir={killed}"],
+    ["sample", f"--workdir={killed}", "--label=7", "--num=4", f"--out={tmp_path / 's.png'}"],
+  )
+  assert evaluated.returncode == 0 and sampled.returncode == 0, evaluated.stderr + sampled.stderr
+  result = json.loads(evaluated.stdout.splitlines()[-1])
+  assert result["class_error"] == metrics(killed)[-1]["test_class_error"]

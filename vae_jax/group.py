@@ -304,13 +304,19 @@ def adam_state(opt_state):
   return opt_state if hasattr(opt_state, "hyperparams") else opt_state[0]
 
 
+def split_seed(seed) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(rng_init, the named run keys): key(seed) split once, as every run of that seed does."""
+  rng_init, *rngs = jax.random.split(jax.random.key(seed), 1 + len(KEY_NAMES))
+  return rng_init, dict(zip(KEY_NAMES, rngs))
+
+
 def create_states(group: Group):
   """(states, keys): the K fresh train states and run keys, stacked on axis 0."""
   tx = optimizer(group.settings.optim, group.steps_per_epoch)
   x_1 = jnp.zeros((1, *group.image_shape), jnp.float32)
 
   def one(seed, learning_rate):
-    rng_init, *rngs = jax.random.split(jax.random.key(seed), 1 + len(KEY_NAMES))
+    rng_init, keys = split_seed(seed)
     params = group.model.data_init(group.model.init(rng_init, x_1)["params"], group.mean_image)
     state = step_lib.TrainState.create(apply_fn=group.model.apply, params=params, tx=tx)
     adam = adam_state(state.opt_state)
@@ -319,10 +325,7 @@ def create_states(group: Group):
       adam if adam_state(state.opt_state) is state.opt_state else (adam, *state.opt_state[1:])
     )
     # A strongly typed step: a restored state has the same types as a fresh one.
-    return (
-      state.replace(opt_state=opt_state, step=jnp.zeros((), jnp.int32)),
-      dict(zip(KEY_NAMES, rngs)),
-    )
+    return state.replace(opt_state=opt_state, step=jnp.zeros((), jnp.int32)), keys
 
   if group.num_models == 1:  # The single run: built as it always was, then given the model axis.
     out = one(int(group.seeds[0]), jnp.float32(group.learning_rates[0]))

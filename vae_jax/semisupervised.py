@@ -26,9 +26,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from vae_jax import losses
+from vae_jax import losses, step
 from vae_jax.objectives import Likelihood, nll_fn, register_objective, static
 from vae_jax.registry import ConfigError
 
@@ -104,3 +105,15 @@ def m2(params, apply_fn, x, key, hparams: M2Hparams, labels):
     "class_error": jnp.sum((known_B & wrong_B).astype(jnp.float32)),
     "class_ce": jnp.sum(jnp.where(known_B, ce_B, 0.0)),
   }
+
+
+def labelled_indices(seed: int, labels_N, per_class: int, num_classes: int = 10) -> np.ndarray:
+  """Indices of the training examples whose labels a run of this seed keeps with
+  data.labels_per_class = per_class (the draw of vae_jax.step.kept_labels): what a
+  classifier trained on the same labels, or a conditional VAE on the labelled part, uses."""
+  from vae_jax.group import split_seed
+
+  kept = step.kept_labels(
+    split_seed(seed)[1], jnp.asarray(labels_N, jnp.int32), per_class, num_classes
+  )
+  return np.flatnonzero(np.asarray(kept) >= 0)

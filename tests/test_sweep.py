@@ -147,6 +147,15 @@ def test_tiny_sweep_writes_runs_table_plots_and_resumes(tmp_path, small_splits):
   assert {r["model.latent_dim"] for r in rows} == {2, 4}
 
 
+def test_a_study_of_seeds_alone_has_its_table_and_plot(tmp_path, small_splits):
+  study = sweep.load_study(write_study(tmp_path, {}))
+  rows = sweep.run_study(study, tmp_path / "sweep", small_splits, log=lambda *_: None)
+  losses = [r["test_loss"] for r in rows]
+  assert [r["seed"] for r in rows] == [1, 2] and (tmp_path / "sweep" / "test_loss.png").exists()
+  summary = (tmp_path / "sweep" / "summary.md").read_text()
+  assert f"| 2 | {np.mean(losses):.2f} +- {np.std(losses, ddof=1):.2f} |" in summary
+
+
 def test_sweep_command_refuses_a_config_without_axes(tmp_path):
   result = cli("sweep", f"--workdir={tmp_path / 's'}")
   assert result.returncode == 2 and "default.py: missing key 'name'" in result.stderr

@@ -336,14 +336,14 @@ def plot(workdir: Path, summary: list[dict], axes: list[str], x_axis: str | None
     import matplotlib.pyplot as plt
   except ImportError:
     return  # Plots are optional: pip install matplotlib.
-  first = x_axis if x_axis in axes else axes[0]
+  first = x_axis if x_axis in axes else axes[0] if axes else None  # None: a study of seeds alone.
   rest = [a for a in axes if a != first]
   fig, ax = plt.subplots(figsize=(5, 3.5))
   lines: dict[tuple, list[dict]] = {}
   for s in summary:
     lines.setdefault(tuple(s[a] for a in rest), []).append(s)
   for key, members in lines.items():
-    xs = [str(m[first]) for m in members]
+    xs = [str(m[first]) if first else "base" for m in members]
     ax.errorbar(
       xs,
       [m["test_loss_mean"] for m in members],
@@ -352,7 +352,7 @@ def plot(workdir: Path, summary: list[dict], axes: list[str], x_axis: str | None
       capsize=3,
       label=", ".join(f"{a}={v}" for a, v in zip(rest, key)) or None,
     )
-  ax.set_xlabel(first)
+  ax.set_xlabel(first or f"the base setting ({summary[0]['n']} seeds)")
   ax.set_ylabel("test loss (nats per example)")
   if rest:
     ax.legend(fontsize=7)

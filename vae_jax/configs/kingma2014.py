@@ -11,7 +11,7 @@ From the paper and its code (github.com/dpkingma/nips14-ssl), with what differs 
 - m1: the feature extractor, an unconditional VAE 784-500-500-50 (softplus), Bernoulli,
   dynamically binarized MNIST; Adam lr 3e-4. The paper's code: batch 1000, 50,000 training
   images (10,000 held out), trained for a "long run" of unstated length; here batch 100, all
-  60,000, 1,000 epochs.
+  60,000, 500 epochs.
 - m2 (on images): q(z|x, y) and p(x|y, z) with one hidden layer of 500 softplus units, 50
   latents, q(y|x) an MLP of 500 units; Bernoulli; alpha = 0.1 (times N / N_labelled).
 - m1m2: the same M2 on M1's posterior means (data source 'encoded': config.data.dir names
@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       activation="softplus",
       init_scheme="flax",
     )
-    config.optim.update(batch_size=100, num_epochs=epochs or 1000)
+    config.optim.update(batch_size=100, num_epochs=epochs or 500)
     return config
   hidden = 300 if model == "m1m2" and per_class * 10 <= 100 else 500
   config.model.update(

@@ -1,0 +1,150 @@
+"""Kingma et al. (2014), Table 1: semi-supervised MNIST with 100, 600, 1,000 and 3,000 labels.
+
+Run (resumable: the same command continues after a kill, and skips what finished):
+  .venv/bin/python -m experiments.semisupervised --workdir runs/kingma2014
+  .venv/bin/python -m experiments.semisupervised --labels 100 --epochs 2 --m1-epochs 2 \\
+      --m2-epochs 0 --workdir runs/kingma2014_quick        # a quick look
+
+1. M1, the feature extractor (vae_jax/configs/kingma2014.py:m1; --m1-epochs).
+2. For each label count L in --labels: M1+M2 (kingma2014.py:m1m2,L/10) on M1's active posterior
+   means, three label draws (seeds 1-3: each keeps its own L/10 labels per class) trained as one
+   program (a study of seeds alone, vae_jax.sweep), --epochs epochs.
+3. M2 alone on the images (kingma2014.py:m2,10) with 100 labels, --m2-epochs (0: skipped).
+The error is that of q(y|x) on the 10,000 test images, after the last epoch (no validation
+set picks an epoch). Outputs in --workdir: semisupervised.md / .json (the table beside the
+paper's, the protocol, wall times) and semisupervised.png (test error against epoch, every
+run); the runs in m1/, m1m2_<L>/ and m2_100/ (each a sweep directory).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import vae_jax
+from experiments import common
+from vae_jax import config as config_lib, sweep
+from vae_jax.configs import kingma2014
+
+# Kingma et al. (2014), Table 1: MNIST test error (%), mean (+- sd over label draws) by labels.
+PAPER = {
+  "M2": {100: (11.97, 1.71), 600: (4.94, 0.13), 1000: (3.60, 0.56), 3000: (3.92, 0.63)},
+  "M1+M2": {100: (3.33, 0.14), 600: (2.59, 0.05), 1000: (2.40, 0.02), 3000: (2.18, 0.04)},
+}
+
+
+def quiet(config) -> dict:
+  """A recipe's dotted keys, quiet (no progress bar, images or TensorBoard)."""
+  flat = config_lib.flatten(config.to_dict())
+  return {**flat, "run.progress": False, "run.save_images": False, "run.tensorboard": False}
+
+
+def seeds_study(workdir: Path, name: str, base: dict, seeds: int) -> list[dict]:
+  """The seeds of one setting as one program (a study of seeds alone): its rows."""
+  study = sweep.make_study(name, f"{name}: {seeds} label draws", {}, seeds, base)
+  start = time.perf_counter()
+  rows = sweep.run_study(sweep.check_study(study, name), workdir, log=print)
+  errors = [100 * r["test_class_error"] for r in rows]
+  print(f"{name}: test error {np.mean(errors):.2f} +- {np.std(errors, ddof=1):.2f} %", flush=True)
+  return [{**r, "seconds": time.perf_counter() - start} for r in rows]
+
+
+def trajectories(workdir: Path) -> dict[str, list[float]]:
+  """Each run's test error (%) by epoch, from its metrics.jsonl."""
+  out = {}
+  for path in sorted(workdir.glob("runs/*/seed*/metrics.jsonl")):
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    out[path.parent.name] = [100 * r["test_class_error"] for r in records]
+  return out
+
+
+def main() -> int:
+  parser = common.parser(__doc__, "kingma2014", epochs=300)
+  parser.add_argument("--labels", default="100,600,1000,3000", help="label counts (10 classes)")
+  parser.add_argument("--seeds", type=int, default=3, help="label draws per count")
+  parser.add_argument("--m1-epochs", type=int, default=500)
+  parser.add_argument("--m2-epochs", type=int, default=100, help="M2 on images, 100 labels; 0: off")
+  args = parser.parse_args()
+  args.workdir = args.workdir or Path("runs/kingma2014")
+  args.workdir.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  m1 = kingma2014.get_config(f"m1,0,{args.m1_epochs}")
+  m1_dir = args.workdir / "m1"
+  _, m1_records = vae_jax.train(config_lib.from_flat(quiet(m1)), m1_dir)
+  print(f"M1: {len(m1_records)} epochs, test loss {m1_records[-1]['test_loss']:.2f}", flush=True)
+  runs: dict[str, dict] = {}
+  for labels in [int(n) for n in args.labels.split(",")]:
+    base = {
+      **quiet(kingma2014.get_config(f"m1m2,{labels // 10},{args.epochs}")),
+      "data.dir": str(m1_dir),
+    }
+    runs[f"M1+M2 {labels}"] = {
+      "labels": labels,
+      "rows": seeds_study(args.workdir / f"m1m2_{labels}", f"m1m2_{labels}", base, args.seeds),
+      "trajectories": trajectories(args.workdir / f"m1m2_{labels}"),
+    }
+  if args.m2_epochs:
+    base = quiet(kingma2014.get_config(f"m2,10,{args.m2_epochs}"))
+    runs["M2 100"] = {
+      "labels": 100,
+      "rows": seeds_study(args.workdir / "m2_100", "m2_100", base, args.seeds),
+      "trajectories": trajectories(args.workdir / "m2_100"),
+    }
+  seconds = time.perf_counter() - start
+  table = []
+  for name, run in runs.items():
+    model, labels = name.rsplit(" ", 1)
+    errors = [100 * r["test_class_error"] for r in run["rows"]]
+    paper = PAPER[model][int(labels)]
+    epochs = len(next(iter(run["trajectories"].values())))
+    table.append(
+      [
+        model,
+        labels,
+        f"{np.mean(errors):.2f} +- {np.std(errors, ddof=1):.2f}",
+        ", ".join(f"{e:.2f}" for e in errors),
+        f"{paper[0]:.2f} +- {paper[1]:.2f}",
+        f"{np.mean(errors) - paper[0]:+.2f}",
+        epochs,
+      ]
+    )
+  header = ["model", "labels", "ours (%)", "each draw", "Kingma et al. (%)", "gap", "epochs"]
+  text = (
+    f"M1: {len(m1_records)} epochs (test ELBO loss {m1_records[-1]['test_loss']:.2f} nats on "
+    f"gray test images). Test error of q(y|x), mean +- sd over {args.seeds} label draws, each "
+    f"draw a seed of one program. Wall time of this command: {seconds:.0f} s.\n\n"
+    + common.markdown_table(header, table)
+  )
+  plt = common.pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, run in runs.items():
+    for k, curve in enumerate(run["trajectories"].values()):
+      ax.plot(
+        np.arange(1, len(curve) + 1),
+        curve,
+        color=f"C{list(runs).index(name)}",
+        lw=1,
+        label=name if k == 0 else None,
+      )
+  ax.set_yscale("log")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("test error of q(y|x) (%)")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  common.save_figure(fig, args.workdir / "semisupervised.png")
+  common.write_report(
+    args.workdir,
+    "semisupervised",
+    "Semi-supervised MNIST: Kingma et al. (2014), Table 1",
+    text,
+    {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "seconds": seconds},
+  )
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -52,6 +52,12 @@ def _use_every_name(tmp_path, small_splits, trained_run):
   fresh, fresh_keys = vae_jax.create_state(config, (28, 28, 1), num_train_examples=300)
   out["create_state"] = (int(fresh.step), sorted(fresh_keys))
   out["VAE"] = isinstance(module, vae_jax.VAE)
+  conditional = vae_jax.build_model(vae_jax.get_config(model="cmlp"), (28, 28, 1))
+  out["ConditionalVAE"] = isinstance(conditional, vae_jax.ConditionalVAE)
+  m2 = vae_jax.get_config(model="cmlp", objective="m2")
+  m2.model.classifier_hidden = 8
+  m2_state, _ = vae_jax.create_state(m2, (28, 28, 1), num_train_examples=300)
+  out["classify"] = vae_jax.classify(m2_state, x).round(5).tolist()
   eps = np.ones((4, 20), np.float32)
   out["reparameterize"] = np.asarray(vae_jax.reparameterize(mu, logvar, eps)).tolist()
   out["kl_per_example"] = np.asarray(vae_jax.kl_per_example(mu, logvar)).tolist()

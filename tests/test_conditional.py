@@ -42,6 +42,22 @@ def test_the_label_reaches_the_encoder_and_the_decoder(name):
   chex.assert_shape(vae.apply({"params": params}, x, method="classify"), (4, 10))
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_cmlp_encodes_every_class_at_once_as_the_batch_repeated_per_class(layers):
+  vae = _build(latent_dim=3, hidden_dim=16, num_hidden_layers=layers, activation="softplus")
+  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+  params = {"params": vae.init(jax.random.key(0), x)["params"]}
+  shared = vae.apply(params, x, method="encode_each_class")
+  repeated = vae.apply(params, x, method=models.conditional.ConditionalVAE.encode_each_class)
+  chex.assert_shape(shared, (40, 3))
+  chex.assert_trees_all_close(shared, repeated, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(shared[0][8:12], encode_class(vae, params, x, 2), rtol=1e-5, atol=1e-6)
+
+
+def encode_class(vae, params, x, y):
+  return vae.apply(params, x, labels=jnp.full(len(x), y), method="encode")[0]
+
+
 def test_the_label_joins_the_first_layers_of_cmlp():
   shapes = jax.tree.map(
     jnp.shape, _build(latent_dim=5).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))

@@ -62,6 +62,7 @@ _API = {
   "run_study": ("vae_jax.sweep", "run_study"),
   "register_model": ("vae_jax.models", "register_model"),
   "VAE": ("vae_jax.models", "VAE"),
+  "ConditionalVAE": ("vae_jax.models.conditional", "ConditionalVAE"),
   "register_objective": ("vae_jax.objectives", "register_objective"),
   "Hparams": ("vae_jax.objectives", "Hparams"),
   "Likelihood": ("vae_jax.objectives", "Likelihood"),

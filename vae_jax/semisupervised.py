@@ -30,6 +30,7 @@ import numpy as np
 from flax import struct
 
 from vae_jax import losses, step
+from vae_jax.models import reparameterize
 from vae_jax.objectives import Likelihood, nll_fn, register_objective, static
 from vae_jax.registry import ConfigError
 
@@ -62,13 +63,18 @@ class M2Hparams(Likelihood):
 def neg_bounds(params, apply_fn, x, key, hparams: Likelihood, num_classes: int):
   """(-L(x, y) for every class y, C x B; its -log p(x|y, z) and KL parts, each C x B), nats.
 
-  The batch is repeated once per class (class-major); each (class, example) pair draws its
-  own noise from key (None: z = mu).
+  q(z|x, y) of every class from the model's ``encode_each_class`` (class-major rows); each
+  (class, example) pair draws its own noise, row r of normal(key, CB x L) (None: z = mu).
   """
   batch = x.shape[0]
-  x_CB = jnp.broadcast_to(x[None], (num_classes, *x.shape)).reshape(-1, *x.shape[1:])
+  mu_CBxL, logvar_CBxL = apply_fn({"params": params}, x, method="encode_each_class")
+  z_CBxL = mu_CBxL
+  if key is not None:
+    eps_CBxL = jax.random.normal(key, mu_CBxL.shape, mu_CBxL.dtype)
+    z_CBxL = reparameterize(mu_CBxL, logvar_CBxL, eps_CBxL)
   y_CB = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), batch)
-  logits, mu_CBxL, logvar_CBxL = apply_fn({"params": params}, x_CB, key, labels=y_CB)
+  logits = apply_fn({"params": params}, z_CBxL, labels=y_CB, method="decode")
+  x_CB = jnp.broadcast_to(x[None], (num_classes, *x.shape)).reshape(-1, *x.shape[1:])
   nll_CxB = nll_fn(params, hparams)(logits, x_CB).reshape(num_classes, batch)
   kl_CxB = losses.kl_per_example(mu_CBxL, logvar_CBxL).reshape(num_classes, batch)
   return nll_CxB + kl_CxB + jnp.log(num_classes), nll_CxB, kl_CxB

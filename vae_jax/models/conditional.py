@@ -82,6 +82,17 @@ class ConditionalVAE(VAE):
     mu_BxL, logvar_BxL = self.encoder(x_BxHxWxC, self.one_hot(labels).astype(self.dtype))
     return mu_BxL.astype(jnp.float32), logvar_BxL.astype(jnp.float32)
 
+  def encode_each_class(self, x_BxHxWxC, labels=None):
+    """(mu, logvar) of q(z|x, y) for every class y: C*B rows, class-major (labels: ignored).
+
+    What M2 needs of an unlabelled image; here the batch repeated once per class, and a
+    model whose encoder can share the work across classes overrides it (cmlp)."""
+    del labels
+    batch = x_BxHxWxC.shape[0]
+    x_CB = jnp.broadcast_to(x_BxHxWxC[None], (self.num_classes, *x_BxHxWxC.shape))
+    y_CB = jnp.repeat(jnp.arange(self.num_classes, dtype=jnp.int32), batch)
+    return self.encode(x_CB.reshape(-1, *x_BxHxWxC.shape[1:]), y_CB)
+
   def decode(self, z_BxL, labels=None):
     """logits for z with any leading axes (K x B x L); labels broadcast over them."""
     y = jnp.broadcast_to(self.one_hot(labels), (*z_BxL.shape[:-1], self.num_classes))
@@ -126,6 +137,11 @@ class ConditionalVAE(VAE):
 @register_model("cmlp")
 class CMLP(ConditionalVAE, MLP):
   """The reference MLP, conditional: [x, y] -> encoder, [z, y] -> decoder (mlp's settings)."""
+
+  def encode_each_class(self, x_BxHxWxC, labels=None):
+    """Every class's q(z|x, y) with the first layer's x W_x computed once (mlp.Encoder)."""
+    mu, logvar = self.encoder(x_BxHxWxC, each_class=self.num_classes)
+    return mu.astype(jnp.float32), logvar.astype(jnp.float32)
 
 
 @register_model("cconv")

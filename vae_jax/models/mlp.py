@@ -59,10 +59,10 @@ def _hidden_name(i: int) -> str:
   return "hidden" if i == 0 else f"hidden_{i + 1}"
 
 
-def hidden_layers(h_BxH, module: nn.Module):
+def hidden_layers(h_BxH, module: nn.Module, first: int = 0):
   """module.num_hidden_layers Dense layers of module.hidden_dim (module.activation), named as
-  the reference's."""
-  for i in range(module.num_hidden_layers):
+  the reference's (from layer ``first``: the layers before it computed by the caller)."""
+  for i in range(first, module.num_hidden_layers):
     layer = dense(
       module.hidden_dim, h_BxH.shape[-1], module.init_scheme, _hidden_name(i), module.dtype
     )
@@ -87,14 +87,37 @@ class Encoder(nn.Module):
   std_head: str = "logvar"
 
   @nn.compact
-  def __call__(self, x_BxHxWxC, y_BxC=None):
+  def __call__(self, x_BxHxWxC, y_BxC=None, each_class: int = 0):
+    """each_class = C > 0: y ignored, (mu, logvar) of x with every class y = 0..C-1 (C*B rows,
+    class-major), the first layer's x part computed once: [x, y] W = x W_x + W_y[y]."""
     h_BxD = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
-    if y_BxC is not None:
-      h_BxD = jnp.concatenate([h_BxD, y_BxC.astype(h_BxD.dtype)], axis=-1)
-    h_BxH = hidden_layers(h_BxD, self)
+    if each_class:
+      h_BxH = self.first_layer_each_class(h_BxD, each_class)
+      h_BxH = hidden_layers(h_BxH, self, first=1)
+    else:
+      if y_BxC is not None:
+        h_BxD = jnp.concatenate([h_BxD, y_BxC.astype(h_BxD.dtype)], axis=-1)
+      h_BxH = hidden_layers(h_BxD, self)
     head = lambda name: dense(self.latent_dim, self.hidden_dim, self.init_scheme, name, self.dtype)
     mu_BxL, logvar_BxL = head("mu")(h_BxH), head("logvar")(h_BxH)
     return mu_BxL, 2 * logvar_BxL if self.std_head == "log_std" else logvar_BxL
+
+  def first_layer_each_class(self, x_BxD, num_classes: int):
+    """The first hidden layer of [x, y] for every class y: CB x H, class-major."""
+    batch, width = x_BxD.shape
+    layer = dense(
+      self.hidden_dim, width + num_classes, self.init_scheme, _hidden_name(0), self.dtype
+    )
+    pre_x_BxH = layer(jnp.concatenate([x_BxD, jnp.zeros((batch, num_classes), x_BxD.dtype)], -1))
+    # W_y's rows: the layer at [0, e_y] less the layer at [0, 0] (its bias, held in pre_x).
+    y_Cp1xC = jnp.concatenate([jnp.eye(num_classes), jnp.zeros((1, num_classes))]).astype(
+      x_BxD.dtype
+    )
+    pre_y_Cp1xH = layer(
+      jnp.concatenate([jnp.zeros((num_classes + 1, width), x_BxD.dtype), y_Cp1xC], -1)
+    )
+    pre_CxBxH = pre_x_BxH[None] + (pre_y_Cp1xH[:num_classes] - pre_y_Cp1xH[num_classes])[:, None]
+    return ACTIVATIONS[self.activation](pre_CxBxH).reshape(num_classes * batch, -1)
 
 
 class Decoder(nn.Module):

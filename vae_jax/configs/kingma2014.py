@@ -18,10 +18,14 @@ From the paper and its code (github.com/dpkingma/nips14-ssl), with what differs 
   the M1 run; its active units only), with a Gaussian likelihood of learned per-feature sigma
   (the code's M2 outputs a mean and a variance per feature); hidden layers of 300 units for
   100 labels, 500 otherwise, as the code's run_2layer_ssl.py. The code draws a fresh z1 ~
-  q(z1|x) per step; here the means are fixed features. Adam lr 3e-4 as the code; batch 500
-  (the code: 100 or 200 minibatches per epoch, each with an equal share of the labels; here
-  the labels fall where the shuffle puts them, the same count per epoch). The code trains
-  3,000 epochs; EPOCHS (default 300) says how many here.
+  q(z1|x) per step; here the means are fixed features.
+- m2 and m1m2 train with Adam lr 1e-3 and batch 100, where the code has lr 3e-4 and 100 or
+  200 minibatches per epoch (about 500 or 250 images, each minibatch with an equal share of
+  the labels; here the labels fall where the shuffle puts them, the same count per epoch).
+  The code trains 3,000 epochs and this recipe 300 (EPOCHS): a 20-epoch pilot of m1m2 with
+  100 labels (one draw) left 23.1 % of the unlabelled training images misclassified at lr
+  3e-4 and batch 500, 12.5 % at 1e-3 and batch 500, 8.4 % at 1e-3 and batch 100, in the
+  same wall time (no test image was used to choose).
 """
 
 import ml_collections
@@ -46,7 +50,6 @@ def parse_arg(arg: str | None) -> tuple[str, int, int | None]:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model, per_class, epochs = parse_arg(arg)
   config = default.get_config()
-  config.optim.learning_rate = 3e-4
   config.run.checkpoint_every_seconds = 600.0
   if model == "m1":
     config.data.binarize = True
@@ -58,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       activation="softplus",
       init_scheme="flax",
     )
-    config.optim.update(batch_size=100, num_epochs=epochs or 500)
+    config.optim.update(batch_size=100, learning_rate=3e-4, num_epochs=epochs or 500)
     return config
   hidden = 300 if model == "m1m2" and per_class * 10 <= 100 else 500
   config.model.update(
@@ -71,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   config.objective.update(name="m2", alpha=0.1)
   config.data.labels_per_class = per_class
-  config.optim.update(batch_size=500, num_epochs=epochs or 300)
+  config.optim.update(batch_size=100, learning_rate=1e-3, num_epochs=epochs or 300)
   if model == "m2":
     config.data.binarize = True
   else:

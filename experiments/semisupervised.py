@@ -1,7 +1,7 @@
 """Kingma et al. (2014), Table 1: semi-supervised MNIST with 100, 600, 1,000 and 3,000 labels.
 
 Run (resumable: the same command continues after a kill, and skips what finished):
-  .venv/bin/python -m experiments.semisupervised --workdir runs/kingma2014
+  .venv/bin/python -m experiments.semisupervised --workdir runs/semisupervised
   .venv/bin/python -m experiments.semisupervised --labels 100 --epochs 2 --m1-epochs 2 \\
       --m2-epochs 0 --workdir runs/kingma2014_quick        # a quick look
 
@@ -63,13 +63,13 @@ def trajectories(workdir: Path) -> dict[str, list[float]]:
 
 
 def main() -> int:
-  parser = common.parser(__doc__, "kingma2014", epochs=300)
+  parser = common.parser(__doc__, "semisupervised", epochs=300)
   parser.add_argument("--labels", default="100,600,1000,3000", help="label counts (10 classes)")
   parser.add_argument("--seeds", type=int, default=3, help="label draws per count")
   parser.add_argument("--m1-epochs", type=int, default=500)
   parser.add_argument("--m2-epochs", type=int, default=100, help="M2 on images, 100 labels; 0: off")
   args = parser.parse_args()
-  args.workdir = args.workdir or Path("runs/kingma2014")
+  args.workdir = args.workdir or Path("runs/semisupervised")
   args.workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   m1 = kingma2014.get_config(f"m1,0,{args.m1_epochs}")

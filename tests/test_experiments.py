@@ -44,7 +44,17 @@ def run_module_here(name: str, *args: str) -> CliResult:
 
 
 @pytest.mark.parametrize(
-  "script", ["likelihood", "dimensionality", "denoising", "anomaly", "generation", "fashion"]
+  "script",
+  [
+    "likelihood",
+    "dimensionality",
+    "denoising",
+    "anomaly",
+    "generation",
+    "fashion",
+    "augmentation",
+    "semisupervised",
+  ],
 )
 def test_application_script_starts_and_documents_its_command(script):
   result = run_module_here(script, "--help")

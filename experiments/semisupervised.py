@@ -97,14 +97,14 @@ def main() -> int:
   seconds = time.perf_counter() - start
   table = []
   for name, run in runs.items():
-    model, labels = name.rsplit(" ", 1)
+    model, count = name.rsplit(" ", 1)
     errors = [100 * r["test_class_error"] for r in run["rows"]]
-    paper = PAPER[model][int(labels)]
+    paper = PAPER[model][int(count)]
     epochs = len(next(iter(run["trajectories"].values())))
     table.append(
       [
         model,
-        labels,
+        count,
         f"{np.mean(errors):.2f} +- {np.std(errors, ddof=1):.2f}",
         ", ".join(f"{e:.2f}" for e in errors),
         f"{paper[0]:.2f} +- {paper[1]:.2f}",

@@ -7,6 +7,8 @@
   python -m vae_jax evaluate --workdir DIR [--split test]
   python -m vae_jax likelihood --workdir DIR [--num_samples 5000] [--num 0] [--seed 0]
   python -m vae_jax augment --workdir DIR --out DIR [--num 1000] [--seed 0]
+  python -m vae_jax compress --workdir DIR --input IMAGES|test --out FILE [--overwrite]
+  python -m vae_jax decompress --workdir DIR --input FILE --out DIR|FILE-ubyte [--overwrite]
   python -m vae_jax sweep --config experiments/ablations/STUDY.py --workdir DIR [--dataset NAME]
   python -m vae_jax prepare --dataset NAME [--from DIR] [--tfds_dir DIR] [--download]
   python -m vae_jax [COMMAND] --help
@@ -58,6 +60,10 @@ COMMANDS = {
   "likelihood": "test NLL by importance sampling (one JSON line): --workdir DIR [--num_samples 5000]",
   "augment": "a conditional model's samples of every class, labelled, as IDX files (a training "
   "set to add to yours): --workdir DIR --out DIR [--num 1000 per class] [--seed 0]",
+  "compress": "images into a file, losslessly, by bits-back coding with the run's model: "
+  "--workdir DIR --input IDX|PNG_DIR|test --out FILE [--overwrite]",
+  "decompress": "a compressed file's images, bit for bit: --workdir DIR --input FILE "
+  "--out PNG_DIR|FILE-ubyte [--overwrite]",
   "sweep": "run a study: --config experiments/ablations/STUDY.py --workdir DIR",
   "prepare": "build a TFDS dataset (ArrayRecord) offline from IDX files: --dataset NAME "
   "[--from DIR] [--tfds_dir DIR] [--download]",
@@ -126,6 +132,15 @@ def define_flags() -> flags.FlagValues:
   )
   flags.DEFINE_integer(
     "label", None, "sample: the class of every image (a conditional model).", flag_values=fv
+  )
+  flags.DEFINE_string(
+    "input",
+    None,
+    "compress: an IDX file, a directory of PNGs or 'test'; decompress: the compressed file.",
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "overwrite", False, "compress, decompress: replace --out if it exists.", flag_values=fv
   )
   flags.DEFINE_integer(
     "num_samples", 5000, "likelihood: importance samples per example.", flag_values=fv
@@ -255,8 +270,13 @@ def parse(argv: list[str]):
         config.base["plugins"] = tuple(dict.fromkeys([*config.base.get("plugins", ()), *fv.plugin]))
   except ConfigError as e:
     return _fail(str(e))
-  if command in ("sample", "reconstruct", "encode", "augment") and not fv.out:
+  if (
+    command in ("sample", "reconstruct", "encode", "augment", "compress", "decompress")
+    and not fv.out
+  ):
     return _fail(f"{command}: --out is required")
+  if command in ("compress", "decompress") and not fv.input:
+    return _fail(f"{command}: --input is required")
   for name, (low, high, what) in INTEGER_FLAGS.items():
     value = fv[name].value
     if value is not None and not low <= value < high:
@@ -471,6 +491,11 @@ def run(command: str, f, config) -> int:
         label=f.label,
       )
       print(f"Wrote {out}")
+    elif command in ("compress", "decompress"):
+      from vae_jax import compression
+
+      coder = compression.compress if command == "compress" else compression.decompress
+      print(json.dumps(coder(f.workdir, f.input, f.out, which=f.checkpoint, overwrite=f.overwrite)))
     elif command == "augment":
       from vae_jax import augmentation
 
@@ -570,7 +595,7 @@ OS_ADVICE = {
 
 def path_flags(f, config) -> dict[str, str | None]:
   """The command's path arguments by flag name (to say which flag an OS error's path is in)."""
-  paths = {name: f[name].value for name in ("workdir", "out", "from", "tfds_dir")}
+  paths = {name: f[name].value for name in ("workdir", "out", "from", "tfds_dir", "input")}
   data_dir = (
     config.get("data", {}).get("dir") if isinstance(config, ml_collections.ConfigDict) else None
   )

@@ -277,16 +277,21 @@ def evaluate_run(
       "q(z|x) or p(z), so no importance-weighted likelihood"
     )
   likelihood = objective_settings.get("likelihood", "bernoulli")
-  if likelihood != "bernoulli":
+  if likelihood not in ("bernoulli", "discretized_logistic"):
     raise ValueError(
-      f"workdir {workdir}: likelihood {likelihood!r}; the test NLL "
-      "protocol needs the Bernoulli decoder of binarized MNIST"
+      f"workdir {workdir}: likelihood {likelihood!r}; the test NLL needs a discrete "
+      "likelihood: the Bernoulli decoder of binarized MNIST, or the discretized logistic "
+      "of 8-bit pixels"
     )
   x_u8, all_labels = data.load_data(settings.data)["test"]
   x_u8 = x_u8[: num_examples or None]
   # A conditional model's likelihood is log p(x|y), for the test images' labels.
   labels = all_labels[: len(x_u8)] if model_of(state).conditional else None
-  x_NxD = binarize(x_u8, jax.random.key(BINARIZE_SEED))
+  x_NxD = (
+    binarize(x_u8, jax.random.key(BINARIZE_SEED))
+    if likelihood == "bernoulli"
+    else np.asarray(x_u8, np.float32) / np.float32(255)  # The 256 levels themselves.
+  )
   with jax.default_matmul_precision(settings.run.matmul_precision):  # As the run trained.
     estimates = iwae_log_likelihood(
       state.params,
@@ -295,13 +300,14 @@ def evaluate_run(
       jax.random.key(seed),
       num_samples,
       sample_chunk=sample_chunk,
+      likelihood=objectives.Likelihood(likelihood),
       labels_N=labels,
     )
     diagnostics = latent_diagnostics(
       *encode_all(state.params, state.apply_fn, x_NxD, labels_N=labels)
     )
   notes = [w for w in [collapse_warning(diagnostics)] if w]
-  if not settings.data.binarize:
+  if likelihood == "bernoulli" and not settings.data.binarize:
     notes.append(
       "trained on continuous pixels (config.data.binarize=False): the standard protocol "
       "trains on dynamically binarized data, so this NLL is not comparable with "
@@ -318,6 +324,7 @@ def evaluate_run(
     "test_nll": float(nll),
     "test_neg_elbo": float(elbo),
     "gap": float(elbo - nll),
+    "test_bits_per_dim": float(nll / (np.prod(x_NxD.shape[1:]) * np.log(2))),
     "active_units": diagnostics["active_units"],
     "latent_dim": diagnostics["latent_dim"],
     "active_units_per_layer": [

@@ -154,7 +154,7 @@ def build_group(
     eval_objective, eval_hp = objectives.evaluation(mine, model_cls.standard_prior, **context)
     eval_hparams.append(eval_hp)
   image_shape = tuple(image_shape)
-  model = models.build(settings.model, image_shape, getattr(hparams[0], "learned_sigma", False))
+  model = models.build(settings.model, image_shape, hparams[0])
   steps = settings.optim.num_epochs * context["steps_per_epoch"]
   if steps >= 2**31:
     raise ConfigError(

@@ -49,3 +49,30 @@ def save_png(path: str | os.PathLike, grid_u8: np.ndarray) -> None:
   finally:
     if os.path.isfile(tmp) and not os.path.islink(tmp):
       os.unlink(tmp)  # Left only by a failed write.
+
+
+def read_png(path: str | os.PathLike, image_shape: tuple[int, ...]) -> np.ndarray:
+  """A PNG as uint8 H x W x C of image_shape (gray for C = 1, RGB for C = 3; a 1-bit PNG's
+  pixels as 0 and 255); ValueError naming the file when it is not one of that shape."""
+  height, width, channels = image_shape
+  try:
+    with Image.open(path) as image:
+      image.load()
+      mode = {1: "L", 3: "RGB"}.get(channels)
+      if (
+        mode is None
+        or image.mode not in ("1", "L", "RGB", "RGBA", "P")
+        or image.size != (width, height)
+      ):
+        raise ValueError(
+          f"PNG {path}: {image.size[0]}x{image.size[1]} {image.mode}; expected {width}x{height} "
+          f"{'gray' if channels == 1 else f'{channels}-channel'} images (the model's)"
+        )
+      if (image.mode in ("RGB", "RGBA")) != (channels == 3):
+        raise ValueError(
+          f"PNG {path}: mode {image.mode}; the model's images have {channels} channel(s)"
+        )
+      pixels = np.asarray(image.convert(mode), np.uint8)
+  except OSError as e:
+    raise ValueError(f"PNG {path}: cannot be read ({e})") from None
+  return pixels.reshape(height, width, channels)

@@ -87,7 +87,8 @@ def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "l
   logits_NxD, _, _ = jax.jit(state.apply_fn)({"params": state.params}, x_NxD, None, **given)
   rows = []
   for start in range(0, num, 8):  # Originals and reconstructions alternate, 8 per row.
-    rows += [x_NxD[start : start + 8], jax.nn.sigmoid(logits_NxD[start : start + 8])]
+    recon = step.model_of(state).mean_image(logits_NxD[start : start + 8])
+    rows += [x_NxD[start : start + 8], recon]
   _save_grid(out, jnp.concatenate(rows))
   return out
 

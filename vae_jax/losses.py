@@ -73,7 +73,55 @@ def vae_loss(logits_BxD, x_BxD, mu_BxL, logvar_BxL, beta: float = 1.0):
 
 # Ablation variants. Each returns nats per example unless it says otherwise.
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "normal")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "normal", "discretized_logistic")
+# Parameters per pixel of each likelihood: the decoder outputs C x this many channels.
+PIXEL_PARAMS = {"discretized_logistic": 2}
+LEVELS = 256  # Gray levels of the discrete likelihoods: uint8 pixels, x = k / 255.
+# The discretized logistic's smallest log scale (in [0, 1] units, 9e-4: a quarter of a level;
+# PixelCNN++'s bound): a scale headed to 0 would overflow exp(-log scale).
+MIN_LOG_SCALE = -7.0
+
+
+def discretized_logistic_log_probs(mean, log_scale, levels: int = LEVELS):
+  """log P(k) for k = 0..levels-1 (a last axis of that length): a logistic of location mean
+  and scale exp(log_scale) in [0, 1] units (neither bounded: a location below 0 puts level 0
+  near certainty), each level k / (levels - 1) the mass of its bin of width 1 / (levels - 1),
+  the first and last bins stretched to -inf and +inf (PixelCNN++'s likelihood, Salimans et
+  al. 2017); the log scale at least MIN_LOG_SCALE. With levels = 2 it is the Bernoulli of
+  logit (mean - 1/2) / scale."""
+  mean = mean[..., None]
+  inv_scale = jnp.exp(-jnp.maximum(log_scale, MIN_LOG_SCALE))[..., None]
+  edges = (jnp.arange(1, levels) - 0.5) / (levels - 1)  # The levels - 1 inner bin edges.
+  upper = (edges - mean) * inv_scale  # Standardized; P(x <= edge) = sigmoid(upper).
+  # log(sigmoid(b) - sigmoid(a)) = log_sigmoid(b) + log1mexp(a - b) + log_sigmoid(-a): stable
+  # in both tails; the first bin is log_sigmoid(b), the last log_sigmoid(-a).
+  lower_pad = jnp.concatenate([jnp.full_like(upper[..., :1], -jnp.inf), upper], -1)
+  upper_pad = jnp.concatenate([upper, jnp.full_like(upper[..., :1], jnp.inf)], -1)
+  a, b = lower_pad, upper_pad
+  middle = (
+    jax.nn.log_sigmoid(b) + jax.nn.log_sigmoid(-a) + jnp.log(-jnp.expm1(jnp.minimum(a - b, -1e-12)))
+  )
+  first = jax.nn.log_sigmoid(b)
+  last = jax.nn.log_sigmoid(-a)
+  k = jnp.arange(levels)
+  return jnp.where(k == 0, first, jnp.where(k == levels - 1, last, middle))
+
+
+def discretized_logistic_nll(mean, log_scale, x, levels: int = LEVELS):
+  """-log P(x) elementwise for pixels x = k / (levels - 1) (see discretized_logistic_log_probs),
+  computed at the pixel's own bin only."""
+  inv_scale = jnp.exp(-jnp.maximum(log_scale, MIN_LOG_SCALE))
+  half = 0.5 / (levels - 1)
+  a = jnp.where(x <= half, -jnp.inf, (x - half - mean) * inv_scale)
+  b = jnp.where(x >= 1 - half, jnp.inf, (x + half - mean) * inv_scale)
+  gap = jnp.where(jnp.isinf(a) | jnp.isinf(b), -jnp.inf, a - b)
+  safe = jnp.where(jnp.isinf(gap), -1.0, gap)
+  log_mass = (
+    jax.nn.log_sigmoid(b)
+    + jax.nn.log_sigmoid(-a)
+    + jnp.where(jnp.isinf(gap), 0.0, jnp.log(-jnp.expm1(jnp.minimum(safe, -1e-12))))
+  )
+  return -log_mass
 
 
 def continuous_bernoulli_log_norm(probs):
@@ -102,10 +150,15 @@ def nll_per_example(
   proper density on [0, 1]. gaussian: N(x; sigmoid(logits), exp(log_sigma)^2), log_sigma
   broadcast over pixels (a fixed value or learned parameters of the image's shape). normal:
   N(x; logits, exp(log_sigma)^2), the decoder's output the mean itself (real-valued data,
-  such as another model's features).
+  such as another model's features). discretized_logistic: 256 levels of a logistic whose
+  location and log scale the decoder outputs per pixel (logits of 2C channels).
   """
   if likelihood == "bernoulli":
     return bce_per_example(logits, x, batch_ndim)
+  if likelihood == "discretized_logistic":  # Channels: C locations, then C log scales.
+    channels = logits.shape[-1] // 2
+    nll = discretized_logistic_nll(logits[..., :channels], logits[..., channels:], x)
+    return sum_per_example(nll, batch_ndim)
   logits, x = jnp.broadcast_arrays(logits, x)
   logits_BxD, x_BxD = flat(logits, batch_ndim), flat(x, batch_ndim)
   if likelihood == "continuous_bernoulli":

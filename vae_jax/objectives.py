@@ -241,8 +241,10 @@ def corrupt(x, key: jax.Array, kind: str, level) -> jax.Array:
 @struct.dataclass
 class Likelihood(Hparams):
   """p(x|z): 'bernoulli' (reference), 'continuous_bernoulli', 'gaussian' (mean sigmoid of the
-  decoder's output) or 'normal' (mean the output itself: real-valued data); for the last two
-  gaussian_sigma is a fixed sigma, or 0: a learned per-pixel sigma (the model's log_sigma)."""
+  decoder's output) or 'normal' (mean the output itself: real-valued data), for both
+  gaussian_sigma a fixed sigma or 0: a learned per-pixel sigma (the model's log_sigma); or
+  'discretized_logistic' (the 256 levels of uint8 pixels; the decoder gives each pixel a mean
+  and a scale)."""
 
   likelihood: str = static("bernoulli")
   gaussian_sigma: float = static(0.0)
@@ -259,6 +261,11 @@ class Likelihood(Hparams):
   @property
   def learned_sigma(self) -> bool:
     return self.likelihood in ("gaussian", "normal") and self.gaussian_sigma == 0
+
+  @property
+  def pixel_params(self) -> int:
+    """The likelihood's parameters per pixel (the decoder's channels per image channel)."""
+    return losses.PIXEL_PARAMS.get(self.likelihood, 1)
 
 
 def nll_fn(params: Mapping[str, Any], hparams: Likelihood, batch_ndim: int = 1) -> Callable:

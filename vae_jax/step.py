@@ -267,4 +267,5 @@ def epoch_images(
   logits, _, _ = apply_fn({"params": params}, x, key_recon, **given)
   z_SxL = jax.random.normal(key_sample, (num_samples, latent_dim))
   samples = apply_fn({"params": params}, z_SxL, method="generate", **drawn)
-  return jnp.concatenate([x, jax.nn.sigmoid(logits)]), samples
+  recon = apply_fn({"params": params}, logits, method="mean_image")
+  return jnp.concatenate([x, recon]), samples

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 REGISTRY = Registry("model", default="mlp")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.compute_dtype
 # Fields every VAE has that the run sets, not the config.
-BUILT_FIELDS = ("image_shape", "learned_sigma", "parent", "name")
+BUILT_FIELDS = ("image_shape", "learned_sigma", "pixel_params", "parent", "name")
 M = TypeVar("M", bound="VAE")  # A model class register_model returns as it was given.
 
 
@@ -45,8 +45,10 @@ class VAE(nn.Module):
   The noise is ``eps = normal(key, mu.shape)``, drawn from the caller's explicit key inside
   the traced graph; key=None gives z = mu. Outputs are float32 whatever ``compute_dtype``
   the layers use. ``learned_sigma`` adds a ``log_sigma`` parameter of the image's shape
-  (Gaussian likelihood with learned per-pixel sigma). Subclasses implement
-  ``make_encoder`` and ``make_decoder``; ``decode`` accepts any leading axes (K x B x L).
+  (Gaussian likelihood with learned per-pixel sigma). ``pixel_params`` (the likelihood's
+  parameters per pixel) multiplies the decoder's channels: logits are H x W x (C x
+  pixel_params), the first C the mean's (``mean_image``). Subclasses implement ``make_encoder`` and
+  ``make_decoder`` (for ``output_shape``); ``decode`` accepts any leading axes (K x B x L).
   """
 
   # False: the prior is not N(0, I), so objectives with an analytic KL do not apply.
@@ -56,6 +58,7 @@ class VAE(nn.Module):
 
   image_shape: tuple[int, ...] = (28, 28, 1)
   learned_sigma: bool = False
+  pixel_params: int = 1
   latent_dim: int = 20
   compute_dtype: str = "float32"
 
@@ -76,6 +79,18 @@ class VAE(nn.Module):
     return DTYPES[self.compute_dtype]
 
   @property
+  def output_shape(self) -> tuple[int, ...]:
+    """The decoder's logits per example: the image's, its channels times pixel_params."""
+    return (*self.image_shape[:-1], self.image_shape[-1] * self.pixel_params)
+
+  def mean_image(self, logits):
+    """Images in [0, 1] from logits: their sigmoid; with pixel_params > 1 (the discretized
+    logistic) the first C channels, the location in [0, 1] units, clipped."""
+    if self.pixel_params > 1:
+      return jnp.clip(logits[..., : self.image_shape[-1]], 0.0, 1.0)
+    return nn.sigmoid(logits)
+
+  @property
   def latent_layers(self) -> tuple[int, ...]:
     """Units of each stochastic layer, in the order ``encode`` returns them."""
     return (self.latent_dim,)
@@ -87,7 +102,7 @@ class VAE(nn.Module):
   def decode(self, z_BxL):
     lead = z_BxL.shape[:-1]
     logits = self.decoder(z_BxL.reshape(-1, z_BxL.shape[-1]))
-    return logits.reshape(*lead, *self.image_shape).astype(jnp.float32)
+    return logits.reshape(*lead, *self.output_shape).astype(jnp.float32)
 
   def __call__(self, x_BxHxWxC, key: jax.Array | None = None):
     mu_BxL, logvar_BxL = self.encode(x_BxHxWxC)
@@ -98,8 +113,8 @@ class VAE(nn.Module):
     return self.decode(z_BxL), mu_BxL, logvar_BxL
 
   def generate(self, z_BxL):
-    """Images in [0, 1]: sigmoid of the decoder's logits."""
-    return nn.sigmoid(self.decode(z_BxL))
+    """Images in [0, 1]: sigmoid of the decoder's (mean) logits."""
+    return self.mean_image(self.decode(z_BxL))
 
   def importance_terms(self, x_BxHxWxC, eps_KxBxL):
     """(logits_KxBxHxWxC, log p(z)_KxB, log q(z|x)_KxB) for z = mu + sigma * eps (nats).
@@ -162,14 +177,12 @@ def build_model(config: ConfigLike, image_shape: tuple[int, ...] = (28, 28, 1)) 
   from vae_jax import config as config_lib, objectives
 
   settings = config if isinstance(config, config_lib.Settings) else config_lib.parse(config)
-  hparams = objectives.make_hparams(settings.objective)
-  return build(settings.model, image_shape, getattr(hparams, "learned_sigma", False))
+  return build(settings.model, image_shape, objectives.make_hparams(settings.objective))
 
 
-def build(
-  model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...], learned_sigma: bool = False
-) -> VAE:
-  """The module for a resolved config.model (config.parse) and the data's image shape."""
+def build(model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...], hparams=None) -> VAE:
+  """The module for a resolved config.model (config.parse), the data's image shape and the
+  objective's Hparams (its likelihood's learned sigma and parameters per pixel)."""
   entry, settings = model
   if settings.get("compute_dtype", "float32") not in DTYPES:
     raise ConfigError(
@@ -178,7 +191,12 @@ def build(
     )
   if settings.get("latent_dim", 1) < 1:
     raise ConfigError(f"config.model.latent_dim={settings['latent_dim']}: expected an integer >= 1")
-  module = entry.target(image_shape=tuple(image_shape), learned_sigma=learned_sigma, **settings)
+  module = entry.target(
+    image_shape=tuple(image_shape),
+    learned_sigma=getattr(hparams, "learned_sigma", False),
+    pixel_params=getattr(hparams, "pixel_params", 1),
+    **settings,
+  )
   check = getattr(module, "check", None)
   if check is not None:
     check()

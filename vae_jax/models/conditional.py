@@ -111,7 +111,7 @@ class ConditionalVAE(VAE):
     return self.decode(z_BxL, labels), mu_BxL, logvar_BxL
 
   def generate(self, z_BxL, labels=None):
-    return nn.sigmoid(self.decode(z_BxL, labels))
+    return self.mean_image(self.decode(z_BxL, labels))
 
   def importance_terms(self, x_BxHxWxC, eps_KxBxL, labels=None):
     """As VAE.importance_terms, for p(x, z | y) / q(z | x, y)."""

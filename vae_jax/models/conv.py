@@ -76,4 +76,4 @@ class Conv(VAE):
     return ConvEncoder(tuple(self.channels), self.latent_dim, self.dtype)
 
   def make_decoder(self):
-    return ConvDecoder(tuple(self.channels), tuple(self.image_shape), self.dtype)
+    return ConvDecoder(tuple(self.channels), tuple(self.output_shape), self.dtype)

@@ -95,7 +95,7 @@ class HVAE2(VAE):
     h1 = z_BxE[..., : self.latent_dim_1]
     lead = h1.shape[:-1]
     logits = self.decoder(h1.reshape(-1, self.latent_dim_1))
-    return logits.reshape(*lead, *self.image_shape).astype(jnp.float32)
+    return logits.reshape(*lead, *self.output_shape).astype(jnp.float32)
 
   def __call__(self, x_BxHxWxC, key: jax.Array | None = None):
     shape = (1, x_BxHxWxC.shape[0], self.latent_dim_1 + self.latent_dim)
@@ -112,7 +112,7 @@ class HVAE2(VAE):
   def generate(self, z_BxL):
     """Images from top-level codes h2: h1 at the mean of p(h1|h2), then sigmoid of p(x|h1)."""
     mu1, _ = _gaussian(self.p_h1, z_BxL)
-    return nn.sigmoid(self.decode(mu1))
+    return self.mean_image(self.decode(mu1))
 
   def importance_terms(self, x_BxHxWxC, eps_KxBxE):
     """(logits, log p(h1, h2), log q(h1, h2 | x)), each sample's h1 and h2 from eps."""

@@ -178,7 +178,7 @@ class MLP(VAE):
   def make_decoder(self):
     return Decoder(
       self.hidden_dim,
-      math.prod(self.image_shape),
+      math.prod(self.output_shape),
       self.init_scheme,
       self.dtype,
       self.num_hidden_layers,

@@ -148,11 +148,24 @@ def test_m1_m2_trains_on_the_active_posterior_means_of_a_run(tmp_path):
   run = vae_jax.open_run(trained_run)
   splits = data.load_data(run.settings.data)
   features, labels = data.load_split("encoded", "test", str(trained_run))
-  mu, _ = vae_jax.encode(run.state, splits["test"][0] / np.float32(255))
+  mu, logvar = vae_jax.encode(run.state, splits["test"][0] / np.float32(255))
   mu_train, _ = vae_jax.encode(run.state, splits["train"][0] / np.float32(255))
   active = np.var(mu_train.astype(np.float64), axis=0) > 0.01
-  chex.assert_shape(features, (len(mu), 1, int(active.sum()), 1))
+  chex.assert_shape(features, (len(mu), 1, int(active.sum()), 2))
   np.testing.assert_array_equal(features[:, 0, :, 0], mu[:, active])
+  np.testing.assert_array_equal(features[:, 0, :, 1], logvar[:, active])
+  # Evaluation sees the mean; a training step a draw from the posterior.
+  x = jnp.asarray(features[:4])
+  np.testing.assert_array_equal(step.to_float(x), features[:4, ..., :1])
+  key = jax.random.key(5)
+  draw = (
+    mu[:4, active]
+    + np.exp(0.5 * logvar[:4, active])
+    * np.asarray(jax.random.normal(jax.random.fold_in(key, 3), (4, 1, int(active.sum()), 1)))[
+      :, 0, :, 0
+    ]
+  )
+  np.testing.assert_allclose(step.to_float(x, key)[:, 0, :, 0], draw, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(labels, splits["test"][1])
   config = _m2_config(source="encoded", dir=str(trained_run))
   config.objective.update(likelihood="normal", gaussian_sigma=0.0)

@@ -1,13 +1,15 @@
-"""A trained run's posterior means as a dataset (data source 'encoded'): M1 features for M2.
+"""A trained run's posterior as a dataset (data source 'encoded'): M1's features for M2.
 
 ``config.data.source='encoded'``, ``config.data.dir=RUN``: each split of the run's own data
-becomes the posterior means mu(x) of its latest checkpoint (images as pixels / 255, no
+becomes the posterior q(z|x) of its latest checkpoint (images as pixels / 255, no
 binarization), keeping the units active on the training split (Var_x mu_l > 0.01, Burda et
-al.'s criterion, which is Kingma et al.'s std > 0.1 of M1+M2); a constant unit would give a
-learned-sigma likelihood an unbounded density. The features are float32 N x 1 x A x 1 (one
-row of A "pixels", so image grids still draw them) with the images' labels; a model on
-them uses a likelihood for real values (``likelihood='normal'``). The data fingerprint
-records their SHA-256, so a run on them resumes only on the same features.
+al.'s criterion, which is Kingma et al.'s std > 0.1 of M1+M2; a constant unit would give a
+learned-sigma likelihood an unbounded density). The data are float32 N x 1 x A x 2, the
+channels the mean and the log-variance; a model sees 1 x A x 1: every training step draws
+z ~ q(z|x) afresh, as Kingma et al.'s code does for M1+M2, and evaluation takes the mean
+(vae_jax.step.to_float). A model on them uses a likelihood for real values
+(``likelihood='normal'``). The data fingerprint records their SHA-256, so a run on them
+resumes only on the same features.
 """
 
 from __future__ import annotations
@@ -37,23 +39,26 @@ def _encode_run(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     )
   splits = data.load_data(run.settings.data)
   with jax.default_matmul_precision(run.settings.run.matmul_precision):
-    means = {
-      split: evaluate.encode_all(run.state.params, run.state.apply_fn, x_u8 / np.float32(255))[0]
+    posteriors = {
+      split: evaluate.encode_all(run.state.params, run.state.apply_fn, x_u8 / np.float32(255))
       for split, (x_u8, _) in splits.items()
     }
-  active_L = np.var(means["train"].astype(np.float64), axis=0) > evaluate.ACTIVE_UNIT_THRESHOLD
+  mean_train = posteriors["train"][0].astype(np.float64)
+  active_L = np.var(mean_train, axis=0) > evaluate.ACTIVE_UNIT_THRESHOLD
   if not active_L.any():
     raise DataError(f"config.data.dir={workdir!r}: the run's posterior has no active unit")
   out = {}
   for split, (_, labels) in splits.items():
-    features = np.ascontiguousarray(means[split][:, active_L], np.float32)[:, None, :, None]
+    mu_NxA, logvar_NxA = (a[:, active_L] for a in posteriors[split])
+    features = np.ascontiguousarray(np.stack([mu_NxA, logvar_NxA], -1)[:, None], np.float32)
     features.flags.writeable = False
     out[split] = (features, labels)
   return out
 
 
 def load_encoded(workdir: str, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(features_Nx1xAx1 float32, labels_N) of a split of the run in workdir (see above)."""
+  """(posterior_Nx1xAx2 float32: mean and log-variance, labels_N) of a split of the run in
+  workdir (see above)."""
   if not workdir:
     raise DataError(
       "config.data.source='encoded': set config.data.dir to the trained run whose "

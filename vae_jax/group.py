@@ -104,12 +104,15 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
     )
   if settings.model[0].target.conditional:
     check_labels(settings, splits)
+  features = np.issubdtype(x_train.dtype, np.floating)  # An encoded posterior: its mean.
   group = build_group(
     settings,
-    tuple(x_train.shape[1:]),
+    step_lib.model_shape(x_train.shape[1:], x_train.dtype),
     len(x_train),
-    cast(np.ndarray, np.mean(x_train, axis=0, dtype=np.float64).astype(np.float32))
-    / (1 if np.issubdtype(x_train.dtype, np.floating) else 255),
+    cast(
+      np.ndarray, np.mean(x_train[..., :1] if features else x_train, axis=0, dtype=np.float64)
+    ).astype(np.float32)
+    / (1 if features else 255),
     overrides,
     int(x_train.nbytes) + int(x_test.nbytes),
   )

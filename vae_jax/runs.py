@@ -25,7 +25,7 @@ from vae_jax import (
   workdir as workdir_lib,
 )
 from vae_jax.registry import ConfigError
-from vae_jax.step import TrainState
+from vae_jax.step import TrainState, model_of
 
 
 @dataclasses.dataclass
@@ -42,7 +42,8 @@ class TrainedRun:
 
   @property
   def image_shape(self) -> tuple[int, ...]:
-    return tuple(self.meta["data"]["train"]["image_shape"])
+    """The model's images (H, W, C)."""
+    return tuple(model_of(self.state).image_shape)
 
 
 def open_run(workdir: epath.PathLike, which: str = "latest") -> TrainedRun:
@@ -70,8 +71,11 @@ def open_run(workdir: epath.PathLike, which: str = "latest") -> TrainedRun:
     except ConfigError as e:
       raise ConfigError(f"run {workdir}: {e}") from None
     train = meta["data"]["train"]
+    shape = train["image_shape"]  # Of the data: an encoded posterior's has 2 channels.
+    if settings.data.source == "encoded":
+      shape = [*shape[:-1], 1]
     group = group_lib.build_group(
-      settings, tuple(train["image_shape"]), train["examples"], overrides=meta["models"][:1]
+      settings, tuple(shape), train["examples"], overrides=meta["models"][:1]
     )
     states, keys = group_lib.create_states(group)
     tree = checkpoint.restore(mngr, epoch, group_lib.state_tree(states, keys), meta)

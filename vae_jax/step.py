@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -47,12 +48,25 @@ def over_models(fn: Callable, num_models: int, strategy: str) -> Callable:
   return run
 
 
-def to_float(x_u8):
-  """uint8 pixels -> float32 in [0, 1], as ToTensor does (x / 255, no binarization); float
-  data (features: data source 'encoded') as they are."""
-  if jnp.issubdtype(x_u8.dtype, jnp.floating):
-    return x_u8.astype(jnp.float32)
-  return x_u8.astype(jnp.float32) / 255.0
+def to_float(x_u8, key=None):
+  """uint8 pixels -> float32 in [0, 1], as ToTensor does (x / 255, no binarization).
+
+  Float data are a run's posterior (data source 'encoded'): channels mean and log-variance
+  (... x 2) -> ... x 1: the mean, or with a key (a training step's) a draw z = mean +
+  sigma * normal(fold_in(key, 3)), as Kingma et al.'s M1+M2 draws M1's z1 at every step."""
+  if not jnp.issubdtype(x_u8.dtype, jnp.floating):
+    return x_u8.astype(jnp.float32) / 255.0
+  mean, logvar = x_u8[..., :1].astype(jnp.float32), x_u8[..., 1:].astype(jnp.float32)
+  if key is None:
+    return mean
+  eps = jax.random.normal(jax.random.fold_in(key, 3), mean.shape, mean.dtype)
+  return mean + jnp.exp(0.5 * logvar) * eps
+
+
+def model_shape(data_shape: tuple[int, ...], dtype) -> tuple[int, ...]:
+  """A model's image shape for data of this shape (N excluded) and dtype: float data (an
+  encoded posterior) lose their log-variance channel."""
+  return (*data_shape[:-1], 1) if np.issubdtype(dtype, np.floating) else tuple(data_shape)
 
 
 def shard_batch(x_BxHxWxC, mesh: Mesh | None):
@@ -85,7 +99,7 @@ def train_step(
   """
   x_u8_BxHxWxC, labels = batch if isinstance(batch, tuple) else (batch, None)
   key = jax.random.fold_in(rng_noise, state.step)
-  x = to_float(shard_batch(x_u8_BxHxWxC, mesh))
+  x = to_float(shard_batch(x_u8_BxHxWxC, mesh), key)
   if binarize:
     x = jax.random.bernoulli(jax.random.fold_in(key, 1), x).astype(x.dtype)
   args = (state.params, state.apply_fn, x, key, hparams.at_step(state.step))

@@ -14,11 +14,11 @@ From the paper and its code (github.com/dpkingma/nips14-ssl), with what differs 
   60,000, 500 epochs.
 - m2 (on images): q(z|x, y) and p(x|y, z) with one hidden layer of 500 softplus units, 50
   latents, q(y|x) an MLP of 500 units; Bernoulli; alpha = 0.1 (times N / N_labelled).
-- m1m2: the same M2 on M1's posterior means (data source 'encoded': config.data.dir names
-  the M1 run; its active units only), with a Gaussian likelihood of learned per-feature sigma
-  (the code's M2 outputs a mean and a variance per feature); hidden layers of 300 units for
-  100 labels, 500 otherwise, as the code's run_2layer_ssl.py. The code draws a fresh z1 ~
-  q(z1|x) per step; here the means are fixed features.
+- m1m2: the same M2 on M1's posterior (data source 'encoded': config.data.dir names the M1
+  run; its active units only; a fresh z1 ~ q(z1|x) at every step, the mean for evaluation, as
+  the code does), with a Gaussian likelihood of learned per-feature sigma (the code's M2
+  outputs a mean and a variance per feature); hidden layers of 300 units for 100 labels, 500
+  otherwise, as the code's run_2layer_ssl.py.
 - m2 and m1m2 train with Adam lr 1e-3 and batch 100, where the code has lr 3e-4 and 100 or
   200 minibatches per epoch (about 500 or 250 images, each minibatch with an equal share of
   the labels; here the labels fall where the shuffle puts them, the same count per epoch).

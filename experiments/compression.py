@@ -97,7 +97,7 @@ def measure(args, dataset: str, protocol: str) -> dict:
   run = vae_jax.open_run(workdir)
   x_u8, _ = compression.read_images("test", run)
   x_u8 = x_u8[: args.num or None]
-  likelihood = config.objective.likelihood
+  likelihood = run.settings.objective[1]["likelihood"]
   x = x_u8.astype(np.float32) / 255
   elbo = vae_jax.log_likelihood(
     state, x, jax.random.key(1), args.elbo_samples, objectives.Likelihood(likelihood)

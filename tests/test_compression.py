@@ -53,6 +53,18 @@ def test_the_discretized_logistic_sums_to_one_and_is_the_bernoulli_at_two_levels
     jnp.asarray(mean_logit), jnp.asarray(log_scale), jnp.asarray(k / 255, jnp.float32)
   )
   np.testing.assert_allclose(nll, -log_p[np.arange(50), k], rtol=1e-4, atol=1e-4)
+  # The coder's tables: the same masses from the CDF at the edges; and the three-way split.
+  table = np.asarray(
+    losses.discretized_logistic_probs(jnp.asarray(mean_logit), jnp.asarray(log_scale)), np.float64
+  )
+  np.testing.assert_allclose(table, np.exp(log_p), atol=3e-7)
+  ends = np.asarray(
+    losses.discretized_logistic_probs(jnp.asarray(mean_logit), jnp.asarray(log_scale), ends=True),
+    np.float64,
+  )
+  np.testing.assert_allclose(
+    ends, np.stack([table[:, 0], table[:, -1], table[:, 1:-1].sum(-1)], -1), atol=1e-6
+  )
   # Two levels: P(1) = sigmoid((mean - 1/2) / scale), the Bernoulli of that logit.
   log_two = np.asarray(
     losses.discretized_logistic_log_probs(jnp.asarray(mean_logit), jnp.asarray(log_scale), 2),

@@ -88,13 +88,32 @@ def _posterior(params, apply_fn, x_BxHxWxC, *, precision: int):
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "precision", "likelihood"))
 def _observation(params, apply_fn, z_idx_BxL, *, precision: int, likelihood: str):
-  """Per-pixel coding parameters: P(1) (bernoulli, B x D) or the 256 levels' P (B x D x 256)."""
+  """Per-pixel parameters: P(1) (bernoulli, B x D), or (location, log scale) (B x D x 2)."""
   logits = apply_fn({"params": params}, bucket_centres(precision)[z_idx_BxL], method="decode")
   if likelihood == "bernoulli":
     return jax.nn.sigmoid(logits).reshape(logits.shape[0], -1)
   channels = logits.shape[-1] // 2
-  log_p = losses.discretized_logistic_log_probs(logits[..., :channels], logits[..., channels:])
-  return jnp.exp(log_p).reshape(logits.shape[0], -1, losses.LEVELS)
+  both = jnp.stack([logits[..., :channels], logits[..., channels:]], -1)
+  return both.reshape(logits.shape[0], -1, 2)
+
+
+@jax.jit
+def _ends(loc_scale_Nx2):
+  """P(level 0), P(level 255) and P(a level between) of each pixel: N x 3."""
+  probs = losses.discretized_logistic_probs(loc_scale_Nx2[:, 0], loc_scale_Nx2[:, 1], ends=True)
+  return probs
+
+
+@jax.jit
+def _middle(loc_scale_Mx2):
+  """P(level k | 0 < k < 255) of each pixel, k = 1..254 (unnormalized): M x 254."""
+  return losses.discretized_logistic_probs(loc_scale_Mx2[:, 0], loc_scale_Mx2[:, 1])[:, 1:-1]
+
+
+def _padded_rows(fn, rows_Nx2):
+  """fn on rows padded to a power of two (the same compiled shapes in both directions)."""
+  pad = np.zeros((padded(len(rows_Nx2)) - len(rows_Nx2), 2), rows_Nx2.dtype)
+  return np.asarray(fn(np.concatenate([rows_Nx2, pad])))[: len(rows_Nx2)]
 
 
 class Codec:
@@ -118,13 +137,13 @@ class Codec:
     self.levels = 2 if likelihood == "bernoulli" else losses.LEVELS
 
   def _net(self, fn, batch, **kw):
-    """fn on a batch padded to its compiled shape, as float64 numpy rows of the batch."""
+    """fn on a batch padded to its compiled shape: numpy float32 rows of the batch."""
     n = len(batch)
     pad = np.zeros((padded(n) - n, *batch.shape[1:]), batch.dtype)
     out = fn(
       self.params, self.apply_fn, np.concatenate([batch, pad]), precision=self.precision, **kw
     )
-    return np.asarray(out[:n], np.float64)
+    return np.asarray(out[:n])
 
   def _q(self, symbols):
     x = symbols.astype(np.float32) / np.float32(self.levels - 1)
@@ -134,16 +153,32 @@ class Codec:
   def _obs(self, z_idx):
     return self._net(_observation, z_idx.reshape(-1, self.latent_dim), likelihood=self.likelihood)
 
+  # 256 levels are coded in two steps, the same code length: which of level 0, level 255 or
+  # a level between (every pixel), then which level between (those pixels alone), so the
+  # 254-entry tables are computed for the few pixels that need them (MNIST: 1 in 6).
   def _push_x(self, coder, x_flat, obs):
+    categorical = _MODELS.Categorical(perfect=False)
     if self.likelihood == "bernoulli":
       coder.encode_reverse(x_flat, _MODELS.Bernoulli(perfect=False), obs.reshape(-1))
-    else:
-      coder.encode_reverse(x_flat, _MODELS.Categorical(perfect=False), obs.reshape(-1, self.levels))
+      return
+    rows = obs.reshape(-1, 2)
+    end = np.where(x_flat == 0, 0, np.where(x_flat == self.levels - 1, 1, 2)).astype(np.int32)
+    between = np.flatnonzero(end == 2)
+    if len(between):
+      coder.encode_reverse(x_flat[between] - 1, categorical, _padded_rows(_middle, rows[between]))
+    coder.encode_reverse(end, categorical, _padded_rows(_ends, rows))
 
   def _pop_x(self, coder, obs):
+    categorical = _MODELS.Categorical(perfect=False)
     if self.likelihood == "bernoulli":
       return coder.decode(_MODELS.Bernoulli(perfect=False), obs.reshape(-1))
-    return coder.decode(_MODELS.Categorical(perfect=False), obs.reshape(-1, self.levels))
+    rows = obs.reshape(-1, 2)
+    end = coder.decode(categorical, _padded_rows(_ends, rows))
+    x_flat = np.where(end == 0, 0, self.levels - 1).astype(np.int32)
+    between = np.flatnonzero(end == 2)
+    if len(between):
+      x_flat[between] = coder.decode(categorical, _padded_rows(_middle, rows[between])) + 1
+    return x_flat
 
   def encode(self, symbols_NxHxWxC: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """(the stack's words, the batch sizes) for the images' symbols, in order."""

@@ -107,6 +107,31 @@ def discretized_logistic_log_probs(mean, log_scale, levels: int = LEVELS):
   return jnp.where(k == 0, first, jnp.where(k == levels - 1, last, middle))
 
 
+def discretized_logistic_probs(mean, log_scale, levels: int = LEVELS, ends: bool = False):
+  """P(k) of discretized_logistic_log_probs, cheaper (the coder's tables: one sigmoid per bin
+  edge): differences of the logistic's CDF at the edges, each taken in the tail it lies in
+  (1 - CDF above the location) so the small masses of either tail keep their digits.
+  ends=True: (P(0), P(levels - 1), P(any level between)) only, a last axis of 3."""
+  inner = (jnp.arange(1, levels) - 0.5) / (levels - 1)
+  if ends:
+    inner = inner[jnp.array([0, levels - 2])]
+  t = (inner - mean[..., None]) * jnp.exp(-jnp.maximum(log_scale, MIN_LOG_SCALE))[..., None]
+  if ends:  # The first bin, the last bin, and what lies between their edges.
+    first, last = jax.nn.sigmoid(t[..., 0]), jax.nn.sigmoid(-t[..., 1])
+    between = jnp.where(
+      t[..., 0] > 0,
+      jax.nn.sigmoid(-t[..., 0]) - jax.nn.sigmoid(-t[..., 1]),
+      jax.nn.sigmoid(t[..., 1]) - jax.nn.sigmoid(t[..., 0]),
+    )
+    return jnp.stack([first, last, between], -1)
+  ones = jnp.ones_like(t[..., :1])
+  below = jnp.diff(jnp.concatenate([0 * ones, jax.nn.sigmoid(t), ones], -1), axis=-1)
+  above = -jnp.diff(jnp.concatenate([ones, jax.nn.sigmoid(-t), 0 * ones], -1), axis=-1)
+  # Bin k's lower edge is edge k - 1: above the location its mass is taken from the upper tail.
+  lower_edge = jnp.concatenate([-jnp.inf * ones, t], -1)
+  return jnp.where(lower_edge > 0, above, below)
+
+
 def discretized_logistic_nll(mean, log_scale, x, levels: int = LEVELS):
   """-log P(x) elementwise for pixels x = k / (levels - 1) (see discretized_logistic_log_probs),
   computed at the pixel's own bin only."""

@@ -363,7 +363,7 @@ def test_nan_after_a_checkpoint_leaves_it_untouched(one_epoch_run, small_splits,
   config, workdir = one_epoch_run
   before = tree_bytes(workdir)
   # Non-finite inputs from epoch 2 on: the resumed run compiles this to_float.
-  monkeypatch.setattr(step, "to_float", lambda x_u8: x_u8.astype(jnp.float32) * jnp.nan)
+  monkeypatch.setattr(step, "to_float", lambda x_u8, key=None: x_u8.astype(jnp.float32) * jnp.nan)
   config.optim.num_epochs = 2
   with pytest.raises(
     FloatingPointError,

@@ -54,6 +54,7 @@ def run_module_here(name: str, *args: str) -> CliResult:
     "fashion",
     "augmentation",
     "semisupervised",
+    "compression",
   ],
 )
 def test_application_script_starts_and_documents_its_command(script):

@@ -355,9 +355,17 @@ def test_bad_images_and_existing_outputs_are_one_line_and_change_nothing(
   assert tree_bytes(tmp_path) == before
 
 
-def test_a_model_without_a_discrete_likelihood_cannot_compress():
+def test_a_model_without_a_discrete_likelihood_or_one_gaussian_layer_cannot_compress():
   config = vae_jax.get_config()
   config.objective.likelihood = "gaussian"
   state, _ = vae_jax.create_state(config, (4, 4, 1), num_train_examples=16)
   with pytest.raises(compression.CompressionError, match="needs a discrete one"):
     compression.likelihood_of(state, "gaussian")
+  for name in ("cmlp", "hvae2"):
+    other, _ = vae_jax.create_state(
+      vae_jax.get_config(model=name, objective="iwae" if name == "hvae2" else "elbo"),
+      (4, 4, 1),
+      num_train_examples=16,
+    )
+    with pytest.raises(compression.CompressionError, match="one Gaussian latent layer"):
+      compression.compress_images(other, np.zeros((2, 4, 4, 1), np.uint8), "bernoulli")

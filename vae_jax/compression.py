@@ -65,6 +65,14 @@ def environment() -> dict[str, str]:
 
 
 def likelihood_of(state: TrainState, likelihood: str) -> str:
+  """The run's likelihood, if its model can code: one Gaussian latent layer under N(0, I), no
+  labels, a discrete likelihood; CompressionError otherwise."""
+  model = model_of(state)
+  if not model.standard_prior or model.conditional:
+    raise CompressionError(
+      f"model {type(model).__name__}: bits-back coding here needs one Gaussian latent layer "
+      "with the N(0, I) prior and no labels (mlp, conv, or a model of yours like them)"
+    )
   if likelihood not in ("bernoulli", "discretized_logistic"):
     raise CompressionError(
       f"the run's likelihood is {likelihood!r}; compression needs a discrete one: "
@@ -98,7 +106,7 @@ def compress_images(
       f"images: expected uint8 images of the model's shape {tuple(model.image_shape)}, got "
       f"{images_u8.dtype} {images_u8.shape[1:]}"
     )
-  symbols, values = to_symbols(images_u8, likelihood, "images")
+  symbols, values = to_symbols(images_u8, likelihood_of(state, likelihood), "images")
   codec = bitsback.Codec(state.params, state.apply_fn, likelihood, model.latent_dim, precision)
   words, sizes = codec.encode(symbols)
   header = {

@@ -151,17 +151,18 @@ def test_a_conditional_model_without_labels_or_with_unknown_classes_is_refused(t
 
 
 def test_sample_label_draws_images_the_projects_classifier_assigns_to_that_class(tmp_path):
-  """A 2-latent cmlp on 4,000 real digits: its samples of class k, classified by the MLP of
-  vae_jax.classifier trained on the same images, are class k far above chance (0.1)."""
+  """A 2-latent cmlp on 3,000 real digits: its samples of class k, classified by the MLP of
+  vae_jax.classifier trained on the same images, are class k far above chance (0.1; this
+  setting measured 0.78)."""
   (x_u8, y), (xt_u8, yt) = data.load_split("bundled", "train"), data.load_split("bundled", "test")
-  splits = {"train": (x_u8[:4000], y[:4000]), "test": (xt_u8[:200], yt[:200])}
+  splits = {"train": (x_u8[:3000], y[:3000]), "test": (xt_u8[:200], yt[:200])}
   config = vae_jax.get_config(model="cmlp")
   config.model.latent_dim = 2
-  config.optim.num_epochs = 10
+  config.optim.num_epochs = 8
   config.run.update(progress=False, save_images=False, tensorboard=False)
   state, _ = vae_jax.train(config, tmp_path / "run", splits)
   params = classifier.train(
-    jax.random.key(0)[None], x_u8[:4000] / np.float32(255), y[:4000], classifier.Recipe(steps=400)
+    jax.random.key(0)[None], x_u8[:3000] / np.float32(255), y[:3000], classifier.Recipe(steps=400)
   )
   labels = np.repeat(np.arange(10), 30)
   images = vae_jax.sample(state, len(labels), jax.random.key(1), labels)

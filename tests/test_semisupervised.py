@@ -138,10 +138,10 @@ def test_labels_per_class_is_refused_where_it_cannot_apply(small_splits, tmp_pat
 
 
 def test_m1_m2_trains_on_the_active_posterior_means_of_a_run(tmp_path):
-  m1 = vae_jax.get_config()  # A small M1 on 1,000 real digits, reloadable from its config.
+  m1 = vae_jax.get_config()  # A small M1 on 600 real digits, reloadable from its config.
   m1.model.update(hidden_dim=64, latent_dim=6)
-  m1.data.update(train_examples=1000, test_examples=200)
-  m1.optim.num_epochs = 3
+  m1.data.update(train_examples=600, test_examples=100)
+  m1.optim.num_epochs = 2
   m1.run.update(progress=False, save_images=False, tensorboard=False)
   trained_run = tmp_path / "m1"
   vae_jax.train(m1, trained_run)

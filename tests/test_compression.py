@@ -293,6 +293,14 @@ BAD_FILES = {
     lambda b: _reheader(b, environment={**compression.environment(), "jax": "0.0.1"}),
     "was coded in another environment (jax '0.0.1'",
   ),
+  "a header of the wrong types": (
+    lambda b: _reheader(b, batches=[-5, 65], count=60),
+    "its header is damaged or of another format version",
+  ),
+  "a code cut short, its CRC made good": (
+    lambda b: (lambda body: body + struct.pack("<I", zlib.crc32(body)))(b[:-12]),
+    "the code",
+  ),
   "names outside the directory": (
     lambda b: _reheader(b, names=["../x.png"] * 60),
     "names files that are not plain PNG names",

@@ -139,11 +139,35 @@ def read_header(blob: bytes, where: str) -> tuple[dict[str, Any], np.ndarray]:
   payload = blob[start + length : -4]
   try:
     header = json.loads(blob[start : start + length])
-    assert header["format"] == FORMAT and len(payload) % 4 == 0
-    assert sum(header["batches"]) == header["count"] and len(header["image_shape"]) == 3
-  except Exception:  # Any defect of the header is the same answer.
-    raise CompressionError(f"{where}: its header is damaged or of another format version") from None
+  except ValueError:
+    header = None
+  if not (
+    well_formed(header) and len(payload) % 4 == 0 and len(payload) >= 4 * bitsback.INITIAL_WORDS
+  ):
+    raise CompressionError(f"{where}: its header is damaged or of another format version")
   return header, np.frombuffer(payload, "<u4").astype(np.uint32)
+
+
+def well_formed(header) -> bool:
+  """Whether a parsed header has every field, each of its type and in its range."""
+  ints = lambda v, low, high: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+  try:
+    return (
+      header["format"] == FORMAT
+      and ints(header["count"], 0, 2**40)
+      and all(ints(b, 1, bitsback.MAX_BATCH) for b in header["batches"])
+      and sum(header["batches"]) == header["count"]
+      and len(header["image_shape"]) == 3
+      and all(ints(d, 1, 2**16) for d in header["image_shape"])
+      and header["likelihood"] in ("bernoulli", "discretized_logistic")
+      and ints(header["precision"], 1, 16)
+      and header["values"] in ([], [0, 1], [0, 255])
+      and (header["names"] is None or isinstance(header["names"], list))
+      and isinstance(header["model_sha256"], str)
+      and isinstance(header["environment"], dict)
+    )
+  except (KeyError, TypeError):
+    return False
 
 
 def decompress_bytes(
@@ -189,8 +213,10 @@ def decompress_bytes(
   )
   try:
     symbols = codec.decode(words, header["batches"], tuple(header["image_shape"]))
-  except ValueError as e:
-    raise CompressionError(f"{where}: {e}") from None
+  except Exception as e:  # The coder's own errors on a code it cannot read: one answer.
+    raise CompressionError(
+      f"{where}: the code cannot be decoded ({e}): the file is corrupt"
+    ) from None
   values = header["values"]
   out = symbols.astype(np.uint8) if not values else np.asarray(values, np.uint8)[symbols]
   return out, names

@@ -73,7 +73,7 @@ class ResMLP(vae_jax.VAE):
     return Encoder(self.hidden_dim, self.num_blocks, self.latent_dim)
 
   def make_decoder(self):  # z_BxL -> logits_BxD; VAE.decode reshapes them to the images.
-    return ResidualStack(self.hidden_dim, self.num_blocks, math.prod(self.image_shape))
+    return ResidualStack(self.hidden_dim, self.num_blocks, math.prod(self.output_shape))
 
 
 @struct.dataclass

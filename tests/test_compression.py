@@ -10,6 +10,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 import pytest
 from conftest import synthetic_split, tree_bytes, write_idx_dir
 from hypothesis import given, settings, strategies as st
@@ -233,8 +234,9 @@ def test_compress_and_decompress_give_idx_files_and_pngs_back_bit_for_bit(
     )[0]
     == 0
   )
+  (tmp_path / "png" / "00.png").rename(tmp_path / "png" / "A.PNG")  # Any case of .png.
   names = sorted(p.name for p in (tmp_path / "png").iterdir())
-  assert len(names) == 60 and names[0] == "00.png"
+  assert len(names) == 60 and names[0] == "01.png" and "A.PNG" in names
   assert (
     _main(
       capsys,
@@ -303,7 +305,15 @@ BAD_FILES = {
   ),
   "names outside the directory": (
     lambda b: _reheader(b, names=["../x.png"] * 60),
-    "names files that are not plain PNG names",
+    "its header is damaged or of another format version",
+  ),
+  "one name twice": (
+    lambda b: _reheader(b, names=["a.png"] * 60),
+    "its header is damaged or of another format version",
+  ),
+  "values of another likelihood": (
+    lambda b: _reheader(b, likelihood="discretized_logistic"),
+    "its header is damaged or of another format version",
   ),
 }
 
@@ -338,9 +348,19 @@ def test_bad_images_and_existing_outputs_are_one_line_and_change_nothing(
   small.mkdir()
   images.save_png(small / "a.png", np.zeros((20, 20), np.uint8))
   (tmp_path / "taken.vjx").write_bytes(b"mine")
+  rgba = tmp_path / "rgba"
+  rgba.mkdir()
+  PIL.Image.new("RGBA", (28, 28)).save(rgba / "a.png")
+  empty = tmp_path / "empty-ubyte"
+  empty.write_bytes(data.idx_bytes(np.zeros((0, 28, 28), np.uint8)))
   cases = [
     (["compress", f"--input={gray}", f"--out={tmp_path / 'x.vjx'}"], "has 1 gray levels"),
     (["compress", f"--input={small}", f"--out={tmp_path / 'x.vjx'}"], "20x20 L; expected 28x28"),
+    (
+      ["compress", f"--input={rgba}", f"--out={tmp_path / 'x.vjx'}"],
+      "28x28 RGBA; expected 28x28 L or 1",
+    ),
+    (["compress", f"--input={empty}", f"--out={tmp_path / 'x.vjx'}"], "images: none to compress"),
     (
       ["compress", f"--input={idx}", f"--out={tmp_path / 'taken.vjx'}"],
       "exists; vae_jax does not replace it",

@@ -123,6 +123,8 @@ def test_every_command_of_a_conditional_run_takes_the_labels(
   )
   np.testing.assert_allclose(np.load(tmp_path / "z.npz")["mu"], mu, rtol=1e-5, atol=1e-6)
   assert not np.allclose(mu, vae_jax.encode(run.state, x, (labels + 1) % 10)[0])
+  with pytest.raises(ValueError, match="is conditional; pass the images' labels"):
+    vae_jax.encode(run.state, x)
   for args in (
     ["sample", "--label=3", f"--out={tmp_path / 's.png'}"],
     ["sample", f"--out={tmp_path / 'all.png'}"],

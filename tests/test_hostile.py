@@ -255,6 +255,13 @@ CONFIG_CASES = {
     ["--config.model.name=cmlp", "--config.objective.name=m2"],
     "has no classifier q(y|x)",
   ),
+  "the data's mean pixel as a location": (
+    [
+      "--config.objective.likelihood=discretized_logistic",
+      "--config.model.output_bias=data_mean",
+    ],
+    "likelihood 'discretized_logistic' has none",
+  ),
   "encoded data of a directory that is no run": (
     ["--config.data.source=encoded"],
     "data source 'encoded' needs a trained run there",

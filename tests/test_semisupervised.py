@@ -137,7 +137,7 @@ def test_labels_per_class_is_refused_where_it_cannot_apply(small_splits, tmp_pat
   assert not (tmp_path / "run").exists()
 
 
-def test_m1_m2_trains_on_the_active_posterior_means_of_a_run(tmp_path):
+def test_m1_m2_trains_on_draws_from_the_active_posterior_of_a_run(tmp_path):
   m1 = vae_jax.get_config()  # A small M1 on 600 real digits, reloadable from its config.
   m1.model.update(hidden_dim=64, latent_dim=6)
   m1.data.update(train_examples=600, test_examples=100)
@@ -173,6 +173,10 @@ def test_m1_m2_trains_on_the_active_posterior_means_of_a_run(tmp_path):
   assert np.isfinite(records[-1]["test_loss"]) and 0 <= records[-1]["test_class_error"] <= 1
   with pytest.raises(data.DataError, match="needs a trained run there"):
     data.load_split("encoded", "train", str(tmp_path / "nothing"))
+  config.objective.likelihood = "bernoulli"
+  with pytest.raises(vae_jax.ConfigError, match="latent codes are real values"):
+    vae_jax.train(config, tmp_path / "refused")
+  assert not (tmp_path / "refused").exists()
 
 
 M2_ARGS = (

@@ -15,10 +15,12 @@ from vae_jax import evaluate, objectives
 from vae_jax.step import TrainState, model_of
 
 
-def labels_for(state: TrainState, labels: ArrayLike | None, num: int) -> np.ndarray | None:
+def labels_for(
+  state: TrainState, labels: ArrayLike | None, num: int, cycle: bool = False
+) -> np.ndarray | None:
   """The labels a model's method receives: None for an unconditional model (labels given
-  there: ValueError); for a conditional one the given labels (one int: every example's),
-  or class i mod C for example i when none are given."""
+  there: ValueError); for a conditional one the given labels (one int: every example's), or
+  when none are given, class i mod C for example i (cycle: drawing images) or ValueError."""
   model = model_of(state)
   if not model.conditional:
     if labels is not None:
@@ -27,6 +29,10 @@ def labels_for(state: TrainState, labels: ArrayLike | None, num: int) -> np.ndar
       )
     return None
   if labels is None:
+    if not cycle:
+      raise ValueError(
+        f"labels: model {type(model).__name__} is conditional; pass the images' labels"
+      )
     return np.arange(num, dtype=np.int32) % model.num_classes
   labels = np.asarray(labels)
   if labels.ndim == 0:
@@ -59,7 +65,7 @@ def encode(
 
 
 def decode(state: TrainState, z_NxL: ArrayLike, labels: ArrayLike | None = None) -> np.ndarray:
-  """Mean images sigmoid(decoder(z)) in [0, 1], N x H x W x C (conditional: of class labels)."""
+  """Mean images in [0, 1] of codes, N x H x W x C (conditional: of classes labels)."""
   z = np.asarray(z_NxL, np.float32)
   return evaluate.decode_all(
     state.params, state.apply_fn, z, labels_N=labels_for(state, labels, len(z))
@@ -71,14 +77,21 @@ def sample(
 ) -> np.ndarray:
   """num images decoded from z ~ N(0, I) drawn with key; a conditional model's of class
   ``labels`` (one class, or one per image; None: image i of class i mod C)."""
-  return decode(state, jax.random.normal(key, (num, model_of(state).latent_dim)), labels)
+  return decode(
+    state,
+    jax.random.normal(key, (num, model_of(state).latent_dim)),
+    labels_for(state, labels, num, cycle=True),
+  )
 
 
 def classify(state: TrainState, x_NxHxWxC: ArrayLike) -> np.ndarray:
   """q(y|x) of a model with a classifier (conditional, classifier_hidden > 0): N x C
   probabilities; argmax is the predicted class."""
-  if not hasattr(model_of(state), "classify"):
-    raise ValueError(f"classify: model {type(model_of(state)).__name__} has no classifier q(y|x)")
+  if not getattr(model_of(state), "classifier_hidden", 0):
+    raise ValueError(
+      f"classify: model {type(model_of(state)).__name__} has no classifier q(y|x) (a "
+      "conditional model with config.model.classifier_hidden > 0 has one)"
+    )
   logits = evaluate.apply_all(state.params, state.apply_fn, x_NxHxWxC, "classify")
   return np.asarray(jax.nn.softmax(logits, axis=-1))
 

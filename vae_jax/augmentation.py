@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy import ndimage
 
-from vae_jax import api, data
+from vae_jax import api, data, files
 from vae_jax.step import TrainState, model_of
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
@@ -82,15 +82,20 @@ def generate(state: TrainState, per_class: int, key: jax.Array) -> tuple[np.ndar
   return to_uint8(api.sample(state, len(labels_N), key, labels_N)), labels_N.astype(np.int64)
 
 
-def check_out_dir(out: str | os.PathLike) -> Path:
-  """The output directory, refused (ValueError, one line) if it holds a file augment writes,
-  is not a directory, or its parent does not exist; nothing is written here."""
+def dataset_files(channels: int) -> tuple[str, str]:
+  """The IDX names augment writes: images (idx3 for gray, idx4 for colour) and labels."""
+  return (FILES[0] if channels == 1 else FILES[0].replace("idx3", "idx4"), FILES[1])
+
+
+def check_out_dir(out: str | os.PathLike, names: tuple[str, ...] = FILES) -> Path:
+  """The output directory, refused (ValueError, one line) if it holds a file of names, is not
+  a directory, or its parent does not exist; nothing is written here."""
   out = Path(out)
   if out.exists() and (out.is_symlink() or not out.is_dir()):
     raise ValueError(f"--out {out}: exists and is not a directory")
   if not out.exists() and not out.parent.is_dir():
     raise ValueError(f"--out {out}: directory {out.parent} does not exist")
-  taken = [name for name in FILES if os.path.lexists(out / name)]
+  taken = [name for name in names if os.path.lexists(out / name)]
   if taken:
     raise ValueError(
       f"--out {out}: already holds {', '.join(taken)}; vae_jax never replaces a dataset "
@@ -100,25 +105,24 @@ def check_out_dir(out: str | os.PathLike) -> Path:
 
 
 def write_dataset(out: str | os.PathLike, images_NxHxWxC: np.ndarray, labels_N: np.ndarray) -> Path:
-  """The two IDX files of a labelled training set in directory out (created if missing), each
-  written under a temporary name and renamed, never through a link."""
-  out = check_out_dir(out)
+  """The two IDX files (gzipped) of a labelled training set in directory out (created if
+  missing): each whole or absent (files.write_atomic), neither replacing a file, and the
+  images removed again if the labels cannot be written."""
+  names = dataset_files(images_NxHxWxC.shape[-1])
+  out = check_out_dir(out, names)
   if labels_N.max(initial=0) > 255 or labels_N.min(initial=0) < 0:
     raise ValueError("labels: the IDX label file holds classes 0 to 255")
   images = images_NxHxWxC[..., 0] if images_NxHxWxC.shape[-1] == 1 else images_NxHxWxC
+  contents = [
+    gzip.compress(data.idx_bytes(a), mtime=0) for a in (images, labels_N.astype(np.uint8))
+  ]
   out.mkdir(exist_ok=True)
-  names = (FILES[0] if images.ndim == 3 else FILES[0].replace("idx3", "idx4"), FILES[1])
-  for name, array in zip(names, (images, labels_N.astype(np.uint8))):
-    tmp = out / f".{name}.tmp"
-    try:
-      with os.fdopen(
-        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "wb"
-      ) as f:
-        f.write(gzip.compress(data.idx_bytes(array), mtime=0))
-      os.link(tmp, out / name)  # Fails if the name appeared meanwhile: nothing is replaced.
-    finally:
-      if tmp.is_file() and not tmp.is_symlink():
-        tmp.unlink()
+  files.write_atomic(out / names[0], contents[0], replace=False)
+  try:
+    files.write_atomic(out / names[1], contents[1], replace=False)
+  except OSError:
+    (out / names[0]).unlink()
+    raise
   return out
 
 
@@ -131,6 +135,11 @@ def augment(workdir, out, per_class: int = 1000, seed: int = 0, which: str = "la
   if not 1 <= per_class < 2**31:
     raise ValueError(f"--num {per_class}: expected a number of images per class >= 1")
   run = open_run(workdir, which)
+  if run.settings.data.source == "encoded":
+    raise ValueError(
+      f"augment: run {workdir} models another run's latent codes, not images; augment a "
+      "conditional model of the images (cmlp, cconv, m2 on images)"
+    )
   model = model_of(run.state)
   pixels = per_class * getattr(model, "num_classes", 1) * math.prod(run.image_shape)
   if pixels * 5 > 2**34:  # float32 images and their uint8 copy: refused past 16 GiB.

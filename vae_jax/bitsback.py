@@ -37,9 +37,10 @@ from jax.scipy import special
 
 from vae_jax import losses
 
-WORD_BITS = 32
 INITIAL_WORDS = 32  # 1,024 bits of a fixed sequence at the bottom of the stack.
 MAX_BATCH = 1024
+PRIOR_PRECISION = 8  # 2^8 buckets of equal prior mass per latent dimension (the paper's).
+LIKELIHOODS = losses.DISCRETE  # The likelihoods it codes.
 _MODELS = constriction.stream.model
 
 
@@ -100,34 +101,40 @@ def _observation(params, apply_fn, z_idx_BxL, *, precision: int, likelihood: str
 @jax.jit
 def _ends(loc_scale_Nx2):
   """P(level 0), P(level 255) and P(a level between) of each pixel: N x 3."""
-  probs = losses.discretized_logistic_probs(loc_scale_Nx2[:, 0], loc_scale_Nx2[:, 1], ends=True)
-  return probs
+  return losses.discretized_logistic_probs(loc_scale_Nx2[:, 0], loc_scale_Nx2[:, 1], ends=True)
 
 
 @jax.jit
-def _middle(loc_scale_Mx2):
+def _between(loc_scale_Mx2):
   """P(level k | 0 < k < 255) of each pixel, k = 1..254 (unnormalized): M x 254."""
   return losses.discretized_logistic_probs(loc_scale_Mx2[:, 0], loc_scale_Mx2[:, 1])[:, 1:-1]
 
 
-def _padded_rows(fn, rows_Nx2):
-  """fn on rows padded to a power of two (the same compiled shapes in both directions)."""
-  pad = np.zeros((padded(len(rows_Nx2)) - len(rows_Nx2), 2), rows_Nx2.dtype)
-  return np.asarray(fn(np.concatenate([rows_Nx2, pad])))[: len(rows_Nx2)]
+def padded_call(fn: Callable, rows_Nx, *args, **kwargs) -> np.ndarray:
+  """fn(*args, rows padded to the next power of two, **kwargs)[:N] as numpy: the compiled
+  shapes are few, and the same in both directions (so are the floats)."""
+  n = len(rows_Nx)
+  pad = np.zeros((padded(n) - n, *rows_Nx.shape[1:]), rows_Nx.dtype)
+  return np.asarray(fn(*args, np.concatenate([rows_Nx, pad]), **kwargs)[:n])
 
 
 class Codec:
-  """A trained model's coder: ``encode(symbols_NxD) -> words``, ``decode(words) -> symbols``.
+  """A trained model's coder: ``encode(symbols) -> (words, batch sizes)`` and back.
 
-  symbols: what the likelihood codes per pixel: 0/1 (bernoulli) or 0..255
-  (discretized_logistic), N x H x W x C int. The batch sizes are part of the code (the header
-  of vae_jax.compression holds them).
+  symbols: what the likelihood codes per pixel, N x H x W x C int: 0/1 (bernoulli) or 0..255
+  (discretized_logistic). The batch sizes are part of the code (vae_jax.compression's header
+  holds them).
   """
 
   def __init__(
-    self, params, apply_fn: Callable, likelihood: str, latent_dim: int, precision: int = 8
+    self,
+    params,
+    apply_fn: Callable,
+    likelihood: str,
+    latent_dim: int,
+    precision: int = PRIOR_PRECISION,
   ):
-    if likelihood not in ("bernoulli", "discretized_logistic"):
+    if likelihood not in LIKELIHOODS:
       raise ValueError(
         f"likelihood {likelihood!r}: bits-back coding needs a discrete likelihood "
         "('bernoulli' for binary images, 'discretized_logistic' for 256 levels)"
@@ -136,49 +143,53 @@ class Codec:
     self.latent_dim, self.precision = latent_dim, precision
     self.levels = 2 if likelihood == "bernoulli" else losses.LEVELS
 
-  def _net(self, fn, batch, **kw):
-    """fn on a batch padded to its compiled shape: numpy float32 rows of the batch."""
-    n = len(batch)
-    pad = np.zeros((padded(n) - n, *batch.shape[1:]), batch.dtype)
-    out = fn(
-      self.params, self.apply_fn, np.concatenate([batch, pad]), precision=self.precision, **kw
+  def _posterior(self, symbols_BxHxWxC) -> np.ndarray:
+    """Q(bucket) of every latent of the batch, BL x 2^precision (image-major)."""
+    x_BxHxWxC = symbols_BxHxWxC.astype(np.float32) / np.float32(self.levels - 1)
+    q_BxLxK = padded_call(
+      _posterior, x_BxHxWxC, self.params, self.apply_fn, precision=self.precision
     )
-    return np.asarray(out[:n])
+    return q_BxLxK.reshape(-1, q_BxLxK.shape[-1])
 
-  def _q(self, symbols):
-    x = symbols.astype(np.float32) / np.float32(self.levels - 1)
-    q = self._net(_posterior, x)
-    return q.reshape(-1, q.shape[-1])
-
-  def _obs(self, z_idx):
-    return self._net(_observation, z_idx.reshape(-1, self.latent_dim), likelihood=self.likelihood)
+  def _pixels(self, z_idx_BL) -> np.ndarray:
+    """Each pixel's parameters given the latents' buckets: B x D (bernoulli) or B x D x 2."""
+    return padded_call(
+      _observation,
+      z_idx_BL.reshape(-1, self.latent_dim),
+      self.params,
+      self.apply_fn,
+      precision=self.precision,
+      likelihood=self.likelihood,
+    )
 
   # 256 levels are coded in two steps, the same code length: which of level 0, level 255 or
   # a level between (every pixel), then which level between (those pixels alone), so the
   # 254-entry tables are computed for the few pixels that need them (MNIST: 1 in 6).
-  def _push_x(self, coder, x_flat, obs):
+  def _push_x(self, coder, x_BD, pixels):
     categorical = _MODELS.Categorical(perfect=False)
     if self.likelihood == "bernoulli":
-      coder.encode_reverse(x_flat, _MODELS.Bernoulli(perfect=False), obs.reshape(-1))
+      coder.encode_reverse(x_BD, _MODELS.Bernoulli(perfect=False), pixels.reshape(-1))
       return
-    rows = obs.reshape(-1, 2)
-    end = np.where(x_flat == 0, 0, np.where(x_flat == self.levels - 1, 1, 2)).astype(np.int32)
-    between = np.flatnonzero(end == 2)
-    if len(between):
-      coder.encode_reverse(x_flat[between] - 1, categorical, _padded_rows(_middle, rows[between]))
-    coder.encode_reverse(end, categorical, _padded_rows(_ends, rows))
+    loc_scale_BDx2 = pixels.reshape(-1, 2)
+    end_BD = np.where(x_BD == 0, 0, np.where(x_BD == self.levels - 1, 1, 2)).astype(np.int32)
+    between_M = np.flatnonzero(end_BD == 2)
+    if len(between_M):
+      table_Mx254 = padded_call(_between, loc_scale_BDx2[between_M])
+      coder.encode_reverse(x_BD[between_M] - 1, categorical, table_Mx254)
+    coder.encode_reverse(end_BD, categorical, padded_call(_ends, loc_scale_BDx2))
 
-  def _pop_x(self, coder, obs):
+  def _pop_x(self, coder, pixels) -> np.ndarray:
     categorical = _MODELS.Categorical(perfect=False)
     if self.likelihood == "bernoulli":
-      return coder.decode(_MODELS.Bernoulli(perfect=False), obs.reshape(-1))
-    rows = obs.reshape(-1, 2)
-    end = coder.decode(categorical, _padded_rows(_ends, rows))
-    x_flat = np.where(end == 0, 0, self.levels - 1).astype(np.int32)
-    between = np.flatnonzero(end == 2)
-    if len(between):
-      x_flat[between] = coder.decode(categorical, _padded_rows(_middle, rows[between])) + 1
-    return x_flat
+      return coder.decode(_MODELS.Bernoulli(perfect=False), pixels.reshape(-1))
+    loc_scale_BDx2 = pixels.reshape(-1, 2)
+    end_BD = coder.decode(categorical, padded_call(_ends, loc_scale_BDx2))
+    x_BD = np.where(end_BD == 0, 0, self.levels - 1).astype(np.int32)
+    between_M = np.flatnonzero(end_BD == 2)
+    if len(between_M):
+      table_Mx254 = padded_call(_between, loc_scale_BDx2[between_M])
+      x_BD[between_M] = coder.decode(categorical, table_Mx254) + 1
+    return x_BD
 
   def encode(self, symbols_NxHxWxC: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """(the stack's words, the batch sizes) for the images' symbols, in order."""
@@ -188,10 +199,10 @@ class Codec:
     sizes, start = [], 0
     while start < len(symbols):
       size = schedule(coder.num_bits(), self.latent_dim * self.precision, len(symbols) - start)
-      batch = symbols[start : start + size]
-      z = coder.decode(_MODELS.Categorical(perfect=False), self._q(batch))  # Bits back.
-      self._push_x(coder, batch.reshape(-1), self._obs(z))
-      coder.encode_reverse(z, prior)
+      batch_BxHxWxC = symbols[start : start + size]
+      z_idx_BL = coder.decode(_MODELS.Categorical(perfect=False), self._posterior(batch_BxHxWxC))
+      self._push_x(coder, batch_BxHxWxC.reshape(-1), self._pixels(z_idx_BL))
+      coder.encode_reverse(z_idx_BL, prior)
       sizes.append(size)
       start += size
     return coder.get_compressed(), sizes
@@ -203,11 +214,10 @@ class Codec:
     prior = _MODELS.Uniform(1 << self.precision)
     batches = []
     for size in reversed(sizes):
-      z = coder.decode(prior, size * self.latent_dim)
-      x = self._pop_x(coder, self._obs(z)).reshape(size, *image_shape)
-      coder.encode_reverse(z, _MODELS.Categorical(perfect=False), self._q(x))
-      batches.append(x)
-    rest = coder.get_compressed()
-    if not np.array_equal(rest, initial_words()):
+      z_idx_BL = coder.decode(prior, size * self.latent_dim)
+      x_BxHxWxC = self._pop_x(coder, self._pixels(z_idx_BL)).reshape(size, *image_shape)
+      coder.encode_reverse(z_idx_BL, _MODELS.Categorical(perfect=False), self._posterior(x_BxHxWxC))
+      batches.append(x_BxHxWxC)
+    if not np.array_equal(coder.get_compressed(), initial_words()):
       raise ValueError("the code did not end at its initial words: the file is corrupt")
     return np.concatenate(batches[::-1]) if batches else np.zeros((0, *image_shape), np.int32)

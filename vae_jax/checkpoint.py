@@ -29,6 +29,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from vae_jax import files
+
 if TYPE_CHECKING:
   from vae_jax.data import Splits
 
@@ -343,18 +345,7 @@ def write_text_atomic(path: Path, text: str) -> None:
   if not is_local(path):
     path.write_text(text)
     return
-  tmp = path.with_name(f".{path.name}.tmp")
-  # O_NOFOLLOW: a link put at the temporary name is an error, never written through.
-  try:
-    with os.fdopen(
-      os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666),
-      "w",
-      encoding="utf-8",
-    ) as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except OSError as e:  # Named by the file (a write's error names no file; the rename's, two).
-    raise OSError(e.errno, e.strerror, str(path)) from None
+  files.write_atomic(path, text.encode("utf-8"))
 
 
 def _one_line(e: BaseException) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vae_jax import bitsback, checkpoint, cpu_kernels, data, evaluate, images
+from vae_jax import bitsback, checkpoint, cpu_kernels, data, evaluate, files, images
 from vae_jax.step import TrainState, model_of
 
 MAGIC = b"VJXBBANS"
@@ -73,12 +73,24 @@ def likelihood_of(state: TrainState, likelihood: str) -> str:
       f"model {type(model).__name__}: bits-back coding here needs one Gaussian latent layer "
       "with the N(0, I) prior and no labels (mlp, conv, or a model of yours like them)"
     )
-  if likelihood not in ("bernoulli", "discretized_logistic"):
+  if likelihood not in bitsback.LIKELIHOODS:
     raise CompressionError(
       f"the run's likelihood is {likelihood!r}; compression needs a discrete one: "
       "'bernoulli' (binary images) or 'discretized_logistic' (uint8 images)"
     )
   return likelihood
+
+
+def png_name(name) -> bool:
+  """Whether name is one compress reads and decompress writes: a plain file name (no
+  directory, not hidden) ending in .png, any case."""
+  return (
+    isinstance(name, str)
+    and name == os.path.basename(name)
+    and not name.startswith(".")
+    and "\0" not in name
+    and name.lower().endswith(".png")
+  )
 
 
 def to_symbols(images_u8: np.ndarray, likelihood: str, where: str) -> tuple[np.ndarray, list[int]]:
@@ -95,9 +107,7 @@ def to_symbols(images_u8: np.ndarray, likelihood: str, where: str) -> tuple[np.n
   )
 
 
-def compress_images(
-  state: TrainState, images_u8, likelihood: str, names=None, precision: int = 8
-) -> bytes:
+def compress_images(state: TrainState, images_u8, likelihood: str, names=None) -> bytes:
   """The file's bytes for uint8 images N x H x W x C of the model's shape (see above)."""
   images_u8 = np.asarray(images_u8)
   model = model_of(state)
@@ -106,8 +116,11 @@ def compress_images(
       f"images: expected uint8 images of the model's shape {tuple(model.image_shape)}, got "
       f"{images_u8.dtype} {images_u8.shape[1:]}"
     )
+  if not len(images_u8):
+    raise CompressionError("images: none to compress")
   symbols, values = to_symbols(images_u8, likelihood_of(state, likelihood), "images")
-  codec = bitsback.Codec(state.params, state.apply_fn, likelihood, model.latent_dim, precision)
+  codec = bitsback.Codec(state.params, state.apply_fn, likelihood, model.latent_dim)
+
   words, sizes = codec.encode(symbols)
   header = {
     "format": FORMAT,
@@ -115,7 +128,7 @@ def compress_images(
     "image_shape": list(images_u8.shape[1:]),
     "likelihood": likelihood,
     "values": values,
-    "precision": precision,
+    "precision": bitsback.PRIOR_PRECISION,
     "batches": sizes,
     "names": list(names) if names is not None else None,
     "model_sha256": checkpoint.tree_sha256(state.params),
@@ -159,10 +172,17 @@ def well_formed(header) -> bool:
       and sum(header["batches"]) == header["count"]
       and len(header["image_shape"]) == 3
       and all(ints(d, 1, 2**16) for d in header["image_shape"])
-      and header["likelihood"] in ("bernoulli", "discretized_logistic")
-      and ints(header["precision"], 1, 16)
-      and header["values"] in ([], [0, 1], [0, 255])
-      and (header["names"] is None or isinstance(header["names"], list))
+      and header["likelihood"] in bitsback.LIKELIHOODS
+      and header["precision"] == bitsback.PRIOR_PRECISION
+      and header["values"] in (([],) if header["likelihood"] != "bernoulli" else ([0, 1], [0, 255]))
+      and (
+        header["names"] is None
+        or (
+          len(header["names"]) == header["count"]
+          and all(png_name(n) for n in header["names"])
+          and len(set(header["names"])) == len(header["names"])
+        )
+      )
       and isinstance(header["model_sha256"], str)
       and isinstance(header["environment"], dict)
     )
@@ -171,11 +191,16 @@ def well_formed(header) -> bool:
 
 
 def decompress_bytes(
-  state: TrainState, blob: bytes, where: str = "file"
+  state: TrainState, blob: bytes, where: str = "file", likelihood: str | None = None
 ) -> tuple[np.ndarray, list | None]:
-  """(images_u8 N x H x W x C, their PNG names or None) of a compressed file's bytes."""
+  """(images_u8 N x H x W x C, their PNG names or None) of a compressed file's bytes;
+  likelihood: the run's, which the file's must be (None: the file's is taken)."""
   header, words = read_header(blob, where)
   model = model_of(state)
+  if likelihood is not None and header["likelihood"] != likelihood:
+    raise CompressionError(
+      f"{where}: was coded with the {header['likelihood']} likelihood; this run's is {likelihood}"
+    )
   if header["model_sha256"] != checkpoint.tree_sha256(state.params):
     raise CompressionError(
       f"{where}: was coded by another model (parameters' SHA-256 {header['model_sha256'][:12]}..., "
@@ -197,20 +222,7 @@ def decompress_bytes(
       "come from float outputs that must be bit-identical: decode it where it was coded"
     )
   names = header["names"]
-  if names is not None and (
-    len(names) != header["count"]
-    or not all(
-      isinstance(n, str)
-      and n == os.path.basename(n)
-      and n.endswith(".png")
-      and not n.startswith(".")
-      for n in names
-    )
-  ):
-    raise CompressionError(f"{where}: its header names files that are not plain PNG names")
-  codec = bitsback.Codec(
-    state.params, state.apply_fn, header["likelihood"], model.latent_dim, header["precision"]
-  )
+  codec = bitsback.Codec(state.params, state.apply_fn, header["likelihood"], model.latent_dim)
   try:
     symbols = codec.decode(words, header["batches"], tuple(header["image_shape"]))
   except Exception as e:  # The coder's own errors on a code it cannot read: one answer.
@@ -233,7 +245,7 @@ def read_images(source: str, run) -> tuple[np.ndarray, list[str] | None]:
     return np.asarray(x_u8), None
   path = Path(source)
   if path.is_dir():
-    names = sorted(p.name for p in path.iterdir() if p.suffix.lower() == ".png")
+    names = sorted(p.name for p in path.iterdir() if png_name(p.name) and p.is_file())
     if not names:
       raise CompressionError(f"--input {path}: a directory without PNG files")
     try:
@@ -264,20 +276,6 @@ def _check_new(out: Path, overwrite: bool) -> None:
     raise CompressionError(f"--out {out}: directory {out.parent} does not exist")
 
 
-def _write_new(out: Path, content: bytes) -> None:
-  """content as out: a temporary file renamed, never through a link."""
-  tmp = out.with_name(f".{out.name}.tmp")
-  try:
-    with os.fdopen(
-      os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666), "wb"
-    ) as f:
-      f.write(content)
-    os.replace(tmp, out)
-  finally:
-    if tmp.is_file() and not tmp.is_symlink():
-      tmp.unlink()
-
-
 def compress(
   workdir, source: str, out, which: str = "latest", overwrite: bool = False
 ) -> dict[str, Any]:
@@ -293,7 +291,7 @@ def compress(
   with jax.default_matmul_precision(run.settings.run.matmul_precision):
     blob = compress_images(run.state, x_u8, likelihood, names)
   seconds = time.perf_counter() - start
-  _write_new(out, blob)
+  files.write_atomic(out, blob, replace=overwrite)
   return {
     "images": len(x_u8),
     "bytes": len(blob),
@@ -327,11 +325,14 @@ def decompress(
   run = open_run(workdir, which)
   start = time.perf_counter()
   with jax.default_matmul_precision(run.settings.run.matmul_precision):
-    x_u8, names = decompress_bytes(run.state, blob, f"--input {source}")
+    likelihood = run.settings.objective[1].get("likelihood", "bernoulli")
+    x_u8, names = decompress_bytes(run.state, blob, f"--input {source}", likelihood)
   seconds = time.perf_counter() - start
   if as_idx:
     content = data.idx_bytes(x_u8[..., 0] if x_u8.shape[-1] == 1 else x_u8)
-    _write_new(out, gzip.compress(content, mtime=0) if out.suffix == ".gz" else content)
+    files.write_atomic(
+      out, gzip.compress(content, mtime=0) if out.suffix == ".gz" else content, replace=overwrite
+    )
   else:
     out.mkdir(exist_ok=True)
     width = len(str(max(len(x_u8) - 1, 0)))

@@ -64,7 +64,7 @@ class Data:
   ``source``: 'bundled' (MNIST in the package, Fashion-MNIST in the system's copy), 'idx'
   (dir: a directory of IDX files) or 'tfds' (prepared in dir or TFDS's default directory;
   download only when asked; 'encoded': dir is a trained run, whose data become its
-  posterior means). *_examples: 0 = the whole split, N = its first N. binarize: a fresh
+  posterior, a draw at each step). *_examples: 0 = the whole split, N = its first N. binarize: a fresh
   Bernoulli(pixel / 255) draw of the inputs at every step (dynamic binarization).
   labels_per_class: for an objective that uses labels (m2), N: the run keeps the labels of N
   training examples per class, drawn with its seed, and the others are unlabelled (0: all)."""

@@ -11,7 +11,7 @@ Every source returns ``(images_NxHxWxC uint8, labels_N int64)``: IDX files of 3 
 - ``tfds``: tensorflow-datasets through ``tfds.data_source`` (no TensorFlow needed), any
   image dataset with an ``image`` feature; never downloads unless ``download=True``
   (``python -m vae_jax prepare`` builds mnist and fashion_mnist from IDX files offline).
-- ``encoded``: a trained run's posterior means as float32 features (vae_jax/encoded.py).
+- ``encoded``: a trained run's posterior q(z|x) as float32 data (vae_jax/encoded.py).
 """
 
 from __future__ import annotations

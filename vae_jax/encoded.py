@@ -62,7 +62,7 @@ def load_encoded(workdir: str, split: str, limit: int = 0) -> tuple[np.ndarray, 
   if not workdir:
     raise DataError(
       "config.data.source='encoded': set config.data.dir to the trained run whose "
-      "posterior means are the data"
+      "posterior is the data"
     )
   features, labels = _encode_run(str(workdir))[split]
   return (features[:limit], labels[:limit]) if limit else (features, labels)

@@ -87,9 +87,7 @@ class Programs:
     num_classes = getattr(group.model, "num_classes", 0) if conditional else 0
     step_fn = functools.partial(
       step_lib.train_step,
-      objective_fn=objectives.with_labels(group.objective, True)
-      if conditional
-      else group.objective.fn,
+      objective_fn=objectives.with_labels(group.objective, conditional),
       binarize=settings.data.binarize,
       mesh=mesh,
     )
@@ -151,9 +149,7 @@ class Programs:
           shared,
           jax.random.fold_in(key, epoch),
           batch_size=settings.optim.eval_batch_size,
-          objective_fn=objectives.with_labels(group.eval_objective, True)
-          if conditional
-          else group.eval_objective.fn,
+          objective_fn=objectives.with_labels(group.eval_objective, conditional),
           hparams=hp,
           mesh=mesh,
         )

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, data, objectives, parallel
+from vae_jax import checkpoint, data, losses, objectives, parallel
 from vae_jax.runs import open_run  # Restoring needs the checkpoint code, not the training loop.
 from vae_jax.step import model_of, to_float
 
@@ -277,7 +277,7 @@ def evaluate_run(
       "q(z|x) or p(z), so no importance-weighted likelihood"
     )
   likelihood = objective_settings.get("likelihood", "bernoulli")
-  if likelihood not in ("bernoulli", "discretized_logistic"):
+  if likelihood not in losses.DISCRETE:
     raise ValueError(
       f"workdir {workdir}: likelihood {likelihood!r}; the test NLL needs a discrete "
       "likelihood: the Bernoulli decoder of binarized MNIST, or the discretized logistic "

@@ -104,6 +104,14 @@ def make_group(config, splits, overrides: list[dict[str, Any]] | None = None) ->
     )
   if settings.model[0].target.conditional:
     check_labels(settings, splits)
+  if np.issubdtype(x_train.dtype, np.floating):  # An encoded posterior: real-valued codes.
+    likelihood = settings.objective[1].get("likelihood")
+    if settings.data.binarize or likelihood != "normal":
+      raise ConfigError(
+        "data: an encoded run's latent codes are real values; train on them with "
+        "config.objective.likelihood='normal' and config.data.binarize=False (here "
+        f"{likelihood!r}, binarize={settings.data.binarize})"
+      )
   features = np.issubdtype(x_train.dtype, np.floating)  # An encoded posterior: its mean.
   group = build_group(
     settings,

@@ -33,8 +33,9 @@ def image_grid(images_NxHxWxC: np.ndarray, nrow: int = 8, padding: int = 2) -> n
 def save_png(path: str | os.PathLike, grid_u8: np.ndarray) -> None:
   """A gray (H x W) or colour (H x W x 3) uint8 grid as a PNG.
 
-  Written to ``.<name>.tmp`` (never through a link there) and renamed: a failed write (a full
-  disk) leaves no partial PNG, and the file replaced is the old one or the new, whole.
+  Written to ``.<name>.tmp`` (never through a link there) and renamed, as files.write_atomic
+  does, with PIL writing into the file itself: a failed write (a full disk) leaves no partial
+  PNG, and the file replaced is the old one or the new, whole.
   """
   path = os.fspath(path)
   tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
@@ -52,27 +53,20 @@ def save_png(path: str | os.PathLike, grid_u8: np.ndarray) -> None:
 
 
 def read_png(path: str | os.PathLike, image_shape: tuple[int, ...]) -> np.ndarray:
-  """A PNG as uint8 H x W x C of image_shape (gray for C = 1, RGB for C = 3; a 1-bit PNG's
-  pixels as 0 and 255); ValueError naming the file when it is not one of that shape."""
+  """A PNG as uint8 H x W x C of image_shape: gray (mode L, or 1-bit as 0 and 255) for C = 1,
+  RGB for C = 3; ValueError naming the file for any other size or mode (a palette or an alpha
+  channel would not come back bit for bit)."""
   height, width, channels = image_shape
+  modes = {1: ("L", "1"), 3: ("RGB",)}.get(channels, ())
   try:
     with Image.open(path) as image:
       image.load()
-      mode = {1: "L", 3: "RGB"}.get(channels)
-      if (
-        mode is None
-        or image.mode not in ("1", "L", "RGB", "RGBA", "P")
-        or image.size != (width, height)
-      ):
+      if image.mode not in modes or image.size != (width, height):
         raise ValueError(
           f"PNG {path}: {image.size[0]}x{image.size[1]} {image.mode}; expected {width}x{height} "
-          f"{'gray' if channels == 1 else f'{channels}-channel'} images (the model's)"
+          f"{' or '.join(modes) or f'{channels}-channel'} images (the model's)"
         )
-      if (image.mode in ("RGB", "RGBA")) != (channels == 3):
-        raise ValueError(
-          f"PNG {path}: mode {image.mode}; the model's images have {channels} channel(s)"
-        )
-      pixels = np.asarray(image.convert(mode), np.uint8)
+      pixels = np.asarray(image.convert(modes[0]), np.uint8)
   except OSError as e:
     raise ValueError(f"PNG {path}: cannot be read ({e})") from None
   return pixels.reshape(height, width, channels)

@@ -7,7 +7,7 @@ writes nothing but its own output file.
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import api, checkpoint, data, images, objectives, parallel, step
+from vae_jax import api, checkpoint, data, files, images, objectives, parallel, step
 from vae_jax.evaluate import collapse_warning, latent_diagnostics
 from vae_jax.group import run_context
 from vae_jax.runs import open_run
@@ -100,18 +100,9 @@ def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
   x_u8, labels = _load_split(run, split)
   x_NxD = step.to_float(jnp.asarray(x_u8))
   mu, logvar = api.encode(run.state, x_NxD, _labels(run, labels))
-  tmp = out.with_name(f".{out.stem}.tmp.npz")
-  try:  # O_NOFOLLOW: a link at the temporary name is an error, never written through.
-    with os.fdopen(
-      os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666), "wb"
-    ) as f:
-      np.savez(f, mu=mu, logvar=logvar, labels=labels)
-    tmp.replace(out)
-  except OSError as e:  # Named by --out, not by its temporary file.
-    raise OSError(e.errno, e.strerror, str(out)) from None
-  finally:
-    if tmp.is_file() and not tmp.is_symlink():
-      tmp.unlink()  # Gone after the rename; removed if the write failed.
+  buffer = io.BytesIO()
+  np.savez(buffer, mu=mu, logvar=logvar, labels=labels)
+  files.write_atomic(out, buffer.getvalue())
   return out
 
 
@@ -141,9 +132,7 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
         (jnp.asarray(x_u8), jnp.asarray(labels, jnp.int32)) if conditional else jnp.asarray(x_u8),
         jax.random.fold_in(keys["eval"], epoch),
         batch_size=settings.optim.eval_batch_size,
-        objective_fn=objectives.with_labels(eval_objective, True)
-        if conditional
-        else eval_objective.fn,
+        objective_fn=objectives.with_labels(eval_objective, conditional),
         hparams=hparams,
       )
     )

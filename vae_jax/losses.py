@@ -76,6 +76,8 @@ def vae_loss(logits_BxD, x_BxD, mu_BxL, logvar_BxL, beta: float = 1.0):
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "normal", "discretized_logistic")
 # Parameters per pixel of each likelihood: the decoder outputs C x this many channels.
 PIXEL_PARAMS = {"discretized_logistic": 2}
+DISCRETE = ("bernoulli", "discretized_logistic")  # A probability per value: a test NLL, a code.
+WITH_SIGMA = ("gaussian", "normal")  # A sigma: config gaussian_sigma, or 0 for a learned one.
 LEVELS = 256  # Gray levels of the discrete likelihoods: uint8 pixels, x = k / 255.
 # The discretized logistic's smallest log scale (in [0, 1] units, 9e-4: a quarter of a level;
 # PixelCNN++'s bound): a scale headed to 0 would overflow exp(-log scale).
@@ -191,7 +193,7 @@ def nll_per_example(
     return jnp.sum(bce_with_logits(logits_BxD, x_BxD), -1) - jnp.sum(
       continuous_bernoulli_log_norm(probs), -1
     )
-  if likelihood in ("gaussian", "normal"):
+  if likelihood in WITH_SIGMA:
     if log_sigma is None:
       raise ValueError(f"likelihood {likelihood!r}: expected log_sigma (a scalar or one per pixel)")
     log_sigma = jnp.reshape(log_sigma, -1)

@@ -48,6 +48,17 @@ def static(default: Any) -> Any:
   return struct.field(pytree_node=False, default=default)
 
 
+def internal(default: Any) -> Any:
+  """A static field that is no config setting: the objective's own switch (for_evaluation
+  sets it), which a config can neither see nor set."""
+  return struct.field(pytree_node=False, default=default, metadata={"setting": False})
+
+
+def is_setting(f: dataclasses.Field) -> bool:
+  """Whether an Hparams field is a config.objective setting (run context and internal aside)."""
+  return f.name not in CONTEXT and f.metadata.get("setting", True)
+
+
 @struct.dataclass
 class Hparams:
   """Base of every objective's settings: subclass it with ``@flax.struct.dataclass``; each
@@ -110,7 +121,7 @@ def register_objective(
     )
 
   def decorate(fn: F) -> F:
-    settings = {f.name: f.default for f in dataclasses.fields(hparams_cls) if f.name not in CONTEXT}
+    settings = {f.name: f.default for f in dataclasses.fields(hparams_cls) if is_setting(f)}
     REGISTRY.register(
       name,
       Objective(
@@ -199,7 +210,7 @@ def dynamic_settings(objective: Objective) -> tuple[str, ...]:
   return tuple(
     f.name
     for f in dataclasses.fields(objective.hparams_cls)
-    if f.metadata.get("pytree_node", True) and f.name not in CONTEXT
+    if f.metadata.get("pytree_node", True) and is_setting(f)
   )
 
 
@@ -260,7 +271,7 @@ class Likelihood(Hparams):
 
   @property
   def learned_sigma(self) -> bool:
-    return self.likelihood in ("gaussian", "normal") and self.gaussian_sigma == 0
+    return self.likelihood in losses.WITH_SIGMA and self.gaussian_sigma == 0
 
   @property
   def pixel_params(self) -> int:
@@ -271,7 +282,7 @@ class Likelihood(Hparams):
 def nll_fn(params: Mapping[str, Any], hparams: Likelihood, batch_ndim: int = 1) -> Callable:
   """(logits, x) -> -log p(x|z) per example (nats) under the hparams' likelihood."""
   log_sigma = None
-  if hparams.likelihood in ("gaussian", "normal"):
+  if hparams.likelihood in losses.WITH_SIGMA:
     log_sigma = (
       params["log_sigma"]
       if hparams.gaussian_sigma == 0

@@ -31,18 +31,18 @@ from flax import struct
 
 from vae_jax import losses, step
 from vae_jax.models import reparameterize
-from vae_jax.objectives import Likelihood, nll_fn, register_objective, static
+from vae_jax.objectives import Likelihood, internal, nll_fn, register_objective, static
 from vae_jax.registry import ConfigError
 
 
 @struct.dataclass
 class M2Hparams(Likelihood):
   """alpha: weight of -log q(y|x) per labelled example, times N / N_labelled (Kingma et al.:
-  0.1); marginal: every example scored by -U(x), its label only for the classifier's metrics
-  (the test metric)."""
+  0.1). marginal (not a setting: for_evaluation sets it): every example scored by -U(x), its
+  label only for the classifier's metrics (the test metric)."""
 
   alpha: float = 0.1
-  marginal: bool = static(False)
+  marginal: bool = internal(False)
   num_train_examples: int = static(60_000)
   num_labelled_examples: int = static(60_000)
 
@@ -82,10 +82,12 @@ def neg_bounds(params, apply_fn, x, key, hparams: Likelihood, num_classes: int):
 
 @register_objective("m2", M2Hparams, evaluate_with=None, uses_labels=True)
 def m2(params, apply_fn, x, key, hparams: M2Hparams, labels):
-  """J of Kingma et al. (2014) on a batch whose labels are -1 where unknown (batch sums).
+  """J of Kingma et al. (2014) on a batch whose labels are -1 where unknown (batch sums, nats).
 
   Metrics: loss; bce and kl (of the labelled bound at the label, of the unlabelled one as
   their expectation under q(y|x)); labelled; class_error and class_ce over the labelled.
+  loss is not bce + kl: it adds -log p(y) = log C per example, takes off H(q(y|x)) for each
+  unlabelled one, and adds alpha N / N_labelled times class_ce.
   """
   log_q_BxC = jax.nn.log_softmax(apply_fn({"params": params}, x, method="classify"))
   num_classes = log_q_BxC.shape[-1]

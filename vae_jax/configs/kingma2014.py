@@ -13,7 +13,9 @@ From the paper and its code (github.com/dpkingma/nips14-ssl), with what differs 
   images (10,000 held out), trained for a "long run" of unstated length; here batch 100, all
   60,000, 500 epochs.
 - m2 (on images): q(z|x, y) and p(x|y, z) with one hidden layer of 500 softplus units, 50
-  latents, q(y|x) an MLP of 500 units; Bernoulli; alpha = 0.1 (times N / N_labelled).
+  latents, q(y|x) an MLP of 500 units; alpha = 0.1 (times N / N_labelled); the Bernoulli
+  likelihood of the gray pixels (pixels / 255, as the reference VAE), so that q(y|x) trains
+  on the images it is tested on.
 - m1m2: the same M2 on M1's posterior (data source 'encoded': config.data.dir names the M1
   run; its active units only; a fresh z1 ~ q(z1|x) at every step, the mean for evaluation, as
   the code does), with a Gaussian likelihood of learned per-feature sigma (the code's M2
@@ -75,9 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.objective.update(name="m2", alpha=0.1)
   config.data.labels_per_class = per_class
   config.optim.update(batch_size=100, learning_rate=1e-3, num_epochs=epochs or 300)
-  if model == "m2":
-    config.data.binarize = True
-  else:
+  if model != "m2":
     config.data.source = "encoded"
     config.objective.update(likelihood="normal", gaussian_sigma=0.0)
     config.run.save_images = False

@@ -191,6 +191,12 @@ def build(model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...], hpara
     )
   if settings.get("latent_dim", 1) < 1:
     raise ConfigError(f"config.model.latent_dim={settings['latent_dim']}: expected an integer >= 1")
+  likelihood = getattr(hparams, "likelihood", "bernoulli")
+  if settings.get("output_bias") == "data_mean" and likelihood in ("normal", *losses.PIXEL_PARAMS):
+    raise ConfigError(
+      f"config.model.output_bias='data_mean' sets the decoder's output to the logit of the mean "
+      f"pixel, a mean through a sigmoid; likelihood {likelihood!r} has none (use 'init')"
+    )
   module = entry.target(
     image_shape=tuple(image_shape),
     learned_sigma=getattr(hparams, "learned_sigma", False),

@@ -6,18 +6,20 @@ Run (resumable: the same command continues after a kill, and skips what finished
       --m2-epochs 0 --workdir runs/kingma2014_quick        # a quick look
 
 1. M1, the feature extractor (vae_jax/configs/kingma2014.py:m1; --m1-epochs).
-2. For each label count L in --labels: M1+M2 (kingma2014.py:m1m2,L/10) on M1's active posterior
-   means, three label draws (seeds 1-3: each keeps its own L/10 labels per class) trained as one
-   program (a study of seeds alone, vae_jax.sweep), --epochs epochs.
+2. For each label count L in --labels: M1+M2 (kingma2014.py:m1m2,L/10) on M1's posterior (its
+   active units; a fresh z1 at every step), three label draws (seeds 1-3: each keeps its own
+   L/10 labels per class) trained as one program (a study of seeds alone, vae_jax.sweep),
+   --epochs epochs (a study that finished is skipped: it keeps the epochs it was run with).
 3. M2 alone on the images (kingma2014.py:m2,10) with 100 labels, --m2-epochs (0: skipped).
 The error is that of q(y|x) on the 10,000 test images, after the last epoch (no validation
-set picks an epoch). Outputs in --workdir: semisupervised.md / .json (the table beside the
-paper's, the protocol, wall times) and semisupervised.png (test error against epoch, every
-run); the runs in m1/, m1m2_<L>/ and m2_100/ (each a sweep directory).
+set picks an epoch). Outputs in --workdir: semisupervised.md / .json (a row for every study
+the workdir holds, beside the paper's; the protocol, wall times) and semisupervised.png (test
+error against epoch, every run); the runs in m1/, m1m2_<L>/ and m2_100/ (sweep directories).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -46,11 +48,10 @@ def quiet(config) -> dict:
 def seeds_study(workdir: Path, name: str, base: dict, seeds: int) -> list[dict]:
   """The seeds of one setting as one program (a study of seeds alone): its rows."""
   study = sweep.make_study(name, f"{name}: {seeds} label draws", {}, seeds, base)
-  start = time.perf_counter()
   rows = sweep.run_study(sweep.check_study(study, name), workdir, log=print)
   errors = [100 * r["test_class_error"] for r in rows]
   print(f"{name}: test error {np.mean(errors):.2f} +- {np.std(errors, ddof=1):.2f} %", flush=True)
-  return [{**r, "seconds": time.perf_counter() - start} for r in rows]
+  return rows
 
 
 def trajectories(workdir: Path) -> dict[str, list[float]]:
@@ -59,6 +60,23 @@ def trajectories(workdir: Path) -> dict[str, list[float]]:
   for path in sorted(workdir.glob("runs/*/seed*/metrics.jsonl")):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     out[path.parent.name] = [100 * r["test_class_error"] for r in records]
+  return out
+
+
+def finished_studies(workdir: Path) -> dict[str, dict]:
+  """Every finished study of the workdir (m1m2_<labels>/, then m2_<labels>/), by row name: its
+  rows (results.csv) and trajectories, whichever invocation trained it."""
+  found = []
+  for study in workdir.glob("m*_*/results.csv"):
+    kind, _, digits = study.parent.name.partition("_")
+    if kind in ("m1m2", "m2") and digits.isdigit():
+      found.append((kind != "m1m2", int(digits), kind, study))
+  out = {}
+  for _, count, kind, study in sorted(found):
+    with open(study) as f:
+      rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    name = f"{'M1+M2' if kind == 'm1m2' else 'M2'} {count}"
+    out[name] = {"labels": count, "rows": rows, "trajectories": trajectories(study.parent)}
   return out
 
 
@@ -76,25 +94,17 @@ def main() -> int:
   m1_dir = args.workdir / "m1"
   _, m1_records = vae_jax.train(config_lib.from_flat(quiet(m1)), m1_dir)
   print(f"M1: {len(m1_records)} epochs, test loss {m1_records[-1]['test_loss']:.2f}", flush=True)
-  runs: dict[str, dict] = {}
   for labels in [int(n) for n in args.labels.split(",")]:
     base = {
       **quiet(kingma2014.get_config(f"m1m2,{labels // 10},{args.epochs}")),
       "data.dir": str(m1_dir),
     }
-    runs[f"M1+M2 {labels}"] = {
-      "labels": labels,
-      "rows": seeds_study(args.workdir / f"m1m2_{labels}", f"m1m2_{labels}", base, args.seeds),
-      "trajectories": trajectories(args.workdir / f"m1m2_{labels}"),
-    }
+    seeds_study(args.workdir / f"m1m2_{labels}", f"m1m2_{labels}", base, args.seeds)
   if args.m2_epochs:
     base = quiet(kingma2014.get_config(f"m2,10,{args.m2_epochs}"))
-    runs["M2 100"] = {
-      "labels": 100,
-      "rows": seeds_study(args.workdir / "m2_100", "m2_100", base, args.seeds),
-      "trajectories": trajectories(args.workdir / "m2_100"),
-    }
+    seeds_study(args.workdir / "m2_100", "m2_100", base, args.seeds)
   seconds = time.perf_counter() - start
+  runs = finished_studies(args.workdir)
   table = []
   for name, run in runs.items():
     model, count = name.rsplit(" ", 1)

@@ -286,6 +286,7 @@ CONFIG_FILES = {
   ),
   "no get_config": ("x = 1\n", "defines no get_config()"),
   "returns a number": ("def get_config():\n  return 3\n", "get_config() returned a int"),
+  "returns nothing": ("def get_config():\n  return None\n", "get_config() returned a NoneType"),
 }
 
 
@@ -294,10 +295,12 @@ def test_bad_config_file_is_one_line(case, tmp_path, capsys):
   path = tmp_path / "config.py"
   if case in CONFIG_FILES:
     path.write_text(CONFIG_FILES[case][0])
-  status, lines = run_main(capsys, ["train", f"--workdir={tmp_path / 'run'}", f"--config={path}"])
-  assert status == 2 and len(lines) == 1, lines
-  assert (CONFIG_FILES[case][1] if case in CONFIG_FILES else "not a file") in lines[0]
-  assert not (tmp_path / "run").exists()
+  for overrides in ([], ["--config.optim.num_epochs=2"]):
+    argv = ["train", f"--workdir={tmp_path / 'run'}", f"--config={path}", *overrides]
+    status, lines = run_main(capsys, argv)
+    assert status == 2 and len(lines) == 1, lines
+    assert (CONFIG_FILES[case][1] if case in CONFIG_FILES else "not a file") in lines[0], lines
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_recipe_argument_reaches_get_config_and_a_bad_one_is_one_line(tmp_path, capsys):

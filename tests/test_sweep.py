@@ -91,6 +91,9 @@ def test_bad_study_is_refused_naming_the_key(tmp_path, axes, message):
 
 
 def test_tiny_sweep_writes_runs_table_plots_and_resumes(tmp_path, small_splits):
+  pytest.importorskip(
+    "matplotlib", reason="a sweep's plots need matplotlib (the experiments extra)"
+  )
   study = sweep.load_study(
     write_study(tmp_path, {"model.latent_dim": [2, 3], "objective.beta": [0.5, 1.0]})
   )
@@ -148,6 +151,9 @@ def test_tiny_sweep_writes_runs_table_plots_and_resumes(tmp_path, small_splits):
 
 
 def test_a_study_of_seeds_alone_has_its_table_and_plot(tmp_path, small_splits):
+  pytest.importorskip(
+    "matplotlib", reason="a sweep's plots need matplotlib (the experiments extra)"
+  )
   study = sweep.load_study(write_study(tmp_path, {}))
   rows = sweep.run_study(study, tmp_path / "sweep", small_splits, log=lambda *_: None)
   losses = [r["test_loss"] for r in rows]

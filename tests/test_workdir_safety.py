@@ -4,6 +4,7 @@ config.json marks a vae_jax run). Anything else under an output's name (a direct
 file goes, a symbolic link, dangling or not, any entry of a directory that is not a run) is
 refused in one line naming it, before anything is written. In-process (main(argv))."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -45,11 +46,18 @@ def assert_refused(status, lines, name):
   assert name in lines[0] and "Traceback" not in lines[0], lines[0]
 
 
+# The run writes tensorboard/ only with tensorboardX (the tensorboard extra) installed.
+NEEDS_TENSORBOARDX = pytest.mark.skipif(
+  importlib.util.find_spec("tensorboardX") is None,
+  reason="tensorboard/ is an output only with tensorboardX installed (the tensorboard extra)",
+)
+TENSORBOARD = pytest.param("tensorboard", marks=NEEDS_TENSORBOARDX)
+
 FRESH_NAMES = [
   "config.json",
   "metrics.jsonl",
   "checkpoints",
-  "tensorboard",
+  TENSORBOARD,
   "sample_1.png",
   "reconstruction_2.png",
   ".first_checkpoint_pending",
@@ -115,7 +123,7 @@ def continue_args(workdir, idx_dir):
 RESUMED_NAMES = [
   "config.json",
   "metrics.jsonl",
-  "tensorboard",
+  TENSORBOARD,
   "checkpoints",
   "sample_2.png",
   "sample_3.png",

@@ -370,7 +370,7 @@ def _unknown_key(e: Exception, config_file: str | None, argv: list[str]) -> int:
       "an ml_collections.ConfigDict)"
     )
   loaded = _config_without_overrides(argv)  # An override fails on a non-ConfigDict too.
-  if loaded is not None and not isinstance(loaded, ml_collections.ConfigDict):
+  if loaded is not _FAILED and not isinstance(loaded, ml_collections.ConfigDict):
     return _fail(
       f"--config {config_file}: get_config() returned a {type(loaded).__name__}, "
       "expected an ml_collections.ConfigDict"
@@ -378,8 +378,12 @@ def _unknown_key(e: Exception, config_file: str | None, argv: list[str]) -> int:
   return _fail(f"unknown config key {text!r}; known keys: {', '.join(_config_keys())}")
 
 
+_FAILED = object()  # _config_without_overrides: the config file could not be loaded.
+
+
 def _config_without_overrides(argv: list[str]):
-  """What the config file's get_config() returns, no --config.* applied (None: it fails)."""
+  """What the config file's get_config() returns (None included), no --config.* applied;
+  _FAILED when it cannot be loaded."""
   tokens = [
     a
     for i, a in enumerate(argv)
@@ -392,7 +396,7 @@ def _config_without_overrides(argv: list[str]):
     fv(["vae_jax", *tokens])
     return fv["config"].value
   except Exception:  # User code: its own error is not the one being reported.
-    return None
+    return _FAILED
   finally:
     sys.argv = saved_argv
 

@@ -59,10 +59,10 @@ def test_the_discretized_logistic_sums_to_one_and_is_the_bernoulli_at_two_levels
     losses.discretized_logistic_probs(jnp.asarray(mean_logit), jnp.asarray(log_scale)), np.float64
   )
   np.testing.assert_allclose(table, np.exp(log_p), atol=3e-7)
-  ends = np.asarray(
+  ends = np.stack(
     losses.discretized_logistic_probs(jnp.asarray(mean_logit), jnp.asarray(log_scale), ends=True),
-    np.float64,
-  )
+    -1,
+  ).astype(np.float64)
   np.testing.assert_allclose(
     ends, np.stack([table[:, 0], table[:, -1], table[:, 1:-1].sum(-1)], -1), atol=1e-6
   )
@@ -78,6 +78,37 @@ def test_the_discretized_logistic_sums_to_one_and_is_the_bernoulli_at_two_levels
   bits = (k > 127).astype(np.float32)
   bce = losses.bce_per_example(jnp.asarray(logit[None], jnp.float32), jnp.asarray(bits[None]))
   np.testing.assert_allclose(bce, -log_two[np.arange(50), (k > 127).astype(int)].sum(), rtol=1e-4)
+
+
+def test_the_beta_binomial_is_scipys_sums_to_one_and_is_the_bernoulli_at_one_trial():
+  rng = np.random.default_rng(1)
+  log_alpha, log_beta = (
+    rng.normal(0, 2, 40).astype(np.float32),
+    rng.normal(0, 2, 40).astype(np.float32),
+  )
+  alpha, beta = np.exp(log_alpha.astype(np.float64)), np.exp(log_beta.astype(np.float64))
+  want = stats.betabinom.logpmf(np.arange(256)[None], 255, alpha[:, None], beta[:, None])
+  log_p = np.asarray(
+    losses.beta_binomial_log_probs(jnp.asarray(log_alpha), jnp.asarray(log_beta)), np.float64
+  )
+  np.testing.assert_allclose(log_p, want, atol=2e-3)
+  np.testing.assert_allclose(np.exp(log_p).sum(-1), 1.0, atol=1e-3)
+  k = rng.integers(0, 256, 40)
+  nll = losses.beta_binomial_nll(
+    jnp.asarray(log_alpha), jnp.asarray(log_beta), jnp.asarray(k / 255, jnp.float32)
+  )
+  np.testing.assert_allclose(nll, -want[np.arange(40), k], atol=2e-3)
+  ends = np.stack(
+    losses.beta_binomial_probs(jnp.asarray(log_alpha), jnp.asarray(log_beta), ends=True), -1
+  ).astype(np.float64)
+  p = np.exp(want)
+  np.testing.assert_allclose(ends, np.stack([p[:, 0], p[:, -1], p[:, 1:-1].sum(-1)], -1), atol=5e-4)
+  one = np.exp(
+    np.asarray(
+      losses.beta_binomial_log_probs(jnp.asarray(log_alpha), jnp.asarray(log_beta), 2), np.float64
+    )
+  )
+  np.testing.assert_allclose(one[:, 1], alpha / (alpha + beta), rtol=1e-4)  # Bernoulli(mean).
 
 
 def _tiny(seed: int, likelihood: str = "bernoulli", latent: int = 2, shape=(4, 4, 1)):
@@ -166,7 +197,7 @@ def test_the_measured_rate_is_the_expected_negative_elbo_of_the_discretized_late
   seed=st.integers(0, 2**16),
   count=st.integers(1, 40),
   latent=st.integers(1, 3),
-  likelihood=st.sampled_from(["bernoulli", "discretized_logistic"]),
+  likelihood=st.sampled_from(["bernoulli", "discretized_logistic", "beta_binomial"]),
 )
 def test_random_models_and_images_round_trip_bit_for_bit(seed, count, latent, likelihood):
   state = _tiny(seed, likelihood, latent, (3, 5, 1))

@@ -10,7 +10,7 @@ discretization. Latents are discretized as the paper does: each dimension's prio
 cut into 2^prior_precision buckets of equal mass (P uniform over them), z is the bucket's
 centre (the prior's quantile at its middle mass), and Q(bucket) the posterior Gaussian's
 mass in it. Pixels: Bernoulli of sigmoid(logits) for binary images; the 256 levels of the
-discretized logistic for uint8 images (losses.discretized_logistic_log_probs).
+beta-binomial or the discretized logistic for uint8 images (losses).
 
 Batched: images go in batches whose pops all come first (the batch's z), then its pixels,
 then its z with the prior, so the network runs once per batch in each direction. A batch can
@@ -89,7 +89,7 @@ def _posterior(params, apply_fn, x_BxHxWxC, *, precision: int):
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "precision", "likelihood"))
 def _observation(params, apply_fn, z_idx_BxL, *, precision: int, likelihood: str):
-  """Per-pixel parameters: P(1) (bernoulli, B x D), or (location, log scale) (B x D x 2)."""
+  """Per-pixel parameters: P(1) (bernoulli, B x D), or the likelihood's two (B x D x 2)."""
   logits = apply_fn({"params": params}, bucket_centres(precision)[z_idx_BxL], method="decode")
   if likelihood == "bernoulli":
     return jax.nn.sigmoid(logits).reshape(logits.shape[0], -1)
@@ -98,31 +98,40 @@ def _observation(params, apply_fn, z_idx_BxL, *, precision: int, likelihood: str
   return both.reshape(logits.shape[0], -1, 2)
 
 
-@jax.jit
-def _ends(loc_scale_Nx2):
-  """P(level 0), P(level 255) and P(a level between) of each pixel: N x 3."""
-  return losses.discretized_logistic_probs(loc_scale_Nx2[:, 0], loc_scale_Nx2[:, 1], ends=True)
+PROBS = {  # A 256-level likelihood's table: (first, second parameter, ends=...) -> P.
+  "discretized_logistic": losses.discretized_logistic_probs,
+  "beta_binomial": losses.beta_binomial_probs,
+}
 
 
-@jax.jit
-def _between(loc_scale_Mx2):
+@functools.partial(jax.jit, static_argnames="likelihood")
+def _ends(params_Nx2, likelihood: str):
+  """P(level 0), P(level 255) and P(a level between) of each pixel: 3 x N (a stack on the
+  host: XLA's CPU fills an N x 3 one ~10x slower)."""
+  return jnp.stack(PROBS[likelihood](params_Nx2[:, 0], params_Nx2[:, 1], ends=True))
+
+
+@functools.partial(jax.jit, static_argnames="likelihood")
+def _between(params_Mx2, likelihood: str):
   """P(level k | 0 < k < 255) of each pixel, k = 1..254 (unnormalized): M x 254."""
-  return losses.discretized_logistic_probs(loc_scale_Mx2[:, 0], loc_scale_Mx2[:, 1])[:, 1:-1]
+  return PROBS[likelihood](params_Mx2[:, 0], params_Mx2[:, 1])[:, 1:-1]
 
 
-def padded_call(fn: Callable, rows_Nx, *args, **kwargs) -> np.ndarray:
-  """fn(*args, rows padded to the next power of two, **kwargs)[:N] as numpy: the compiled
-  shapes are few, and the same in both directions (so are the floats)."""
+def padded_call(fn: Callable, rows_Nx, *args, rows_axis: int = 0, **kwargs) -> np.ndarray:
+  """fn(*args, rows padded to the next power of two, **kwargs) as numpy, the first N rows of
+  its rows_axis: the compiled shapes are few, and the same in both directions (so are the
+  floats)."""
   n = len(rows_Nx)
   pad = np.zeros((padded(n) - n, *rows_Nx.shape[1:]), rows_Nx.dtype)
-  return np.asarray(fn(*args, np.concatenate([rows_Nx, pad]), **kwargs)[:n])
+  out = np.asarray(fn(*args, np.concatenate([rows_Nx, pad]), **kwargs))
+  return out[:n] if rows_axis == 0 else out[:, :n]
 
 
 class Codec:
   """A trained model's coder: ``encode(symbols) -> (words, batch sizes)`` and back.
 
   symbols: what the likelihood codes per pixel, N x H x W x C int: 0/1 (bernoulli) or 0..255
-  (discretized_logistic). The batch sizes are part of the code (vae_jax.compression's header
+  (beta_binomial, discretized_logistic). The batch sizes are part of the code (vae_jax.compression's header
   holds them).
   """
 
@@ -137,7 +146,7 @@ class Codec:
     if likelihood not in LIKELIHOODS:
       raise ValueError(
         f"likelihood {likelihood!r}: bits-back coding needs a discrete likelihood "
-        "('bernoulli' for binary images, 'discretized_logistic' for 256 levels)"
+        "('bernoulli' for binary images, 'beta_binomial' or 'discretized_logistic' for 256 levels)"
       )
     self.params, self.apply_fn, self.likelihood = params, apply_fn, likelihood
     self.latent_dim, self.precision = latent_dim, precision
@@ -170,24 +179,31 @@ class Codec:
     if self.likelihood == "bernoulli":
       coder.encode_reverse(x_BD, _MODELS.Bernoulli(perfect=False), pixels.reshape(-1))
       return
-    loc_scale_BDx2 = pixels.reshape(-1, 2)
+    params_BDx2, likelihood = pixels.reshape(-1, 2), self.likelihood
     end_BD = np.where(x_BD == 0, 0, np.where(x_BD == self.levels - 1, 1, 2)).astype(np.int32)
     between_M = np.flatnonzero(end_BD == 2)
     if len(between_M):
-      table_Mx254 = padded_call(_between, loc_scale_BDx2[between_M])
+      table_Mx254 = padded_call(_between, params_BDx2[between_M], likelihood=likelihood)
       coder.encode_reverse(x_BD[between_M] - 1, categorical, table_Mx254)
-    coder.encode_reverse(end_BD, categorical, padded_call(_ends, loc_scale_BDx2))
+    coder.encode_reverse(
+      end_BD,
+      categorical,
+      np.ascontiguousarray(padded_call(_ends, params_BDx2, likelihood=likelihood, rows_axis=1).T),
+    )
 
   def _pop_x(self, coder, pixels) -> np.ndarray:
     categorical = _MODELS.Categorical(perfect=False)
     if self.likelihood == "bernoulli":
       return coder.decode(_MODELS.Bernoulli(perfect=False), pixels.reshape(-1))
-    loc_scale_BDx2 = pixels.reshape(-1, 2)
-    end_BD = coder.decode(categorical, padded_call(_ends, loc_scale_BDx2))
+    params_BDx2, likelihood = pixels.reshape(-1, 2), self.likelihood
+    end_BD = coder.decode(
+      categorical,
+      np.ascontiguousarray(padded_call(_ends, params_BDx2, likelihood=likelihood, rows_axis=1).T),
+    )
     x_BD = np.where(end_BD == 0, 0, self.levels - 1).astype(np.int32)
     between_M = np.flatnonzero(end_BD == 2)
     if len(between_M):
-      table_Mx254 = padded_call(_between, loc_scale_BDx2[between_M])
+      table_Mx254 = padded_call(_between, params_BDx2[between_M], likelihood=likelihood)
       x_BD[between_M] = coder.decode(categorical, table_Mx254) + 1
     return x_BD
 

@@ -7,7 +7,7 @@ IMAGES: an IDX file of uint8 images (N x H x W, or N x H x W x C), a directory o
 name order), or ``test``: the run's test split (for a run trained on binarized data,
 binarized with the evaluation's fixed key, as 0/255: the standard protocol). The run's
 likelihood decides what it codes: 'bernoulli' binary images (two values, 0 and 1 or 0 and
-255), 'discretized_logistic' any uint8 image; the shape must be the model's. decompress
+255), 'beta_binomial' or 'discretized_logistic' any uint8 image; the shape must be the model's. decompress
 writes an IDX file (OUT ending in -ubyte, .idx or .gz) or a directory of PNGs (the original
 names when they were PNGs): the same pixels, bit for bit.
 
@@ -76,7 +76,7 @@ def likelihood_of(state: TrainState, likelihood: str) -> str:
   if likelihood not in bitsback.LIKELIHOODS:
     raise CompressionError(
       f"the run's likelihood is {likelihood!r}; compression needs a discrete one: "
-      "'bernoulli' (binary images) or 'discretized_logistic' (uint8 images)"
+      "'bernoulli' (binary images), 'beta_binomial' or 'discretized_logistic' (uint8 images)"
     )
   return likelihood
 
@@ -95,7 +95,7 @@ def png_name(name) -> bool:
 
 def to_symbols(images_u8: np.ndarray, likelihood: str, where: str) -> tuple[np.ndarray, list[int]]:
   """(symbols, the uint8 value of each symbol) of images for the likelihood, or refused."""
-  if likelihood == "discretized_logistic":
+  if likelihood != "bernoulli":
     return images_u8.astype(np.int32), []
   present = np.unique(images_u8)
   for high in (255, 1):

@@ -73,10 +73,18 @@ def vae_loss(logits_BxD, x_BxD, mu_BxL, logvar_BxL, beta: float = 1.0):
 
 # Ablation variants. Each returns nats per example unless it says otherwise.
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "normal", "discretized_logistic")
+LIKELIHOODS = (
+  "bernoulli",
+  "continuous_bernoulli",
+  "gaussian",
+  "normal",
+  "discretized_logistic",
+  "beta_binomial",
+)
 # Parameters per pixel of each likelihood: the decoder outputs C x this many channels.
-PIXEL_PARAMS = {"discretized_logistic": 2}
-DISCRETE = ("bernoulli", "discretized_logistic")  # A probability per value: a test NLL, a code.
+PIXEL_PARAMS = {"discretized_logistic": 2, "beta_binomial": 2}
+# A probability per value: a test NLL, a code.
+DISCRETE = ("bernoulli", "discretized_logistic", "beta_binomial")
 WITH_SIGMA = ("gaussian", "normal")  # A sigma: config gaussian_sigma, or 0 for a learned one.
 LEVELS = 256  # Gray levels of the discrete likelihoods: uint8 pixels, x = k / 255.
 # The discretized logistic's smallest log scale (in [0, 1] units, 9e-4: a quarter of a level;
@@ -109,11 +117,41 @@ def discretized_logistic_log_probs(mean, log_scale, levels: int = LEVELS):
   return jnp.where(k == 0, first, jnp.where(k == levels - 1, last, middle))
 
 
+def mean_of(logits, likelihood: str):
+  """Each pixel's mean under the likelihood, from the decoder's logits (image grids, samples):
+  sigmoid(logits); the location (discretized logistic, clipped to [0, 1]); alpha / (alpha +
+  beta) (beta-binomial); the logits themselves (normal: real values)."""
+  if likelihood == "normal":
+    return logits
+  if likelihood in PIXEL_PARAMS:
+    channels = logits.shape[-1] // 2
+    first, second = logits[..., :channels], logits[..., channels:]
+    if likelihood == "discretized_logistic":
+      return jnp.clip(first, 0.0, 1.0)
+    return jax.nn.sigmoid(first - second)
+  return jax.nn.sigmoid(logits)
+
+
+def beta_binomial_probs(log_alpha, log_beta, levels: int = LEVELS, ends: bool = False):
+  """P(k) of beta_binomial_log_probs (levels on a last axis); ends=True: the tuple (P(0), P(n),
+  P(any level between)) only, from the closed forms of the two ends."""
+  if not ends:
+    return jnp.exp(beta_binomial_log_probs(log_alpha, log_beta, levels))
+  n = levels - 1
+  alpha, beta = jnp.exp(log_alpha), jnp.exp(log_beta)
+  lg = jax.scipy.special.gammaln
+  common = lg(alpha + beta) - lg(n + alpha + beta)
+  first = jnp.exp(lg(n + beta) - lg(beta) + common)
+  last = jnp.exp(lg(n + alpha) - lg(alpha) + common)
+  return first, last, jnp.maximum(1.0 - first - last, 0.0)
+
+
 def discretized_logistic_probs(mean, log_scale, levels: int = LEVELS, ends: bool = False):
   """P(k) of discretized_logistic_log_probs, cheaper (the coder's tables: one sigmoid per bin
   edge): differences of the logistic's CDF at the edges, each taken in the tail it lies in
   (1 - CDF above the location) so the small masses of either tail keep their digits.
-  ends=True: (P(0), P(levels - 1), P(any level between)) only, a last axis of 3."""
+  ends=True: the tuple (P(0), P(levels - 1), P(any level between)) only (three arrays: XLA's
+  CPU fills an N x 3 stack of them ~10x slower)."""
   inner = (jnp.arange(1, levels) - 0.5) / (levels - 1)
   if ends:
     inner = inner[jnp.array([0, levels - 2])]
@@ -125,13 +163,51 @@ def discretized_logistic_probs(mean, log_scale, levels: int = LEVELS, ends: bool
       jax.nn.sigmoid(-t[..., 0]) - jax.nn.sigmoid(-t[..., 1]),
       jax.nn.sigmoid(t[..., 1]) - jax.nn.sigmoid(t[..., 0]),
     )
-    return jnp.stack([first, last, between], -1)
+    return first, last, between
   ones = jnp.ones_like(t[..., :1])
   below = jnp.diff(jnp.concatenate([0 * ones, jax.nn.sigmoid(t), ones], -1), axis=-1)
   above = -jnp.diff(jnp.concatenate([ones, jax.nn.sigmoid(-t), 0 * ones], -1), axis=-1)
   # Bin k's lower edge is edge k - 1: above the location its mass is taken from the upper tail.
   lower_edge = jnp.concatenate([-jnp.inf * ones, t], -1)
   return jnp.where(lower_edge > 0, above, below)
+
+
+def beta_binomial_log_probs(log_alpha, log_beta, levels: int = LEVELS):
+  """log P(k), k = 0..levels-1 (a last axis), of the beta-binomial of n = levels - 1 trials
+  with alpha = exp(log_alpha), beta = exp(log_beta) (Townsend et al. 2019's likelihood of
+  8-bit pixels): from log P(0) by the ratio P(k+1) / P(k) = (n-k)(k+alpha) / ((k+1)(n-k-1+beta)),
+  a cumulative sum (two logs per level, no lgamma past the first)."""
+  n = levels - 1
+  alpha, beta = jnp.exp(log_alpha)[..., None], jnp.exp(log_beta)[..., None]
+  k = jnp.arange(n, dtype=jnp.float32)
+  log_p0 = (
+    jax.scipy.special.gammaln(n + beta[..., 0])
+    + jax.scipy.special.gammaln(alpha[..., 0] + beta[..., 0])
+    - jax.scipy.special.gammaln(n + alpha[..., 0] + beta[..., 0])
+    - jax.scipy.special.gammaln(beta[..., 0])
+  )[..., None]
+  steps = jnp.log((n - k) * (k + alpha)) - jnp.log((k + 1) * (n - k - 1 + beta))
+  return jnp.concatenate([log_p0, log_p0 + jnp.cumsum(steps, -1)], -1)
+
+
+def beta_binomial_nll(log_alpha, log_beta, x, levels: int = LEVELS):
+  """-log P(k) elementwise for pixels x = k / (levels - 1): the beta-binomial's pmf,
+  log C(n, k) + log B(k + alpha, n - k + beta) - log B(alpha, beta)."""
+  n = levels - 1
+  k = jnp.round(x * n)
+  alpha, beta = jnp.exp(log_alpha), jnp.exp(log_beta)
+  lg = jax.scipy.special.gammaln
+  return -(
+    lg(n + 1.0)
+    - lg(k + 1)
+    - lg(n - k + 1)
+    + lg(k + alpha)
+    + lg(n - k + beta)
+    - lg(n + alpha + beta)
+    + lg(alpha + beta)
+    - lg(alpha)
+    - lg(beta)
+  )
 
 
 def discretized_logistic_nll(mean, log_scale, x, levels: int = LEVELS):
@@ -182,10 +258,10 @@ def nll_per_example(
   """
   if likelihood == "bernoulli":
     return bce_per_example(logits, x, batch_ndim)
-  if likelihood == "discretized_logistic":  # Channels: C locations, then C log scales.
+  if likelihood in PIXEL_PARAMS:  # Channels: C of the first parameter, then C of the second.
     channels = logits.shape[-1] // 2
-    nll = discretized_logistic_nll(logits[..., :channels], logits[..., channels:], x)
-    return sum_per_example(nll, batch_ndim)
+    nll_fn = discretized_logistic_nll if likelihood == "discretized_logistic" else beta_binomial_nll
+    return sum_per_example(nll_fn(logits[..., :channels], logits[..., channels:], x), batch_ndim)
   logits, x = jnp.broadcast_arrays(logits, x)
   logits_BxD, x_BxD = flat(logits, batch_ndim), flat(x, batch_ndim)
   if likelihood == "continuous_bernoulli":

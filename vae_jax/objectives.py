@@ -254,8 +254,8 @@ class Likelihood(Hparams):
   """p(x|z): 'bernoulli' (reference), 'continuous_bernoulli', 'gaussian' (mean sigmoid of the
   decoder's output) or 'normal' (mean the output itself: real-valued data), for both
   gaussian_sigma a fixed sigma or 0: a learned per-pixel sigma (the model's log_sigma); or
-  'discretized_logistic' (the 256 levels of uint8 pixels; the decoder gives each pixel a mean
-  and a scale)."""
+  'discretized_logistic' or 'beta_binomial' (the 256 levels of uint8 pixels; the decoder
+  gives each pixel a location and a scale, or the beta-binomial's log alpha and log beta)."""
 
   likelihood: str = static("bernoulli")
   gaussian_sigma: float = static(0.0)
@@ -272,11 +272,6 @@ class Likelihood(Hparams):
   @property
   def learned_sigma(self) -> bool:
     return self.likelihood in losses.WITH_SIGMA and self.gaussian_sigma == 0
-
-  @property
-  def pixel_params(self) -> int:
-    """The likelihood's parameters per pixel (the decoder's channels per image channel)."""
-    return losses.PIXEL_PARAMS.get(self.likelihood, 1)
 
 
 def nll_fn(params: Mapping[str, Any], hparams: Likelihood, batch_ndim: int = 1) -> Callable:

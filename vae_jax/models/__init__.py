@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 REGISTRY = Registry("model", default="mlp")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.compute_dtype
 # Fields every VAE has that the run sets, not the config.
-BUILT_FIELDS = ("image_shape", "learned_sigma", "pixel_params", "parent", "name")
+BUILT_FIELDS = ("image_shape", "learned_sigma", "likelihood", "parent", "name")
 M = TypeVar("M", bound="VAE")  # A model class register_model returns as it was given.
 
 
@@ -45,9 +45,9 @@ class VAE(nn.Module):
   The noise is ``eps = normal(key, mu.shape)``, drawn from the caller's explicit key inside
   the traced graph; key=None gives z = mu. Outputs are float32 whatever ``compute_dtype``
   the layers use. ``learned_sigma`` adds a ``log_sigma`` parameter of the image's shape
-  (Gaussian likelihood with learned per-pixel sigma). ``pixel_params`` (the likelihood's
-  parameters per pixel) multiplies the decoder's channels: logits are H x W x (C x
-  pixel_params), the first C the mean's (``mean_image``). Subclasses implement ``make_encoder`` and
+  (Gaussian likelihood with learned per-pixel sigma). ``likelihood`` (the objective's, set by
+  the run) decides the decoder's output: logits of ``output_shape``, H x W x (C x
+  ``pixel_params``), its parameters per pixel, and ``mean_image`` the images they mean. Subclasses implement ``make_encoder`` and
   ``make_decoder`` (for ``output_shape``); ``decode`` accepts any leading axes (K x B x L).
   """
 
@@ -58,7 +58,7 @@ class VAE(nn.Module):
 
   image_shape: tuple[int, ...] = (28, 28, 1)
   learned_sigma: bool = False
-  pixel_params: int = 1
+  likelihood: str = "bernoulli"
   latent_dim: int = 20
   compute_dtype: str = "float32"
 
@@ -79,16 +79,18 @@ class VAE(nn.Module):
     return DTYPES[self.compute_dtype]
 
   @property
+  def pixel_params(self) -> int:
+    """The likelihood's parameters per pixel: the decoder's channels per image channel."""
+    return losses.PIXEL_PARAMS.get(self.likelihood, 1)
+
+  @property
   def output_shape(self) -> tuple[int, ...]:
     """The decoder's logits per example: the image's, its channels times pixel_params."""
     return (*self.image_shape[:-1], self.image_shape[-1] * self.pixel_params)
 
   def mean_image(self, logits):
-    """Images in [0, 1] from logits: their sigmoid; with pixel_params > 1 (the discretized
-    logistic) the first C channels, the location in [0, 1] units, clipped."""
-    if self.pixel_params > 1:
-      return jnp.clip(logits[..., : self.image_shape[-1]], 0.0, 1.0)
-    return nn.sigmoid(logits)
+    """The likelihood's mean of each pixel from the decoder's logits (losses.mean_of)."""
+    return losses.mean_of(logits, self.likelihood)
 
   @property
   def latent_layers(self) -> tuple[int, ...]:
@@ -200,7 +202,7 @@ def build(model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...], hpara
   module = entry.target(
     image_shape=tuple(image_shape),
     learned_sigma=getattr(hparams, "learned_sigma", False),
-    pixel_params=getattr(hparams, "pixel_params", 1),
+    likelihood=getattr(hparams, "likelihood", "bernoulli"),
     **settings,
   )
   check = getattr(module, "check", None)

@@ -12,7 +12,8 @@ Protocol, for each n in --per-class (0: every label) and each draw d = 1..--draw
 - the labelled subset is the draw a semi-supervised run of seed d keeps
   (vae_jax.semisupervised.labelled_indices): exactly n images of each class;
 - cvae: a conditional VAE (cmlp, --cvae-latent latents) trained on that subset alone (seed d,
-  the subset repeated to at least 6,000 images per epoch, --cvae-epochs epochs);
+  the subset repeated to at least 6,000 images per epoch, --cvae-epochs epochs of 6,000: the
+  same number of steps at every n, so 3 epochs of the whole split at n = all);
 - m2: the M2 model of Kingma et al. (2014) (vae_jax/configs/kingma2014.py:m2) trained
   semi-supervised on the whole training set with only those n labels per class, the draws'
   seeds as one program (--m2-epochs epochs); not at n = all, where it is a CVAE again;
@@ -74,7 +75,7 @@ def train_cvae(args, splits, per_class: int, seed: int):
     "seed": seed,
     "model.name": "cmlp",
     "model.latent_dim": args.cvae_latent,
-    "optim.num_epochs": args.cvae_epochs,
+    "optim.num_epochs": max(1, round(args.cvae_epochs * 6000 / len(train[1]))),
   }
   workdir = args.workdir / f"cvae_n{per_class or 'all'}_d{seed}"
   _, state, _ = common.train_model(workdir, {"train": train, "test": splits["test"]}, overrides)

@@ -54,13 +54,22 @@ def seeds_study(workdir: Path, name: str, base: dict, seeds: int) -> list[dict]:
   return rows
 
 
+def records_of(path: Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def trajectories(workdir: Path) -> dict[str, list[float]]:
   """Each run's test error (%) by epoch, from its metrics.jsonl."""
-  out = {}
-  for path in sorted(workdir.glob("runs/*/seed*/metrics.jsonl")):
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    out[path.parent.name] = [100 * r["test_class_error"] for r in records]
-  return out
+  return {
+    path.parent.name: [100 * r["test_class_error"] for r in records_of(path)]
+    for path in sorted(workdir.glob("runs/*/seed*/metrics.jsonl"))
+  }
+
+
+def train_hours(workdir: Path) -> float:
+  """The study's training time (its program's epochs, summed; every seed records the same)."""
+  path = next(iter(sorted(workdir.glob("runs/*/seed*/metrics.jsonl"))))
+  return sum(r["train_seconds"] for r in records_of(path)) / 3600
 
 
 def finished_studies(workdir: Path) -> dict[str, dict]:
@@ -76,7 +85,12 @@ def finished_studies(workdir: Path) -> dict[str, dict]:
     with open(study) as f:
       rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     name = f"{'M1+M2' if kind == 'm1m2' else 'M2'} {count}"
-    out[name] = {"labels": count, "rows": rows, "trajectories": trajectories(study.parent)}
+    out[name] = {
+      "labels": count,
+      "rows": rows,
+      "trajectories": trajectories(study.parent),
+      "train_hours": train_hours(study.parent),
+    }
   return out
 
 
@@ -104,6 +118,7 @@ def main() -> int:
     base = quiet(kingma2014.get_config(f"m2,10,{args.m2_epochs}"))
     seeds_study(args.workdir / "m2_100", "m2_100", base, args.seeds)
   seconds = time.perf_counter() - start
+  m1_hours = sum(r["train_seconds"] for r in m1_records) / 3600
   runs = finished_studies(args.workdir)
   table = []
   for name, run in runs.items():
@@ -120,12 +135,14 @@ def main() -> int:
         f"{paper[0]:.2f} +- {paper[1]:.2f}",
         f"{np.mean(errors) - paper[0]:+.2f}",
         epochs,
+        f"{run['train_hours']:.2f}",
       ]
     )
   header = ["model", "labels", "ours (%)", "each draw", "Kingma et al. (%)", "gap", "epochs"]
+  header += ["training (h, all draws)"]
   text = (
-    f"M1: {len(m1_records)} epochs (test ELBO loss {m1_records[-1]['test_loss']:.2f} nats on "
-    f"gray test images). Test error of q(y|x), mean +- sd over {args.seeds} label draws, each "
+    f"M1: {len(m1_records)} epochs, {m1_hours:.2f} h of training (test ELBO loss "
+    f"{m1_records[-1]['test_loss']:.2f} nats on gray test images). Test error of q(y|x), mean +- sd over {args.seeds} label draws, each "
     f"draw a seed of one program. Wall time of this command: {seconds:.0f} s.\n\n"
     + common.markdown_table(header, table)
   )

@@ -1,7 +1,10 @@
 """Lossless compression: a trained VAE with bits-back ANS against gzip, bz2, lzma, PNG and WebP.
 
-Run (resumable: trained models and finished rows are kept in --workdir):
+Run (resumable: trained models and finished rows are kept in --workdir, and the report holds
+every finished row of the workdir, whichever invocation measured it):
   .venv/bin/python -m experiments.compression --workdir runs/compression
+  .venv/bin/python -m experiments.compression --datasets fashion_mnist --epochs 30 \
+      --workdir runs/compression                             # a row of its own schedule
   .venv/bin/python -m experiments.compression --epochs 2 --num 300 --workdir runs/compression_quick
 
 For each dataset (MNIST, Fashion-MNIST) and protocol (Townsend, Bird and Barber 2019, Table 2):
@@ -28,6 +31,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import json
 import lzma
 import sys
 import time
@@ -39,7 +43,7 @@ from PIL import Image
 
 import vae_jax
 from experiments import common
-from vae_jax import compression, objectives
+from vae_jax import compression, files, objectives
 
 # Townsend et al. (2019), Table 2 (bits per dimension), and later bits-back results.
 PAPER = {
@@ -79,16 +83,20 @@ def classical(x_u8: np.ndarray, binary: bool) -> dict[str, float]:
     total = 0
     for image in x_u8:
       buffer = io.BytesIO()
-      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-        buffer, format=name, **kwargs
-      )
+      pixels_hwc = image[..., 0] if image.shape[-1] == 1 else image
+      # Binary images as 1-bit images (mode 1), as the paper's benchmark_compressors.py has them.
+      Image.fromarray(pixels_hwc > 0 if binary else pixels_hwc).save(buffer, format=name, **kwargs)
       total += len(buffer.getvalue())
     out[name] = total
   return {k: 8 * v / pixels for k, v in out.items()}
 
 
 def measure(args, dataset: str, protocol: str) -> dict:
+  """The row of one dataset and protocol (read back when an earlier invocation measured it)."""
   workdir = args.workdir / f"{dataset}_{protocol}"
+  row_path = workdir / "compression_row.json"
+  if row_path.exists():
+    return json.loads(row_path.read_text())
   config = model_config(protocol, dataset, args.epochs)
   start = time.perf_counter()
   state, records = vae_jax.train(config, workdir)
@@ -131,6 +139,7 @@ def measure(args, dataset: str, protocol: str) -> dict:
     "seconds": time.perf_counter() - start,
   }
   out["bbans_over_elbo"] = out["bbans_bits_per_dim"] / out["neg_elbo_bits_per_dim"] - 1
+  files.write_atomic(row_path, (json.dumps(out) + "\n").encode())
   print(
     f"  {dataset} {protocol}: BB-ANS {out['bbans_bits_per_dim']:.4f} bits/dim, -ELBO "
     f"{out['neg_elbo_bits_per_dim']:.4f} ({out['bbans_over_elbo']:+.2%}), encode "
@@ -148,7 +157,13 @@ def main() -> int:
   args = parser.parse_args()
   args.workdir = args.workdir or Path("runs/compression")
   args.workdir.mkdir(parents=True, exist_ok=True)
-  results = [measure(args, d, p) for d in args.datasets.split(",") for p in PROTOCOLS]
+  for dataset in args.datasets.split(","):
+    for protocol in PROTOCOLS:
+      measure(args, dataset, protocol)
+  results = [json.loads(path.read_text()) for path in args.workdir.glob("*/compression_row.json")]
+  results.sort(
+    key=lambda r: (r["dataset"] != "mnist", r["dataset"], PROTOCOLS.index(r["protocol"]))
+  )
   rows = []
   for r in results:
     paper = PAPER[r["protocol"]] if r["dataset"] == "mnist" else {}

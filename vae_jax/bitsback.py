@@ -20,7 +20,7 @@ sequence (the bits the first image borrows), which decompression gets back and c
 
 Determinism: the coder's probabilities come from the network's float32 outputs, which must be
 bit-identical when decompressing: the same parameters, the same compiled programs (batch
-shapes are padded to powers of two, the same in both directions) on the same backend, jax
+shapes are padded to 4 to 7 times a power of two, the same in both directions) on the same backend, jax
 version and CPU. vae_jax.compression records all of it in the file and refuses a mismatch.
 """
 
@@ -77,8 +77,12 @@ def schedule(stack_bits: int, bits_per_image: int, remaining: int) -> int:
 
 
 def padded(n: int) -> int:
-  """The batch shape n images are computed in: the next power of two (few compiled shapes)."""
-  return 1 << max(0, int(n - 1).bit_length())
+  """The batch shape n rows are computed in: the next of 4, 5, 6 or 7 times a power of two
+  (a few compiled shapes per octave, at most 25 % of the rows padding)."""
+  if n <= 4:
+    return max(1, n)
+  shift = int(n - 1).bit_length() - 3
+  return -(-n >> shift) << shift if -(-n >> shift) <= 7 else 8 << shift
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "precision"))

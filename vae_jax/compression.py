@@ -40,7 +40,7 @@ from vae_jax import bitsback, checkpoint, cpu_kernels, data, evaluate, files, im
 from vae_jax.step import TrainState, model_of
 
 MAGIC = b"VJXBBANS"
-FORMAT = 1
+FORMAT = 2  # 2: the compiled shapes padded to 4-7 x 2^k rows, the tables by blocked sums.
 IDX_SUFFIXES = ("-ubyte", ".idx", ".gz")
 
 

@@ -111,6 +111,26 @@ def test_the_beta_binomial_is_scipys_sums_to_one_and_is_the_bernoulli_at_one_tri
   np.testing.assert_allclose(one[:, 1], alpha / (alpha + beta), rtol=1e-4)  # Bernoulli(mean).
 
 
+def test_the_beta_binomial_stays_finite_where_the_decoder_drives_alpha_to_zero():
+  # exp(-100) is 0 in float32 and lgamma(0) is inf: the log parameters are clipped to +-10,
+  # where the loss, its gradient and the coder's tables are finite and a level keeps mass.
+  log_alpha, log_beta = jnp.asarray([-100.0, 100.0, -10.0]), jnp.asarray([3.0, -100.0, 0.0])
+  x = jnp.asarray([0.0, 1.0, 0.0])
+  nll, grads = jax.value_and_grad(lambda a: losses.beta_binomial_nll(a, log_beta, x).sum())(
+    log_alpha
+  )
+  assert np.isfinite(nll) and np.isfinite(np.asarray(grads)).all()
+  clipped = np.clip(np.asarray(log_alpha, np.float64), -10, 10)
+  want = -stats.betabinom.logpmf(
+    [0, 255, 0], 255, np.exp(clipped), np.exp(np.clip([3.0, -100.0, 0.0], -10, 10))
+  )
+  np.testing.assert_allclose(losses.beta_binomial_nll(log_alpha, log_beta, x), want, atol=1e-4)
+  table = np.asarray(losses.beta_binomial_probs(log_alpha, log_beta))
+  assert np.isfinite(table).all() and (table > 0).any(-1).all()
+  # The ratio recurrence from level 0 loses ~3e-3 of the mass over 255 steps at the clip.
+  np.testing.assert_allclose(table.sum(-1), 1.0, atol=5e-3)
+
+
 def _tiny(seed: int, likelihood: str = "bernoulli", latent: int = 2, shape=(4, 4, 1)):
   """A random tiny model (its init) as a train state: (state, model)."""
   config = vae_jax.get_config()

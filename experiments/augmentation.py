@@ -16,7 +16,11 @@ Protocol, for each n in --per-class (0: every label) and each draw d = 1..--draw
   same number of steps at every n, so 3 epochs of the whole split at n = all);
 - m2: the M2 model of Kingma et al. (2014) (vae_jax/configs/kingma2014.py:m2) trained
   semi-supervised on the whole training set with only those n labels per class, the draws'
-  seeds as one program (--m2-epochs epochs); not at n = all, where it is a CVAE again;
+  seeds as one program (--m2-epochs epochs, at the n of --m2-per-class; not at n = all,
+  where it is a CVAE again);
+- m1+m2 (MNIST): M1+M2 (kingma2014.py:m1m2) on the posterior of M1 (--m1-dir: the run
+  experiments.semisupervised trains), the same labels, --m1m2-epochs epochs, at the n of
+  --m1m2-per-class; it generates through M1's decoder (vae_jax.augmentation.generate_m1m2);
 - each generates --generated images per class (decoder means, z ~ N(0, I));
 - the classifiers (vae_jax.classifier: an MLP and a small CNN) train --steps Adam steps on
   64 real images per step (drawn with replacement), plus 64 generated ones for the recipes that
@@ -29,7 +33,7 @@ every recipe trains the same number of steps.
 Outputs in --workdir: augmentation.md and augmentation.json (the table, the protocol, the
 times), augmentation.png (accuracy against n, one line per recipe, a panel per classifier),
 generated.png (generated images of every class, n = the smallest, draw 1, each model), the
-generative runs (cvae_n<n>_d<d>/, m2_n<n>/) and cells/ (each cell's accuracies).
+generative runs (cvae_n<n>_d<d>/, m2_n<n>/, m1m2_n<n>/) and cells/ (each cell's accuracies).
 """
 
 from __future__ import annotations
@@ -44,7 +48,15 @@ import numpy as np
 
 import vae_jax
 from experiments import common
-from vae_jax import augmentation, classifier, config as config_lib, images, semisupervised
+from vae_jax import (
+  augmentation,
+  classifier,
+  config as config_lib,
+  data,
+  encoded,
+  images,
+  semisupervised,
+)
 from vae_jax.configs import kingma2014
 
 RECIPES = {  # name: (generated images from, classical transforms)
@@ -52,8 +64,10 @@ RECIPES = {  # name: (generated images from, classical transforms)
   "classical": (None, True),
   "cvae": ("cvae", False),
   "m2": ("m2", False),
+  "m1+m2": ("m1m2", False),
   "cvae + classical": ("cvae", True),
   "m2 + classical": ("m2", True),
+  "m1+m2 + classical": ("m1m2", True),
 }
 
 
@@ -82,19 +96,22 @@ def train_cvae(args, splits, per_class: int, seed: int):
   return state
 
 
-def train_m2(args, splits, per_class: int):
-  """The M2 models of every draw (seeds 1..draws) as one program: (states, their seeds)."""
-  config = kingma2014.get_config(f"m2,{per_class},{args.m2_epochs}")
+def train_m2(args, splits, per_class: int, recipe: str = "m2"):
+  """The M2 (or M1+M2: on M1's posterior, --m1-dir) models of every draw (seeds 1..draws) as
+  one program: (their states, their test errors of q(y|x))."""
+  epochs = args.m2_epochs if recipe == "m2" else args.m1m2_epochs
   flat = {
-    **config_lib.flatten(config.to_dict()),
-    **common.DATA,
+    **config_lib.flatten(kingma2014.get_config(f"{recipe},{per_class},{epochs}").to_dict()),
+    **(common.DATA if recipe == "m2" else {"data.dir": str(args.m1_dir)}),
     "run.progress": False,
     "run.save_images": False,
     "run.tensorboard": False,
   }
   config = config_lib.from_flat(flat)
+  if recipe == "m1m2":
+    splits = data.load_data(config.data)
   seeds = list(range(1, args.draws + 1))
-  workdir = args.workdir / f"m2_n{per_class}"
+  workdir = args.workdir / f"{recipe}_n{per_class}"
   run_dirs = [workdir / f"seed{s}" for s in seeds]
   for run_dir in run_dirs:
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +126,7 @@ def train_m2(args, splits, per_class: int):
   )
   errors = [r[-1]["test_class_error"] for r in records]
   print(
-    f"  {workdir.name}: {len(seeds)} models, {args.m2_epochs} epochs, test error of q(y|x) "
+    f"  {workdir.name}: {len(seeds)} models, {epochs} epochs, test error of q(y|x) "
     f"{np.mean(errors):.4f} +- {np.std(errors, ddof=1) if len(errors) > 1 else 0:.4f} "
     f"({time.perf_counter() - start:.0f} s)",
     flush=True,
@@ -195,25 +212,48 @@ def main() -> int:
   parser.add_argument("--cvae-epochs", type=int, default=30)
   parser.add_argument("--cvae-latent", type=int, default=4)
   parser.add_argument("--m2-epochs", type=int, default=10)
+  parser.add_argument("--m2-per-class", default="10,50,100", help="the n at which M2 trains")
+  parser.add_argument("--m1m2-epochs", type=int, default=50)
+  parser.add_argument("--m1m2-per-class", default="10", help="the n at which M1+M2 trains")
+  parser.add_argument(
+    "--m1-dir",
+    type=Path,
+    default=Path("runs/kingma2014/m1"),
+    help="M1 for the m1+m2 rows (MNIST): experiments.semisupervised's, or kingma2014.py:m1",
+  )
   parser.add_argument("--train-examples", type=int, default=0, help="0: the whole split")
   args = parser.parse_args()
   per_class = [int(n) for n in args.per_class.split(",")]
+  m2_per_class = [int(n) for n in args.m2_per_class.split(",") if int(n)]
+  m1m2_per_class = [int(n) for n in args.m1m2_per_class.split(",") if int(n)]
   splits = common.prepare(args)
   if args.train_examples:
     splits["train"] = tuple(a[: args.train_examples] for a in splits["train"])
     common.DATA["data.train_examples"] = args.train_examples
   start = time.perf_counter()
   table: dict = {net: {recipe: {} for recipe in RECIPES} for net in ("mlp", "cnn")}
-  m2_errors, shown = {}, {}
+  m2_errors, m1m2_errors, shown = {}, {}, {}
   smallest = min(per_class, key=lambda n: n or np.inf)
   for n in per_class:
     print(f"n = {n or 'all'} labelled images per class", flush=True)
     models = {}
     cvae_states = [train_cvae(args, splits, n, d) for d in range(1, args.draws + 1)]
     models["cvae"] = generated(args, cvae_states, 0)
-    if n:
+    if n in m2_per_class:
       m2_states, m2_errors[n] = train_m2(args, splits, n)
       models["m2"] = generated(args, m2_states, 100)
+    if n in m1m2_per_class and args.dataset == "mnist":  # M1 is an MNIST run.
+      m1 = vae_jax.open_run(args.m1_dir)
+      m1m2_states, m1m2_errors[n] = train_m2(args, splits, n, "m1m2")
+      active_L = encoded.active_units(str(args.m1_dir))
+      out = [
+        augmentation.generate_m1m2(s, m1.state, active_L, args.generated, jax.random.key(200 + d))
+        for d, s in enumerate(m1m2_states)
+      ]
+      models["m1m2"] = (
+        np.stack([x for x, _ in out]).astype(np.float32) / 255,
+        np.stack([y for _, y in out]),
+      )
     if n == smallest:  # Draw 1's generated images, class by class.
       shown = {name: x[0] for name, (x, _) in models.items()}
     for network in ("mlp", "cnn"):
@@ -237,18 +277,20 @@ def main() -> int:
   text = (
     f"Test accuracy, mean +- sd over {args.draws} draws of the labelled subset; "
     f"{args.steps} classifier steps; {args.generated} generated images per class; cvae "
-    f"{args.cvae_latent} latents, {args.cvae_epochs} epochs; m2 {args.m2_epochs} epochs. "
+    f"{args.cvae_latent} latents, {args.cvae_epochs} epochs; m2 {args.m2_epochs} epochs; "
+    f"m1+m2 {args.m1m2_epochs} epochs on M1 {args.m1_dir}. "
     f"Wall time of this command: {seconds:.0f} s.\n\n" + common.markdown_table(header, rows)
   )
-  if m2_errors:
-    text += "\n\nM2's own classifier q(y|x), test error: " + ", ".join(
-      f"n = {n}: {np.mean(e):.4f} +- {np.std(e, ddof=1) if len(e) > 1 else 0:.4f}"
-      for n, e in m2_errors.items()
-    )
+  for name, errors in (("M2", m2_errors), ("M1+M2", m1m2_errors)):
+    if errors:
+      text += f"\n\n{name}'s own classifier q(y|x), test error: " + ", ".join(
+        f"n = {n}: {np.mean(e):.4f} +- {np.std(e, ddof=1) if len(e) > 1 else 0:.4f}"
+        for n, e in errors.items()
+      )
   plot(args.workdir / "augmentation.png", table, per_class, args.draws)
   # generated.png: 8 images of each class (a row each), the cvae's rows above the m2's.
   rows_of = lambda x: x.reshape(10, -1, *x.shape[1:])[:, :8].reshape(-1, *x.shape[1:])
-  grid = np.concatenate([rows_of(shown[name]) for name in ("cvae", "m2") if name in shown])
+  grid = np.concatenate([rows_of(shown[name]) for name in ("cvae", "m2", "m1m2") if name in shown])
   images.save_png(args.workdir / "generated.png", images.image_grid(grid, nrow=8))
   common.write_report(
     args.workdir,
@@ -259,6 +301,7 @@ def main() -> int:
       "args": {k: str(v) for k, v in vars(args).items()},
       "table": table,
       "m2_class_error": m2_errors,
+      "m1m2_class_error": m1m2_errors,
       "seconds": seconds,
     },
   )

@@ -82,6 +82,19 @@ def generate(state: TrainState, per_class: int, key: jax.Array) -> tuple[np.ndar
   return to_uint8(api.sample(state, len(labels_N), key, labels_N)), labels_N.astype(np.int64)
 
 
+def generate_m1m2(
+  m2_state: TrainState, m1_state: TrainState, active_L, per_class: int, key: jax.Array
+) -> tuple[np.ndarray, np.ndarray]:
+  """generate's images and labels from M1+M2 (Kingma et al. 2014): for y and z2 ~ N(0, I),
+  z1 = the mean of M2's p(z1|y, z2) on M1's active units (active_L, vae_jax.encoded) and 0,
+  the prior's mean, on the others; the image, M1's decoder mean at z1."""
+  labels_N = np.repeat(np.arange(model_of(m2_state).num_classes), per_class)
+  z1_NxA = api.sample(m2_state, len(labels_N), key, labels_N).reshape(len(labels_N), -1)
+  z1_NxL = np.zeros((len(labels_N), len(active_L)), np.float32)
+  z1_NxL[:, np.asarray(active_L)] = z1_NxA
+  return to_uint8(api.decode(m1_state, z1_NxL)), labels_N.astype(np.int64)
+
+
 def dataset_files(channels: int) -> tuple[str, str]:
   """The IDX names augment writes: images (idx3 for gray, idx4 for colour) and labels."""
   return (FILES[0] if channels == 1 else FILES[0].replace("idx3", "idx4"), FILES[1])

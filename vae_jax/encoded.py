@@ -23,7 +23,7 @@ from vae_jax.data import DataError
 
 
 @functools.cache
-def _encode_run(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _encode_run(workdir: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
   from vae_jax import data, evaluate, runs
 
   try:
@@ -53,7 +53,13 @@ def _encode_run(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     features = np.ascontiguousarray(np.stack([mu_NxA, logvar_NxA], -1)[:, None], np.float32)
     features.flags.writeable = False
     out[split] = (features, labels)
-  return out
+  return out, active_L
+
+
+def active_units(workdir: str) -> np.ndarray:
+  """Which of the run's latent units its encoded data keep (L bool): to decode a code of the
+  encoded space, put its values there and the prior mean (0) elsewhere."""
+  return _encode_run(str(workdir))[1]
 
 
 def load_encoded(workdir: str, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,5 +70,5 @@ def load_encoded(workdir: str, split: str, limit: int = 0) -> tuple[np.ndarray, 
       "config.data.source='encoded': set config.data.dir to the trained run whose "
       "posterior is the data"
     )
-  features, labels = _encode_run(str(workdir))[split]
+  features, labels = _encode_run(str(workdir))[0][split]
   return (features[:limit], labels[:limit]) if limit else (features, labels)

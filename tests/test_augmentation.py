@@ -63,3 +63,25 @@ def test_the_classifiers_learn_classes_a_bright_quadrant_tells_apart(network):
     jax.random.split(jax.random.key(0), 2), x[:300], y[:300], recipe, num_classes=4
   )
   assert (classifier.accuracy(params, network, x[300:], y[300:], num_classes=4) > 0.9).all()
+
+
+def test_m1m2_generates_through_m1s_decoder_with_the_inactive_units_at_zero():
+  def state(model: str, shape, latent: int, likelihood: str = "bernoulli"):
+    config = vae_jax.get_config(model=model)
+    config.model.update(hidden_dim=8, latent_dim=latent)
+    config.objective.likelihood = likelihood
+    return vae_jax.create_state(config, shape, num_train_examples=16)[0]
+
+  m1 = state("mlp", (4, 4, 1), 5)
+  active_L = np.array([True, False, True, True, False])
+  m2 = state("cmlp", (1, 3, 1), 2, "normal")  # M2 on M1's 3 active units.
+  x_u8, labels = augmentation.generate_m1m2(m2, m1, active_L, 2, jax.random.key(7))
+  assert x_u8.shape == (20, 4, 4, 1) and x_u8.dtype == np.uint8
+  np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 2))
+  # By hand: z2 as sample draws it, p(z1|y, z2)'s mean from M2's decoder, M1's sigmoid mean.
+  z2 = jax.random.normal(jax.random.key(7), (20, 2))
+  mean_z1 = m2.apply_fn({"params": m2.params}, z2, jnp.asarray(labels), method="generate")
+  z1 = np.zeros((20, 5), np.float32)
+  z1[:, active_L] = np.asarray(mean_z1).reshape(20, 3)
+  want = m1.apply_fn({"params": m1.params}, jnp.asarray(z1), method="generate")
+  np.testing.assert_array_equal(x_u8, augmentation.to_uint8(want))

@@ -264,27 +264,10 @@ def test_compress_and_decompress_give_idx_files_and_pngs_back_bit_for_bit(
   assert status == 0, out.err
   stats_line = json.loads(out.out)
   assert stats_line["images"] == 60 and stats_line["bytes"] == (tmp_path / "a.vjx").stat().st_size
-  assert (
-    _main(
-      capsys,
-      "decompress",
-      f"--workdir={run}",
-      f"--input={tmp_path / 'a.vjx'}",
-      f"--out={tmp_path / 'b-ubyte'}",
-    )[0]
-    == 0
-  )
+  for out in ("b-ubyte", "png"):  # An IDX file, then a directory of PNGs.
+    args = (f"--workdir={run}", f"--input={tmp_path / 'a.vjx'}", f"--out={tmp_path / out}")
+    assert _main(capsys, "decompress", *args)[0] == 0
   assert (tmp_path / "b-ubyte").read_bytes() == idx.read_bytes()
-  assert (
-    _main(
-      capsys,
-      "decompress",
-      f"--workdir={run}",
-      f"--input={tmp_path / 'a.vjx'}",
-      f"--out={tmp_path / 'png'}",
-    )[0]
-    == 0
-  )
   (tmp_path / "png" / "00.png").rename(tmp_path / "png" / "A.PNG")  # Any case of .png.
   names = sorted(p.name for p in (tmp_path / "png").iterdir())
   assert len(names) == 60 and names[0] == "01.png" and "A.PNG" in names

@@ -177,6 +177,27 @@ def cell(args, splits, network: str, recipe: str, per_class: int, models: dict) 
   return out
 
 
+def nearest_distances(splits, per_class: int, models: dict) -> dict[str, float]:
+  """Memorization, draw 1: the mean Euclidean distance (pixels in [0, 1]) from each generated
+  image to the nearest labelled image of its class, beside the same for the test images (what
+  a new image of the class is). Near-copies of the labelled images add little to them."""
+  x_real, y_real = subset(splits, 1, per_class)
+  x_real = x_real.reshape(len(x_real), -1).astype(np.float32) / 255
+
+  def mean_nearest(x_NxD, y_N) -> float:
+    out = []
+    for c in range(10):
+      d = ((x_NxD[y_N == c, None] - x_real[None, y_real == c]) ** 2).sum(-1)
+      out.append(np.sqrt(d.min(1)))
+    return float(np.concatenate(out).mean())
+
+  x_test, y_test = splits["test"]
+  out = {"test images": mean_nearest(x_test.reshape(len(x_test), -1) / np.float32(255), y_test)}
+  for name, (x, y) in models.items():
+    out[name] = mean_nearest(x[0].reshape(len(x[0]), -1), y[0])
+  return out
+
+
 def plot(path: Path, table: dict, per_class: list[int], draws: int) -> None:
   plt = common.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -232,7 +253,7 @@ def main() -> int:
     common.DATA["data.train_examples"] = args.train_examples
   start = time.perf_counter()
   table: dict = {net: {recipe: {} for recipe in RECIPES} for net in ("mlp", "cnn")}
-  m2_errors, m1m2_errors, shown = {}, {}, {}
+  m2_errors, m1m2_errors, shown, nearest = {}, {}, {}, {}
   smallest = min(per_class, key=lambda n: n or np.inf)
   for n in per_class:
     print(f"n = {n or 'all'} labelled images per class", flush=True)
@@ -256,6 +277,7 @@ def main() -> int:
       )
     if n == smallest:  # Draw 1's generated images, class by class.
       shown = {name: x[0] for name, (x, _) in models.items()}
+      nearest = nearest_distances(splits, n, models) if n else {}
     for network in ("mlp", "cnn"):
       for recipe, (source, _) in RECIPES.items():
         if source in (None, *models):
@@ -281,6 +303,12 @@ def main() -> int:
     f"m1+m2 {args.m1m2_epochs} epochs on M1 {args.m1_dir}. "
     f"Wall time of this command: {seconds:.0f} s.\n\n" + common.markdown_table(header, rows)
   )
+  if nearest:
+    text += (
+      f"\n\nDistance to the nearest labelled image of the class (n = {smallest}, draw 1, "
+      "pixels in [0, 1], mean): "
+      + ", ".join(f"{name} {value:.2f}" for name, value in nearest.items())
+    )
   for name, errors in (("M2", m2_errors), ("M1+M2", m1m2_errors)):
     if errors:
       text += f"\n\n{name}'s own classifier q(y|x), test error: " + ", ".join(
@@ -302,6 +330,7 @@ def main() -> int:
       "table": table,
       "m2_class_error": m2_errors,
       "m1m2_class_error": m1m2_errors,
+      "nearest_labelled_distance": nearest,
       "seconds": seconds,
     },
   )

@@ -198,6 +198,22 @@ def nearest_distances(splits, per_class: int, models: dict) -> dict[str, float]:
   return out
 
 
+def label_agreement(args, splits, models: dict) -> dict[str, float]:
+  """How often a CNN trained on every label (--steps steps) classifies a generated image (draw
+  1) as the class it was generated for: a generator whose classes are not the labels' teaches
+  the classifier wrong labels."""
+  x, y = splits["train"]
+  recipe = classifier.Recipe(network="cnn", steps=args.steps)
+  params = classifier.train(jax.random.split(jax.random.key(7), 1), x / np.float32(255), y, recipe)
+  x_test, y_test = splits["test"]
+  out = {
+    "test images": float(classifier.accuracy(params, "cnn", x_test / np.float32(255), y_test)[0])
+  }
+  for name, (x_gen, y_gen) in models.items():
+    out[name] = float(classifier.accuracy(params, "cnn", x_gen[0], y_gen[0])[0])
+  return out
+
+
 def plot(path: Path, table: dict, per_class: list[int], draws: int) -> None:
   plt = common.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -253,7 +269,7 @@ def main() -> int:
     common.DATA["data.train_examples"] = args.train_examples
   start = time.perf_counter()
   table: dict = {net: {recipe: {} for recipe in RECIPES} for net in ("mlp", "cnn")}
-  m2_errors, m1m2_errors, shown, nearest = {}, {}, {}, {}
+  m2_errors, m1m2_errors, shown, nearest, agreement = {}, {}, {}, {}, {}
   smallest = min(per_class, key=lambda n: n or np.inf)
   for n in per_class:
     print(f"n = {n or 'all'} labelled images per class", flush=True)
@@ -278,6 +294,7 @@ def main() -> int:
     if n == smallest:  # Draw 1's generated images, class by class.
       shown = {name: x[0] for name, (x, _) in models.items()}
       nearest = nearest_distances(splits, n, models) if n else {}
+      agreement = label_agreement(args, splits, models)
     for network in ("mlp", "cnn"):
       for recipe, (source, _) in RECIPES.items():
         if source in (None, *models):
@@ -309,6 +326,12 @@ def main() -> int:
       "pixels in [0, 1], mean): "
       + ", ".join(f"{name} {value:.2f}" for name, value in nearest.items())
     )
+  if agreement:
+    text += (
+      f"\n\nGenerated images (n = {smallest}, draw 1) that a CNN trained on every label "
+      "assigns to the class they were generated for: "
+      + ", ".join(f"{name} {value:.3f}" for name, value in agreement.items())
+    )
   for name, errors in (("M2", m2_errors), ("M1+M2", m1m2_errors)):
     if errors:
       text += f"\n\n{name}'s own classifier q(y|x), test error: " + ", ".join(
@@ -331,6 +354,7 @@ def main() -> int:
       "m2_class_error": m2_errors,
       "m1m2_class_error": m1m2_errors,
       "nearest_labelled_distance": nearest,
+      "label_agreement": agreement,
       "seconds": seconds,
     },
   )

@@ -39,6 +39,7 @@ from vae_jax import losses
 
 INITIAL_WORDS = 32  # 1,024 bits of a fixed sequence at the bottom of the stack.
 MAX_BATCH = 1024
+TABLE_ROWS = 256  # Pixels whose 254-level table is computed in one step.
 PRIOR_PRECISION = 8  # 2^8 buckets of equal prior mass per latent dimension (the paper's).
 LIKELIHOODS = losses.DISCRETE  # The likelihoods it codes.
 _MODELS = constriction.stream.model
@@ -117,8 +118,17 @@ def _ends(params_Nx2, likelihood: str):
 
 @functools.partial(jax.jit, static_argnames="likelihood")
 def _between(params_Mx2, likelihood: str):
-  """P(level k | 0 < k < 255) of each pixel, k = 1..254 (unnormalized): M x 254."""
-  return PROBS[likelihood](params_Mx2[:, 0], params_Mx2[:, 1])[:, 1:-1]
+  """P(level k | 0 < k < 255) of each pixel, k = 1..254 (unnormalized): M x 254; TABLE_ROWS
+  rows at a time (a loop), so that each step's intermediates stay in cache (1.5x on XLA's
+  CPU against all rows at once)."""
+
+  def table(p_Rx2):
+    return PROBS[likelihood](p_Rx2[:, 0], p_Rx2[:, 1])[:, 1:-1]
+
+  rows = params_Mx2.shape[0]
+  if rows <= TABLE_ROWS or rows % TABLE_ROWS:
+    return table(params_Mx2)
+  return jax.lax.map(table, params_Mx2.reshape(-1, TABLE_ROWS, 2)).reshape(rows, -1)
 
 
 def padded_call(fn: Callable, rows_Nx, *args, rows_axis: int = 0, **kwargs) -> np.ndarray:

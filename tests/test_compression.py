@@ -131,6 +131,26 @@ def test_the_beta_binomial_stays_finite_where_the_decoder_drives_alpha_to_zero()
   np.testing.assert_allclose(table.sum(-1), 1.0, atol=5e-3)
 
 
+@pytest.mark.parametrize("likelihood", ["beta_binomial", "discretized_logistic"])
+def test_a_level_the_model_rules_out_still_codes_and_decodes(likelihood):
+  # Pixels the model is all but sure are 0 or 255 (their levels between underflow to 0 in
+  # float32), yet are not: the tables stay usable and the levels come back.
+  import constriction
+
+  params_Mx2 = np.array(
+    [[-10, 10], [10, -10], [-30, -30], [3, -9], [0.5, -7], [0, 0], [3.382978, 2.3214228]], np.float32
+  )
+  if likelihood == "discretized_logistic":
+    params_Mx2[:, 0] = np.array([-3, 4, 0.5, 0.0, 1.0, 0.5, 0.2])  # Locations outside [0, 1].
+  table_Mx254 = bitsback.padded_call(bitsback._between, params_Mx2, likelihood=likelihood)
+  assert np.isfinite(table_Mx254).all() and (table_Mx254.sum(-1) > 0).all()
+  levels = np.array([127, 0, 253, 200, 5, 60, 253], np.int32)  # The last: a Fashion pixel.
+  model = constriction.stream.model.Categorical(perfect=False)
+  coder = constriction.stream.stack.AnsCoder()
+  coder.encode_reverse(levels, model, table_Mx254)
+  np.testing.assert_array_equal(coder.decode(model, table_Mx254), levels)
+
+
 def _tiny(seed: int, likelihood: str = "bernoulli", latent: int = 2, shape=(4, 4, 1)):
   """A random tiny model (its init) as a train state: (state, model)."""
   config = vae_jax.get_config()

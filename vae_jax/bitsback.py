@@ -118,12 +118,20 @@ def _ends(params_Nx2, likelihood: str):
 
 @functools.partial(jax.jit, static_argnames="likelihood")
 def _between(params_Mx2, likelihood: str):
-  """P(level k | 0 < k < 255) of each pixel, k = 1..254 (unnormalized): M x 254; TABLE_ROWS
+  """P(level k | 0 < k < 255) of each pixel, k = 1..254 (up to a factor per row): M x 254; TABLE_ROWS
   rows at a time (a loop), so that each step's intermediates stay in cache (1.5x on XLA's
   CPU against all rows at once)."""
 
   def table(p_Rx2):
-    return PROBS[likelihood](p_Rx2[:, 0], p_Rx2[:, 1])[:, 1:-1]
+    if likelihood == "beta_binomial":  # From the logs, scaled to a largest entry of 1.
+      log_p = losses.beta_binomial_log_probs(p_Rx2[:, 0], p_Rx2[:, 1])[:, 1:-1]
+      p = jnp.exp(log_p - log_p.max(-1, keepdims=True))
+    else:
+      p = PROBS[likelihood](p_Rx2[:, 0], p_Rx2[:, 1])[:, 1:-1]
+    # A row whose levels all underflowed (a pixel the model is sure is 0 or 255, yet is not)
+    # is coded as uniform: constriction needs some mass to spread.
+    usable = jnp.isfinite(p).all(-1, keepdims=True) & (p.sum(-1, keepdims=True) > 0)
+    return jnp.where(usable, p, 1.0)
 
   rows = params_Mx2.shape[0]
   if rows <= TABLE_ROWS or rows % TABLE_ROWS:
@@ -132,12 +140,14 @@ def _between(params_Mx2, likelihood: str):
 
 
 def padded_call(fn: Callable, rows_Nx, *args, rows_axis: int = 0, **kwargs) -> np.ndarray:
-  """fn(*args, rows padded to the next power of two, **kwargs) as numpy, the first N rows of
+  """fn(*args, rows padded (see padded), **kwargs) as float64 numpy, the first N rows of
   its rows_axis: the compiled shapes are few, and the same in both directions (so are the
   floats)."""
   n = len(rows_Nx)
   pad = np.zeros((padded(n) - n, *rows_Nx.shape[1:]), rows_Nx.dtype)
-  out = np.asarray(fn(*args, np.concatenate([rows_Nx, pad]), **kwargs))
+  # float64 for constriction: its leaky quantizer, given float32 tables, can leave a level
+  # of 1e-29 with no mass (a panic); the widening is exact, so both directions agree.
+  out = np.asarray(fn(*args, np.concatenate([rows_Nx, pad]), **kwargs), np.float64)
   return out[:n] if rows_axis == 0 else out[:, :n]
 
 

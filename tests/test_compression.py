@@ -138,7 +138,8 @@ def test_a_level_the_model_rules_out_still_codes_and_decodes(likelihood):
   import constriction
 
   params_Mx2 = np.array(
-    [[-10, 10], [10, -10], [-30, -30], [3, -9], [0.5, -7], [0, 0], [3.382978, 2.3214228]], np.float32
+    [[-10, 10], [10, -10], [-30, -30], [3, -9], [0.5, -7], [0, 0], [3.382978, 2.3214228]],
+    np.float32,
   )
   if likelihood == "discretized_logistic":
     params_Mx2[:, 0] = np.array([-3, 4, 0.5, 0.0, 1.0, 0.5, 0.2])  # Locations outside [0, 1].

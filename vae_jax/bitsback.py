@@ -20,7 +20,7 @@ sequence (the bits the first image borrows), which decompression gets back and c
 
 Determinism: the coder's probabilities come from the network's float32 outputs, which must be
 bit-identical when decompressing: the same parameters, the same compiled programs (batch
-shapes are padded to 4 to 7 times a power of two, the same in both directions) on the same backend, jax
+shapes are padded to powers of two, the same in both directions) on the same backend, jax
 version and CPU. vae_jax.compression records all of it in the file and refuses a mismatch.
 """
 
@@ -40,6 +40,7 @@ from vae_jax import losses
 INITIAL_WORDS = 32  # 1,024 bits of a fixed sequence at the bottom of the stack.
 MAX_BATCH = 1024
 TABLE_ROWS = 256  # Pixels whose 254-level table is computed in one step.
+TABLE_CALL = 8192  # Pixels per call of the tables past that many: one compiled shape.
 PRIOR_PRECISION = 8  # 2^8 buckets of equal prior mass per latent dimension (the paper's).
 LIKELIHOODS = losses.DISCRETE  # The likelihoods it codes.
 _MODELS = constriction.stream.model
@@ -78,12 +79,9 @@ def schedule(stack_bits: int, bits_per_image: int, remaining: int) -> int:
 
 
 def padded(n: int) -> int:
-  """The batch shape n rows are computed in: the next of 4, 5, 6 or 7 times a power of two
-  (a few compiled shapes per octave, at most 25 % of the rows padding)."""
-  if n <= 4:
-    return max(1, n)
-  shift = int(n - 1).bit_length() - 3
-  return -(-n >> shift) << shift if -(-n >> shift) <= 7 else 8 << shift
+  """The batch shape n rows are computed in: the next power of two (few compiled shapes: a
+  program compiles in about the time it codes a few hundred images)."""
+  return 1 << max(0, int(n - 1).bit_length())
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "precision"))
@@ -151,6 +149,20 @@ def padded_call(fn: Callable, rows_Nx, *args, rows_axis: int = 0, **kwargs) -> n
   return out[:n] if rows_axis == 0 else out[:, :n]
 
 
+def between_tables(params_Mx2: np.ndarray, likelihood: str) -> np.ndarray:
+  """_between's tables (float64, M x 254): in calls of TABLE_CALL pixels when there are more
+  (a batch of 1,024 MNIST images has ~130,000), so the compiled shapes stay few."""
+  if len(params_Mx2) <= TABLE_CALL:
+    return padded_call(_between, params_Mx2, likelihood=likelihood)
+  m = len(params_Mx2)
+  out_Mx254 = np.empty((m, losses.LEVELS - 2), np.float64)
+  for start in range(0, m, TABLE_CALL):
+    rows = params_Mx2[start : start + TABLE_CALL]
+    chunk = np.concatenate([rows, np.zeros((TABLE_CALL - len(rows), 2), rows.dtype)])
+    out_Mx254[start : start + len(rows)] = np.asarray(_between(chunk, likelihood))[: len(rows)]
+  return out_Mx254
+
+
 class Codec:
   """A trained model's coder: ``encode(symbols) -> (words, batch sizes)`` and back.
 
@@ -207,7 +219,7 @@ class Codec:
     end_BD = np.where(x_BD == 0, 0, np.where(x_BD == self.levels - 1, 1, 2)).astype(np.int32)
     between_M = np.flatnonzero(end_BD == 2)
     if len(between_M):
-      table_Mx254 = padded_call(_between, params_BDx2[between_M], likelihood=likelihood)
+      table_Mx254 = between_tables(params_BDx2[between_M], likelihood)
       coder.encode_reverse(x_BD[between_M] - 1, categorical, table_Mx254)
     coder.encode_reverse(
       end_BD,
@@ -227,7 +239,7 @@ class Codec:
     x_BD = np.where(end_BD == 0, 0, self.levels - 1).astype(np.int32)
     between_M = np.flatnonzero(end_BD == 2)
     if len(between_M):
-      table_Mx254 = padded_call(_between, params_BDx2[between_M], likelihood=likelihood)
+      table_Mx254 = between_tables(params_BDx2[between_M], likelihood)
       x_BD[between_M] = coder.decode(categorical, table_Mx254) + 1
     return x_BD
 

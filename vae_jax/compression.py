@@ -40,7 +40,7 @@ from vae_jax import bitsback, checkpoint, cpu_kernels, data, evaluate, files, im
 from vae_jax.step import TrainState, model_of
 
 MAGIC = b"VJXBBANS"
-FORMAT = 2  # 2: the compiled shapes padded to 4-7 x 2^k rows, the tables by blocked sums.
+FORMAT = 2  # 2: the tables by blocked sums, in calls of at most 8,192 pixels, as float64.
 IDX_SUFFIXES = ("-ubyte", ".idx", ".gz")
 
 

@@ -134,11 +134,11 @@ def train_m2(args, splits, per_class: int, recipe: str = "m2"):
   return [jax.tree.map(lambda a, k=k: a[k], states) for k in range(len(seeds))], errors
 
 
-def generated(args, states, key_base: int):
-  """(x_DxMxHxWxC in [0, 1], y_DxM) of every draw's model: --generated images per class."""
+def generated(args, states, key_base: int, generate=augmentation.generate):
+  """(x_DxMxHxWxC in [0, 1], y_DxM) of every draw's model: --generated images per class,
+  drawn by generate(state, per_class, key)."""
   out = [
-    augmentation.generate(state, args.generated, jax.random.key(key_base + d))
-    for d, state in enumerate(states)
+    generate(state, args.generated, jax.random.key(key_base + d)) for d, state in enumerate(states)
   ]
   return (
     np.stack([x for x, _ in out]).astype(np.float32) / 255,
@@ -283,13 +283,11 @@ def main() -> int:
       m1 = vae_jax.open_run(args.m1_dir)
       m1m2_states, m1m2_errors[n] = train_m2(args, splits, n, "m1m2")
       active_L = encoded.active_units(str(args.m1_dir))
-      out = [
-        augmentation.generate_m1m2(s, m1.state, active_L, args.generated, jax.random.key(200 + d))
-        for d, s in enumerate(m1m2_states)
-      ]
-      models["m1m2"] = (
-        np.stack([x for x, _ in out]).astype(np.float32) / 255,
-        np.stack([y for _, y in out]),
+      models["m1m2"] = generated(
+        args,
+        m1m2_states,
+        200,
+        lambda s, num, key: augmentation.generate_m1m2(s, m1.state, active_L, num, key),
       )
     if n == smallest:  # Draw 1's generated images, class by class.
       shown = {name: x[0] for name, (x, _) in models.items()}

@@ -69,6 +69,11 @@ def to_uint8(x_NxHxWxC) -> np.ndarray:
   return np.clip(np.rint(np.asarray(x_NxHxWxC, np.float32) * 255), 0, 255).astype(np.uint8)
 
 
+def class_labels(num_classes: int, per_class: int) -> np.ndarray:
+  """The labels generate draws for: per_class of each class, class by class (int64)."""
+  return np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
+
+
 def generate(state: TrainState, per_class: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
   """(images_NxHxWxC uint8, labels_N int64): per_class decoded draws z ~ N(0, I) of each class
   of a conditional model, class by class (N = per_class x classes)."""
@@ -78,8 +83,8 @@ def generate(state: TrainState, per_class: int, key: jax.Array) -> tuple[np.ndar
       f"augment: model {type(model).__name__} is not conditional, so its samples have no "
       "label; train a conditional model (cmlp, cconv, or the m2 objective)"
     )
-  labels_N = np.repeat(np.arange(model.num_classes), per_class)
-  return to_uint8(api.sample(state, len(labels_N), key, labels_N)), labels_N.astype(np.int64)
+  labels_N = class_labels(model.num_classes, per_class)
+  return to_uint8(api.sample(state, len(labels_N), key, labels_N)), labels_N
 
 
 def generate_m1m2(
@@ -88,11 +93,11 @@ def generate_m1m2(
   """generate's images and labels from M1+M2 (Kingma et al. 2014): for y and z2 ~ N(0, I),
   z1 = the mean of M2's p(z1|y, z2) on M1's active units (active_L, vae_jax.encoded) and 0,
   the prior's mean, on the others; the image, M1's decoder mean at z1."""
-  labels_N = np.repeat(np.arange(model_of(m2_state).num_classes), per_class)
+  labels_N = class_labels(model_of(m2_state).num_classes, per_class)
   z1_NxA = api.sample(m2_state, len(labels_N), key, labels_N).reshape(len(labels_N), -1)
   z1_NxL = np.zeros((len(labels_N), len(active_L)), np.float32)
   z1_NxL[:, np.asarray(active_L)] = z1_NxA
-  return to_uint8(api.decode(m1_state, z1_NxL)), labels_N.astype(np.int64)
+  return to_uint8(api.decode(m1_state, z1_NxL)), labels_N
 
 
 def dataset_files(channels: int) -> tuple[str, str]:

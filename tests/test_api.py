@@ -18,6 +18,8 @@ def _use_every_name(tmp_path, small_splits, trained_run):
   config = vae_jax.get_config()
   config.optim.num_epochs, config.run.progress, config.run.save_images = 1, False, False
   config.run.tensorboard = False
+  from vae_jax import models, objectives, posteriors, priors
+
   out = {}
   out["get_config"] = vae_jax.get_config(model="conv").model.name
   out["parse_config"] = vae_jax.parse_config(config).model[0].name
@@ -52,6 +54,11 @@ def _use_every_name(tmp_path, small_splits, trained_run):
   fresh, fresh_keys = vae_jax.create_state(config, (28, 28, 1), num_train_examples=300)
   out["create_state"] = (int(fresh.step), sorted(fresh_keys))
   out["VAE"] = isinstance(module, vae_jax.VAE)
+  out["MLP"] = isinstance(module, vae_jax.MLP)
+  out["Conv"] = isinstance(vae_jax.build_model(vae_jax.get_config(model="conv")), vae_jax.Conv)
+  out["Prior"] = issubclass(priors.REGISTRY.get("vamp").target, vae_jax.Prior)
+  out["Posterior"] = issubclass(posteriors.REGISTRY.get("vmf").target, vae_jax.Posterior)
+  out["Flow"] = issubclass(posteriors.REGISTRY.get("planar").target, vae_jax.Flow)
   conditional = vae_jax.build_model(vae_jax.get_config(model="cmlp"), (28, 28, 1))
   out["ConditionalVAE"] = isinstance(conditional, vae_jax.ConditionalVAE)
   m2 = vae_jax.get_config(model="cmlp", objective="m2")
@@ -76,7 +83,6 @@ def _use_every_name(tmp_path, small_splits, trained_run):
     mode: str = vae_jax.static("a")
 
   out["Hparams"] = out["static"] = (ApiHparams().weight, ApiHparams().mode)
-  from vae_jax import models, objectives
   from vae_jax.models.mlp import MLP
 
   try:
@@ -84,9 +90,17 @@ def _use_every_name(tmp_path, small_splits, trained_run):
     vae_jax.register_model("api_test")(type("ApiVAE", (MLP,), {"__module__": __name__}))
     out["register_objective"] = objectives.REGISTRY.get("api_test").settings
     out["register_model"] = models.REGISTRY.get("api_test").settings["hidden_dim"]
+    vae_jax.register_prior("api_test")(
+      type("ApiPrior", (priors.REGISTRY.get("mog").target,), {"__module__": __name__})
+    )
+    out["register_prior"] = priors.REGISTRY.get("api_test").settings["num_components"]
+    vae_jax.register_posterior("api_test")(
+      type("ApiPosterior", (posteriors.REGISTRY.get("planar").target,), {"__module__": __name__})
+    )
+    out["register_posterior"] = posteriors.REGISTRY.get("api_test").settings["length"]
   finally:
-    objectives.REGISTRY.entries.pop("api_test", None)
-    models.REGISTRY.entries.pop("api_test", None)
+    for registry in (objectives.REGISTRY, models.REGISTRY, priors.REGISTRY, posteriors.REGISTRY):
+      registry.entries.pop("api_test", None)
   return out
 
 

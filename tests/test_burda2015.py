@@ -91,12 +91,10 @@ def numpy_log_weights(name, params, x_BxD, eps_KxBxE):
 def test_importance_weights_match_numpy_float64(overrides, units):
   state, _, _, _ = _state(overrides)
   x = _binary(5)
-  eps = np.random.RandomState(1).randn(7, 5, units)
+  key = jax.random.key(1)  # importance_terms draws eps = normal(key, K x B x units).
+  eps = np.asarray(jax.random.normal(key, (7, 5, units)), np.float64)
   logits, log_p, log_q = state.apply_fn(
-    {"params": state.params},
-    jnp.asarray(x),
-    jnp.asarray(eps, jnp.float32),
-    method="importance_terms",
+    {"params": state.params}, jnp.asarray(x), key, 7, method="importance_terms"
   )
   chex.assert_shape([log_p, log_q], (7, 5))
   chex.assert_shape(logits, (7, 5, D, 1, 1))
@@ -133,6 +131,11 @@ def test_one_sample_vae_k_and_iwae_are_the_same_objective():
   chex.assert_trees_all_close(grad_v, grad_i, rtol=1e-5, atol=1e-6)
 
 
+def _noise(key, i: int, j: int, units: int) -> np.ndarray:
+  key_ij = jax.random.fold_in(jax.random.fold_in(key, i), j)
+  return np.asarray(jax.random.normal(key_ij, (1, 1, units))[0, 0], np.float64)
+
+
 def test_hierarchical_estimator_is_exact_for_any_chunking():
   state, _, _, _ = _state(TWO_LAYERS)
   x, key = _binary(7), jax.random.key(4)
@@ -143,14 +146,8 @@ def test_hierarchical_estimator_is_exact_for_any_chunking():
     state.params, state.apply_fn, x, key, 30, batch_size=3, sample_chunk=7
   )
   np.testing.assert_allclose(whole["iwae"], chunked["iwae"], rtol=1e-5)
-  # Example i's noise is normal(fold_in(key, i), (K, L1 + L2)): the numpy weights agree.
-  eps = np.stack(
-    [
-      np.asarray(jax.random.normal(jax.random.fold_in(key, i), (30, 6)), np.float64)
-      for i in range(7)
-    ],
-    axis=1,
-  )
+  # Sample j of example i draws normal(fold_in(fold_in(key, i), j), (1, 1, L1 + L2)).
+  eps = np.stack([[_noise(key, i, j, 6) for i in range(7)] for j in range(30)])
   log_w = numpy_log_weights("hvae2", state.params, x.reshape(7, D), eps)
   np.testing.assert_allclose(whole["iwae"], special.logsumexp(log_w, 0) - np.log(30), rtol=1e-4)
   np.testing.assert_allclose(whole["elbo"], log_w.mean(0), rtol=1e-4)
@@ -256,9 +253,10 @@ def test_output_bias_starts_at_the_logit_of_the_mean_pixel():
   "overrides,message",
   [
     (
-      {"model.name": "hvae2", "objective.name": "elbo"},
-      "config.objective.name='elbo': model 'hvae2' has a prior other than N(0, I); it trains with "
-      "an importance-weighted objective (iwae, vae_k)",
+      {"model.name": "hvae2", "objective.name": "beta_tcvae"},
+      "config.objective.name='beta_tcvae': reads the encoder's (mu, logvar) as q(z|x) and "
+      "N(0, I) as p(z); model 'hvae2' has other latents here (a hierarchy of its own, or "
+      "another config.prior / config.posterior): choose elbo, vae_k or iwae, which take any",
     ),
     (
       {"optim.lr_schedule": "cosine"},

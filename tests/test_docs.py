@@ -26,7 +26,7 @@ that the next one samples from):
   and imported (later blocks, config files and --plugin use it by name).
 - Speed: compiled programs go to jax's persistent compilation cache in a temporary directory
   for this file's tests, so pages that train the same model on the same data compile it once.
-The registries of models and objectives and sys.modules are restored after each page (the
+The registries (models, priors, posteriors, objectives) and sys.modules are restored after each page (the
 cache after the last), so what an example registers does not leak into other tests.
 """
 
@@ -43,7 +43,7 @@ from conftest import synthetic_split, write_idx_dir
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = ("bash", "sh", "shell", "console")
-EXPECTED_COUNTS = {"run": 24, "not_run": 29}
+EXPECTED_COUNTS = {"run": 26, "not_run": 30}
 SMALL = {"--config.optim.num_epochs": 3, "--num_samples": 20}  # Flag -> the largest value run.
 
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
@@ -153,9 +153,9 @@ def docs_data(tmp_path_factory):
 
 
 def registries():
-  from vae_jax import models, objectives
+  from vae_jax import config as config_lib
 
-  return [models.REGISTRY, objectives.REGISTRY]
+  return list(config_lib.registries().values())
 
 
 @pytest.mark.parametrize(

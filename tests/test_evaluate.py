@@ -60,18 +60,19 @@ def test_estimator_matches_numpy_float64_with_the_same_noise():
   state, x, key, k = _state(), _binary(5), jax.random.key(3), 40
   result = _iwae(state.params, state.apply_fn, x, key, k)
   chex.assert_shape([result["iwae"], result["elbo"]], (5,))
-  # Example i's noise is normal(fold_in(key, i), (K, L)): the documented contract.
-  eps = np.stack(
-    [
-      np.asarray(jax.random.normal(jax.random.fold_in(key, i), (k, L)), np.float64)
-      for i in range(5)
-    ]
-  )
+  # Sample j of example i draws normal(fold_in(fold_in(key, i), j), (1, 1, L)): the contract.
+  eps = np.stack([[_noise(key, i, j, L) for j in range(k)] for i in range(5)])
   log_w = _numpy_log_weights(state.params, x, eps)
   np.testing.assert_allclose(
     result["iwae"], special.logsumexp(log_w, axis=1) - np.log(k), rtol=1e-5
   )
   np.testing.assert_allclose(result["elbo"], log_w.mean(axis=1), rtol=1e-5)
+
+
+def _noise(key, i: int, j: int, units: int) -> np.ndarray:
+  """The standard normals of sample j of example i (importance_terms' draw from its key)."""
+  key_ij = jax.random.fold_in(jax.random.fold_in(key, i), j)
+  return np.asarray(jax.random.normal(key_ij, (1, 1, units))[0, 0], np.float64)
 
 
 def test_chunked_equals_unchunked():

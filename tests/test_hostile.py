@@ -218,9 +218,25 @@ CONFIG_CASES = {
   "unknown source": (["--config.data.source=web"], "config.data.source='web'"),
   "negative example count": (["--config.data.train_examples=-1"], "config.data.train_examples=-1"),
   "a model that cannot fit in memory": (["--config.model.latent_dim=1000000000"], "GiB, more than"),
-  "a hierarchical prior with the analytic KL": (
-    ["--config.model.name=hvae2"],
-    "model 'hvae2' has a prior other than N(0, I)",
+  "a hierarchical prior with the Gaussian-only beta-TCVAE": (
+    ["--config.model.name=hvae2", "--config.objective.name=beta_tcvae"],
+    "config.objective.name='beta_tcvae': reads the encoder's (mu, logvar) as q(z|x)",
+  ),
+  "a flow with free bits (per-unit Gaussian KL)": (
+    ["--config.posterior.name=planar", "--config.objective.free_bits=0.5"],
+    "config.objective.name='elbo' with these settings: reads the encoder's",
+  ),
+  "a sphere posterior with the normal prior": (
+    ["--config.posterior.name=vmf"],
+    "config.prior.name='normal': a prior on the euclidean for posterior 'vmf' on the sphere",
+  ),
+  "a prior for a model with latents of its own": (
+    ["--config.model.name=hvae2", "--config.prior.name=mog"],
+    "model 'hvae2' defines its own prior and posterior",
+  ),
+  "a VampPrior without components": (
+    ["--config.prior.name=vamp", "--config.prior.num_components=0"],
+    "config.prior.num_components=0: expected an integer >= 1",
   ),
   "unknown learning-rate schedule": (
     ["--config.optim.lr_schedule=cosine"],
@@ -285,8 +301,19 @@ CONFIG_FILES = {
     "cannot be loaded (RuntimeError: boom)",
   ),
   "no get_config": ("x = 1\n", "defines no get_config()"),
-  "returns a number": ("def get_config():\n  return 3\n", "get_config() returned a int"),
-  "returns nothing": ("def get_config():\n  return None\n", "get_config() returned a NoneType"),
+  **{
+    f"returns {what}": (
+      f"def get_config():\n  return {value}\n",
+      f"get_config() returned a {kind}, expected an ml_collections.ConfigDict",
+    )
+    for what, value, kind in [
+      ("a number", "3", "int"),
+      ("nothing", "None", "NoneType"),
+      ("a list", "[1, 2]", "list"),  # An override indexes it: was 'TypeError: list indices'.
+      ("a string", "'abc'", "str"),
+      ("a tuple", "(1, 2)", "tuple"),
+    ]
+  },
 }
 
 
@@ -300,6 +327,7 @@ def test_bad_config_file_is_one_line(case, tmp_path, capsys):
     status, lines = run_main(capsys, argv)
     assert status == 2 and len(lines) == 1, lines
     assert (CONFIG_FILES[case][1] if case in CONFIG_FILES else "not a file") in lines[0], lines
+    assert f"--config {path}: " in lines[0], lines  # It names the file.
     assert not (tmp_path / "run").exists()
 
 
@@ -408,9 +436,9 @@ USE_CASES = {
   ),
   "negative likelihood count": (["likelihood", "--workdir=RUN", "--num=-5"], "--num=-5"),
   "no importance samples": (["likelihood", "--workdir=RUN", "--num_samples=0"], "--num_samples=0"),
-  "more importance samples than memory holds": (
+  "more importance samples than a key can index": (
     ["likelihood", "--workdir=RUN", "--num_samples=100000000000"],
-    "GiB, more than",
+    "expected >= 1 and < 2**31",
   ),
   "a workdir without checkpoints": (["evaluate", "--workdir=TMP"], "no checkpoint"),
   "a workdir that does not exist": (

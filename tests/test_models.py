@@ -20,24 +20,39 @@ def _init(model, batch=5):
   return model.init(jax.random.key(0), jnp.zeros((batch, *model.image_shape)))["params"]
 
 
-@pytest.mark.parametrize("name", ["mlp", "conv"])
+@pytest.mark.parametrize("name", sorted(models.REGISTRY.entries))
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
 def test_every_model_maps_images_to_latents_and_logits_of_the_image_shape(name, shape):
   vae = _build(name, shape, latent_dim=3)
   params = _init(vae)
   x = jax.random.uniform(jax.random.key(1), (5, *shape))
-  logits, mu, logvar = vae.apply({"params": params}, x, jax.random.key(2))
+  given = {"labels": jnp.arange(5) % 2} if vae.conditional else {}
+  logits, mu, logvar = vae.apply({"params": params}, x, jax.random.key(2), **given)
+  units = sum(vae.latent_layers)
   chex.assert_shape(logits, (5, *shape))
-  chex.assert_shape([mu, logvar], (5, 3))
+  chex.assert_shape([mu, logvar], (5, units))
   chex.assert_type([logits, mu, logvar], jnp.float32)
   chex.assert_tree_all_finite((logits, mu, logvar))
-  images = vae.apply({"params": params}, jnp.zeros((4, 3)), method="generate")
+  labels_4 = {"labels": jnp.arange(4) % 2} if vae.conditional else {}
+  images = vae.apply({"params": params}, jnp.zeros((4, 3)), method="generate", **labels_4)
   chex.assert_shape(images, (4, *shape))
   assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
   # decode takes any leading axes (K samples x B examples).
   chex.assert_shape(
-    vae.apply({"params": params}, jnp.zeros((2, 4, 3)), method="decode"), (2, 4, *shape)
+    vae.apply({"params": params}, jnp.zeros((2, 4, units)), method="decode", **labels_4),
+    (2, 4, *shape),
   )
+  # The latent contract every objective uses: K draws, their log-densities, the prior's draws.
+  logits_K, log_p, log_q = vae.apply(
+    {"params": params}, x, jax.random.key(3), 2, method="importance_terms", **given
+  )
+  chex.assert_shape(logits_K, (2, 5, *shape))
+  chex.assert_shape([log_p, log_q], (2, 5))
+  chex.assert_tree_all_finite((log_p, log_q))
+  _, kl, _ = vae.apply({"params": params}, x, jax.random.key(3), method="elbo_terms", **given)
+  chex.assert_shape(kl, (5,))
+  z = vae.apply({"params": params}, jax.random.key(4), 6, method="sample_prior")
+  chex.assert_shape(z, (6, 3))
 
 
 def test_parameter_shapes_follow_the_reference_spec():

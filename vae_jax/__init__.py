@@ -24,7 +24,11 @@ fields become its config.model settings, with its own defaults); ``@vae_jax.regi
 ("name", Hparams)`` on a function ``(params, apply_fn, x, key, hparams) -> (loss, metrics)``
 whose Hparams (a ``vae_jax.Hparams`` flax.struct dataclass; ``vae_jax.static`` for settings
 that shape the program; the run fills the RUN_CONTEXT fields) become its config.objective
-settings. Building blocks: ``reparameterize``, ``kl_per_example``, ``nll_per_example``,
+settings; ``@vae_jax.register_prior("name")`` on a ``vae_jax.Prior`` subclass (config.prior:
+``log_prob(z, encode)``, ``sample(key, num, encode)``) and ``@vae_jax.register_posterior
+("name")`` on a ``vae_jax.Posterior`` subclass (config.posterior: ``__call__(mu, logvar, h,
+key, K) -> (z, log q)``; a flow subclasses ``vae_jax.Flow`` with ``transform``); the built-in
+networks to build on: ``vae_jax.MLP``, ``vae_jax.Conv``. Building blocks: ``reparameterize``, ``kl_per_example``, ``nll_per_example``,
 ``bce_per_example``, ``gaussian_log_density``, ``nll_fn`` (the Hparams' likelihood),
 ``ConfigError`` (a bad setting, shown as one line). A run records the modules that define
 its model and objective (``config.plugins``, ``--plugin=MODULE``), so it reopens in a fresh
@@ -63,6 +67,13 @@ _API = {
   "register_model": ("vae_jax.models", "register_model"),
   "VAE": ("vae_jax.models", "VAE"),
   "ConditionalVAE": ("vae_jax.models.conditional", "ConditionalVAE"),
+  "MLP": ("vae_jax.models.mlp", "MLP"),
+  "Conv": ("vae_jax.models.conv", "Conv"),
+  "register_prior": ("vae_jax.priors", "register_prior"),
+  "Prior": ("vae_jax.priors", "Prior"),
+  "register_posterior": ("vae_jax.posteriors", "register_posterior"),
+  "Posterior": ("vae_jax.posteriors", "Posterior"),
+  "Flow": ("vae_jax.posteriors.gaussian", "Flow"),
   "register_objective": ("vae_jax.objectives", "register_objective"),
   "Hparams": ("vae_jax.objectives", "Hparams"),
   "Likelihood": ("vae_jax.objectives", "Likelihood"),

@@ -229,14 +229,15 @@ def parse(argv: list[str]):
   except (AttributeError, KeyError) as e:
     return _unknown_key(e, config_file, argv)
   except Exception as e:  # A config file is user code: whatever it raises is one line.
+    # An override indexes what get_config() returned: a list, str or tuple raises TypeError.
+    loaded = _config_without_overrides(argv)
+    if loaded is not _FAILED and not isinstance(loaded, ml_collections.ConfigDict):
+      return _not_a_config_dict(config_file, loaded)
     return _fail(f"--config {config_file}: cannot be loaded ({type(e).__name__}: {e})")
   finally:
     sys.argv = saved_argv
   if not isinstance(config, ml_collections.ConfigDict):
-    return _fail(
-      f"--config {config_file}: get_config() returned a {type(config).__name__}, "
-      "expected an ml_collections.ConfigDict"
-    )
+    return _not_a_config_dict(config_file, config)
   if len(args) != 1 or args[0] not in COMMANDS:
     return _fail(f"expected one command ({', '.join(COMMANDS)}), got {args or 'none'}")
   command = args[0]
@@ -296,12 +297,14 @@ INTEGER_FLAGS = {
 }
 
 
-ENTRY_OVERRIDE = re.compile(r"--config\.(model|objective)\.(\w+)(?:=(.*))?$", re.S)
+# The sections chosen by name (config.REGISTERED: model, prior, posterior, objective).
+ENTRY_OVERRIDE = re.compile(r"--config\.(model|prior|posterior|objective)\.(\w+)(?:=(.*))?$", re.S)
 
 
 def split_entry_overrides(argv: list[str]):
-  """(other arguments, [(section, key, value text)]) for --config.model.* and
-  --config.objective.*: they are applied once the chosen entry is known, to its settings."""
+  """(other arguments, [(section, key, value text)]) for --config.model.*, --config.prior.*,
+  --config.posterior.* and --config.objective.*: they are applied once the chosen entry is
+  known, to its settings."""
   rest, overrides, i = [], [], 0
   while i < len(argv):
     match = ENTRY_OVERRIDE.match(argv[i])
@@ -319,17 +322,18 @@ def split_entry_overrides(argv: list[str]):
 
 
 def with_entry_overrides(config, overrides, plugins: list[str], config_file: str):
-  """The config with its model and objective sections for the chosen entries (the last
-  --config.<section>.name, else the file's, else the default), the overrides checked against
-  that entry's settings and parsed as their types, and config.plugins extended (recorded)."""
-  from vae_jax import models, objectives
+  """The config with its model, prior, posterior and objective sections for the chosen
+  entries (the last --config.<section>.name, else the file's, else the default), the
+  overrides checked against that entry's settings and parsed as their types, and
+  config.plugins extended (recorded)."""
+  from vae_jax import config as config_lib
 
   values = config.to_dict()
-  unknown = [k for k in ("model", "objective") if not isinstance(values.get(k, {}), dict)]
+  unknown = [k for k in config_lib.REGISTERED if not isinstance(values.get(k, {}), dict)]
   if unknown:
     return _fail(f"--config {config_file}: config.{unknown[0]} is not a section")
   entries = {}
-  for kind, registry in (("model", models.REGISTRY), ("objective", objectives.REGISTRY)):
+  for kind, registry in config_lib.registries().items():
     given = dict(values.get(kind, {}))
     names = [value for section, key, value in overrides if section == kind and key == "name"]
     entry = registry.get(names[-1] if names else given.get("name", registry.default))
@@ -371,14 +375,20 @@ def _unknown_key(e: Exception, config_file: str | None, argv: list[str]) -> int:
     )
   loaded = _config_without_overrides(argv)  # An override fails on a non-ConfigDict too.
   if loaded is not _FAILED and not isinstance(loaded, ml_collections.ConfigDict):
-    return _fail(
-      f"--config {config_file}: get_config() returned a {type(loaded).__name__}, "
-      "expected an ml_collections.ConfigDict"
-    )
+    return _not_a_config_dict(config_file, loaded)
   return _fail(f"unknown config key {text!r}; known keys: {', '.join(_config_keys())}")
 
 
 _FAILED = object()  # _config_without_overrides: the config file could not be loaded.
+
+
+def _not_a_config_dict(config_file: str | None, loaded: object) -> int:
+  """The exit status after one error line: get_config() returned `loaded`, which is not a
+  ConfigDict (None, a number, a list, a dict...). The one wording for every path."""
+  return _fail(
+    f"--config {config_file}: get_config() returned a {type(loaded).__name__}, "
+    "expected an ml_collections.ConfigDict"
+  )
 
 
 def _config_without_overrides(argv: list[str]):
@@ -518,7 +528,9 @@ def run(command: str, f, config) -> int:
       print(f"Wrote {out}")
     elif command == "encode":
       out = inference.encode(f.workdir, f.out, split=f.split, which=f.checkpoint)
-      print(f"Wrote {out}: mu, logvar, labels")
+      import numpy as np
+
+      print(f"Wrote {out}: {', '.join(np.load(out).files)}")
     elif command == "sweep":
       study = config
       if f.dataset:  # --dataset NAME: the study's runs on that dataset.

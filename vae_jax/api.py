@@ -56,12 +56,16 @@ def labels_for(
 
 def encode(
   state: TrainState, x_NxHxWxC: ArrayLike, labels: ArrayLike | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-  """(mu_NxL, logvar_NxL) of q(z|x) (conditional: q(z|x, y)) for images in [0, 1]."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """(mu_NxL, logvar_NxL) of q(z|x) (conditional: q(z|x, y)) for images in [0, 1], when q is
+  the diagonal Gaussian; for another posterior family (a flow, the vMF) (code_NxL, None),
+  the code being the posterior's deterministic point (VAE.posterior_point: a flow's image of
+  the base mean, the vMF's mean direction), never the base Gaussian's mean."""
   x = np.asarray(x_NxHxWxC, np.float32)
-  return evaluate.encode_all(
-    state.params, state.apply_fn, x, labels_N=labels_for(state, labels, len(x))
-  )
+  given = labels_for(state, labels, len(x))
+  if model_of(state).gaussian_posterior:
+    return evaluate.encode_all(state.params, state.apply_fn, x, labels_N=given)
+  return evaluate.apply_all(state.params, state.apply_fn, x, "posterior_point", given), None
 
 
 def decode(state: TrainState, z_NxL: ArrayLike, labels: ArrayLike | None = None) -> np.ndarray:
@@ -75,13 +79,11 @@ def decode(state: TrainState, z_NxL: ArrayLike, labels: ArrayLike | None = None)
 def sample(
   state: TrainState, num: int, key: jax.Array, labels: ArrayLike | None = None
 ) -> np.ndarray:
-  """num images decoded from z ~ N(0, I) drawn with key; a conditional model's of class
-  ``labels`` (one class, or one per image; None: image i of class i mod C)."""
-  return decode(
-    state,
-    jax.random.normal(key, (num, model_of(state).latent_dim)),
-    labels_for(state, labels, num, cycle=True),
-  )
+  """num images decoded from z ~ p(z) (the run's prior; N(0, I): normal(key, (num, L))) drawn
+  with key; a conditional model's of class ``labels`` (one class, or one per image; None:
+  image i of class i mod C)."""
+  z_NxL = state.apply_fn({"params": state.params}, key, num, method="sample_prior")
+  return decode(state, np.asarray(z_NxL), labels_for(state, labels, num, cycle=True))
 
 
 def classify(state: TrainState, x_NxHxWxC: ArrayLike) -> np.ndarray:

@@ -68,7 +68,7 @@ def likelihood_of(state: TrainState, likelihood: str) -> str:
   """The run's likelihood, if its model can code: one Gaussian latent layer under N(0, I), no
   labels, a discrete likelihood; CompressionError otherwise."""
   model = model_of(state)
-  if not model.standard_prior or model.conditional:
+  if not model.analytic_kl or model.conditional:
     raise CompressionError(
       f"model {type(model).__name__}: bits-back coding here needs one Gaussian latent layer "
       "with the N(0, I) prior and no labels (mlp, conv, or a model of yours like them)"

@@ -2,9 +2,10 @@
 
 ``config.seed``; ``config.data``, ``config.optim``, ``config.run`` become the frozen
 dataclasses below (an unknown key or a bad value is one ConfigError naming it);
-``config.model`` and ``config.objective`` hold ``name`` and the settings given for that
-entry: their registries (vae_jax.models, vae_jax.objectives) fill the rest from the entry's
-own defaults. ``config.plugins``: modules to import before the config is read (where
+``config.model``, ``config.prior``, ``config.posterior`` and ``config.objective`` hold
+``name`` and the settings given for that entry: their registries (vae_jax.models,
+vae_jax.priors, vae_jax.posteriors, vae_jax.objectives) fill the rest from the entry's own
+defaults. ``config.plugins``: modules to import before the config is read (where
 models and objectives of your own are registered); a run records them, with the modules of
 its model and objective, so every later command imports them again. ``parse`` does all of
 it once, so a config is refused before anything is read or written.
@@ -36,6 +37,8 @@ ADDED = {
   "model.output_bias": "init",
   "run.cpu_kernels": "xla",
   "data.labels_per_class": 0,
+  "prior.name": "normal",
+  "posterior.name": "gaussian",
 }
 
 
@@ -271,13 +274,28 @@ class Settings:
   objective: tuple[Any, dict[str, Any]]
   plugins: tuple[str, ...] = ()
   flat: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+  prior: tuple[Any, dict[str, Any]] | None = None  # None: the default (N(0, I)).
+  posterior: tuple[Any, dict[str, Any]] | None = None  # None: the diagonal Gaussian.
 
 
 # What the public API takes as a config: the CLI's ConfigDict, a dict of the same sections, or
 # one parsed Settings (parse once, pass down).
 ConfigLike: TypeAlias = ml_collections.ConfigDict | dict[str, Any] | Settings
 
-SECTIONS = ("seed", "plugins", "data", "optim", "run", "model", "objective")
+SECTIONS = ("seed", "plugins", "data", "optim", "run", "model", "prior", "posterior", "objective")
+REGISTERED = ("model", "prior", "posterior", "objective")  # Sections chosen by name.
+
+
+def registries() -> dict[str, Any]:
+  """Each REGISTERED section's registry (imported here: config files need not import jax)."""
+  from vae_jax import models, objectives, posteriors, priors
+
+  return {
+    "model": models.REGISTRY,
+    "prior": priors.REGISTRY,
+    "posterior": posteriors.REGISTRY,
+    "objective": objectives.REGISTRY,
+  }
 
 
 def _plugins(config: dict) -> tuple[str, ...]:
@@ -304,23 +322,27 @@ def parse(config: ml_collections.ConfigDict | dict) -> Settings:
   seed = check_type("config.seed", config.get("seed", 1), 1)
   _require(0 <= seed < 2**31, "seed", seed, "an integer in [0, 2**31)")
   plugins.load(_plugins(config), "config.plugins")
-  model, objective = (
-    models.REGISTRY.resolve(config.get("model", {})),
-    objectives.REGISTRY.resolve(config.get("objective", {})),
-  )
+  chosen = {kind: registry.resolve(config.get(kind, {})) for kind, registry in registries().items()}
   settings = Settings(
     seed,
     _section(Data, config.get("data", {}), "data"),
     _section(Optim, config.get("optim", {}), "optim"),
     _section(Run, config.get("run", {}), "run"),
-    model,
-    objective,
-    recorded_plugins(config, model[0], objective[0]),
+    chosen["model"],
+    chosen["objective"],
+    recorded_plugins(config, *(c[0] for c in chosen.values())),
     effective(config),
+    chosen["prior"],
+    chosen["posterior"],
   )
   model, objective = settings.model[0], settings.objective[0].target
+  models.check_latents(model.target, model.name, chosen["prior"][0], chosen["posterior"][0])
   objectives.check_model(
-    objective, model.name, model.target.standard_prior, model.target.conditional
+    objective,
+    settings.objective[1],
+    model.name,
+    analytic_kl(settings),
+    model.target.conditional,
   )
   if settings.data.labels_per_class and not objective.uses_labels:
     raise ConfigError(
@@ -329,6 +351,20 @@ def parse(config: ml_collections.ConfigDict | dict) -> Settings:
       f"{objective.name!r} trains on every label or none (set it to 0)"
     )
   return settings
+
+
+def analytic_kl(settings: Settings) -> bool:
+  """Whether the run's KL is the diagonal Gaussian's to N(0, I) in closed form (VAE.analytic_kl)."""
+  model, prior, posterior = (
+    settings.model[0].target,
+    settings.prior[0].target if settings.prior else None,
+    settings.posterior[0].target if settings.posterior else None,
+  )
+  return bool(
+    model.gaussian_kl
+    and (prior is None or prior.standard)
+    and (posterior is None or posterior.gaussian)
+  )
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -352,18 +388,16 @@ def recorded_plugins(config: dict, *entries) -> tuple[str, ...]:
 
 def effective(config) -> dict[str, Any]:
   """The dotted keys that decide a run, as a checkpoint records them: every section, of
-  config.model and config.objective the name and every setting of the chosen entry (the
-  given value, else the entry's default: another entry's defaults may change without
-  touching this run), and ``plugins`` (config.plugins and the modules of the chosen entries).
-  Values stay as given (a sweep's group hash is computed from them)."""
-  from vae_jax import models, objectives
-
+  each REGISTERED section the name and every setting of the chosen entry (the given value,
+  else the entry's default: another entry's defaults may change without touching this run),
+  and ``plugins`` (config.plugins and the modules of the chosen entries). Values stay as
+  given (a sweep's group hash is computed from them)."""
   if not isinstance(config, ml_collections.ConfigDict) and any("." in k for k in config):
     config = from_flat(config)  # Dotted keys, as a checkpoint saved them.
   config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  flat = flatten({k: v for k, v in config.items() if k not in ("model", "objective", "plugins")})
+  flat = flatten({k: v for k, v in config.items() if k not in (*REGISTERED, "plugins")})
   used = []
-  for kind, registry in (("model", models.REGISTRY), ("objective", objectives.REGISTRY)):
+  for kind, registry in registries().items():
     section = dict(config.get(kind, {}))
     name = section.get("name", registry.default)
     entry = registry.entries.get(name)
@@ -403,10 +437,10 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 def default_sections(
   model: str | None = None, objective: str | None = None
 ) -> ml_collections.ConfigDict:
-  """seed and every section at its defaults; config.model and config.objective hold the
-  entry's name only (model / objective: another entry than mlp / elbo); ``parse`` fills
-  their settings from that entry's defaults (``filled`` shows them)."""
-  from vae_jax import models, objectives
+  """seed and every section at its defaults; each REGISTERED section holds the entry's name
+  only (model / objective: another entry than mlp / elbo); ``parse`` fills their settings
+  from that entry's defaults (``filled`` shows them)."""
+  from vae_jax import models, objectives, posteriors, priors
 
   return ml_collections.ConfigDict(
     {
@@ -416,6 +450,8 @@ def default_sections(
       "optim": dataclasses.asdict(Optim()),
       "run": dataclasses.asdict(Run()),
       "model": {"name": models.REGISTRY.get(model or models.REGISTRY.default).name},
+      "prior": {"name": priors.REGISTRY.default},
+      "posterior": {"name": posteriors.REGISTRY.default},
       "objective": {"name": objectives.REGISTRY.get(objective or objectives.REGISTRY.default).name},
     }
   )
@@ -429,12 +465,12 @@ def filled(config) -> ml_collections.ConfigDict:
 def from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
   """The default config with dotted keys set (as saved in config.json or a checkpoint).
 
-  Keys of config.model and config.objective are kept as given: ``parse`` checks them against
-  the chosen entry."""
+  Keys of the REGISTERED sections are kept as given: ``parse`` checks them against the
+  chosen entry."""
   config = default_sections()
   for key, value in flat.items():
     section, _, name = key.rpartition(".")
-    if section in ("model", "objective"):
+    if section in REGISTERED:
       config[section][name] = tuple(value) if isinstance(value, list) else value
       continue
     target = config[section] if section in config and section else config
@@ -453,9 +489,7 @@ def from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
 
 def known_keys() -> list[str]:
   """Every dotted config key: the sections' and every registered entry's settings."""
-  from vae_jax import models, objectives
-
   keys = [k for k in flatten(default_sections())]
-  for kind, registry in (("model", models.REGISTRY), ("objective", objectives.REGISTRY)):
+  for kind, registry in registries().items():
     keys += [f"{kind}.{k}" for k in registry.keys()]
   return sorted(set(keys))

@@ -37,6 +37,11 @@ def _encode_run(workdir: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
       f"config.data.dir={workdir!r}: that run was itself trained on encoded data; "
       "name the run whose images to encode"
     )
+  if run.settings.posterior and not run.settings.posterior[0].target.gaussian:
+    raise DataError(
+      f"config.data.dir={workdir!r}: data source 'encoded' stores a diagonal Gaussian "
+      "posterior (mean, log-variance); that run's posterior is another"
+    )
   splits = data.load_data(run.settings.data)
   with jax.default_matmul_precision(run.settings.run.matmul_precision):
     posteriors = {

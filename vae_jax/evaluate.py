@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, data, losses, objectives, parallel
+from vae_jax import checkpoint, config as config_lib, data, losses, objectives, parallel
 from vae_jax.runs import open_run  # Restoring needs the checkpoint code, not the training loop.
 from vae_jax.step import model_of, to_float
 
@@ -66,50 +66,53 @@ def _log_weight_stats(
   sample_chunk: int,
   likelihood: objectives.Likelihood,
 ):
-  """Per example: (logsumexp_k log w_k, sum_k log w_k) over num_samples draws of z.
+  """Per example: (logsumexp_k log w_k, sum_k log w_k, sum_k [log q(z_k|x) - log p(z_k)])
+  over num_samples draws of z.
 
   The weights come from the model's ``importance_terms`` (every stochastic layer of a
-  hierarchical model), with one standard normal per unit of its posterior. Example i draws its K x L noise from fold_in(key, i) (i = its index in the whole set), so
-  the result does not depend on how examples or samples are chunked. Samples are taken
-  sample_chunk at a time with a running logsumexp: memory ~ sample_chunk x B x D floats of
-  logits plus the B x K x L noise (the encoder runs again for each chunk: a hierarchy's upper
-  layers depend on the sample). labels_B: a conditional model's labels (log p(x|y)).
+  hierarchical model; any prior and posterior family). Sample k of example i is drawn from
+  fold_in(fold_in(key, i), k) (i = its index in the whole set), so the result does not
+  depend on how examples or samples are chunked. Samples are taken sample_chunk at a time
+  with a running logsumexp: memory ~ sample_chunk x B x D floats of logits. labels_B: a
+  conditional model's labels (log p(x|y)).
   """
-  given = {} if labels_B is None else {"labels": labels_B}
-  batch, latent = jax.eval_shape(
-    lambda p: apply_fn({"params": p}, x_BxD, method="encode", **given), params
-  )[0].shape
-  eps_BxKxL = jax.vmap(
-    lambda i: jax.random.normal(jax.random.fold_in(key, i), (num_samples, latent))
-  )(index_B)
   num_chunks = -(-num_samples // sample_chunk)
-  pad = num_chunks * sample_chunk - num_samples
-  eps_CxSxBxL = (
-    jnp.pad(eps_BxKxL, ((0, 0), (0, pad), (0, 0)))
-    .transpose(1, 0, 2)
-    .reshape(num_chunks, sample_chunk, batch, latent)
-  )
-  valid_CxS = (jnp.arange(num_chunks * sample_chunk) < num_samples).reshape(
-    num_chunks, sample_chunk
-  )
   nll = objectives.nll_fn(params, likelihood, batch_ndim=2)
 
-  def body(carry, eps_valid):
-    max_B, sumexp_B, total_B = carry
-    eps_SxBxL, valid_S = eps_valid
-    logits, log_p_SxB, log_q_SxB = apply_fn(
-      {"params": params}, x_BxD, eps_SxBxL, method="importance_terms", **given
+  def one(x_D, key, label, k):
+    """(log w, log q - log p) of draw k of one example."""
+    given = {} if labels_B is None else {"labels": label[None]}
+    logits, log_p_1x1, log_q_1x1 = apply_fn(
+      {"params": params}, x_D[None], key, 1, method="importance_terms", **given
     )
-    log_w_SxB = -nll(logits, x_BxD[None]) + log_p_SxB - log_q_SxB
+    log_w = -nll(logits, x_D[None, None]) + log_p_1x1 - log_q_1x1
+    return log_w[0, 0], (log_q_1x1 - log_p_1x1)[0, 0]
+
+  keys_B = jax.vmap(lambda i: jax.random.fold_in(key, i))(index_B)
+  labels = jnp.zeros_like(index_B) if labels_B is None else labels_B
+
+  def body(carry, k_S):
+    max_B, sumexp_B, total_B, kl_B = carry
+    draws = jax.vmap(lambda k: jax.vmap(one, (0, 0, 0, None))(x_BxD, keys_k(keys_B, k), labels, k))
+    log_w_SxB, kl_SxB = draws(k_S)
+    valid_S = k_S < num_samples
     log_w_SxB = jnp.where(valid_S[:, None], log_w_SxB, -jnp.inf)
     new_max_B = jnp.maximum(max_B, jnp.max(log_w_SxB, axis=0))
     sumexp_B = sumexp_B * jnp.exp(max_B - new_max_B) + jnp.sum(jnp.exp(log_w_SxB - new_max_B), 0)
     total_B = total_B + jnp.sum(jnp.where(valid_S[:, None], log_w_SxB, 0.0), axis=0)
-    return (new_max_B, sumexp_B, total_B), None
+    kl_B = kl_B + jnp.sum(jnp.where(valid_S[:, None], kl_SxB, 0.0), axis=0)
+    return (new_max_B, sumexp_B, total_B, kl_B), None
 
-  init = (jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)), jnp.zeros((batch,)))
-  (max_B, sumexp_B, total_B), _ = jax.lax.scan(body, init, (eps_CxSxBxL, valid_CxS))
-  return max_B + jnp.log(sumexp_B), total_B
+  batch = x_BxD.shape[0]
+  init = (jnp.full((batch,), -jnp.inf), *(jnp.zeros((batch,)) for _ in range(3)))
+  k_CxS = jnp.arange(num_chunks * sample_chunk).reshape(num_chunks, sample_chunk)
+  (max_B, sumexp_B, total_B, kl_B), _ = jax.lax.scan(body, init, k_CxS)
+  return max_B + jnp.log(sumexp_B), total_B, kl_B
+
+
+def keys_k(keys_B, k):
+  """Each example's key for its sample k: fold_in(key_b, k)."""
+  return jax.vmap(lambda key: jax.random.fold_in(key, k))(keys_B)
 
 
 def iwae_log_likelihood(
@@ -128,12 +131,16 @@ def iwae_log_likelihood(
   conditional model: of log p(x|y) with q(z|x, y), labels_N the images' classes).
 
   Returns {'iwae': log p(x) estimate (the K-sample bound, exact as K -> inf), 'elbo': the
-  mean of the same K log-weights (an estimate of the ELBO)}, each of shape (N,). Computed
+  mean of the same K log-weights (an estimate of the ELBO), 'kl': the mean of their
+  log q(z|x) - log p(z) (the KL's estimate, whatever the prior and posterior)}, each (N,). Computed
   batch_size examples and sample_chunk samples at a time (bounded memory); the result is
   the same for any chunking (up to float rounding) and deterministic given key.
   """
-  if num_samples < 1:
-    raise ValueError(f"num_samples={num_samples}: expected >= 1")
+  if not 1 <= num_samples < 2**31:
+    raise ValueError(
+      f"num_samples={num_samples}: expected >= 1 and < 2**31 (a sample's index is folded "
+      "into its key)"
+    )
   x_NxD = np.asarray(x_NxD, np.float32)
   if likelihood.likelihood == "bernoulli":
     check_binary(x_NxD)
@@ -142,21 +149,17 @@ def iwae_log_likelihood(
   batch_size = min(batch_size, n)
   sample_chunk = min(sample_chunk, num_samples)
   labels_N = None if labels_N is None else np.asarray(labels_N, np.int32)
-  given = {} if labels_N is None else {"labels": labels_N[:1]}
-  latent_dim = jax.eval_shape(
-    lambda p, x: apply_fn({"params": p}, x, method="encode", **given), params, x_NxD[:1]
-  )[0].shape[-1]
-  pixels = int(np.prod(x_NxD.shape[1:]))  # Noise of the batch, one chunk's logits and weights.
+  pixels = int(np.prod(x_NxD.shape[1:]))  # One chunk's logits and weights.
   parallel.check_fits(
-    4 * batch_size * (num_samples * latent_dim + 3 * sample_chunk * pixels),
-    f"--num_samples {num_samples} (the batch's noise and a chunk's logits)",
+    4 * batch_size * 3 * sample_chunk * pixels,
+    f"--sample_chunk {sample_chunk} (a chunk's logits)",
   )
   pad = -n % batch_size  # The last batch is padded so one compiled function serves every batch.
   x_pad = np.concatenate([x_NxD, np.zeros((pad, *x_NxD.shape[1:]), np.float32)])
   y_pad = None if labels_N is None else np.concatenate([labels_N, np.zeros(pad, np.int32)])
-  logsumexp, total = [], []
+  logsumexp, total, kl = [], [], []
   for start in range(0, n + pad, batch_size):
-    lse_B, total_B = _log_weight_stats(
+    lse_B, total_B, kl_B = _log_weight_stats(
       params,
       apply_fn,
       x_pad[start : start + batch_size],
@@ -169,9 +172,15 @@ def iwae_log_likelihood(
     )
     logsumexp.append(lse_B)
     total.append(total_B)
-  logsumexp_N = np.concatenate(jax.device_get(logsumexp))[:n].astype(np.float64)
-  total_N = np.concatenate(jax.device_get(total))[:n].astype(np.float64)
-  return {"iwae": logsumexp_N - np.log(num_samples), "elbo": total_N / num_samples}
+    kl.append(kl_B)
+  logsumexp_N, total_N, kl_N = (
+    np.concatenate(jax.device_get(a))[:n].astype(np.float64) for a in (logsumexp, total, kl)
+  )
+  return {
+    "iwae": logsumexp_N - np.log(num_samples),
+    "elbo": total_N / num_samples,
+    "kl": kl_N / num_samples,
+  }
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "method"))
@@ -213,17 +222,22 @@ def decode_all(params, apply_fn: Callable, z_NxL, chunk: int = 2000, labels_N=No
 
 
 def latent_diagnostics(
-  mu_NxL: np.ndarray, logvar_NxL: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD
+  mu_NxL: np.ndarray, logvar_NxL: np.ndarray | None, threshold: float = ACTIVE_UNIT_THRESHOLD
 ) -> dict[str, Any]:
   """KL per latent dimension and active units (Burda et al., 2015) from a set's posteriors.
 
-  kl_per_dim: mean over examples of KL(q(z_l|x) || N(0, 1)), nats (sums to the mean KL);
-  activity: Cov_x(E_q[z_l]) = the variance over examples of mu_l; a unit is active when it
-  exceeds threshold. Returns kl_per_dim, activity (L,), active (L bool), active_units.
+  kl_per_dim: mean over examples of KL(q(z_l|x) || N(0, 1)), nats (sums to the mean KL),
+  for the diagonal Gaussian posterior and N(0, I) prior (logvar_NxL given); None for other
+  latents, whose KL does not split by unit (mu_NxL is then the posterior's code,
+  VAE.posterior_point). activity: Cov_x(E_q[z_l]) = the variance over examples of mu_l; a
+  unit is active when it exceeds threshold. Returns kl_per_dim, activity (L,), active (L
+  bool), active_units.
   """
   mu = np.asarray(mu_NxL, np.float64)
-  logvar = np.asarray(logvar_NxL, np.float64)
-  kl_per_dim = np.mean(-0.5 * (1.0 + logvar - mu**2 - np.exp(logvar)), axis=0)
+  kl_per_dim = None
+  if logvar_NxL is not None:
+    logvar = np.asarray(logvar_NxL, np.float64)
+    kl_per_dim = np.mean(-0.5 * (1.0 + logvar - mu**2 - np.exp(logvar)), axis=0)
   activity = np.var(mu, axis=0)
   active = activity > threshold
   return {
@@ -241,16 +255,30 @@ def collapse_warning(diagnostics: dict[str, Any]) -> str | None:
   latent_dim = diagnostics["latent_dim"]
   if not len(inactive):
     return None
-  kl = diagnostics["kl_per_dim"][inactive]
+  kl_per_dim = diagnostics["kl_per_dim"]
   which = (
     "all latent units"
     if len(inactive) == latent_dim
     else (f"{len(inactive)} of {latent_dim} latent units (dims {', '.join(map(str, inactive))})")
   )
   return (
-    f"posterior collapse: {which} inactive (Cov_x(E_q[z]) <= {ACTIVE_UNIT_THRESHOLD}), "
-    f"carrying {kl.sum():.3f} nats of KL in total; the decoder ignores them"
+    f"posterior collapse: {which} inactive (Cov_x(E_q[z]) <= {ACTIVE_UNIT_THRESHOLD})"
+    + (
+      f", carrying {kl_per_dim[inactive].sum():.3f} nats of KL in total"
+      if kl_per_dim is not None
+      else ""
+    )
+    + "; the decoder ignores them"
   )
+
+
+def posterior_codes(run, x_NxD, labels=None) -> tuple[np.ndarray, np.ndarray | None]:
+  """(codes_NxL, logvar_NxL or None) for latent_diagnostics: encode's (mu, logvar) when the
+  run's KL is the closed-form Gaussian one, else the posterior's codes and None."""
+  state = run.state
+  if config_lib.analytic_kl(run.settings):
+    return encode_all(state.params, state.apply_fn, x_NxD, labels_N=labels)
+  return apply_all(state.params, state.apply_fn, x_NxD, "posterior_point", labels), None
 
 
 def evaluate_run(
@@ -303,9 +331,7 @@ def evaluate_run(
       likelihood=objectives.Likelihood(likelihood),
       labels_N=labels,
     )
-    diagnostics = latent_diagnostics(
-      *encode_all(state.params, state.apply_fn, x_NxD, labels_N=labels)
-    )
+    diagnostics = latent_diagnostics(*posterior_codes(run, x_NxD, labels))
   notes = [w for w in [collapse_warning(diagnostics)] if w]
   if likelihood == "bernoulli" and not settings.data.binarize:
     notes.append(
@@ -331,6 +357,11 @@ def evaluate_run(
       int(a.sum())
       for a in np.split(diagnostics["active"], np.cumsum(model_of(state).latent_layers)[:-1])
     ],
-    "kl_per_dim": [round(float(v), 4) for v in diagnostics["kl_per_dim"]],
+    "test_kl": float(estimates["kl"].mean()),
+    "kl_per_dim": (
+      None
+      if diagnostics["kl_per_dim"] is None
+      else [round(float(v), 4) for v in diagnostics["kl_per_dim"]]
+    ),
     "warnings": notes,
   }

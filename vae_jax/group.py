@@ -152,7 +152,6 @@ def build_group(
         )
   context = run_context(settings, num_train)
   hparams, eval_hparams = [], []
-  model_cls = settings.model[0].target
   for o in overrides:
     mine = (
       entry,
@@ -162,10 +161,12 @@ def build_group(
       },
     )
     hparams.append(objectives.make_hparams(mine, **context))
-    eval_objective, eval_hp = objectives.evaluation(mine, model_cls.standard_prior, **context)
+    eval_objective, eval_hp = objectives.evaluation(
+      mine, config_lib.analytic_kl(settings), **context
+    )
     eval_hparams.append(eval_hp)
   image_shape = tuple(image_shape)
-  model = models.build(settings.model, image_shape, hparams[0])
+  model = models.build(settings.model, image_shape, hparams[0], settings.prior, settings.posterior)
   steps = settings.optim.num_epochs * context["steps_per_epoch"]
   if steps >= 2**31:
     raise ConfigError(

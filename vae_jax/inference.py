@@ -15,8 +15,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import api, checkpoint, data, files, images, objectives, parallel, step
-from vae_jax.evaluate import collapse_warning, latent_diagnostics
+from vae_jax import (
+  api,
+  checkpoint,
+  config as config_lib,
+  data,
+  files,
+  images,
+  objectives,
+  parallel,
+  step,
+)
+from vae_jax.evaluate import collapse_warning, latent_diagnostics, posterior_codes
 from vae_jax.group import run_context
 from vae_jax.runs import open_run
 
@@ -94,14 +104,17 @@ def reconstruct(workdir, out, num: int = 8, split: str = "test", which: str = "l
 
 
 def encode(workdir, out, split: str = "test", which: str = "latest") -> Path:
-  """Writes mu (NxL), logvar (NxL) and labels (N) of every example of the split to an .npz."""
+  """Writes mu (NxL), logvar (NxL) and labels (N) of every example of the split to an .npz;
+  for a posterior family other than the diagonal Gaussian, code (NxL: api.encode's) and
+  labels."""
   out = _check_out(out, ".npz")
   run = open_run(workdir, which)
   x_u8, labels = _load_split(run, split)
   x_NxD = step.to_float(jnp.asarray(x_u8))
   mu, logvar = api.encode(run.state, x_NxD, _labels(run, labels))
+  arrays: dict[str, Any] = {"mu": mu, "logvar": logvar} if logvar is not None else {"code": mu}
   buffer = io.BytesIO()
-  np.savez(buffer, mu=mu, logvar=logvar, labels=labels)
+  np.savez(buffer, **arrays, labels=labels)
   files.write_atomic(out, buffer.getvalue())
   return out
 
@@ -119,7 +132,7 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   epoch = meta["epoch"]
   eval_objective, hparams = objectives.evaluation(
     settings.objective,
-    settings.model[0].target.standard_prior,
+    config_lib.analytic_kl(settings),
     **run_context(settings, meta["data"]["train"]["examples"]),
   )
   evaluate_fn = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))
@@ -148,10 +161,11 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
     result["recorded_test_loss"] = meta["records"][-1]["test_loss"]
   if settings.objective[0].name != "ae":  # The autoencoder has no posterior to diagnose.
     x_NxD = step.to_float(jnp.asarray(x_u8))
-    diagnostics = latent_diagnostics(*api.encode(state, x_NxD, _labels(run, labels)))
+    diagnostics = latent_diagnostics(*posterior_codes(run, x_NxD, _labels(run, labels)))
+    kl_per_dim = diagnostics["kl_per_dim"]
     result.update(
       active_units=diagnostics["active_units"],
-      kl_per_dim=[round(float(v), 4) for v in diagnostics["kl_per_dim"]],
+      kl_per_dim=None if kl_per_dim is None else [round(float(v), 4) for v in kl_per_dim],
       collapse_warning=collapse_warning(diagnostics),
     )
   return result

@@ -17,9 +17,15 @@ the Hparams when a field of that name exists (declare it ``static`` with any def
 ``steps_per_epoch`` (ceil(num_train_examples / optim.batch_size): epochs of a schedule
 to steps, as ElboHparams.kl_warmup_epochs), ``num_labelled_examples`` (the training
 examples whose label the run keeps: ``data.labels_per_class`` x classes, or all). ``at_step(step)`` receives the global step
-(0-based int32, traced). ``importance_weighted``
-objectives use only the model's ``importance_terms``, so they alone train a model whose
-prior is not N(0, I) (such a model is evaluated with its training objective).
+(0-based int32, traced).
+
+Latent models: an objective reaches p(z) and q(z|x) through the model's methods
+(``importance_terms(x, key, K)``, ``elbo_terms(x, key)``), which serve every prior and
+posterior family. One that reads ``encode``'s (mu, logvar) as the whole posterior and
+N(0, I) as the prior declares ``gaussian_latent`` (True, or a function of its settings):
+a run whose prior or posterior is another is then refused in one line, never trained with
+a term dropped. A run whose KL is not the closed-form Gaussian one is evaluated with its
+training objective.
 """
 
 from __future__ import annotations
@@ -85,8 +91,10 @@ class Objective:
   fn: Callable
   hparams_cls: type
   evaluate_with: str | None  # None: this objective, with for_evaluation().
-  importance_weighted: bool = False  # Uses only importance_terms: any prior.
+  importance_weighted: bool = False  # The importance-weighted family (vae_k, iwae).
   uses_labels: bool = False  # fn(..., hparams, labels): labels_B int32, -1 where unknown.
+  # True, or settings -> bool: needs encode's (mu, logvar) as q(z|x) and p(z) = N(0, I).
+  gaussian_latent: bool | Callable[[dict[str, Any]], bool] = False
 
 
 def register_objective(
@@ -96,14 +104,17 @@ def register_objective(
   importance_weighted: bool = False,
   uses_labels: bool = False,
   replace: bool = False,
+  gaussian_latent: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Callable[[F], F]:
   """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)
   as ``config.objective.name=name``.
 
   hparams_cls: a ``@flax.struct.dataclass`` subclass of Hparams (its fields are the
   settings). evaluate_with: the objective of the test metric ('elbo'; None: this one, with
-  ``for_evaluation()``). importance_weighted: uses only the model's ``importance_terms``
-  (trains models whose prior is not N(0, I)). uses_labels: fn takes a sixth argument, the
+  ``for_evaluation()``). importance_weighted: of the importance-weighted family (it uses the
+  model's ``importance_terms``). gaussian_latent: True (or a function of the settings that
+  says when) if fn reads ``encode``'s (mu, logvar) as the posterior and N(0, I) as the
+  prior, so that other latent models are refused. uses_labels: fn takes a sixth argument, the
   batch's labels (int32, -1 where the run keeps no label: semi-supervised learning), and
   passes them to a conditional model itself; it needs a conditional model. Refused at once:
   a name already taken (unless replace=True), Hparams that are not a flax struct dataclass.
@@ -125,7 +136,13 @@ def register_objective(
     REGISTRY.register(
       name,
       Objective(
-        name, checked(fn, name), hparams_cls, evaluate_with, importance_weighted, uses_labels
+        name,
+        checked(fn, name),
+        hparams_cls,
+        evaluate_with,
+        importance_weighted,
+        uses_labels,
+        gaussian_latent,
       ),
       settings,
       origin=fn,
@@ -165,16 +182,22 @@ def checked(fn: Callable, name: str) -> Callable:
 
 
 def check_model(
-  objective: Objective, model_name: str, standard_prior: bool, conditional: bool = False
+  objective: Objective,
+  settings: dict[str, Any],
+  model_name: str,
+  analytic_kl: bool,
+  conditional: bool = False,
 ) -> None:
-  """Refuses an objective with an analytic N(0, I) KL for a model with another prior, and
-  an objective that uses labels for a model that does not see them."""
-  if not standard_prior and not objective.importance_weighted:
-    usable = sorted(e.name for e in REGISTRY.entries.values() if e.target.importance_weighted)
+  """Refuses an objective that needs the Gaussian posterior and N(0, I) prior for a run with
+  other latents, and an objective that uses labels for a model that does not see them."""
+  needs = objective.gaussian_latent
+  if not analytic_kl and (needs(settings) if callable(needs) else needs):
     raise ConfigError(
-      f"config.objective.name={objective.name!r}: model {model_name!r} has a prior "
-      f"other than N(0, I); it trains with an importance-weighted objective "
-      f"({', '.join(usable)})"
+      f"config.objective.name={objective.name!r}"
+      f"{' with these settings' if callable(needs) else ''}: reads the encoder's (mu, logvar) "
+      f"as q(z|x) and N(0, I) as p(z); model {model_name!r} has other latents here (a "
+      "hierarchy of its own, or another config.prior / config.posterior): choose elbo, vae_k "
+      "or iwae, which take any"
     )
   if objective.uses_labels and not conditional:
     from vae_jax import models
@@ -225,13 +248,14 @@ def make_hparams(resolved: tuple[Any, dict[str, Any]], **context) -> Hparams:
 
 
 def evaluation(
-  resolved: tuple[Any, dict[str, Any]], standard_prior: bool = True, **context
+  resolved: tuple[Any, dict[str, Any]], analytic_kl: bool = True, **context
 ) -> tuple[Objective, Hparams]:
   """(objective, hparams) of the test metric, from the training objective's settings; a
-  model without the N(0, I) prior is evaluated with its training objective."""
+  run whose KL is not the closed-form Gaussian one (config.analytic_kl) is evaluated with
+  its training objective."""
   entry, settings = resolved
   objective = entry.target
-  if objective.evaluate_with is not None and standard_prior:
+  if objective.evaluate_with is not None and analytic_kl:
     target = REGISTRY.get(objective.evaluate_with)
     shared = {k: v for k, v in settings.items() if k in target.settings}
     resolved = (target, {**target.settings, **shared})

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from vae_jax import losses
-from vae_jax.models import reparameterize
 from vae_jax.objectives import Denoising, Likelihood, nll_fn, register_objective, static
+from vae_jax.posteriors.gaussian import reparameterize
 from vae_jax.registry import ConfigError
 
 
@@ -54,16 +54,26 @@ class ElboHparams(Denoising):
     return super().for_evaluation().replace(beta=1.0, kl_warmup_epochs=0, free_bits=0.0)
 
 
-@register_objective("elbo", ElboHparams, evaluate_with=None)
+@register_objective(
+  "elbo", ElboHparams, evaluate_with=None, gaussian_latent=lambda s: s.get("free_bits", 0) > 0
+)
 def elbo(params, apply_fn, x, key, hparams: ElboHparams):
   """rec + beta * KL (batch sums); metrics loss, bce (-log p(x|z)), kl (unweighted).
 
-  At key=None (z = mu) kl is left out: it does not depend on z.
+  The KL is closed-form where the prior and posterior allow (the reference's Gaussian to
+  N(0, I); the vMF to the uniform sphere), else log q(z|x) - log p(z) at the sampled z (the
+  model's elbo_terms). At key=None (z at the posterior's code) kl is left out.
   """
-  logits, mu_BxL, logvar_BxL = apply_fn({"params": params}, hparams.encoder_input(x, key), key)
+  logits, kl_B, gaussian = apply_fn(
+    {"params": params}, hparams.encoder_input(x, key), key, method="elbo_terms"
+  )
   rec = jnp.sum(nll_fn(params, hparams)(logits, x))
-  kl = jnp.sum(losses.kl_per_example(mu_BxL, logvar_BxL))
-  kl_term = losses.free_bits_kl(mu_BxL, logvar_BxL, hparams.free_bits) if hparams.free_bits else kl
+  kl = jnp.sum(kl_B)
+  if hparams.free_bits:  # config.parse refuses free bits where gaussian is None.
+    mu_BxL, logvar_BxL = gaussian
+    kl_term = losses.free_bits_kl(mu_BxL, logvar_BxL, hparams.free_bits)
+  else:
+    kl_term = kl
   loss = rec + hparams.beta * kl_term
   return loss, ({"loss": loss, "bce": rec} if key is None else {"loss": loss, "bce": rec, "kl": kl})
 
@@ -85,15 +95,12 @@ class IwaeHparams(Likelihood):
 def log_weights(params, apply_fn, x, key, num_samples: int, hparams: Likelihood):
   """(log w_KxB, -log p(x|z)_KxB, log q(z|x) - log p(z) _KxB) for K draws from q(z|x), nats.
 
-  The noise is normal(key, K x B x E) with E the units of the model's posterior (key None:
-  zeros, z at the posterior's mean); the model's ``importance_terms`` turns it into latents,
-  so a hierarchical model's weights cover all its layers.
+  The model's ``importance_terms`` draws the K latents from key (None: the posterior's
+  deterministic code), so a hierarchical model's weights cover all its layers and any prior
+  and posterior family its own log-densities.
   """
-  mu_BxE = jax.eval_shape(lambda p: apply_fn({"params": p}, x, method="encode"), params)[0]
-  shape = (num_samples, *mu_BxE.shape)
-  eps_KxBxE = jnp.zeros(shape) if key is None else jax.random.normal(key, shape)
   logits, log_p_KxB, log_q_KxB = apply_fn(
-    {"params": params}, x, eps_KxBxE, method="importance_terms"
+    {"params": params}, x, key, num_samples, method="importance_terms"
   )
   nll_KxB = nll_fn(params, hparams, batch_ndim=2)(logits, x[None])
   return -nll_KxB + log_p_KxB - log_q_KxB, nll_KxB, log_q_KxB - log_p_KxB
@@ -145,7 +152,7 @@ class TcHparams(Likelihood):
     _positive(self, "mi_weight", "tc_weight", "dw_weight")
 
 
-@register_objective("beta_tcvae", TcHparams)
+@register_objective("beta_tcvae", TcHparams, gaussian_latent=True)
 def beta_tcvae(params, apply_fn, x, key, hparams: TcHparams):
   """rec + a MI + b TC + g DWKL with log q(z) by minibatch-weighted sampling (batch sums).
 

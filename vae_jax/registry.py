@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")  # A class a registrar returns as it was given.
 
 
 class ConfigError(ValueError):
@@ -147,3 +150,35 @@ def check_type(where: str, value: Any, default: Any) -> Any:
     f"{where}={value!r}: expected a {kind.__name__}"
     f"{' of ' + type(default[0]).__name__ if kind is tuple and default else ''}"
   )
+
+
+def module_registrar(
+  registry: Registry, base: type, built: tuple[str, ...]
+) -> Callable[..., Callable[[T], T]]:
+  """``@register(name)`` for a registry of flax Module classes (models, priors, posteriors):
+  the class's dataclass fields with defaults, but the ``built`` ones the run sets, are its
+  config settings. A class that is not a ``base`` subclass is refused."""
+
+  def register(name: str, replace: bool = False) -> Callable[[T], T]:
+    """Class decorator: registers a subclass as ``config.<kind>.name=name``; its dataclass
+    fields with defaults are its settings. A name already taken is refused unless
+    replace=True."""
+
+    def decorate(cls: T) -> T:
+      if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(
+          f"register_{registry.kind}({name!r}): {cls!r} is not a subclass of "
+          f"vae_jax.{base.__name__}"
+        )
+      settings = {
+        f.name: f.default
+        for f in dataclasses.fields(cast(Any, cls))
+        if f.name not in built and f.default is not dataclasses.MISSING
+      }
+      registry.register(name, cls, settings, replace=replace)
+      return cls
+
+    return decorate
+
+  register.__doc__ = (register.__doc__ or "").replace("<kind>", registry.kind)
+  return register

@@ -266,7 +266,8 @@ def epoch_images(
 ):
   """(originals over reconstructions 16xHxWxC, samples num_samples x HxWxC), pixels in [0, 1].
 
-  As the reference: reconstructions use a sampled z; samples decode z ~ N(0, I). A
+  As the reference: reconstructions use a sampled z; samples decode z ~ p(z) (the model's
+  prior; N(0, I) draws normal(key, (num_samples, L)) as the reference). A
   conditional model (num_classes > 0) takes (images, labels) and reconstructs with the
   images' labels; sample i has class i mod num_classes.
   """
@@ -279,7 +280,7 @@ def epoch_images(
   key_recon, key_sample = jax.random.split(key)
   x = to_float(x_u8_8xHxWxC)
   logits, _, _ = apply_fn({"params": params}, x, key_recon, **given)
-  z_SxL = jax.random.normal(key_sample, (num_samples, latent_dim))
+  z_SxL = apply_fn({"params": params}, key_sample, num_samples, method="sample_prior")
   samples = apply_fn({"params": params}, z_SxL, method="generate", **drawn)
   recon = apply_fn({"params": params}, logits, method="mean_image")
   return jnp.concatenate([x, recon]), samples

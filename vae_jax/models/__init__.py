@@ -1,28 +1,33 @@
-"""Models by name: an abstract VAE with encode / decode and one reparameterization.
+"""Models by name: an abstract VAE with encode / decode, its prior and its posterior family.
 
 A new architecture is one subclass of ``VAE`` that returns its encoder (x_BxHxWxC ->
 mu_BxL, logvar_BxL) and decoder (z_BxL -> logits_BxHxWxC), registered with
-``@register_model("name")``; its dataclass fields become ``config.model`` settings.
-A model whose prior is not N(0, I) (a hierarchy of latents) overrides ``importance_terms``
-and sets ``standard_prior = False``: it then trains with the importance-weighted objectives
-(vae_k, iwae), which use nothing else. A model that sees the labels is a ``ConditionalVAE``
-(models/conditional.py). Built in: ``mlp`` (the reference network, and the Burda et al.
-(2015) one-stochastic-layer network by its settings), ``conv``, ``hvae2``, and the
-conditional ``cmlp`` and ``cconv``.
+``@register_model("name")``; its dataclass fields become ``config.model`` settings. The
+prior p(z) (``config.prior``, vae_jax/priors/) and the posterior family q(z|x)
+(``config.posterior``, vae_jax/posteriors/) are chosen apart from the model: the VAE builds
+them as its ``prior`` and ``posterior`` submodules, and every objective and command reaches
+them through ``importance_terms(x, key, K)`` (z, log p(z), log q(z|x)), ``elbo_terms``
+(the KL in closed form where it exists, else from the sample), ``sample_prior`` and
+``posterior_point``. A model with latents of its own (a hierarchy, ``hvae2``) overrides
+these and sets ``latent_choice = False`` (it takes the default prior and posterior only) and
+``gaussian_kl = False`` (its KL is estimated from samples).
+A model that sees the labels is a ``ConditionalVAE`` (models/conditional.py). Built in:
+``mlp`` (the reference network, and the Burda et al. (2015) one-stochastic-layer network by
+its settings), ``dense`` (layers of any widths, plain or gated: the hyperspherical and
+VampPrior papers' networks), ``conv``, ``hvae2``, and the conditional ``cmlp`` and ``cconv``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import losses
-from vae_jax.registry import ConfigError, Registry
+from vae_jax import losses, posteriors, priors
+from vae_jax.posteriors.gaussian import reparameterize
+from vae_jax.registry import ConfigError, Registry, module_registrar
 
 if TYPE_CHECKING:
   from vae_jax.config import ConfigLike
@@ -30,13 +35,17 @@ if TYPE_CHECKING:
 REGISTRY = Registry("model", default="mlp")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.compute_dtype
 # Fields every VAE has that the run sets, not the config.
-BUILT_FIELDS = ("image_shape", "learned_sigma", "likelihood", "parent", "name")
-M = TypeVar("M", bound="VAE")  # A model class register_model returns as it was given.
-
-
-def reparameterize(mu_BxL: jax.Array, logvar_BxL: jax.Array, eps_BxL: jax.Array) -> jax.Array:
-  """z = mu + exp(0.5 * logvar) * eps: the sample is differentiable in mu and logvar."""
-  return mu_BxL + jnp.exp(0.5 * logvar_BxL) * eps_BxL
+BUILT_FIELDS = (
+  "image_shape",
+  "learned_sigma",
+  "likelihood",
+  "prior_spec",
+  "posterior_spec",
+  "parent",
+  "name",
+)
+DEFAULT_PRIOR = ("normal", ())  # A prior_spec / posterior_spec: (name, sorted settings).
+DEFAULT_POSTERIOR = ("gaussian", ())
 
 
 class VAE(nn.Module):
@@ -51,8 +60,12 @@ class VAE(nn.Module):
   ``make_decoder`` (for ``output_shape``); ``decode`` accepts any leading axes (K x B x L).
   """
 
-  # False: the prior is not N(0, I), so objectives with an analytic KL do not apply.
-  standard_prior = True
+  # False: the model defines its own latents, p(z) and q(z|x) (it overrides importance_terms
+  # and elbo_terms), so config.prior and config.posterior must stay at their defaults.
+  latent_choice = True
+  # False: with the default prior and posterior the KL is still not the diagonal Gaussian's to
+  # N(0, I) in closed form (a hierarchy's is estimated from samples).
+  gaussian_kl = True
   # True: every method takes the images' labels (models/conditional.py, ConditionalVAE).
   conditional = False
 
@@ -61,6 +74,8 @@ class VAE(nn.Module):
   likelihood: str = "bernoulli"
   latent_dim: int = 20
   compute_dtype: str = "float32"
+  prior_spec: tuple = DEFAULT_PRIOR
+  posterior_spec: tuple = DEFAULT_POSTERIOR
 
   def make_encoder(self) -> nn.Module:
     raise NotImplementedError
@@ -71,8 +86,30 @@ class VAE(nn.Module):
   def setup(self):
     self.encoder = self.make_encoder()
     self.decoder = self.make_decoder()
+    self.setup_latents()
     if self.learned_sigma:
       self.log_sigma = self.param("log_sigma", nn.initializers.zeros, self.image_shape)
+
+  def setup_latents(self):
+    """The prior and posterior submodules (parameterless for the defaults: the reference's
+    parameters are the encoder's and decoder's alone)."""
+    self.prior = priors.build(self.prior_spec, self.latent_dim, self.image_shape)
+    self.posterior = posteriors.build(self.posterior_spec, self.latent_dim)
+
+  @property
+  def gaussian_posterior(self) -> bool:
+    """Whether q(z|x) is encode's diagonal Gaussian itself (not a flow or a vMF)."""
+    return posteriors.REGISTRY.get(self.posterior_spec[0]).target.gaussian
+
+  @property
+  def analytic_kl(self) -> bool:
+    """Whether the KL is the diagonal Gaussian's to N(0, I) in closed form, from ``encode``'s
+    (mu, logvar): the reference's ELBO, free bits and beta-TCVAE need it."""
+    return (
+      self.gaussian_kl
+      and priors.REGISTRY.get(self.prior_spec[0]).target.standard
+      and self.gaussian_posterior
+    )
 
   @property
   def dtype(self):
@@ -106,31 +143,74 @@ class VAE(nn.Module):
     logits = self.decoder(z_BxL.reshape(-1, z_BxL.shape[-1]))
     return logits.reshape(*lead, *self.output_shape).astype(jnp.float32)
 
-  def __call__(self, x_BxHxWxC, key: jax.Array | None = None):
+  def encode_features(self, x_BxHxWxC):
+    """(mu_BxL, logvar_BxL, h_BxH): the encoder's Gaussian and a context for the posterior
+    family (a flow's amortized parameters): here [mu, logvar]; mlp and conv give their last
+    hidden layer."""
     mu_BxL, logvar_BxL = self.encode(x_BxHxWxC)
-    if key is None:
+    return mu_BxL, logvar_BxL, jnp.concatenate([mu_BxL, logvar_BxL], -1)
+
+  def posterior_draws(self, x_BxHxWxC, key: jax.Array | None, num_samples: int):
+    """(z_KxBxL, log q(z|x)_KxB) from the posterior family (key None: its deterministic code)."""
+    return self.posterior(*self.encode_features(x_BxHxWxC), key, num_samples)
+
+  def posterior_point(self, x_BxHxWxC):
+    """z_BxL: the posterior's deterministic code (the Gaussian's mean; a flow's image of it;
+    the vMF's mean direction): what ``encode`` exports and the active units measure."""
+    return self.posterior_draws(x_BxHxWxC, None, 1)[0][0]
+
+  def log_prior(self, z_NxL):
+    """log p(z) (nats, summed over L, leading axes kept) under the model's prior."""
+    return self.prior.log_prob(z_NxL, self.encode)
+
+  def sample_prior(self, key: jax.Array, num: int):
+    """z_numxL drawn from the prior (N(0, I): normal(key, (num, L)), as the reference)."""
+    return self.prior.sample(key, num, self.encode)
+
+  def __call__(self, x_BxHxWxC, key: jax.Array | None = None):
+    """(logits, mu, logvar) for one z per example: mu + sigma * normal(key, mu.shape) for the
+    Gaussian posterior (the reference's draw), else the posterior family's draw."""
+    mu_BxL, logvar_BxL = self.encode(x_BxHxWxC)
+    if not self.gaussian_posterior:
+      z_BxL = self.posterior_draws(x_BxHxWxC, key, 1)[0][0]
+    elif key is None:
       z_BxL = mu_BxL
     else:
       z_BxL = reparameterize(mu_BxL, logvar_BxL, jax.random.normal(key, mu_BxL.shape, mu_BxL.dtype))
+    if self.is_initializing():  # model.init(key, x) creates the prior's parameters too.
+      self.log_prior(z_BxL)
     return self.decode(z_BxL), mu_BxL, logvar_BxL
 
   def generate(self, z_BxL):
     """Images in [0, 1]: sigmoid of the decoder's (mean) logits."""
     return self.mean_image(self.decode(z_BxL))
 
-  def importance_terms(self, x_BxHxWxC, eps_KxBxL):
-    """(logits_KxBxHxWxC, log p(z)_KxB, log q(z|x)_KxB) for z = mu + sigma * eps (nats).
+  def importance_terms(self, x_BxHxWxC, key: jax.Array | None, num_samples: int):
+    """(logits_KxBxHxWxC, log p(z)_KxB, log q(z|x)_KxB) for K draws z_k ~ q(z|x) (nats).
 
-    The importance weight of sample k is p(x|z_k) p(z_k) / q(z_k|x); eps has one standard
-    normal per unit of ``encode``'s output (zeros: z = mu).
+    The importance weight of sample k is p(x|z_k) p(z_k) / q(z_k|x). key None: K copies of
+    the posterior's deterministic code.
     """
-    mu_BxL, logvar_BxL = self.encode(x_BxHxWxC)
-    z_KxBxL = reparameterize(mu_BxL, logvar_BxL, eps_KxBxL)
-    return (
-      self.decode(z_KxBxL),
-      losses.gaussian_log_density(z_KxBxL, 0.0, 0.0),
-      losses.gaussian_log_density(z_KxBxL, mu_BxL, logvar_BxL),
-    )
+    z_KxBxL, log_q_KxB = self.posterior_draws(x_BxHxWxC, key, num_samples)
+    return self.decode(z_KxBxL), self.log_prior(z_KxBxL), log_q_KxB
+
+  def elbo_terms(self, x_BxHxWxC, key: jax.Array | None):
+    """(logits_BxHxWxC, KL_B, gaussian): one z per example and KL(q(z|x) || p(z)) in nats,
+    closed-form where the prior and posterior allow, else log q(z|x) - log p(z) at that z
+    (the one-sample estimate). gaussian: encode's (mu, logvar) when the KL is the diagonal
+    Gaussian's to N(0, I) (free bits needs it per unit), else None."""
+    if self.analytic_kl:
+      logits, mu_BxL, logvar_BxL = self(x_BxHxWxC, key)
+      return logits, losses.kl_per_example(mu_BxL, logvar_BxL), (mu_BxL, logvar_BxL)
+    logits_1, log_p_1xB, log_q_1xB = self.importance_terms(x_BxHxWxC, key, 1)
+    kl_B = self.posterior_kl(x_BxHxWxC)
+    return logits_1[0], (log_q_1xB - log_p_1xB)[0] if kl_B is None else kl_B, None
+
+  def posterior_kl(self, x_BxHxWxC):
+    """KL_B in closed form from the posterior family (vMF to the uniform prior), or None."""
+    if not self.latent_choice:
+      return None
+    return self.posterior.kl(*self.encode_features(x_BxHxWxC), self.prior)
 
   def data_init(self, params, mean_image_HxWxC):
     """Parameters after the data-dependent part of the init (none here); mean_image_HxWxC is
@@ -148,26 +228,10 @@ def logit_bias(params, mean_image_HxWxC, clip: float = 1e-3):
   return {**params, "decoder": {**decoder, "logits": logits}}
 
 
-def register_model(name: str, replace: bool = False) -> Callable[[type[M]], type[M]]:
-  """Class decorator: registers a VAE subclass as ``config.model.name=name``.
-
-  Its dataclass fields (but BUILT_FIELDS) are its settings, with their defaults: another
-  model may have a field of the same name with another default. A name already taken is
-  refused unless replace=True; a class that is not a VAE subclass is refused.
-  """
-
-  def decorate(cls: type[M]) -> type[M]:
-    if not (isinstance(cls, type) and issubclass(cls, VAE)):
-      raise ConfigError(f"register_model({name!r}): {cls!r} is not a subclass of vae_jax.VAE")
-    settings = {
-      f.name: f.default
-      for f in dataclasses.fields(cls)
-      if f.name not in BUILT_FIELDS and f.default is not dataclasses.MISSING
-    }
-    REGISTRY.register(name, cls, settings, replace=replace)
-    return cls
-
-  return decorate
+register_model = module_registrar(REGISTRY, VAE, BUILT_FIELDS)
+register_model.__doc__ = """Class decorator: ``@register_model(name, replace=False)`` registers a VAE
+subclass as ``config.model.name=name``; its dataclass fields (but BUILT_FIELDS) are its
+settings, with their defaults. A name already taken is refused unless replace=True."""
 
 
 def build_model(config: ConfigLike, image_shape: tuple[int, ...] = (28, 28, 1)) -> VAE:
@@ -179,12 +243,51 @@ def build_model(config: ConfigLike, image_shape: tuple[int, ...] = (28, 28, 1)) 
   from vae_jax import config as config_lib, objectives
 
   settings = config if isinstance(config, config_lib.Settings) else config_lib.parse(config)
-  return build(settings.model, image_shape, objectives.make_hparams(settings.objective))
+  return build(
+    settings.model,
+    image_shape,
+    objectives.make_hparams(settings.objective),
+    settings.prior,
+    settings.posterior,
+  )
 
 
-def build(model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...], hparams=None) -> VAE:
-  """The module for a resolved config.model (config.parse), the data's image shape and the
-  objective's Hparams (its likelihood's learned sigma and parameters per pixel)."""
+def spec(resolved: tuple[Any, dict[str, Any]] | None, default: tuple) -> tuple:
+  """A prior_spec / posterior_spec (name, sorted settings) from config.parse's (entry, settings)."""
+  return default if resolved is None else (resolved[0].name, tuple(sorted(resolved[1].items())))
+
+
+def check_latents(model_cls: Any, model_name: str, prior_entry, posterior_entry) -> None:
+  """Refuses (one line) a prior and posterior that do not fit together or the model."""
+  if not model_cls.latent_choice and (
+    prior_entry.name != DEFAULT_PRIOR[0] or posterior_entry.name != DEFAULT_POSTERIOR[0]
+  ):
+    raise ConfigError(
+      f"config.prior.name={prior_entry.name!r}, config.posterior.name={posterior_entry.name!r}: "
+      f"model {model_name!r} defines its own prior and posterior (keep "
+      f"{DEFAULT_PRIOR[0]!r} and {DEFAULT_POSTERIOR[0]!r})"
+    )
+  prior_support, posterior_support = prior_entry.target.support, posterior_entry.target.support
+  if prior_support != posterior_support:
+    fits = sorted(
+      e.name for e in priors.REGISTRY.entries.values() if e.target.support == posterior_support
+    )
+    raise ConfigError(
+      f"config.prior.name={prior_entry.name!r}: a prior on the {prior_support} for posterior "
+      f"{posterior_entry.name!r} on the {posterior_support}; choose {', '.join(fits)}"
+    )
+
+
+def build(
+  model: tuple[Any, dict[str, Any]],
+  image_shape: tuple[int, ...],
+  hparams=None,
+  prior: tuple[Any, dict[str, Any]] | None = None,
+  posterior: tuple[Any, dict[str, Any]] | None = None,
+) -> VAE:
+  """The module for a resolved config.model (config.parse), the data's image shape, the
+  objective's Hparams (its likelihood's learned sigma and parameters per pixel) and the
+  resolved config.prior and config.posterior (None: N(0, I) and the diagonal Gaussian)."""
   entry, settings = model
   if settings.get("compute_dtype", "float32") not in DTYPES:
     raise ConfigError(
@@ -203,17 +306,31 @@ def build(model: tuple[Any, dict[str, Any]], image_shape: tuple[int, ...], hpara
     image_shape=tuple(image_shape),
     learned_sigma=getattr(hparams, "learned_sigma", False),
     likelihood=getattr(hparams, "likelihood", "bernoulli"),
+    prior_spec=spec(prior, DEFAULT_PRIOR),
+    posterior_spec=spec(posterior, DEFAULT_POSTERIOR),
     **settings,
   )
-  check = getattr(module, "check", None)
-  if check is not None:
-    check()
+  check_latents(
+    entry.target,
+    entry.name,
+    priors.REGISTRY.get(module.prior_spec[0]),
+    posteriors.REGISTRY.get(module.posterior_spec[0]),
+  )
+  for part in (
+    module,
+    priors.build(module.prior_spec, module.latent_dim, module.image_shape),
+    posteriors.build(module.posterior_spec, module.latent_dim),
+  ):
+    check = getattr(part, "check", None)
+    if check is not None:
+      check()
   return module
 
 
 from vae_jax.models import (  # noqa: E402,F401  (registers the built-in models)
   conditional,
   conv,
+  dense,
   hierarchical,
   mlp,
 )

@@ -22,6 +22,7 @@ from vae_jax import losses
 from vae_jax.models import VAE, register_model, reparameterize
 from vae_jax.models.conv import Conv
 from vae_jax.models.mlp import ACTIVATIONS, MLP
+from vae_jax.posteriors.gaussian import gaussian_draws
 from vae_jax.registry import ConfigError
 
 
@@ -42,6 +43,7 @@ class ConditionalVAE(VAE):
   """A VAE whose encoder and decoder see the label y (one-hot of ``num_classes``)."""
 
   conditional = True
+  latent_choice = False  # p(z) = N(0, I) and q(z | x, y) Gaussian (the M2 objective's).
 
   num_classes: int = 10
   classifier_hidden: int = 0  # Units of q(y|x)'s hidden layer; 0: no classifier.
@@ -113,15 +115,19 @@ class ConditionalVAE(VAE):
   def generate(self, z_BxL, labels=None):
     return self.mean_image(self.decode(z_BxL, labels))
 
-  def importance_terms(self, x_BxHxWxC, eps_KxBxL, labels=None):
+  def importance_terms(self, x_BxHxWxC, key, num_samples, labels=None):
     """As VAE.importance_terms, for p(x, z | y) / q(z | x, y)."""
     mu_BxL, logvar_BxL = self.encode(x_BxHxWxC, labels)
-    z_KxBxL = reparameterize(mu_BxL, logvar_BxL, eps_KxBxL)
-    return (
-      self.decode(z_KxBxL, labels),
-      losses.gaussian_log_density(z_KxBxL, 0.0, 0.0),
-      losses.gaussian_log_density(z_KxBxL, mu_BxL, logvar_BxL),
-    )
+    z_KxBxL, log_q_KxB = gaussian_draws(mu_BxL, logvar_BxL, key, num_samples)
+    return self.decode(z_KxBxL, labels), self.log_prior(z_KxBxL), log_q_KxB
+
+  def elbo_terms(self, x_BxHxWxC, key, labels=None):
+    """As VAE.elbo_terms, for q(z | x, y) and p(x | y, z): the closed-form Gaussian KL."""
+    logits, mu_BxL, logvar_BxL = self(x_BxHxWxC, key, labels)
+    return logits, losses.kl_per_example(mu_BxL, logvar_BxL), (mu_BxL, logvar_BxL)
+
+  def posterior_point(self, x_BxHxWxC, labels=None):
+    return self.encode(x_BxHxWxC, labels)[0]
 
   def classify(self, x_BxHxWxC, labels=None):
     """logits_BxC of q(y|x) (labels: ignored, accepted because a run binds them)."""

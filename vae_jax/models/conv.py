@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vae_jax.models import VAE, register_model
+from vae_jax.models.mlp import hidden_features
 from vae_jax.registry import ConfigError
 
 
@@ -18,7 +19,8 @@ class ConvEncoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxHxWxC, y_BxC=None):
+  def __call__(self, x_BxHxWxC, y_BxC=None, with_hidden: bool = False):
+    """with_hidden: (mu, logvar, h_BxF), h the flattened features (a posterior's context)."""
     h = x_BxHxWxC
     for i, c in enumerate(self.channels):
       h = nn.relu(
@@ -27,10 +29,9 @@ class ConvEncoder(nn.Module):
     h_BxF = h.reshape(h.shape[0], -1)
     if y_BxC is not None:
       h_BxF = jnp.concatenate([h_BxF, y_BxC.astype(h_BxF.dtype)], axis=-1)
-    return (
-      nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h_BxF),
-      nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(h_BxF),
-    )
+    mu_BxL = nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h_BxF)
+    logvar_BxL = nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(h_BxF)
+    return (mu_BxL, logvar_BxL, h_BxF) if with_hidden else (mu_BxL, logvar_BxL)
 
 
 class ConvDecoder(nn.Module):
@@ -77,3 +78,6 @@ class Conv(VAE):
 
   def make_decoder(self):
     return ConvDecoder(tuple(self.channels), tuple(self.output_shape), self.dtype)
+
+  def encode_features(self, x_BxHxWxC):
+    return hidden_features(self.encoder, x_BxHxWxC)

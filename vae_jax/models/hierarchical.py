@@ -37,7 +37,8 @@ def _gaussian(block: nn.Module, h_NxI):
 class HVAE2(VAE):
   """Two stochastic layers; settings as mlp's, plus h1's size and the inner blocks' width."""
 
-  standard_prior = False
+  latent_choice = False  # Its own p(h1, h2) and q(h1, h2 | x),
+  gaussian_kl = False  # whose KL is estimated from samples.
 
   hidden_dim: int = 400
   num_hidden_layers: int = 1
@@ -69,6 +70,7 @@ class HVAE2(VAE):
     self.q_h2 = block(self.hidden_dim_2, self.latent_dim, "q_h2")
     self.p_h1 = block(self.hidden_dim_2, self.latent_dim_1, "p_h1")
     self.decoder = MLP.make_decoder(self)  # The reference MLP's decoder, from z1.
+    self.setup_latents()  # N(0, I) on h2: sample_prior draws the top layer.
     if self.learned_sigma:
       self.log_sigma = self.param("log_sigma", nn.initializers.zeros, self.image_shape)
 
@@ -76,7 +78,7 @@ class HVAE2(VAE):
   def latent_layers(self) -> tuple[int, ...]:
     return (self.latent_dim_1, self.latent_dim)
 
-  def posterior(self, x_BxHxWxC, eps_KxBxE):
+  def ancestral_draws(self, x_BxHxWxC, eps_KxBxE):
     """Ancestral draws (h1_KxBxL1, h2_KxBxL2) and their Gaussians' (mu, logvar) pairs."""
     q1 = _gaussian(self.q_h1, x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1))
     h1 = reparameterize(*q1, eps_KxBxE[..., : self.latent_dim_1])
@@ -100,7 +102,7 @@ class HVAE2(VAE):
   def __call__(self, x_BxHxWxC, key: jax.Array | None = None):
     shape = (1, x_BxHxWxC.shape[0], self.latent_dim_1 + self.latent_dim)
     eps = jnp.zeros(shape) if key is None else jax.random.normal(key, shape)
-    h1, h2, (mu1, logvar1), (mu2, logvar2) = self.posterior(x_BxHxWxC, eps)
+    h1, h2, (mu1, logvar1), (mu2, logvar2) = self.ancestral_draws(x_BxHxWxC, eps)
     if self.is_initializing():  # p(h1|h2) is not on this path: create its parameters too.
       _gaussian(self.p_h1, h2)
     return (
@@ -114,9 +116,16 @@ class HVAE2(VAE):
     mu1, _ = _gaussian(self.p_h1, z_BxL)
     return self.mean_image(self.decode(mu1))
 
-  def importance_terms(self, x_BxHxWxC, eps_KxBxE):
-    """(logits, log p(h1, h2), log q(h1, h2 | x)), each sample's h1 and h2 from eps."""
-    h1, h2, q1, q2 = self.posterior(x_BxHxWxC, eps_KxBxE)
+  def posterior_point(self, x_BxHxWxC):
+    """[h1, h2] along the deterministic path (encode's means)."""
+    return self.encode(x_BxHxWxC)[0]
+
+  def importance_terms(self, x_BxHxWxC, key, num_samples):
+    """(logits, log p(h1, h2), log q(h1, h2 | x)) for K ancestral draws: eps =
+    normal(key, K x B x (L1 + L2)) (key None: zeros, the deterministic path)."""
+    shape = (num_samples, x_BxHxWxC.shape[0], self.latent_dim_1 + self.latent_dim)
+    eps_KxBxE = jnp.zeros(shape) if key is None else jax.random.normal(key, shape)
+    h1, h2, q1, q2 = self.ancestral_draws(x_BxHxWxC, eps_KxBxE)
     log_p = losses.gaussian_log_density(h2, 0.0, 0.0) + losses.gaussian_log_density(
       h1, *_gaussian(self.p_h1, h2)
     )

@@ -87,9 +87,10 @@ class Encoder(nn.Module):
   std_head: str = "logvar"
 
   @nn.compact
-  def __call__(self, x_BxHxWxC, y_BxC=None, each_class: int = 0):
+  def __call__(self, x_BxHxWxC, y_BxC=None, each_class: int = 0, with_hidden: bool = False):
     """each_class = C > 0: y ignored, (mu, logvar) of x with every class y = 0..C-1 (C*B rows,
-    class-major), the first layer's x part computed once: [x, y] W = x W_x + W_y[y]."""
+    class-major), the first layer's x part computed once: [x, y] W = x W_x + W_y[y].
+    with_hidden: (mu, logvar, h_BxH), h the last hidden layer (a posterior family's context)."""
     h_BxD = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
     if each_class:
       h_BxH = self.first_layer_each_class(h_BxD, each_class)
@@ -100,7 +101,8 @@ class Encoder(nn.Module):
       h_BxH = hidden_layers(h_BxD, self)
     head = lambda name: dense(self.latent_dim, self.hidden_dim, self.init_scheme, name, self.dtype)
     mu_BxL, logvar_BxL = head("mu")(h_BxH), head("logvar")(h_BxH)
-    return mu_BxL, 2 * logvar_BxL if self.std_head == "log_std" else logvar_BxL
+    logvar_BxL = 2 * logvar_BxL if self.std_head == "log_std" else logvar_BxL
+    return (mu_BxL, logvar_BxL, h_BxH) if with_hidden else (mu_BxL, logvar_BxL)
 
   def first_layer_each_class(self, x_BxD, num_classes: int):
     """The first hidden layer of [x, y] for every class y: CB x H, class-major."""
@@ -134,6 +136,11 @@ class Decoder(nn.Module):
   def __call__(self, z_BxL):
     h_BxH = hidden_layers(z_BxL, self)
     return dense(self.output_dim, self.hidden_dim, self.init_scheme, "logits", self.dtype)(h_BxH)
+
+
+def hidden_features(encoder: nn.Module, x_BxHxWxC):
+  """(mu, logvar, h) as float32 from an encoder called with ``with_hidden=True``."""
+  return tuple(a.astype(jnp.float32) for a in encoder(x_BxHxWxC, with_hidden=True))
 
 
 @register_model("mlp")
@@ -184,6 +191,9 @@ class MLP(VAE):
       self.num_hidden_layers,
       self.activation,
     )
+
+  def encode_features(self, x_BxHxWxC):
+    return hidden_features(self.encoder, x_BxHxWxC)
 
   def data_init(self, params, mean_image_HxWxC):
     return logit_bias(params, mean_image_HxWxC) if self.output_bias == "data_mean" else params

@@ -1,18 +1,20 @@
 """Priors and posterior families (vae_jax/priors, vae_jax/posteriors), each against an
 independent computation: scipy densities, jax.jacfwd's log-determinants, a grid integral."""
 
+import functools
 import json
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import cli, make_model, run_cli_fresh, train_args
 from scipy import special, stats
 from test_checkpoint import assert_trees_equal_bitwise, kill_at, metrics, saved_arrays
 
-from vae_jax import evaluate, models, objectives, posteriors, priors
+from vae_jax import evaluate, models, objectives, posteriors, priors, step
 from vae_jax.posteriors.iaf import made_masks
 from vae_jax.posteriors.planar import planar_step
 from vae_jax.priors.spherical import log_sphere_area
@@ -53,6 +55,37 @@ def _mixture_log_pdf(z_NxL, means_KxL, logvars_KxL):
 
 def _log_prior(vae, params, z):
   return np.asarray(vae.apply({"params": params}, jnp.asarray(z), method="log_prior"))
+
+
+def _pairs():
+  """Every registered prior with every posterior family of the same support."""
+  return [
+    (p, q)
+    for p, prior in sorted(priors.REGISTRY.entries.items())
+    for q, posterior in sorted(posteriors.REGISTRY.entries.items())
+    if prior.target.support == posterior.target.support
+  ]
+
+
+@pytest.mark.parametrize("prior,posterior", _pairs())
+def test_every_prior_and_posterior_meet_the_latent_contract(prior, posterior):
+  settings = (
+    {"num_components": 3} if "num_components" in priors.REGISTRY.get(prior).settings else None
+  )
+  vae, params = _build(prior, posterior, latent_dim=3, prior_settings=settings)
+  x, key = jnp.asarray(_binary(4)), jax.random.key(12)
+  apply = jax.jit(lambda p, x, key: vae.apply({"params": p}, x, key, 5, method="importance_terms"))
+  logits, log_p, log_q = apply(params, x, key)
+  chex.assert_shape(logits, (5, 4, PIXELS, 1, 1))
+  chex.assert_shape([log_p, log_q], (5, 4))
+  chex.assert_tree_all_finite((logits, log_p, log_q))
+  _, kl, _ = vae.apply({"params": params}, x, key, method="elbo_terms")
+  chex.assert_shape(kl, (4,))
+  z = vae.apply({"params": params}, jax.random.key(13), 7, method="sample_prior")
+  chex.assert_shape(z, (7, 3))
+  chex.assert_shape(vae.apply({"params": params}, x, method="posterior_point"), (4, 3))
+  # The same key gives the same draws (explicit keys, no hidden state).
+  chex.assert_trees_all_equal(apply(params, x, key), (logits, log_p, log_q))
 
 
 def test_mixture_prior_log_density_matches_scipy():
@@ -329,3 +362,10 @@ def test_each_latent_model_resumes_bit_identical_and_reopens_in_a_fresh_process(
   assert sorted(codes.files) == ["code", "labels"] and codes["code"].shape[1] == 4
   if name == "sphere_vmf":
     np.testing.assert_allclose(np.linalg.norm(codes["code"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_model_of_a_state_is_found_through_a_wrapped_apply_fn():
+  vae, params = _build()
+  wrapped = functools.partial(functools.partial(vae.apply), mutable=False)
+  state = step.TrainState.create(apply_fn=wrapped, params=params, tx=optax.sgd(0.1))
+  assert step.model_of(state) is vae

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,15 @@ TrainState = train_state.TrainState
 
 
 def model_of(state: TrainState) -> Any:
-  """The VAE module of a train state (its apply_fn is the module's bound ``apply``)."""
-  return state.apply_fn.__self__  # type: ignore[attr-defined]
+  """The VAE module of a train state: the module whose bound ``apply`` its apply_fn is, found
+  through wrappers (functools.partial's ``func``, functools.wraps' ``__wrapped__``). Objectives
+  need none of this: they reach the model through ``apply_fn(..., method=...)``."""
+  fn: Any = state.apply_fn
+  while not isinstance(getattr(fn, "__self__", None), nn.Module):
+    fn = getattr(fn, "func", None) or getattr(fn, "__wrapped__", None)
+    if fn is None:
+      raise TypeError(f"apply_fn {state.apply_fn!r} is not a (wrapped) flax Module's apply")
+  return fn.__self__
 
 
 def over_models(fn: Callable, num_models: int, strategy: str) -> Callable:

@@ -108,11 +108,15 @@ def test_binarize_trains_on_a_bernoulli_draw_of_the_pixels(small_splits):
   state, keys, fn, hparams = make_model()
   x_u8 = jnp.asarray(small_splits["train"][0][:16])
   _, metrics = step.train_step(state, x_u8, keys["noise"], hparams, objective_fn=fn, binarize=True)
-  key = jax.random.fold_in(keys["noise"], 0)
+  key = jax.random.fold_in(keys["noise"], 0)  # The objective's; the data's draws another stream.
+  draws = step.data_key(keys["noise"], 0)
   x_bin = np.asarray(
-    jax.random.bernoulli(jax.random.fold_in(key, 1), step.to_float(x_u8)), np.float32
+    jax.random.bernoulli(jax.random.fold_in(draws, 1), step.to_float(x_u8)), np.float32
   )
   assert set(np.unique(x_bin)) == {0.0, 1.0}
+  # An objective deriving fold_in(key, 1) from its key draws something else than the data's.
+  own = jax.random.bernoulli(jax.random.fold_in(key, 1), step.to_float(x_u8))
+  assert (np.asarray(own, np.float32) != x_bin).any()
   logits, _, _ = state.apply_fn({"params": state.params}, jnp.asarray(x_bin), key)
   p = jax.nn.sigmoid(np.asarray(logits, np.float64))
   bce = -(x_bin * np.log(p) + (1 - x_bin) * np.log1p(-p)).sum()

@@ -56,6 +56,16 @@ def over_models(fn: Callable, num_models: int, strategy: str) -> Callable:
   return run
 
 
+# The stream of a step's data draws (dynamic binarization, M1's z1): apart from the objective's
+# key fold_in(rng_noise, step), so no subkey an objective derives from its key repeats them.
+DATA_STREAM = 2**32 - 2  # No step has this number (steps < 2**31).
+
+
+def data_key(rng_noise, step):
+  """The key of step's data draws: fold_in(fold_in(rng_noise, DATA_STREAM), step)."""
+  return jax.random.fold_in(jax.random.fold_in(rng_noise, DATA_STREAM), step)
+
+
 def to_float(x_u8, key=None):
   """uint8 pixels -> float32 in [0, 1], as ToTensor does (x / 255, no binarization).
 
@@ -102,14 +112,17 @@ def train_step(
 
   batch: x_u8_BxHxWxC, or (x_u8_BxHxWxC, labels_B) for a run that uses labels (then
   ``objective_fn(..., labels)``: objectives.with_labels). ``binarize`` replaces the inputs by
-  a fresh Bernoulli(pixel / 255) draw (dynamic binarization; key fold_in(step key, 1)).
-  Metrics add ``examples``.
+  a fresh Bernoulli(pixel / 255) draw (dynamic binarization). Keys: the objective's is
+  fold_in(rng_noise, step), its alone; the data's draws come from data_key(rng_noise, step)
+  (binarization fold_in(., 1), an encoded posterior's draw fold_in(., 3): to_float). Metrics
+  add ``examples``.
   """
   x_u8_BxHxWxC, labels = batch if isinstance(batch, tuple) else (batch, None)
   key = jax.random.fold_in(rng_noise, state.step)
-  x = to_float(shard_batch(x_u8_BxHxWxC, mesh), key)
+  draws = data_key(rng_noise, state.step)
+  x = to_float(shard_batch(x_u8_BxHxWxC, mesh), draws)
   if binarize:
-    x = jax.random.bernoulli(jax.random.fold_in(key, 1), x).astype(x.dtype)
+    x = jax.random.bernoulli(jax.random.fold_in(draws, 1), x).astype(x.dtype)
   args = (state.params, state.apply_fn, x, key, hparams.at_step(state.step))
   grads, metrics = jax.grad(objective_fn, has_aux=True)(
     *args, *(() if labels is None else (labels,))

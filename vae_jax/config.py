@@ -343,6 +343,8 @@ def parse(config: ml_collections.ConfigDict | dict) -> Settings:
     model.name,
     analytic_kl(settings),
     model.target.conditional,
+    model.target.latent_choice
+    and (settings.posterior is None or settings.posterior[0].target.density),
   )
   if settings.data.labels_per_class and not objective.uses_labels:
     raise ConfigError(

@@ -95,6 +95,7 @@ class Objective:
   uses_labels: bool = False  # fn(..., hparams, labels): labels_B int32, -1 where unknown.
   # True, or settings -> bool: needs encode's (mu, logvar) as q(z|x) and p(z) = N(0, I).
   gaussian_latent: bool | Callable[[dict[str, Any]], bool] = False
+  posterior_density: bool = False  # Needs log q(z|x) at any z (VAE.posterior_log_prob).
 
 
 def register_objective(
@@ -105,6 +106,7 @@ def register_objective(
   uses_labels: bool = False,
   replace: bool = False,
   gaussian_latent: bool | Callable[[dict[str, Any]], bool] = False,
+  posterior_density: bool = False,
 ) -> Callable[[F], F]:
   """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)
   as ``config.objective.name=name``.
@@ -114,7 +116,8 @@ def register_objective(
   ``for_evaluation()``). importance_weighted: of the importance-weighted family (it uses the
   model's ``importance_terms``). gaussian_latent: True (or a function of the settings that
   says when) if fn reads ``encode``'s (mu, logvar) as the posterior and N(0, I) as the
-  prior, so that other latent models are refused. uses_labels: fn takes a sixth argument, the
+  prior, so that other latent models are refused. posterior_density: fn calls the model's
+  ``posterior_log_prob`` (log q at given z), which flows and hierarchies lack. uses_labels: fn takes a sixth argument, the
   batch's labels (int32, -1 where the run keeps no label: semi-supervised learning), and
   passes them to a conditional model itself; it needs a conditional model. Refused at once:
   a name already taken (unless replace=True), Hparams that are not a flax struct dataclass.
@@ -143,6 +146,7 @@ def register_objective(
         importance_weighted,
         uses_labels,
         gaussian_latent,
+        posterior_density,
       ),
       settings,
       origin=fn,
@@ -187,9 +191,17 @@ def check_model(
   model_name: str,
   analytic_kl: bool,
   conditional: bool = False,
+  posterior_density: bool = True,
 ) -> None:
   """Refuses an objective that needs the Gaussian posterior and N(0, I) prior for a run with
-  other latents, and an objective that uses labels for a model that does not see them."""
+  other latents, one that needs q's density at any z for a posterior without one, and an
+  objective that uses labels for a model that does not see them."""
+  if objective.posterior_density and not posterior_density:
+    raise ConfigError(
+      f"config.objective.name={objective.name!r}: needs log q(z|x) at any z; model "
+      f"{model_name!r} with this config.posterior has none (a flow, or latents of the "
+      "model's own): choose config.posterior.name=gaussian or vmf"
+    )
   needs = objective.gaussian_latent
   if not analytic_kl and (needs(settings) if callable(needs) else needs):
     raise ConfigError(
@@ -346,6 +358,7 @@ class Denoising(Likelihood):
 
 
 from vae_jax import (  # noqa: E402,F401  (registers the built-in objectives)
+  estimators,
   objectives_builtin,
   semisupervised,
 )

@@ -154,6 +154,10 @@ class VAE(nn.Module):
     """(z_KxBxL, log q(z|x)_KxB) from the posterior family (key None: its deterministic code)."""
     return self.posterior(*self.encode_features(x_BxHxWxC), key, num_samples)
 
+  def posterior_log_prob(self, x_BxHxWxC, z_KxBxL):
+    """log q(z|x)_KxB at given z (a posterior family with a density: DReG's estimator)."""
+    return self.posterior.log_prob(*self.encode_features(x_BxHxWxC), z_KxBxL)
+
   def posterior_point(self, x_BxHxWxC):
     """z_BxL: the posterior's deterministic code (the Gaussian's mean; a flow's image of it;
     the vMF's mean direction): what ``encode`` exports and the active units measure."""

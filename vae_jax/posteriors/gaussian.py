@@ -28,9 +28,13 @@ class Gaussian(Posterior):
   """q(z|x) = N(mu, diag exp(logvar)); its KL to N(0, I) is closed-form (the reference's)."""
 
   gaussian = True
+  density = True
 
   def __call__(self, mu_BxL, logvar_BxL, h_BxH, key, num_samples):
     return gaussian_draws(mu_BxL, logvar_BxL, key, num_samples)
+
+  def log_prob(self, mu_BxL, logvar_BxL, h_BxH, z_KxBxL):
+    return losses.gaussian_log_density(z_KxBxL, mu_BxL, logvar_BxL)
 
   def kl(self, mu_BxL, logvar_BxL, h_BxH, prior):
     return losses.kl_per_example(mu_BxL, logvar_BxL) if prior.standard else None

@@ -253,6 +253,11 @@ def score_surrogate(f_KxB, log_pi_KxB):
   return jax.lax.stop_gradient(f_KxB) * (log_pi_KxB - jax.lax.stop_gradient(log_pi_KxB))
 
 
+def direction(mu_BxL):
+  """mu / |mu|: the vMF's mean direction from the encoder's mean head."""
+  return mu_BxL / jnp.maximum(jnp.linalg.norm(mu_BxL, axis=-1, keepdims=True), 1e-12)
+
+
 @register_posterior("vmf")
 class VonMisesFisher(Posterior):
   """q(z|x) = vMF(mu / |mu|, kappa) on S^(latent_dim - 1), with the encoder's mean head as
@@ -261,14 +266,18 @@ class VonMisesFisher(Posterior):
   docstring); kl is closed-form against the uniform prior on the sphere."""
 
   support = "sphere"
+  density = True
 
   @nn.compact
   def concentration(self, h_BxH):
     """kappa_B from the encoder's last hidden layer (one Dense shared by __call__ and kl)."""
     return jax.nn.softplus(nn.Dense(1, name="kappa")(h_BxH)[..., 0]) + 1.0
 
+  def log_prob(self, mu_BxL, logvar_BxL, h_BxH, z_KxBxL):
+    return vmf_log_prob(z_KxBxL, direction(mu_BxL), self.concentration(h_BxH))
+
   def __call__(self, mu_BxL, logvar_BxL, h_BxH, key, num_samples):
-    direction_BxL = mu_BxL / jnp.maximum(jnp.linalg.norm(mu_BxL, axis=-1, keepdims=True), 1e-12)
+    direction_BxL = direction(mu_BxL)
     kappa_B = self.concentration(h_BxH)
     if key is None:  # The mode, K copies, and its density.
       z_KxBxL = jnp.broadcast_to(direction_BxL, (num_samples, *direction_BxL.shape))

@@ -279,7 +279,9 @@ def estimated_bytes(
   the data. Parameter shapes come from jax.eval_shape: nothing is allocated to count them."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *model.image_shape))))
   params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
-  widest = max([math.prod(model.image_shape), *(s.shape[-1] for s in jax.tree.leaves(shapes))])
+  widest = max(
+    [math.prod(model.image_shape), *(s.shape[-1] for s in jax.tree.leaves(shapes) if s.shape)]
+  )
   batch = max(optim.batch_size, optim.eval_batch_size) * widest * 4 * 8
   return num_models * (16 * params + batch) + data_bytes
 

@@ -335,6 +335,7 @@ from vae_jax.models import (  # noqa: E402,F401  (registers the built-in models)
   conditional,
   conv,
   dense,
+  hamiltonian,
   hierarchical,
   mlp,
 )

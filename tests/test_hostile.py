@@ -234,6 +234,10 @@ CONFIG_CASES = {
     ["--config.model.name=hvae2", "--config.prior.name=mog"],
     "model 'hvae2' defines its own prior and posterior",
   ),
+  "a VampPrior on real-valued data": (
+    ["--config.prior.name=vamp", "--config.objective.likelihood=normal"],
+    "config.prior.name='vamp': its inputs lie in [0, 1] (pixels); config.objective.likelihood",
+  ),
   "a VampPrior without components": (
     ["--config.prior.name=vamp", "--config.prior.num_components=0"],
     "config.prior.num_components=0: expected an integer >= 1",

@@ -18,6 +18,7 @@ from vae_jax import evaluate, models, objectives, posteriors, priors, step
 from vae_jax.posteriors.iaf import made_masks
 from vae_jax.posteriors.planar import planar_step
 from vae_jax.priors.spherical import log_sphere_area
+from vae_jax.registry import ConfigError
 
 PIXELS = 6
 
@@ -369,3 +370,47 @@ def test_the_model_of_a_state_is_found_through_a_wrapped_apply_fn():
   wrapped = functools.partial(functools.partial(vae.apply), mutable=False)
   state = step.TrainState.create(apply_fn=wrapped, params=params, tx=optax.sgd(0.1))
   assert step.model_of(state) is vae
+
+
+def test_an_objective_that_does_not_declare_its_latents_is_refused_for_other_latents():
+  from flax import struct
+
+  from vae_jax import config as config_lib
+
+  @struct.dataclass
+  class Plain(objectives.Hparams):
+    pass
+
+  try:
+    # Written on __call__'s (mu, logvar) as most objectives are: undeclared, so Gaussian only.
+    objectives.register_objective("plain_kl", Plain)(lambda p, a, x, k, h: (0.0, {"loss": 0.0}))
+    config_lib.parse(config_lib.from_flat({"objective.name": "plain_kl"}))  # The default: fine.
+    for latents in ({"posterior.name": "planar"}, {"prior.name": "mog"}):
+      with pytest.raises(ConfigError, match="config.objective.name='plain_kl': reads the encoder"):
+        config_lib.parse(config_lib.from_flat({"objective.name": "plain_kl", **latents}))
+  finally:
+    objectives.REGISTRY.entries.pop("plain_kl", None)
+
+
+def test_runs_of_any_prior_share_the_elbo_as_test_metric_but_a_hierarchy_keeps_its_own():
+  from vae_jax import config as config_lib
+
+  def metric(**flat):
+    settings = config_lib.parse(config_lib.from_flat({"objective.name": "iwae", **flat}))
+    shared = config_lib.shared_test_metric(settings)
+    return objectives.evaluation(settings.objective, shared)[0].name
+
+  assert metric() == metric(**{"prior.name": "vamp"}) == metric(**{"posterior.name": "iaf"})
+  assert metric() == "elbo" and metric(**{"model.name": "hvae2"}) == "iwae"
+
+
+def test_the_mean_z_kl_without_a_closed_form_is_an_estimate_at_a_fixed_draw():
+  vae, params = _build("mog", prior_settings={"num_components": 3})
+  x = jnp.asarray(_binary(4))
+  logits, kl, _ = vae.apply({"params": params}, x, None, method="elbo_terms")
+  code = vae.apply({"params": params}, x, method="posterior_point")
+  np.testing.assert_allclose(logits, vae.apply({"params": params}, code, method="decode"))
+  _, log_p, log_q = vae.apply(
+    {"params": params}, x, jax.random.key(0), 1, method="importance_terms"
+  )
+  np.testing.assert_allclose(kl, (log_q - log_p)[0], rtol=1e-6)

@@ -125,7 +125,7 @@ def test_each_entry_owns_its_settings_from_the_command_line(plugin_dir, capsys):
   assert _parse_error(capsys, *PLUGIN_ARGS, "--config.model.init_scheme=flax") == (
     "vae_jax: error: config.model.init_scheme=flax: does not apply to model 'resmlp' (its "
     "settings: compute_dtype, hidden_dim, latent_dim, num_blocks; init_scheme is a setting of "
-    "cmlp, hvae2, mlp)"
+    "cmlp, hamiltonian, hvae2, mlp)"
   )
   assert (
     "unknown config key 'bogus': config.objective.bogus is not a setting of objective 'cyclical'"

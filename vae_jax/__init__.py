@@ -9,7 +9,7 @@ its meaning for the life of the process, whatever else is imported):
   states, records = vae_jax.train_models(config, splits, [{"seed": 1}, {"seed": 2}], ckpt, dirs)
   config, state, keys, meta = vae_jax.load_run("runs/x", "best")
   run = vae_jax.open_run("runs/x")                 # .config .settings .state .keys .meta
-  mu, logvar = vae_jax.encode(state, x_NxHxWxC)   # posterior means and log-variances
+  mu, logvar = vae_jax.encode(state, x_NxHxWxC)   # posterior means and log-variances (a flow, vMF: codes, None)
   images = vae_jax.decode(state, z_NxL)           # mean images in [0, 1]
   images = vae_jax.sample(state, 64, jax.random.key(0))
   images = vae_jax.sample(state, 8, jax.random.key(0), labels=3)   # a conditional model's

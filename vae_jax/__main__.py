@@ -52,10 +52,10 @@ from ml_collections import config_flags
 
 COMMANDS = {
   "train": "train (or resume) a run: --workdir DIR [--config FILE] [--config.SECTION.KEY=VALUE]",
-  "sample": "decode z ~ N(0, I) into a PNG grid: --workdir DIR --out FILE.png [--num 64] "
+  "sample": "decode z ~ p(z), the run's prior, into a PNG grid: --workdir DIR --out FILE.png [--num 64] "
   "[--seed 0] [--label K: a conditional model's class]",
   "reconstruct": "originals over reconstructions: --workdir DIR --out FILE.png [--num 8] [--split test]",
-  "encode": "posterior means and log-variances: --workdir DIR --out FILE.npz [--split test]",
+  "encode": "posterior means and log-variances (another posterior family: its codes): --workdir DIR --out FILE.npz [--split test]",
   "evaluate": "a split's losses and latent diagnostics (one JSON line): --workdir DIR [--split test]",
   "likelihood": "test NLL by importance sampling (one JSON line): --workdir DIR [--num_samples 5000]",
   "augment": "a conditional model's samples of every class, labelled, as IDX files (a training "

@@ -71,7 +71,8 @@ def likelihood_of(state: TrainState, likelihood: str) -> str:
   if not model.analytic_kl or model.conditional:
     raise CompressionError(
       f"model {type(model).__name__}: bits-back coding here needs one Gaussian latent layer "
-      "with the N(0, I) prior and no labels (mlp, conv, or a model of yours like them)"
+      "with the N(0, I) prior and no labels (mlp or conv with config.prior.name='normal' and "
+      "config.posterior.name='gaussian', or a model of yours like them)"
     )
   if likelihood not in bitsback.LIKELIHOODS:
     raise CompressionError(

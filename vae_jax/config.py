@@ -337,6 +337,18 @@ def parse(config: ml_collections.ConfigDict | dict) -> Settings:
   )
   model, objective = settings.model[0], settings.objective[0].target
   models.check_latents(model.target, model.name, chosen["prior"][0], chosen["posterior"][0])
+  likelihood = settings.objective[1].get("likelihood", "bernoulli")
+  if chosen["prior"][0].target.unit_inputs and (
+    likelihood == "normal" or settings.data.source == "encoded"
+  ):
+    raise ConfigError(
+      f"config.prior.name={chosen['prior'][0].name!r}: its inputs lie in [0, 1] (pixels); "
+      + (
+        "config.data.source='encoded' gives real-valued codes"
+        if settings.data.source == "encoded"
+        else "config.objective.likelihood='normal' models real values"
+      )
+    )
   objectives.check_model(
     objective,
     settings.objective[1],
@@ -367,6 +379,13 @@ def analytic_kl(settings: Settings) -> bool:
     and (prior is None or prior.standard)
     and (posterior is None or posterior.gaussian)
   )
+
+
+def shared_test_metric(settings: Settings) -> bool:
+  """Whether the run's test metric is its objective's ``evaluate_with`` (the ELBO), shared by
+  runs of any prior and posterior: all but a model with latents of its own and no
+  closed-form KL (hvae2, the Hamiltonian VAE), evaluated with its training objective."""
+  return analytic_kl(settings) or settings.model[0].target.latent_choice
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

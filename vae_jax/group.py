@@ -162,7 +162,7 @@ def build_group(
     )
     hparams.append(objectives.make_hparams(mine, **context))
     eval_objective, eval_hp = objectives.evaluation(
-      mine, config_lib.analytic_kl(settings), **context
+      mine, config_lib.shared_test_metric(settings), **context
     )
     eval_hparams.append(eval_hp)
   image_shape = tuple(image_shape)

@@ -132,7 +132,7 @@ def evaluate(workdir, which: str = "latest", split: str = "test") -> dict[str, A
   epoch = meta["epoch"]
   eval_objective, hparams = objectives.evaluation(
     settings.objective,
-    config_lib.analytic_kl(settings),
+    config_lib.shared_test_metric(settings),
     **run_context(settings, meta["data"]["train"]["examples"]),
   )
   evaluate_fn = jax.jit(step.evaluate, static_argnames=("apply_fn", "batch_size", "objective_fn"))

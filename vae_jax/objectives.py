@@ -21,11 +21,14 @@ examples whose label the run keeps: ``data.labels_per_class`` x classes, or all)
 
 Latent models: an objective reaches p(z) and q(z|x) through the model's methods
 (``importance_terms(x, key, K)``, ``elbo_terms(x, key)``), which serve every prior and
-posterior family. One that reads ``encode``'s (mu, logvar) as the whole posterior and
-N(0, I) as the prior declares ``gaussian_latent`` (True, or a function of its settings):
-a run whose prior or posterior is another is then refused in one line, never trained with
-a term dropped. A run whose KL is not the closed-form Gaussian one is evaluated with its
-training objective.
+posterior family. An objective is taken to read ``encode``'s (or ``__call__``'s) (mu,
+logvar) as the whole posterior and N(0, I) as the prior unless it declares otherwise
+(``gaussian_latent=False``, or a function of its settings; the importance-weighted family
+declares False by default): a run whose prior or posterior is another is then refused in
+one line, never trained with a term dropped. Test metrics of runs whose latents differ stay
+comparable: every run evaluates with ``evaluate_with``'s objective, except a model with
+latents of its own (``latent_choice = False`` and no closed-form KL: hvae2), which
+evaluates with its training objective.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class Objective:
   importance_weighted: bool = False  # The importance-weighted family (vae_k, iwae).
   uses_labels: bool = False  # fn(..., hparams, labels): labels_B int32, -1 where unknown.
   # True, or settings -> bool: needs encode's (mu, logvar) as q(z|x) and p(z) = N(0, I).
-  gaussian_latent: bool | Callable[[dict[str, Any]], bool] = False
+  gaussian_latent: bool | Callable[[dict[str, Any]], bool] = True
   posterior_density: bool = False  # Needs log q(z|x) at any z (VAE.posterior_log_prob).
 
 
@@ -105,7 +108,7 @@ def register_objective(
   importance_weighted: bool = False,
   uses_labels: bool = False,
   replace: bool = False,
-  gaussian_latent: bool | Callable[[dict[str, Any]], bool] = False,
+  gaussian_latent: bool | Callable[[dict[str, Any]], bool] | None = None,
   posterior_density: bool = False,
 ) -> Callable[[F], F]:
   """Function decorator: registers fn(params, apply_fn, x, key, hparams) -> (loss, metrics)
@@ -114,9 +117,11 @@ def register_objective(
   hparams_cls: a ``@flax.struct.dataclass`` subclass of Hparams (its fields are the
   settings). evaluate_with: the objective of the test metric ('elbo'; None: this one, with
   ``for_evaluation()``). importance_weighted: of the importance-weighted family (it uses the
-  model's ``importance_terms``). gaussian_latent: True (or a function of the settings that
-  says when) if fn reads ``encode``'s (mu, logvar) as the posterior and N(0, I) as the
-  prior, so that other latent models are refused. posterior_density: fn calls the model's
+  model's ``importance_terms``). gaussian_latent: whether (True, False, or a function of the
+  settings that says when) fn reads ``encode``'s or ``__call__``'s (mu, logvar) as the
+  posterior and N(0, I) as the prior, so that other latent models are refused; None (the
+  default): True but for the importance-weighted family. An objective written on
+  ``elbo_terms`` or ``importance_terms`` declares False. posterior_density: fn calls the model's
   ``posterior_log_prob`` (log q at given z), which flows and hierarchies lack. uses_labels: fn takes a sixth argument, the
   batch's labels (int32, -1 where the run keeps no label: semi-supervised learning), and
   passes them to a conditional model itself; it needs a conditional model. Refused at once:
@@ -145,7 +150,7 @@ def register_objective(
         evaluate_with,
         importance_weighted,
         uses_labels,
-        gaussian_latent,
+        not importance_weighted if gaussian_latent is None else gaussian_latent,
         posterior_density,
       ),
       settings,
@@ -260,14 +265,14 @@ def make_hparams(resolved: tuple[Any, dict[str, Any]], **context) -> Hparams:
 
 
 def evaluation(
-  resolved: tuple[Any, dict[str, Any]], analytic_kl: bool = True, **context
+  resolved: tuple[Any, dict[str, Any]], shared_metric: bool = True, **context
 ) -> tuple[Objective, Hparams]:
-  """(objective, hparams) of the test metric, from the training objective's settings; a
-  run whose KL is not the closed-form Gaussian one (config.analytic_kl) is evaluated with
-  its training objective."""
+  """(objective, hparams) of the test metric, from the training objective's settings: its
+  ``evaluate_with`` objective when shared_metric (config.shared_test_metric: every run but
+  one whose model has latents of its own), else the training objective."""
   entry, settings = resolved
   objective = entry.target
-  if objective.evaluate_with is not None and analytic_kl:
+  if objective.evaluate_with is not None and shared_metric:
     target = REGISTRY.get(objective.evaluate_with)
     shared = {k: v for k, v in settings.items() if k in target.settings}
     resolved = (target, {**target.settings, **shared})

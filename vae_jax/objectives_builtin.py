@@ -128,7 +128,7 @@ def vae_k(params, apply_fn, x, key, hparams: IwaeHparams):
   }
 
 
-@register_objective("ae", Denoising, evaluate_with=None)
+@register_objective("ae", Denoising, evaluate_with=None, gaussian_latent=False)
 def ae(params, apply_fn, x, key, hparams: Denoising):
   """Deterministic autoencoder: z = mu, no KL; loss = bce = -log p(x|z) summed."""
   logits, _, _ = apply_fn({"params": params}, hparams.encoder_input(x, key), None)
@@ -152,7 +152,7 @@ class TcHparams(Likelihood):
     _positive(self, "mi_weight", "tc_weight", "dw_weight")
 
 
-@register_objective("beta_tcvae", TcHparams, gaussian_latent=True)
+@register_objective("beta_tcvae", TcHparams)
 def beta_tcvae(params, apply_fn, x, key, hparams: TcHparams):
   """rec + a MI + b TC + g DWKL with log q(z) by minibatch-weighted sampling (batch sums).
 

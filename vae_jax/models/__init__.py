@@ -201,13 +201,16 @@ class VAE(nn.Module):
   def elbo_terms(self, x_BxHxWxC, key: jax.Array | None):
     """(logits_BxHxWxC, KL_B, gaussian): one z per example and KL(q(z|x) || p(z)) in nats,
     closed-form where the prior and posterior allow, else log q(z|x) - log p(z) at that z
-    (the one-sample estimate). gaussian: encode's (mu, logvar) when the KL is the diagonal
-    Gaussian's to N(0, I) (free bits needs it per unit), else None."""
+    (the one-sample estimate; at key None, z is the posterior's code and the KL's estimate
+    is drawn with the fixed key(0)). gaussian: encode's (mu, logvar) when the KL is the
+    diagonal Gaussian's to N(0, I) (free bits needs it per unit), else None."""
     if self.analytic_kl:
       logits, mu_BxL, logvar_BxL = self(x_BxHxWxC, key)
       return logits, losses.kl_per_example(mu_BxL, logvar_BxL), (mu_BxL, logvar_BxL)
     logits_1, log_p_1xB, log_q_1xB = self.importance_terms(x_BxHxWxC, key, 1)
     kl_B = self.posterior_kl(x_BxHxWxC)
+    if kl_B is None and key is None:  # At the code z*, log q - log p is no KL: estimate it
+      _, log_p_1xB, log_q_1xB = self.importance_terms(x_BxHxWxC, jax.random.key(0), 1)
     return logits_1[0], (log_q_1xB - log_p_1xB)[0] if kl_B is None else kl_B, None
 
   def posterior_kl(self, x_BxHxWxC):

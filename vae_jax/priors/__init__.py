@@ -30,6 +30,7 @@ class Prior(nn.Module):
   """Abstract p(z) over R^latent_dim (or the sphere in it); see the module's docstring."""
 
   standard = False  # True: N(0, I), for which the diagonal Gaussian's KL is closed-form.
+  unit_inputs = False  # True: built from inputs in [0, 1] (the VampPrior's pseudo-inputs).
   support = "euclidean"  # 'sphere': z on the unit sphere S^(latent_dim - 1).
 
   latent_dim: int = 20

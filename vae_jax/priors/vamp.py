@@ -20,6 +20,8 @@ from vae_jax.registry import ConfigError
 class VampPrior(Prior):
   """num_components: K (500 in the paper); init_mean / init_std: the pseudo-inputs' init."""
 
+  unit_inputs = True
+
   num_components: int = 500
   init_mean: float = 0.05
   init_std: float = 0.01

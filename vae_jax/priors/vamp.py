@@ -11,13 +11,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vae_jax import losses
-from vae_jax.priors import Prior, register_prior
-from vae_jax.registry import ConfigError
+from vae_jax.priors import register_prior
+from vae_jax.priors.mog import Mixture
 
 
 @register_prior("vamp")
-class VampPrior(Prior):
+class VampPrior(Mixture):
   """num_components: K (500 in the paper); init_mean / init_std: the pseudo-inputs' init."""
 
   unit_inputs = True
@@ -25,12 +24,6 @@ class VampPrior(Prior):
   num_components: int = 500
   init_mean: float = 0.05
   init_std: float = 0.01
-
-  def check(self):
-    if self.num_components < 1:
-      raise ConfigError(
-        f"config.prior.num_components={self.num_components}: expected an integer >= 1"
-      )
 
   def setup(self):
     self.raw_inputs = self.param(
@@ -44,16 +37,5 @@ class VampPrior(Prior):
     return jnp.clip(self.raw_inputs, 0.0, 1.0)
 
   def components(self, encode):
+    """The encoder's (mu, logvar) at each pseudo-input."""
     return encode(self.pseudo_inputs())
-
-  def log_prob(self, z_NxL, encode):
-    mu_KxL, logvar_KxL = self.components(encode)
-    log_q_NxK = losses.gaussian_log_density(z_NxL[..., None, :], mu_KxL, logvar_KxL)
-    return jax.nn.logsumexp(log_q_NxK, -1) - jnp.log(self.num_components)
-
-  def sample(self, key, num, encode):
-    mu_KxL, logvar_KxL = self.components(encode)
-    key_k, key_z = jax.random.split(key)
-    k_N = jax.random.randint(key_k, (num,), 0, self.num_components)
-    eps_NxL = jax.random.normal(key_z, (num, self.latent_dim))
-    return mu_KxL[k_N] + jnp.exp(0.5 * logvar_KxL[k_N]) * eps_NxL

@@ -12,7 +12,10 @@ samples (evaluate.iwae_log_likelihood; K = --num-samples, on the first --test-ex
 images after the last stage and the first --stage-examples before it, binarized once with
 key(0), as `vae_jax likelihood`) and written to
 <row>/stage<epoch>.json. ``--keep-in DIR`` copies each finished stage's estimates there (the
-committed record). The report (zoo.md / zoo.json in the workdir) puts ours (mean +- sd over
+committed record) with the group's checkpoint of that epoch, and a row whose workdir has no
+checkpoint starts from the kept one: the same command continues from a fresh clone, in a
+later session. Rows whose paper's schedule fits in a few hours of this CPU (Rezende et al.'s
+and Davidson et al.'s) have it as their last stage; the others a stated shorter one. The report (zoo.md / zoo.json in the workdir) puts ours (mean +- sd over
 the seeds) beside the paper's and pythae's numbers, with the schedule we ran, the paper's, the
 trajectory over the stages and the wall time; the full schedule's projected cost is the last
 stage's rate times the paper's epochs.
@@ -36,7 +39,7 @@ import numpy as np
 
 import vae_jax
 from experiments import common
-from vae_jax import config as config_lib, evaluate, group as group_lib
+from vae_jax import checkpoint, config as config_lib, evaluate, group as group_lib
 from vae_jax.configs import iwae_1layer
 
 SEEDS = (1, 2, 3)
@@ -103,13 +106,27 @@ ROWS = {
     f"{FLOWS}, -ln p(x); pythae quotes 89.9 from the paper",
     833,
     REZENDE,
-    (10, 30),
+    (10, 30, 100, 833),
   ),
   "planar_10": Row(
-    FLOWS, "planar flow, K = 10", 87.5, None, f"{FLOWS}, {UNVERIFIED}", 833, planar(10), (10, 30)
+    FLOWS,
+    "planar flow, K = 10",
+    87.5,
+    None,
+    f"{FLOWS}, {UNVERIFIED}",
+    833,
+    planar(10),
+    (10, 30, 100, 833),
   ),
   "planar_40": Row(
-    FLOWS, "planar flow, K = 40", 85.7, None, f"{FLOWS}, {UNVERIFIED}", 833, planar(40), (10, 30)
+    FLOWS,
+    "planar flow, K = 40",
+    85.7,
+    None,
+    f"{FLOWS}, {UNVERIFIED}",
+    833,
+    planar(40),
+    (10, 30, 100, 833),
   ),
   "iaf_2": Row(
     FLOWS,
@@ -131,7 +148,7 @@ ROWS = {
     "samples",
     500,
     {**DAVIDSON, "model.latent_dim": 10},
-    (10, 30),
+    (10, 30, 100, 500),
   ),
   "vmf_10": Row(
     SPHERES,
@@ -146,7 +163,7 @@ ROWS = {
       "prior.name": "spherical_uniform",
       "posterior.name": "vmf",
     },
-    (10, 30),
+    (10, 30, 100, 500),
   ),
   "standard_300g": Row(
     VAMP,
@@ -277,17 +294,41 @@ def test_images(splits, examples: int) -> np.ndarray:
   return evaluate.binarize(x_u8, jax.random.key(evaluate.BINARIZE_SEED))
 
 
+def restore_kept(keep: Path | None, group_dir: Path) -> None:
+  """A group without checkpoints starts from the one kept in keep/group (a fresh clone)."""
+  kept = None if keep is None else keep / "group"
+  if kept is not None and kept.is_dir() and not checkpoint.has_checkpoints(group_dir):
+    print(f"  starting from the checkpoint kept in {kept}", flush=True)
+    shutil.copytree(kept, group_dir, dirs_exist_ok=True)
+
+
+def keep_checkpoint(group_dir: Path, keep: Path, epoch: int) -> None:
+  """keep/group/checkpoints/<epoch>: the stage's checkpoint, replacing the one kept before
+  (written whole, then renamed)."""
+  source = group_dir / checkpoint.SUBDIR / str(epoch)
+  if not source.is_dir():
+    return
+  dest, tmp = keep / "group", keep / "group.tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(source, tmp / checkpoint.SUBDIR / str(epoch))
+  shutil.rmtree(dest, ignore_errors=True)
+  tmp.rename(dest)
+
+
 def train_row(args, name: str, row: Row, splits, x_test: np.ndarray) -> list[dict]:
   """The row's stages, trained (or resumed) and estimated; each stage's json as written."""
   row_dir = args.workdir / name
+  keep = args.keep_in / name if args.keep_in else None
+  restore_kept(keep, row_dir / "group")
   run_dirs = [row_dir / f"seed{s}" for s in SEEDS]
   for run_dir in run_dirs:
     run_dir.mkdir(parents=True, exist_ok=True)
   out, stages = [], args.stages or row.stages
   for stage_end in stages:
     path = row_dir / f"stage{stage_end}.json"
-    if path.exists():
-      out.append(json.loads(path.read_text()))
+    kept = None if keep is None else keep / path.name
+    if path.exists() or kept is not None and kept.exists():
+      out.append(json.loads((path if path.exists() else kept).read_text()))
       continue
     config = common.config_with({**row.overrides, "optim.num_epochs": stage_end})
     start = time.perf_counter()
@@ -328,10 +369,10 @@ def train_row(args, name: str, row: Row, splits, x_test: np.ndarray) -> list[dic
       "test_loss": [r[-1]["test_loss"] for r in records],
     }
     path.write_text(json.dumps(result, indent=1) + "\n")
-    if args.keep_in:
-      keep = args.keep_in / name
+    if keep is not None:
       keep.mkdir(parents=True, exist_ok=True)
       shutil.copy(path, keep / path.name)
+      keep_checkpoint(row_dir / "group", keep, stage_end)
     print(
       f"{name} epoch {stage_end}: NLL {np.mean(result['nll']):.2f} +- "
       f"{np.std(result['nll'], ddof=1):.2f} ({result['train_seconds']:.0f} s training)",
@@ -373,7 +414,10 @@ def report(args) -> None:
   for name, row in ROWS.items():
     done = stages.get(name, [])
     if not done:
-      rows.append([row.table, row.method, number(row.paper), number(row.pythae), "not run"])
+      rows.append(
+        [row.table, row.method, number(row.paper), number(row.pythae), "not run"]
+        + ["-", f"- ({row.paper_epochs})", "-", "-", "-"]
+      )
       continue
     last = done[-1]
     mean, sd = float(np.mean(last["nll"])), float(np.std(last["nll"], ddof=1))

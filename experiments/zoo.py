@@ -326,9 +326,9 @@ def train_row(args, name: str, row: Row, splits, x_test: np.ndarray) -> list[dic
   out, stages = [], args.stages or row.stages
   for stage_end in stages:
     path = row_dir / f"stage{stage_end}.json"
-    kept = None if keep is None else keep / path.name
-    if path.exists() or kept is not None and kept.exists():
-      out.append(json.loads((path if path.exists() else kept).read_text()))
+    found = [p for p in (path, keep and keep / path.name) if p and p.exists()]
+    if found:
+      out.append(json.loads(found[0].read_text()))
       continue
     config = common.config_with({**row.overrides, "optim.num_epochs": stage_end})
     start = time.perf_counter()

@@ -41,7 +41,7 @@ def test_train_runs_from_the_command_line(idx_dir, tmp_path):
     ),
     (
       ["--config.model.name=resnet"],
-      "config.model.name='resnet': expected one of cconv, cmlp, conv, hvae2, mlp",
+      "config.model.name='resnet': expected one of cconv, cmlp, conv, dense, hamiltonian, hvae2, mlp",
     ),
     (
       ["--config.optim.batch_size=100000", "--config.data.train_examples=500"],

@@ -108,6 +108,17 @@ ROWS = {
     REZENDE,
     (10, 30, 100, 833),
   ),
+  "planar_0": Row(
+    FLOWS,
+    "planar flow, K = 0: the Gaussian with the KL sampled as every flow's is (no paper row)",
+    None,
+    None,
+    "the diagonal Gaussian row's network; the flows' ELBO takes log q - log p at the draw, "
+    "where the Gaussian row's KL is closed-form: this row measures that difference alone",
+    833,
+    planar(0),
+    (10, 30),
+  ),
   "planar_10": Row(
     FLOWS,
     "planar flow, K = 10",

@@ -43,7 +43,7 @@ from conftest import synthetic_split, write_idx_dir
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = ("bash", "sh", "shell", "console")
-EXPECTED_COUNTS = {"run": 26, "not_run": 30}
+EXPECTED_COUNTS = {"run": 26, "not_run": 31}
 SMALL = {"--config.optim.num_epochs": 3, "--num_samples": 20}  # Flag -> the largest value run.
 
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")

@@ -5,7 +5,9 @@ the doubly reparameterized gradient for the inference network (Tucker et al., 20
 reaches the latents through the model's ``importance_terms`` (any prior and posterior family)
 and, for DReG, ``posterior_log_prob``. ``split_gradients`` is how an estimator gives the
 inference network (encoder, posterior family) and the generative network (decoder, prior)
-the gradients of two different surrogates in one loss.
+the gradients of two different surrogates in one loss. The split is by parameter group: a
+prior built from the encoder (the VampPrior) passes the encoder's share of log p(z) to the
+inference network's surrogate.
 """
 
 from __future__ import annotations
